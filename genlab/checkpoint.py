@@ -1,0 +1,139 @@
+"""The checkpoint format: the one module that knows its layout.
+
+A checkpoint is a plain dict of Python scalars, strings, lists, dicts and tensors, written with
+``torch.save`` (temp file + rename) and read with ``torch.load(weights_only=True)``::
+
+    format          "genlab-checkpoint"
+    format_version  1
+    genlab_version  version that wrote it
+    family          "vae" | "gan" | "vaegan"
+    model_config    ModelConfig as a dict (rebuilds the networks with no other input)
+    train_config    TrainConfig as a dict (lr resolved)
+    data            dataset, split, image_size, channels, value_range, normal_class, translate,
+                    num_train, pixel_format of the training data
+    seed, epoch, step, complete (True once training finished and calibration ran)
+    model           state dict of the unwrapped model
+    optimizers      {name: optimizer state dict}
+    rng             {"torch": ByteTensor, "cuda": [ByteTensor, ...] per rank or device}
+    position        {"epoch": e, "batch": i}: where an interrupted epoch resumes
+    metrics         {"epochs": [per-epoch means], "train_seconds": float}
+    calibration     {"split", "n", "percentiles": [0..100 grid], "scores": {name: [quantiles]},
+                     "descriptions": {name: meaning}} or None before training ends
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genlab import __version__
+from genlab.config import ModelConfig, TrainConfig, from_dict
+from genlab.errors import GenlabError
+from genlab.calibration import quantile
+from genlab.models import GenerativeModel, build_model
+
+FORMAT = "genlab-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED = ("format", "format_version", "family", "model_config", "train_config", "data", "model")
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write atomically: a crash leaves the previous checkpoint intact, never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "genlab_version": __version__, **payload}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint; any problem is a GenlabError naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise GenlabError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+        raise GenlabError(f"{path} is not a readable genlab checkpoint (corrupt or truncated?): {first[:200]}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise GenlabError(f"{path} is not a genlab checkpoint")
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise GenlabError(
+            f"{path} has checkpoint format version {ckpt.get('format_version')!r}; "
+            f"this genlab ({__version__}) reads version {FORMAT_VERSION}"
+        )
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise GenlabError(f"{path} is missing {', '.join(missing)}")
+    return ckpt
+
+
+def model_config(ckpt: dict[str, Any]) -> ModelConfig:
+    return from_dict(ModelConfig, ckpt["model_config"])
+
+
+def train_config(ckpt: dict[str, Any]) -> TrainConfig:
+    return from_dict(TrainConfig, ckpt["train_config"])
+
+
+def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, device: str | torch.device = "cpu") -> GenerativeModel:
+    """Rebuild the model from the checkpoint alone, weights loaded, in eval mode."""
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt)
+    model = build_model(model_config(ckpt))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise GenlabError(f"checkpoint weights do not fit a {ckpt['family']} model: {str(err).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+def describe(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-friendly summary for ``genlab info``: everything but tensors."""
+    params = sum(t.numel() for t in ckpt["model"].values() if torch.is_floating_point(t))
+    epochs = ckpt.get("metrics", {}).get("epochs", [])
+    calibration = ckpt.get("calibration")
+    return {
+        "format_version": ckpt["format_version"],
+        "genlab_version": ckpt.get("genlab_version"),
+        "family": ckpt["family"],
+        "model_config": ckpt["model_config"],
+        "parameters": params,
+        "data": ckpt["data"],
+        "train_config": ckpt["train_config"],
+        "seed": ckpt.get("seed"),
+        "epoch": ckpt.get("epoch"),
+        "step": ckpt.get("step"),
+        "complete": ckpt.get("complete", False),
+        "world_size": ckpt.get("world_size", 1),
+        "train_seconds": ckpt.get("metrics", {}).get("train_seconds"),
+        "last_epoch_metrics": epochs[-1] if epochs else None,
+        "calibration": None
+        if not calibration
+        else {
+            "split": calibration["split"],
+            "n": calibration["n"],
+            "scores": {
+                name: {**{f"p{p}": quantile(calibration, name, p) for p in (50, 95, 99)}, "meaning": calibration["descriptions"].get(name, "")}
+                for name in calibration["scores"]
+            },
+        },
+    }

@@ -1,0 +1,87 @@
+"""Torch-free image I/O: decode and convert images, tile grids, write PNGs atomically.
+
+Used by dataset readers (image folders), the training loop's sample grids and, because it
+needs only numpy and Pillow, by the serving side.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+_MODES = {1: "L", 3: "RGB"}
+
+
+def to_array(image: Image.Image, channels: int, size: int) -> np.ndarray:
+    """Any PIL image -> uint8 [C, size, size]: mode converted, centre-cropped square, resized.
+
+    Transparent images are composited on black first, so alpha never turns into noise.
+    """
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    image = image.convert(_MODES[channels])
+    w, h = image.size
+    side = min(w, h)
+    if w != h:
+        left, top = (w - side) // 2, (h - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    if side != size:
+        image = image.resize((size, size), Image.Resampling.BICUBIC if side < size else Image.Resampling.LANCZOS)
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[None]
+    else:
+        array = array.transpose(2, 0, 1)
+    return np.ascontiguousarray(array)
+
+
+def tile(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
+    """uint8 [N, C, H, W] -> one uint8 [H', W', C] grid image, ``nrow`` images per row."""
+    n, c, h, w = images.shape
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
+    ncol = int(math.ceil(n / nrow))
+    grid = np.zeros((padding + ncol * (h + padding), padding + nrow * (w + padding), c), np.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        y, x = padding + r * (h + padding), padding + col * (w + padding)
+        grid[y : y + h, x : x + w] = images[i].transpose(1, 2, 0)
+    return grid
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """uint8 [H, W, C] (C = 1 or 3) or [H, W] -> PNG bytes."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file so that readers see either the old or the complete new content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_grid(images: np.ndarray, path: str | os.PathLike, nrow: int | None = None) -> None:
+    """Tile uint8 [N, C, H, W] images and write them as one PNG, atomically."""
+    atomic_write_bytes(path, encode_png(tile(images, nrow)))

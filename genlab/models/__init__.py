@@ -1,0 +1,48 @@
+"""The model registry: family name -> class. CLI choices and the test battery come from it."""
+
+from __future__ import annotations
+
+from genlab.config import ModelConfig
+from genlab.errors import GenlabError
+from genlab.models.base import GenerativeModel
+from genlab.models.gan import GAN
+from genlab.models.vae import VAE
+from genlab.models.vaegan import VAEGAN
+
+MODELS: dict[str, type[GenerativeModel]] = {}
+
+
+def register_model(cls: type[GenerativeModel]) -> type[GenerativeModel]:
+    """Add a family; it must subclass GenerativeModel and declare its name, encoder and scores."""
+    if not (isinstance(cls, type) and issubclass(cls, GenerativeModel)):
+        raise TypeError(f"{cls!r} is not a GenerativeModel subclass")
+    for attr in ("family", "has_encoder", "score_descriptions"):
+        if not hasattr(cls, attr):
+            raise TypeError(f"{cls.__name__} must define {attr}")
+    if "score" not in cls.score_descriptions:
+        raise TypeError(f"{cls.__name__}.score_descriptions must describe the primary 'score'")
+    if cls.family in MODELS:
+        raise ValueError(f"model family {cls.family!r} is already registered")
+    MODELS[cls.family] = cls
+    return cls
+
+
+for _cls in (VAE, GAN, VAEGAN):
+    register_model(_cls)
+
+
+def model_class(family: str) -> type[GenerativeModel]:
+    if family not in MODELS:
+        raise GenlabError(f"unknown model family {family!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[family]
+
+
+def build_model(cfg: ModelConfig) -> GenerativeModel:
+    cls = model_class(cfg.family)
+    try:
+        return cls(cfg)
+    except ValueError as err:  # e.g. an image size the conv networks cannot halve
+        raise GenlabError(f"cannot build {cfg.family} ({cfg.arch}): {err}") from None
+
+
+__all__ = ["MODELS", "GenerativeModel", "build_model", "model_class", "register_model"]

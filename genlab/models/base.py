@@ -1,0 +1,113 @@
+"""What every model family provides, and the math the families share.
+
+A family is an ``nn.Module`` built from :mod:`genlab.models.nets` that supplies its optimizers
+and its own ``train_step``; the training loop never branches on the family. Scores returned by
+``anomaly_scores`` are per image, larger = more anomalous, and deterministic in eval mode
+(the posterior mean is used, batch norm uses running statistics), so they do not depend on
+the batch an image arrives in.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genlab.config import ModelConfig
+
+
+class GenerativeModel(nn.Module):
+    family: ClassVar[str]
+    has_encoder: ClassVar[bool]
+    default_lr: ClassVar[float] = 2e-4
+    # name -> meaning of each anomaly-score component; "score" is the primary one
+    score_descriptions: ClassVar[dict[str, str]]
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    # -- training -------------------------------------------------------------------------
+    def configure_optimizers(self, lr: float, betas: tuple[float, float]) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
+        """One update on a batch in [-1, 1]; returns detached scalar losses by name."""
+        raise NotImplementedError
+
+    @staticmethod
+    def apply_gradients(updates: list[tuple[torch.optim.Optimizer, torch.Tensor]]) -> None:
+        """Give each optimizer the gradient of its own loss, then step them all.
+
+        Several losses share one forward graph (Algorithm 1 of the VAE-GAN); each optimizer's
+        parameters receive the gradient of that optimizer's loss only. All gradients are
+        taken before any parameter changes, so no step invalidates the graph.
+        """
+        grads = []
+        for i, (optimizer, loss) in enumerate(updates):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            keep = i < len(updates) - 1
+            grads.append(torch.autograd.grad(loss, params, retain_graph=keep, allow_unused=True))
+        for (optimizer, _), group_grads in zip(updates, grads):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            for p, g in zip(params, group_grads):
+                p.grad = torch.zeros_like(p) if g is None else g
+            optimizer.step()
+
+    # -- inference ------------------------------------------------------------------------
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in [-1, 1]."""
+        return torch.tanh(self.decoder(z))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError(f"{self.family} has no encoder")
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        mu, _ = self.encode(x)
+        return self.decode(mu)
+
+    def anomaly_scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Images in [-1, 1] -> {component: [B]}; ``score`` is the primary score."""
+        raise NotImplementedError
+
+    def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        device = next(self.parameters()).device
+        return torch.randn(n, self.cfg.latent_dim, generator=generator, device="cpu").to(device)
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
+def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)), summed over latent dimensions: [B]."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
+
+
+def pixel_nll(logits: torch.Tensor, x: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """-log p(x | z) summed over pixels, per image [B]; ``x`` in [-1, 1].
+
+    bernoulli: the decoder's image is tanh(a) = 2 sigmoid(2a) - 1, so the Bernoulli mean
+    sigmoid(2a) has logits 2a and the target is x rescaled to [0, 1].
+    gaussian: fixed standard deviation ``gaussian_sigma`` around tanh(a), normaliser included.
+    """
+    if cfg.likelihood == "bernoulli":
+        nll = F.binary_cross_entropy_with_logits(2.0 * logits, (x + 1.0) / 2.0, reduction="none")
+    else:
+        sigma = cfg.gaussian_sigma
+        nll = 0.5 * ((x - torch.tanh(logits)) / sigma).pow(2) + math.log(sigma * math.sqrt(2 * math.pi))
+    return nll.flatten(1).sum(dim=1)
+
+
+def pixel_error(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per image [B], in [0, 1] pixel units."""
+    return ((x - x_rec) / 2.0).pow(2).flatten(1).mean(dim=1)
+
+
+def bce_logits(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    """Mean binary cross-entropy of discriminator logits against all-real or all-fake labels."""
+    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+    return F.binary_cross_entropy_with_logits(logits, target)

@@ -1,0 +1,130 @@
+"""The shared networks: Encoder, Decoder (= Generator) and Discriminator.
+
+``conv`` follows the DCGAN-style networks of the VAE-GAN paper (Larsen et al. 2016, as used by
+seed 003): stride-2 4x4 convolutions with batch norm, halving the image until it is at most 7
+pixels (28 -> 14 -> 7, 32 -> 16 -> 8 -> 4, 64 -> ... -> 4), channels doubling from ``width``;
+the decoder mirrors the encoder with transposed convolutions. ``mlp`` is the fully connected
+baseline (two hidden layers) of seed 001. All three families are built from these classes.
+
+The decoder returns pre-activation values ("logits"); a family applies ``tanh`` to get pixels
+in [-1, 1], the range every dataset is scaled to.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from genlab.config import ModelConfig
+
+
+def conv_plan(image_size: int) -> tuple[int, int]:
+    """(number of stride-2 stages, side of the smallest feature map) for a square image."""
+    side, stages = image_size, 0
+    while side > 7 and side % 2 == 0:
+        side //= 2
+        stages += 1
+    if stages == 0:
+        raise ValueError(f"conv networks need an even image size above 7, got {image_size}")
+    return stages, side
+
+
+def _widths(cfg: ModelConfig, stages: int) -> list[int]:
+    return [cfg.width * 2**i for i in range(stages)]
+
+
+class Encoder(nn.Module):
+    """Image in [-1, 1] -> (mu, logvar) of the diagonal Gaussian posterior q(z | x)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.arch == "conv":
+            stages, side = conv_plan(cfg.image_size)
+            layers: list[nn.Module] = []
+            in_ch = cfg.channels
+            for i, ch in enumerate(_widths(cfg, stages)):
+                layers += [nn.Conv2d(in_ch, ch, 4, 2, 1, bias=False), nn.BatchNorm2d(ch), nn.ReLU()]
+                in_ch = ch
+            layers += [nn.Flatten()]
+            features = in_ch * side * side
+        else:
+            layers = [nn.Flatten(), nn.Linear(cfg.channels * cfg.image_size**2, cfg.hidden), nn.LeakyReLU(0.2),
+                      nn.Linear(cfg.hidden, cfg.hidden), nn.LeakyReLU(0.2)]
+            features = cfg.hidden
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(features, 2 * cfg.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.head(self.body(x)).chunk(2, dim=1)
+        return mu, logvar
+
+
+class Decoder(nn.Module):
+    """Latent z -> pre-activation image; ``tanh`` of it is the image in [-1, 1]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        shape = (cfg.channels, cfg.image_size, cfg.image_size)
+        if cfg.arch == "conv":
+            stages, side = conv_plan(cfg.image_size)
+            widths = _widths(cfg, stages)[::-1]
+            layers: list[nn.Module] = [
+                nn.Linear(cfg.latent_dim, widths[0] * side * side, bias=False),
+                nn.BatchNorm1d(widths[0] * side * side),
+                nn.ReLU(),
+                nn.Unflatten(1, (widths[0], side, side)),
+            ]
+            for in_ch, out_ch in zip(widths, widths[1:]):
+                layers += [nn.ConvTranspose2d(in_ch, out_ch, 4, 2, 1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU()]
+            layers += [nn.ConvTranspose2d(widths[-1], cfg.channels, 4, 2, 1)]
+        else:
+            layers = [nn.Linear(cfg.latent_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(),
+                      nn.Linear(cfg.hidden, shape[0] * shape[1] * shape[2]), nn.Unflatten(1, shape)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.body(z)
+
+
+class Discriminator(nn.Module):
+    """Image in [-1, 1] -> (real/fake logit [B], features of its last hidden layer [B, F]).
+
+    The features are the "Dis_l" layer on which the VAE-GAN measures reconstruction error.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.arch == "conv":
+            stages, side = conv_plan(cfg.image_size)
+            layers: list[nn.Module] = []
+            in_ch = cfg.channels
+            for i, ch in enumerate(_widths(cfg, stages)):
+                layers.append(nn.Conv2d(in_ch, ch, 4, 2, 1, bias=i == 0))
+                if i > 0:  # DCGAN: no batch norm on the discriminator's input layer
+                    layers.append(nn.BatchNorm2d(ch))
+                layers.append(nn.LeakyReLU(0.2))
+                in_ch = ch
+            layers.append(nn.Flatten())
+            features = in_ch * side * side
+        else:
+            layers = [nn.Flatten(), nn.Linear(cfg.channels * cfg.image_size**2, cfg.hidden), nn.LeakyReLU(0.2),
+                      nn.Linear(cfg.hidden, cfg.hidden), nn.LeakyReLU(0.2)]
+            features = cfg.hidden
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(features, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x)
+        return self.head(features).squeeze(1), features
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN initialisation: N(0, 0.02) convolutions, N(1, 0.02) batch-norm scales."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)

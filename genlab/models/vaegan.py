@@ -1,0 +1,90 @@
+"""VAE-GAN (Larsen et al. 2016, "Autoencoding beyond pixels"), Algorithm 1.
+
+Per batch X:  Z ~ Enc(X);  L_prior = KL(q(Z|X) || p(Z));  X~ = Dec(Z);
+L_llike = -log p(Dis_l(X) | Z), a unit-variance Gaussian on the discriminator's hidden features;
+Z_p ~ N(0, I), X_p = Dec(Z_p);  L_GAN = log Dis(X) + log(1 - Dis(X~)) + log(1 - Dis(X_p)).
+Then, from the same forward pass, with separate optimizers:
+  encoder       <- grad(beta * L_prior + L_llike)
+  decoder       <- grad(gamma * L_llike - L_GAN)   (non-saturating form of -L_GAN)
+  discriminator <- grad(L_GAN)                     (as binary cross-entropy)
+Real, reconstructed and prior images go through the discriminator as one batch, so the
+features compared by L_llike are normalised alike.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from genlab.config import ModelConfig
+from genlab.models.base import GenerativeModel, bce_logits, kl_to_standard_normal, pixel_error, reparameterize
+from genlab.models.nets import Decoder, Discriminator, Encoder, init_weights
+
+
+def feature_error(f_x: torch.Tensor, f_rec: torch.Tensor) -> torch.Tensor:
+    """-log N(Dis_l(X~); Dis_l(X), I) up to a constant, per image [B]."""
+    return 0.5 * (f_x - f_rec).pow(2).sum(dim=1)
+
+
+class VAEGAN(GenerativeModel):
+    family = "vaegan"
+    has_encoder = True
+    default_lr = 3e-4
+    score_descriptions = {
+        "score": "discriminator-feature reconstruction error + KL at the posterior mean, in nats",
+        "feature_error": "0.5 * squared distance between discriminator features of the image and its reconstruction",
+        "pixel_error": "mean squared pixel error of the reconstruction, pixels in [0, 1]",
+        "kl": "KL divergence of q(z|x) from the N(0, I) prior, in nats",
+    }
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.discriminator = Discriminator(cfg)
+        init_weights(self)
+
+    def configure_optimizers(self, lr, betas):
+        return {
+            "encoder": torch.optim.Adam(self.encoder.parameters(), lr=lr, betas=betas),
+            "decoder": torch.optim.Adam(self.decoder.parameters(), lr=lr, betas=betas),
+            "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=betas),
+        }
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def train_step(self, x, optimizers):
+        n = x.shape[0]
+        mu, logvar = self.encoder(x)
+        x_rec = self.decode(reparameterize(mu, logvar))
+        x_prior = self.decode(self.sample_latents(n))
+        logits, features = self.discriminator(torch.cat([x, x_rec, x_prior]))
+        real_logits, rec_logits, prior_logits = logits.split(n)
+        f_x, f_rec, _ = features.split(n)
+
+        prior_loss = kl_to_standard_normal(mu, logvar).mean()
+        llike = feature_error(f_x, f_rec).mean()
+        d_loss = bce_logits(real_logits, True) + bce_logits(rec_logits, False) + bce_logits(prior_logits, False)
+        g_loss = bce_logits(rec_logits, True) + bce_logits(prior_logits, True)
+
+        self.apply_gradients([
+            (optimizers["encoder"], self.cfg.beta * prior_loss + llike),
+            (optimizers["decoder"], self.cfg.gamma * llike + g_loss),
+            (optimizers["discriminator"], d_loss),
+        ])
+        return {
+            "prior": prior_loss.detach(),
+            "llike": llike.detach(),
+            "g_loss": g_loss.detach(),
+            "d_loss": d_loss.detach(),
+        }
+
+    @torch.no_grad()
+    def anomaly_scores(self, x):
+        mu, logvar = self.encoder(x)
+        x_rec = self.decode(mu)
+        _, f_x = self.discriminator(x)
+        _, f_rec = self.discriminator(x_rec)
+        kl = kl_to_standard_normal(mu, logvar)
+        feat = feature_error(f_x, f_rec)
+        return {"score": feat + kl, "feature_error": feat, "pixel_error": pixel_error(x, x_rec), "kl": kl}

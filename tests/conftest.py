@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny configs, seeded data and fake dataset files the tests write."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genlab.config import ModelConfig
+from genlab.models import MODELS
+
+FAMILIES = sorted(MODELS)
+TINY = {"width": 4, "hidden": 16, "latent_dim": 4}
+
+
+def tiny_config(family: str, arch: str = "conv", image_size: int = 16, channels: int = 1, **kw) -> ModelConfig:
+    return ModelConfig(family=family, arch=arch, image_size=image_size, channels=channels, **{**TINY, **kw})
+
+
+def seeded_images(n: int, channels: int = 1, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """Structured images in [-1, 1]: blurred blobs, so models have something to learn."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    centres = torch.rand(n, 2, generator=g) - 0.5
+    blobs = torch.exp(-((xx - centres[:, 0, None, None]) ** 2 + (yy - centres[:, 1, None, None]) ** 2) / 0.1)
+    return (blobs * 2 - 1)[:, None].expand(n, channels, size, size).contiguous()
+
+
+def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """MNIST's IDX format: big-endian header, then raw uint8."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n, h, w = images.shape
+    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, n, h, w) + images.tobytes())
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, n) + labels.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fake_mnist_dir(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for sub in ("MNIST/raw", "FashionMNIST/raw"):
+        write_idx(tmp_path / sub, "train", rng.integers(0, 256, (200, 28, 28), dtype=np.uint8), np.arange(200) % 10)
+        write_idx(tmp_path / sub, "t10k", rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), np.arange(50) % 10)
+    return tmp_path
+
+
+@pytest.fixture
+def fake_cifar_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """CIFAR-10's pickled batches; md5 checks are bypassed since the files are fakes."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name, n in [(f"data_batch_{i}", 20) for i in range(1, 6)] + [("test_batch", 30)]:
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, n))}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    from genlab.torchvision_fix import import_torchvision
+
+    import_torchvision()
+    import torchvision.datasets.cifar as cifar
+
+    monkeypatch.setattr(cifar, "check_integrity", lambda *a, **k: True)
+    return tmp_path
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """A user's folder: two class subfolders, PNG and JPEG, mixed modes and sizes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "my images"
+    for cls, mode in (("cats", "RGB"), ("dogs", "L")):
+        (root / cls / "nested").mkdir(parents=True)
+        for i in range(12):
+            size = (40 + i, 30) if mode == "RGB" else (20, 20)
+            shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+            image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+            suffix = ".png" if i % 2 else ".JPG"
+            image.save(root / cls / ("nested" if i % 3 == 0 else "") / f"{i}{suffix}")
+    Image.new("RGBA", (16, 16), (255, 0, 0, 128)).save(root / "cats" / "alpha.png")
+    (root / "notes.txt").write_text("not an image")
+    return root

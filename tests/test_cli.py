@@ -1,0 +1,120 @@
+"""The command line as a user meets it: exit codes, one-line errors, info, Ctrl-C, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from genlab.cli import DEFAULT_FAMILIES, main
+from genlab.models import MODELS
+
+TINY_SET = ["--set", "width=4", "--set", "latent_dim=4"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "genlab", *args], capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def test_cli_choices_come_from_the_registry():
+    assert set(DEFAULT_FAMILIES) == set(MODELS)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "vae", "--out", "{tmp}/r", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["train", "vae", "--out", "{tmp}/r", "--dataset", "mnist", "--data-dir", "{tmp}/none"], "MNIST/raw"),
+        (["train", "vae", "--out", "{tmp}/r", "--set", "colour=blue"], "--set colour: unknown key"),
+        (["train", "vae", "--out", "{tmp}/r", "--set", "latent_dim=many"], "expected a int"),
+        (["train", "vae", "--out", "{tmp}/r", "--set", "nokey"], "expects key=value"),
+        (["train", "vae", "--out", "{tmp}/r", "--translate", "0.9"], "translate must be"),
+        (["train", "vae", "--out", "{tmp}/r", "--device", "tpu"], "device must be"),
+        (["train", "vae", "--out", "{tmp}/r", "--set", "image_size=9"], "even image size"),
+        (["train", "diffusion", "--out", "{tmp}/r"], "invalid choice"),
+        (["train", "vae"], "--out"),
+        (["info", "{tmp}/missing.pt"], "checkpoint not found"),
+        (["info", "{tmp}/garbage.pt"], "not a readable genlab checkpoint"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, needle, tmp_path, capsys):
+    (tmp_path / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 10)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert needle in err and len(err.splitlines()) == 1, err
+
+
+def test_truncated_and_foreign_checkpoints(tmp_path, capsys):
+    assert main(["train", "vae", "--out", str(tmp_path / "r"), "--max-steps", "2", *TINY_SET]) == 0
+    data = (tmp_path / "r" / "last.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    import torch
+
+    torch.save({"hello": 1}, tmp_path / "foreign.pt")
+    ckpt = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    torch.save({**ckpt, "format_version": 99}, tmp_path / "future.pt")
+    capsys.readouterr()
+    for name, needle in (("cut.pt", "corrupt or truncated"), ("foreign.pt", "not a genlab checkpoint"), ("future.pt", "format version 99")):
+        assert main(["info", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1
+
+
+def test_info_prints_the_checkpoint(tmp_path, capsys):
+    assert main(["train", "gan", "--out", str(tmp_path / "r"), "--epochs", "1", "--normal-class", "0", *TINY_SET]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "r"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["family"] == "gan" and info["complete"] and info["data"]["normal_class"] == 0
+    assert info["calibration"]["scores"]["score"]["meaning"].startswith("-log D(x)")
+    assert main(["info", str(tmp_path / "r" / "last.pt")]) == 0
+    assert "family: gan" in capsys.readouterr().out
+
+
+def test_ctrl_c_saves_and_resume_continues(tmp_path):
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "genlab", "train", "vae", "--out", str(out), "--epochs", "50", *TINY_SET],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 120
+    while not (out / "last.pt").exists() and time.time() < deadline:  # first epoch done
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err.splitlines()[-1]
+    from genlab.checkpoint import load_checkpoint
+
+    stopped = load_checkpoint(out)
+    assert not stopped["complete"] and stopped["step"] > 0
+    done = run_cli("train", "vae", "--out", str(out), "--epochs", str(stopped["epoch"] + 1), "--resume", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["step"] > stopped["step"]
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "genlab", "train", "vaegan",
+         "--out", str(out), "--epochs", "1", "--normal-class", "2", "--batch-size", "32", *TINY_SET, "--json"],
+        capture_output=True, text=True, timeout=300, env={**ENV, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["world_size"] == 2 and summary["step"] == 400 // 2 // 32
+    from genlab.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(out)
+    assert ckpt["world_size"] == 2 and ckpt["complete"] and len(ckpt["rng"]["ranks"]) == 2
+    assert Path(out / "samples.png").exists()

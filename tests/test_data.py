@@ -1,0 +1,108 @@
+"""Dataset readers on real (mnist-5k) and fake standard files, splits and augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from genlab.data import load_split
+from genlab.errors import GenlabError
+from genlab.pixels import model_to_uint8, random_translate, uint8_to_model
+
+
+def test_mnist5k_splits_are_fixed_disjoint_and_stratified():
+    splits = {s: load_split("mnist-5k", s) for s in ("train", "val", "test")}
+    assert [len(d) for d in splits.values()] == [4000, 500, 500]
+    assert splits["train"].images.shape[1:] == (1, 28, 28)
+    for d in splits.values():
+        assert torch.bincount(d.labels).tolist() == [len(d) // 10] * 10
+    rows = {s: {bytes(img.numpy().tobytes()) for img in d.images} for s, d in splits.items()}
+    assert not rows["train"] & rows["test"] and not rows["val"] & rows["test"]
+    assert torch.equal(load_split("mnist-5k", "val").images, splits["val"].images)
+
+
+def test_normal_class_filter():
+    data = load_split("mnist-5k", "train").only_class(3)
+    assert len(data) == 400 and (data.labels == 3).all()
+    with pytest.raises(GenlabError, match="normal class 11"):
+        load_split("mnist-5k", "train").only_class(11)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_idx_readers(name, fake_mnist_dir):
+    train = load_split(name, "train", str(fake_mnist_dir))
+    val = load_split(name, "val", str(fake_mnist_dir))
+    test = load_split(name, "test", str(fake_mnist_dir))
+    assert (len(train), len(val), len(test)) == (180, 20, 50)
+    assert train.images.dtype == torch.uint8 and train.images.shape[1:] == (1, 28, 28)
+
+
+def test_cifar_reader(fake_cifar_dir):
+    train = load_split("cifar10", "train", str(fake_cifar_dir))
+    test = load_split("cifar10", "test", str(fake_cifar_dir))
+    assert train.images.shape[1:] == (3, 32, 32) and len(train) + len(load_split("cifar10", "val", str(fake_cifar_dir))) == 100
+    assert len(test) == 30
+
+
+def test_cifar_converted_to_grey_and_resized(fake_cifar_dir):
+    data = load_split("cifar10", "test", str(fake_cifar_dir), image_size=16, channels=1)
+    assert data.images.shape == (30, 1, 16, 16)
+
+
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST/raw"), ("fashion-mnist", "FashionMNIST/raw"),
+                                         ("cifar10", "cifar-10-batches-py"), ("celeba", "celeba")])
+def test_missing_files_name_what_to_put_where(name, folder, tmp_path):
+    with pytest.raises(GenlabError) as info:
+        load_split(name, "train", str(tmp_path))
+    message = str(info.value)
+    assert str(tmp_path / folder) in message and "--download" in message and "\n" not in message
+
+
+def test_image_folder(image_folder):
+    splits = {s: load_split(f"folder:{image_folder}", s, image_size=24, channels=3) for s in ("train", "val", "test")}
+    assert sum(len(d) for d in splits.values()) == 25  # 24 images + 1 RGBA; the .txt is ignored
+    assert all(d.images.shape[1:] == (3, 24, 24) for d in splits.values())
+    all_labels = torch.cat([d.labels for d in splits.values()])
+    assert set(all_labels.tolist()) == {0, 1}  # cats, dogs
+    grey = load_split(f"folder:{image_folder}", "train", image_size=8, channels=1)
+    assert grey.images.shape[1:] == (1, 8, 8)
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(GenlabError, match="not a directory"):
+        load_split(f"folder:{tmp_path / 'nope'}", "train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GenlabError, match="no .png"):
+        load_split(f"folder:{tmp_path / 'empty'}", "train")
+    (tmp_path / "bad").mkdir()
+    for i in range(30):
+        (tmp_path / "bad" / f"{i}.png").write_bytes(b"not a png")
+    with pytest.raises(GenlabError, match="cannot read image"):
+        load_split(f"folder:{tmp_path / 'bad'}", "train")
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(GenlabError, match="unknown dataset"):
+        load_split("imagenet", "train")
+    with pytest.raises(GenlabError, match="unknown split"):
+        load_split("mnist-5k", "dev")
+
+
+def test_pixel_conversion_round_trips():
+    x = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    m = uint8_to_model(x)
+    assert m.min() == -1 and m.max() == 1
+    assert torch.equal(model_to_uint8(m), x)
+
+
+def test_translate_shifts_without_borders():
+    white = torch.full((16, 1, 20, 20), 255, dtype=torch.uint8)
+    assert torch.equal(random_translate(white, 0.1, torch.Generator().manual_seed(0)), white)  # no grey/black border
+    ramp = torch.arange(20, dtype=torch.uint8).repeat(20, 1)[None, None].expand(16, 1, 20, 20).contiguous() * 10
+    shifted = random_translate(ramp, 0.1, torch.Generator().manual_seed(0))
+    assert not torch.equal(shifted, ramp)
+    offsets = (shifted[:, 0, 0, 10].int() - ramp[:, 0, 0, 10].int()) // 10
+    assert offsets.abs().max() <= 2 and len(set(offsets.tolist())) > 1  # up to 10% of 20 px
+    assert torch.equal(random_translate(ramp, 0.0), ramp)
+    assert np.array_equal(shifted.numpy(), random_translate(ramp, 0.1, torch.Generator().manual_seed(0)).numpy())

@@ -1,0 +1,116 @@
+"""The training loop end to end on small real data: artifacts, checkpoint, exact resume, NaN stop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from genlab.checkpoint import describe, load_checkpoint, model_from_checkpoint
+from genlab.config import TrainConfig
+from genlab.errors import GenlabError
+from genlab.pixels import uint8_to_model
+from tests.conftest import FAMILIES, TINY
+from training.loop import TrainingDiverged, train
+
+# one digit class of mnist-5k: 400 train / 50 val images, 12 steps per epoch at batch 32
+SMALL = dict(dataset="mnist-5k", normal_class=1, batch_size=32, log_every=5, sample_count=16)
+
+
+def _train(out, family="vae", resume=False, **kw):
+    return train(family, dict(TINY), TrainConfig(**{**SMALL, **kw}), out, resume=resume)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_run_writes_a_self_describing_checkpoint(family, tmp_path):
+    summary = _train(tmp_path / "run", family, epochs=2, translate=0.1)
+    assert summary["stopped"] is None and summary["step"] == 24 and summary["epoch"] == 2
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["complete"] and ckpt["family"] == family and ckpt["step"] == 24
+    assert ckpt["data"] == {**ckpt["data"], "dataset": "mnist-5k", "image_size": 28, "channels": 1,
+                            "value_range": [-1.0, 1.0], "normal_class": 1, "translate": 0.1, "num_train": 400}
+    assert ckpt["train_config"]["lr"] == (3e-4 if family == "vaegan" else 2e-4)
+    assert len(ckpt["metrics"]["epochs"]) == 2
+    cal = ckpt["calibration"]
+    assert cal["n"] == 50 and "score" in cal["scores"]
+    for values in cal["scores"].values():
+        assert len(values) == 1001 and values == sorted(values)
+
+    # the checkpoint alone rebuilds the model, and its scores reproduce the calibration
+    model = model_from_checkpoint(ckpt)
+    from genlab.data import load_split
+
+    val = load_split("mnist-5k", "val").only_class(1)
+    scores = model.anomaly_scores(uint8_to_model(val.images))["score"]
+    assert scores.min().item() == pytest.approx(cal["scores"]["score"][0], rel=1e-4)
+    assert scores.max().item() == pytest.approx(cal["scores"]["score"][-1], rel=1e-4)
+
+    run = tmp_path / "run"
+    for name in ("samples.png", "samples/epoch_001.png", "samples/epoch_002.png", "loss_curves.png", "metrics.jsonl"):
+        assert (run / name).stat().st_size > 0
+    assert (run / "reconstructions.png").exists() == (family != "gan")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "step"] == list(range(1, 25))
+    assert len([r for r in records if r["kind"] == "epoch"]) == 2
+    assert describe(ckpt)["calibration"]["scores"]["score"]["p99"] >= describe(ckpt)["calibration"]["scores"]["score"]["p50"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resume_matches_an_uninterrupted_run(family, tmp_path):
+    _train(tmp_path / "straight", family, epochs=2)
+    stopped = _train(tmp_path / "split", family, epochs=2, max_steps=7)  # stops mid-epoch 1
+    assert stopped["stopped"] == "max_steps" and stopped["step"] == 7
+    assert not load_checkpoint(tmp_path / "split")["complete"]
+    _train(tmp_path / "split", family, epochs=2, resume=True)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    assert a["step"] == b["step"] == 24
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["metrics"]["epochs"] == [{**e, "train_seconds": a_e["train_seconds"]} for e, a_e in zip(b["metrics"]["epochs"], a["metrics"]["epochs"])]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+             if '"kind": "step"' in line]
+    assert steps == list(range(1, 25))
+
+
+def test_resume_extends_a_finished_run(tmp_path):
+    _train(tmp_path / "r", epochs=1)
+    assert _train(tmp_path / "r", epochs=1, resume=True)["stopped"] == "already complete"
+    summary = _train(tmp_path / "r", epochs=2, resume=True)
+    assert summary["epoch"] == 2 and load_checkpoint(tmp_path / "r")["complete"]
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    _train(tmp_path / "r", epochs=1, max_steps=2)
+    before = (tmp_path / "r" / "last.pt").read_bytes()
+    with pytest.raises(GenlabError, match="--resume"):
+        _train(tmp_path / "r", epochs=1)
+    assert (tmp_path / "r" / "last.pt").read_bytes() == before
+    with pytest.raises(GenlabError, match="holds a vae run"):
+        _train(tmp_path / "r", "gan", epochs=1, resume=True)
+    with pytest.raises(GenlabError, match="no checkpoint"):
+        _train(tmp_path / "other", epochs=1, resume=True)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    _train(tmp_path / "r", epochs=1)
+    good = (tmp_path / "r" / "last.pt").read_bytes()
+    from genlab.models.vae import VAE
+
+    original = VAE.train_step
+    calls = {"n": 0}
+
+    def exploding(self, x, optimizers):
+        calls["n"] += 1
+        out = original(self, x, optimizers)
+        return {**out, "loss": torch.tensor(float("nan"))} if calls["n"] == 3 else out
+
+    monkeypatch.setattr(VAE, "train_step", exploding)
+    with pytest.raises(TrainingDiverged, match=r"loss loss became nan at step 15 \(epoch 2\)"):
+        _train(tmp_path / "r", epochs=2, resume=True)
+    assert (tmp_path / "r" / "last.pt").read_bytes() == good
+
+
+def test_batch_larger_than_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(GenlabError, match="less than one batch"):
+        _train(tmp_path / "r", epochs=1, batch_size=1000)

@@ -1,0 +1,1 @@
+"""Training: one model-agnostic loop over every registered family (see ``training.loop``)."""

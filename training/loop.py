@@ -1,0 +1,354 @@
+"""The one training loop. It knows nothing about model families: each family brings its
+optimizers and its ``train_step``; the loop brings data, devices, logging, artifacts,
+checkpoints, exact resume and anomaly calibration.
+
+Run directory layout::
+
+    RUN_DIR/last.pt              checkpoint (atomic; each epoch, on Ctrl-C, at --max-steps)
+    RUN_DIR/metrics.jsonl        one record per step and per epoch
+    RUN_DIR/samples/epoch_NNN.png        samples from fixed latents, each epoch
+    RUN_DIR/samples/recon_epoch_NNN.png  held-out images (odd rows) and reconstructions (even rows)
+    RUN_DIR/samples.png, RUN_DIR/reconstructions.png   the latest of each
+    RUN_DIR/loss_curves.png      at the end
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+from tqdm import tqdm
+
+from genlab import checkpoint
+from genlab.calibration import calibrate
+from genlab.config import ModelConfig, TrainConfig, to_dict
+from genlab.data import ImageData, load_split, native_shape
+from genlab.errors import GenlabError
+from genlab.imageio import save_grid
+from genlab.models import GenerativeModel, build_model, model_class
+from genlab.pixels import VALUE_RANGE, model_to_uint8, random_translate, uint8_to_model
+from training.distributed import (
+    DistEnv,
+    average_gradients_before_step,
+    barrier,
+    broadcast_module,
+    gather_objects,
+    init_distributed,
+    shutdown,
+)
+from training.metrics_log import MetricsLog
+from training.plots import plot_loss_curves
+
+# fields of TrainConfig that --resume may change; the rest come from the checkpoint
+RESUME_OVERRIDABLE = ("epochs", "max_steps", "device", "log_every")
+RECON_IMAGES = 32
+
+
+class TrainingDiverged(GenlabError):
+    exit_code = 1
+
+
+def _epoch_generator(seed: int, epoch: int, batch: int = -1) -> torch.Generator:
+    """Stateless per-epoch (shuffle) and per-batch (augmentation) randomness: resumable anywhere."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + batch + 1)
+
+
+@contextmanager
+def _stop_on_sigint() -> Iterator[dict[str, bool]]:
+    """First Ctrl-C asks the loop to stop after the current step; a second one aborts at once."""
+    state = {"stop": False}
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        if state["stop"]:
+            raise KeyboardInterrupt
+        state["stop"] = True
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave Ctrl-C alone
+        previous = None
+    try:
+        yield state
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+class Trainer:
+    def __init__(self, family: str, model_overrides: dict[str, Any], tc: TrainConfig, run_dir: Path, resume: bool, env: DistEnv):
+        self.run_dir = run_dir
+        self.env = env
+        self.ckpt_path = run_dir / "last.pt"
+        self.log = MetricsLog(run_dir / "metrics.jsonl")
+        state: Optional[dict[str, Any]] = None
+        if resume:
+            if not self.ckpt_path.exists():
+                raise GenlabError(f"--resume: no checkpoint at {self.ckpt_path}")
+            state = checkpoint.load_checkpoint(self.ckpt_path)
+            if state["family"] != family:
+                raise GenlabError(f"--resume: {self.ckpt_path} holds a {state['family']} run, not {family}")
+            saved = checkpoint.train_config(state)
+            tc = dataclasses.replace(saved, **{k: getattr(tc, k) for k in RESUME_OVERRIDABLE})
+            mc = checkpoint.model_config(state)
+        else:
+            if self.ckpt_path.exists():
+                raise GenlabError(f"{run_dir} already holds a run (last.pt); pass --resume to continue it or choose another --out")
+            size, channels = native_shape(tc.dataset)
+            mc = ModelConfig(**{"family": family, "image_size": size, "channels": channels, **model_overrides})
+        if tc.lr is None:
+            tc = dataclasses.replace(tc, lr=model_class(family).default_lr)
+        self.tc, self.mc = tc, mc
+
+        self.train_data = self._load("train")
+        self.val_data = self._load("val")
+        torch.manual_seed(tc.seed)  # identical initial weights on every rank
+        self.model: GenerativeModel = build_model(mc).to(env.device)
+        self.optimizers = self.model.configure_optimizers(tc.lr, (tc.beta1, tc.beta2))
+        if env.enabled:
+            broadcast_module(self.model)
+            for optimizer in self.optimizers.values():
+                average_gradients_before_step(optimizer, env.world_size)
+        torch.manual_seed(tc.seed + 7919 * (env.rank + 1))  # per-rank noise streams
+        self.images = self.train_data.images.to(env.device)
+        self.batches_per_epoch = len(self.images) // env.world_size // tc.batch_size
+        if self.batches_per_epoch == 0:
+            raise GenlabError(
+                f"{tc.dataset}: {len(self.images)} training images is less than one batch of {tc.batch_size}"
+                + (f" per process ({env.world_size} processes)" if env.enabled else "")
+            )
+        self.fixed_z = self.model.sample_latents(tc.sample_count, torch.Generator().manual_seed(tc.seed))
+        pick = torch.randperm(len(self.val_data), generator=torch.Generator().manual_seed(tc.seed))[:RECON_IMAGES]
+        self.recon_images = self.val_data.images[pick.sort().values]  # a fixed, class-mixed set
+        self.epoch, self.batch, self.step = 0, 0, 0
+        self.epoch_sums: dict[str, float] = {}
+        self.epoch_count = 0
+        self.epoch_history: list[dict[str, Any]] = []
+        self.train_seconds = 0.0
+        self.calibration = None
+        if state is not None:
+            self._restore(state)
+
+    # -- data -----------------------------------------------------------------------------
+    def _load(self, split: str) -> ImageData:
+        data = load_split(self.tc.dataset, split, self.tc.data_dir, self.tc.download, self.mc.image_size, self.mc.channels)
+        if self.tc.normal_class is not None:
+            data = data.only_class(self.tc.normal_class)
+        return data
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        perm = torch.randperm(len(self.images), generator=_epoch_generator(self.tc.seed, epoch))
+        return perm[self.env.rank :: self.env.world_size].to(self.env.device)
+
+    def _batch(self, order: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
+        bs = self.tc.batch_size
+        images = self.images[order[b * bs : (b + 1) * bs]]
+        if self.tc.translate > 0:  # on uint8, before normalisation
+            images = random_translate(images, self.tc.translate, _epoch_generator(self.tc.seed, epoch, b * self.env.world_size + self.env.rank))
+        return uint8_to_model(images)
+
+    # -- checkpoint -----------------------------------------------------------------------
+    def _rng_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if self.env.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.env.device)
+        return state
+
+    def _payload(self, complete: bool) -> dict[str, Any]:
+        rng = gather_objects(self.env, self._rng_state())
+        return {
+            "family": self.mc.family,
+            "model_config": to_dict(self.mc),
+            "train_config": to_dict(self.tc),
+            "data": {
+                "dataset": self.tc.dataset,
+                "split": "train",
+                "image_size": self.mc.image_size,
+                "channels": self.mc.channels,
+                "value_range": list(VALUE_RANGE),
+                "pixel_format": "uint8",
+                "normal_class": self.tc.normal_class,
+                "translate": self.tc.translate,
+                "num_train": len(self.train_data),
+                "num_val": len(self.val_data),
+            },
+            "seed": self.tc.seed,
+            "epoch": self.epoch,
+            "step": self.step,
+            "complete": complete,
+            "world_size": self.env.world_size,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "rng": {"ranks": [{k: v.cpu() for k, v in r.items()} for r in rng]},
+            "position": {"epoch": self.epoch, "batch": self.batch, "sums": dict(self.epoch_sums), "count": self.epoch_count},
+            "metrics": {"epochs": self.epoch_history, "train_seconds": self.train_seconds},
+            "calibration": self.calibration,
+        }
+
+    def save(self, complete: bool = False) -> None:
+        payload = self._payload(complete)  # every rank joins the gather inside
+        if self.env.enabled:  # data parallelism keeps the weights identical on every rank
+            sums = gather_objects(self.env, sum(float(p.double().sum()) for p in self.model.parameters()))
+            if max(sums) - min(sums) > 1e-6 * max(1.0, abs(sums[0])):
+                raise RuntimeError(f"ranks' weights diverged (parameter sums {sums}); gradient averaging is broken")
+        if self.env.is_main:
+            self.log.flush()
+            checkpoint.save_checkpoint(payload, self.ckpt_path)
+        barrier(self.env)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        ranks = state["rng"]["ranks"]
+        if len(ranks) == self.env.world_size:
+            torch.set_rng_state(ranks[self.env.rank]["torch"])
+            if "cuda" in ranks[self.env.rank] and self.env.device.type == "cuda":
+                torch.cuda.set_rng_state(ranks[self.env.rank]["cuda"], self.env.device)
+        position = state["position"]
+        self.epoch, self.batch, self.step = position["epoch"], position["batch"], state["step"]
+        self.epoch_sums, self.epoch_count = dict(position["sums"]), position["count"]
+        self.epoch_history = list(state["metrics"]["epochs"])
+        self.train_seconds = state["metrics"]["train_seconds"]
+        self.calibration = state.get("calibration")
+        if self.env.is_main:
+            self.log.truncate_after(self.step)
+
+    # -- artifacts ------------------------------------------------------------------------
+    @torch.no_grad()
+    def _write_grids(self) -> None:
+        self.model.eval()
+        samples = model_to_uint8(self.model.decode(self.fixed_z)).cpu().numpy()
+        save_grid(samples, self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png")
+        save_grid(samples, self.run_dir / "samples.png")
+        if self.model.has_encoder:
+            originals = self.recon_images
+            recon = model_to_uint8(self.model.reconstruct(uint8_to_model(originals.to(self.env.device)))).cpu()
+            rows = [t for i in range(0, len(originals), 8) for t in (originals[i : i + 8], recon[i : i + 8])]
+            grid = torch.cat(rows).numpy()
+            save_grid(grid, self.run_dir / "samples" / f"recon_epoch_{self.epoch:03d}.png", nrow=8)
+            save_grid(grid, self.run_dir / "reconstructions.png", nrow=8)
+        self.model.train()
+
+    # -- the loop -------------------------------------------------------------------------
+    def _flush(self, pending: list[dict[str, torch.Tensor]], first_step: int, images: int, seconds: float, bar: tqdm) -> None:
+        names = list(pending[0])
+        values = torch.stack([torch.stack([p[n] for n in names]) for p in pending]).float().cpu()
+        if not torch.isfinite(values).all():
+            bad_row, bad_col = map(int, torch.nonzero(~torch.isfinite(values))[0])
+            raise TrainingDiverged(
+                f"loss {names[bad_col]} became {values[bad_row, bad_col].item()} at step {first_step + bad_row + 1} "
+                f"(epoch {self.epoch + 1}); stopped, {self.ckpt_path} keeps the last good checkpoint "
+                f"(epoch {self.epoch}); try a lower learning rate, e.g. --set lr={self.tc.lr / 2:g}"
+            )
+        rate = images * self.env.world_size / max(seconds, 1e-9)
+        for i, row in enumerate(values.tolist()):
+            record = dict(zip(names, row))
+            for n, v in record.items():
+                self.epoch_sums[n] = self.epoch_sums.get(n, 0.0) + v
+            self.epoch_count += 1
+            if self.env.is_main:
+                self.log.add({"kind": "step", "epoch": self.epoch + 1, "step": first_step + i + 1, **record, "img_per_s": rate})
+        if self.env.is_main:
+            bar.set_postfix({**{n: f"{v:.3g}" for n, v in zip(names, values[-1].tolist())}, "img/s": f"{rate:,.0f}"})
+
+    def _finish_epoch(self) -> None:
+        summary = {n: s / max(self.epoch_count, 1) for n, s in self.epoch_sums.items()}
+        self.epoch += 1
+        self.batch = 0
+        self.epoch_sums, self.epoch_count = {}, 0
+        record = {"epoch": self.epoch, "step": self.step, **summary, "train_seconds": self.train_seconds}
+        self.epoch_history.append(record)
+        if self.env.is_main:
+            self.log.add({"kind": "epoch", **record})
+            self._write_grids()
+
+    def fit(self) -> dict[str, Any]:
+        tc, env = self.tc, self.env
+        if self.epoch >= tc.epochs and self.calibration is not None:
+            return self.summary(stopped="already complete")
+        self.calibration = None  # weights will change: calibrate again at the end
+        stopped = None
+        self.model.train()
+        with _stop_on_sigint() as sigint:
+            while self.epoch < tc.epochs and stopped is None:
+                order = self._epoch_order(self.epoch)
+                bar = tqdm(total=self.batches_per_epoch, initial=self.batch, desc=f"epoch {self.epoch + 1}/{tc.epochs}",
+                           disable=not env.is_main, leave=False, dynamic_ncols=True)
+                pending: list[dict[str, torch.Tensor]] = []
+                window_start, window_images, first_step = time.perf_counter(), 0, self.step
+                while self.batch < self.batches_per_epoch:
+                    if tc.max_steps is not None and self.step >= tc.max_steps:
+                        stopped = "max_steps"
+                        break
+                    x = self._batch(order, self.epoch, self.batch)
+                    pending.append(self.model.train_step(x, self.optimizers))
+                    self.batch += 1
+                    self.step += 1
+                    window_images += len(x)
+                    bar.update(1)
+                    stop_now = sigint["stop"] or (tc.max_steps is not None and self.step >= tc.max_steps)
+                    if len(pending) >= tc.log_every or self.batch == self.batches_per_epoch or stop_now:
+                        if env.device.type == "cuda":
+                            torch.cuda.synchronize(env.device)
+                        elapsed = time.perf_counter() - window_start
+                        self.train_seconds += elapsed
+                        self._flush(pending, first_step, window_images, elapsed, bar)
+                        pending, first_step, window_images = [], self.step, 0
+                        window_start = time.perf_counter()
+                    if stop_now:
+                        stopped = "interrupted" if sigint["stop"] else "max_steps"
+                        break
+                bar.close()
+                if self.batch == self.batches_per_epoch:
+                    self._finish_epoch()
+                    if env.is_main:
+                        last = self.epoch_history[-1]
+                        losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("epoch", "step", "train_seconds"))
+                        tqdm.write(f"epoch {self.epoch}/{tc.epochs}: {losses}", file=sys.stderr)
+                self.save()
+        if stopped is None:
+            if env.is_main:
+                self.calibration = calibrate(self.model, self.val_data.images, env.device, split="val")
+                plot_loss_curves(self.log.read(), self.run_dir / "loss_curves.png", f"{self.mc.family} on {tc.dataset}")
+            self.calibration = gather_objects(env, self.calibration)[0]
+            self.save(complete=True)
+        return self.summary(stopped)
+
+    def summary(self, stopped: Optional[str]) -> dict[str, Any]:
+        images_per_s = self.step * self.tc.batch_size * self.env.world_size / self.train_seconds if self.train_seconds else math.nan
+        return {
+            "family": self.mc.family,
+            "dataset": self.tc.dataset,
+            "run_dir": str(self.run_dir),
+            "checkpoint": str(self.ckpt_path),
+            "epoch": self.epoch,
+            "epochs": self.tc.epochs,
+            "step": self.step,
+            "stopped": stopped,
+            "train_seconds": round(self.train_seconds, 2),
+            "images_per_s": round(images_per_s, 1) if not math.isnan(images_per_s) else None,
+            "last_epoch": self.epoch_history[-1] if self.epoch_history else None,
+            "samples": str(self.run_dir / "samples.png"),
+            "world_size": self.env.world_size,
+        }
+
+
+def train(family: str, model_overrides: dict[str, Any], tc: TrainConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train (or resume) one run; returns a JSON-friendly summary."""
+    model_class(family)  # unknown family: clear error before any work
+    env = init_distributed(tc.device)
+    try:
+        return Trainer(family, model_overrides, tc, Path(run_dir), resume, env).fit()
+    finally:
+        shutdown(env)
+
+
+__all__ = ["RESUME_OVERRIDABLE", "Trainer", "TrainingDiverged", "train"]
