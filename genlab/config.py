@@ -27,6 +27,8 @@ class ModelConfig:
     gaussian_sigma: float = 0.1  # std of the gaussian likelihood, in the [-1, 1] pixel range
     beta: float = 1.0  # weight of the KL term (vae, vaegan)
     gamma: float = 1e-2  # vaegan: weight of the feature reconstruction loss in the decoder update
+    equilibrium: float = 0.68  # vaegan: target discriminator cross-entropy (about ln 2)
+    margin: float = 0.35  # vaegan: how far from equilibrium before D or the GAN term pauses
 
     def __post_init__(self) -> None:
         if self.arch not in ("conv", "mlp"):

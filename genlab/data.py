@@ -15,6 +15,7 @@ labels; batches are converted to the model's range on the training device
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import os
@@ -107,9 +108,14 @@ def mnist5k_path() -> Path:
     return path
 
 
-def _read_mnist5k(spec: DatasetSpec, split: str, data_dir: str, download: bool, size: int, channels: int):
+@functools.lru_cache(maxsize=1)
+def _mnist5k_table() -> np.ndarray:
     with gzip.open(mnist5k_path(), "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.uint8)
+        return np.loadtxt(f, delimiter=",", dtype=np.uint8)
+
+
+def _read_mnist5k(spec: DatasetSpec, split: str, data_dir: str, download: bool, size: int, channels: int):
+    table = _mnist5k_table()
     images = torch.from_numpy(table[:, :784].reshape(-1, 1, 28, 28).copy())
     labels = torch.from_numpy(table[:, 784].astype(np.int64))
     index = _seeded_split(len(labels), split, labels, fractions=(0.8, 0.1, 0.1))

@@ -111,7 +111,10 @@ class Discriminator(nn.Module):
                       nn.Linear(cfg.hidden, cfg.hidden), nn.LeakyReLU(0.2)]
             features = cfg.hidden
         self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(features, 1)
+        if cfg.arch == "conv":  # Larsen et al.: a fully connected layer between Dis_l and the output
+            self.head = nn.Sequential(nn.Linear(features, cfg.hidden), nn.LeakyReLU(0.2), nn.Linear(cfg.hidden, 1))
+        else:
+            self.head = nn.Linear(features, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.body(x)

@@ -8,7 +8,12 @@ Then, from the same forward pass, with separate optimizers:
   decoder       <- grad(gamma * L_llike - L_GAN)   (non-saturating form of -L_GAN)
   discriminator <- grad(L_GAN)                     (as binary cross-entropy)
 Real, reconstructed and prior images go through the discriminator as one batch, so the
-features compared by L_llike are normalised alike.
+features compared by L_llike are normalised alike. As in the authors' implementation, the
+discriminator and adversarial terms are balanced: the discriminator skips its update while its mean
+cross-entropy on real and fake images is below ``equilibrium - margin`` (it is winning), and the
+decoder drops its GAN term while it is above ``equilibrium + margin`` (it is losing). Either
+side that pauses lets the other catch up, so the two cannot both stall.
+``--set margin=1e9`` turns this off.
 """
 
 from __future__ import annotations
@@ -67,16 +72,27 @@ class VAEGAN(GenerativeModel):
         d_loss = bce_logits(real_logits, True) + bce_logits(rec_logits, False) + bce_logits(prior_logits, False)
         g_loss = bce_logits(rec_logits, True) + bce_logits(prior_logits, True)
 
-        self.apply_gradients([
+        # Larsen et al.'s equilibrium balancing: pause the discriminator while it wins by a
+        # margin, and the decoder's GAN term while it loses by one.
+        d_real = bce_logits(real_logits, True)
+        d_fake = bce_logits(torch.cat([rec_logits, prior_logits]), False)
+        d_mean = 0.5 * (d_real + d_fake).item()
+        train_dis = d_mean >= self.cfg.equilibrium - self.cfg.margin
+        use_gan = d_mean <= self.cfg.equilibrium + self.cfg.margin
+        updates = [
             (optimizers["encoder"], self.cfg.beta * prior_loss + llike),
-            (optimizers["decoder"], self.cfg.gamma * llike + g_loss),
-            (optimizers["discriminator"], d_loss),
-        ])
+            (optimizers["decoder"], self.cfg.gamma * llike + (g_loss if use_gan else 0.0)),
+        ]
+        if train_dis:
+            updates.append((optimizers["discriminator"], d_loss))
+        self.apply_gradients(updates)
         return {
             "prior": prior_loss.detach(),
             "llike": llike.detach(),
             "g_loss": g_loss.detach(),
             "d_loss": d_loss.detach(),
+            "d_trained": torch.tensor(float(train_dis)),
+            "gan_used": torch.tensor(float(use_gan)),
         }
 
     @torch.no_grad()
