@@ -182,9 +182,10 @@ def _read_folder(spec: DatasetSpec, split: str, data_dir: str, download: bool, s
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise GenlabError(f"folder dataset: no .png/.jpg/.jpeg files under {root}")
-    classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
-    class_index = {c: i for i, c in enumerate(classes)}
-    labels = torch.tensor([class_index.get(p.relative_to(root).parts[0], 0) if len(p.relative_to(root).parts) > 1 else 0 for p in files])
+    # an image's class is its first-level subfolder; images directly under PATH get class 0
+    subfolders = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else None for p in files]
+    class_index = {c: i for i, c in enumerate(sorted({s for s in subfolders if s is not None}))}
+    labels = torch.tensor([class_index.get(s, 0) for s in subfolders])
     index = _seeded_split(len(files), split)
     arrays = []
     for i in index.tolist():

@@ -46,14 +46,13 @@ class GenerativeModel(nn.Module):
         parameters receive the gradient of that optimizer's loss only. All gradients are
         taken before any parameter changes, so no step invalidates the graph.
         """
-        grads = []
-        for i, (optimizer, loss) in enumerate(updates):
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            keep = i < len(updates) - 1
-            grads.append(torch.autograd.grad(loss, params, retain_graph=keep, allow_unused=True))
-        for (optimizer, _), group_grads in zip(updates, grads):
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            for p, g in zip(params, group_grads):
+        params = [[p for group in optimizer.param_groups for p in group["params"]] for optimizer, _ in updates]
+        grads = [
+            torch.autograd.grad(loss, ps, retain_graph=i < len(updates) - 1, allow_unused=True)
+            for i, ((_, loss), ps) in enumerate(zip(updates, params))
+        ]
+        for (optimizer, _), ps, group_grads in zip(updates, params, grads):
+            for p, g in zip(ps, group_grads):
                 p.grad = torch.zeros_like(p) if g is None else g
             optimizer.step()
 

@@ -69,13 +69,13 @@ class VAEGAN(GenerativeModel):
 
         prior_loss = kl_to_standard_normal(mu, logvar).mean()
         llike = feature_error(f_x, f_rec).mean()
-        d_loss = bce_logits(real_logits, True) + bce_logits(rec_logits, False) + bce_logits(prior_logits, False)
+        d_real = bce_logits(real_logits, True)
+        d_loss = d_real + bce_logits(rec_logits, False) + bce_logits(prior_logits, False)
         g_loss = bce_logits(rec_logits, True) + bce_logits(prior_logits, True)
 
         # Larsen et al.'s equilibrium balancing: pause the discriminator while it wins by a
         # margin, and the decoder's GAN term while it loses by one.
-        d_real = bce_logits(real_logits, True)
-        d_fake = bce_logits(torch.cat([rec_logits, prior_logits]), False)
+        d_fake = 0.5 * (d_loss - d_real)  # mean cross-entropy over reconstructed and prior images
         d_mean = 0.5 * (d_real + d_fake).item()
         train_dis = d_mean >= self.cfg.equilibrium - self.cfg.margin
         use_gan = d_mean <= self.cfg.equilibrium + self.cfg.margin
