@@ -2,7 +2,7 @@
 
 The checkpoint keeps each score component's quantiles on a 0.1-percentile grid, so a later
 consumer (the service) turns a raw score into its percentile among normal images and uses
-a percentile (default 99) as the anomaly threshold.
+a percentile (default 99) as the anomaly threshold; :mod:`genlab.thresholds` reads it back.
 """
 
 from __future__ import annotations
@@ -42,11 +42,3 @@ def calibrate(model: GenerativeModel, images: torch.Tensor, device: torch.device
         "descriptions": dict(type(model).score_descriptions),
     }
 
-
-def quantile(calibration: dict[str, Any], name: str, percentile: float) -> float:
-    """The calibrated raw score at a percentile (linear between grid points)."""
-    values = calibration["scores"][name]
-    position = percentile * 10.0
-    lo = int(position)
-    hi = min(lo + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (position - lo)

@@ -35,7 +35,7 @@ import torch
 from genlab import __version__
 from genlab.config import ModelConfig, TrainConfig, from_dict
 from genlab.errors import GenlabError
-from genlab.calibration import quantile
+from genlab.thresholds import quantile
 from genlab.models import GenerativeModel, build_model
 
 FORMAT = "genlab-checkpoint"

@@ -1,0 +1,1 @@
+"""Batch evaluation: FID/KID (torch-fidelity), anomaly-detection AUROC, reports and sweeps."""

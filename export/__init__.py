@@ -1,0 +1,1 @@
+"""Checkpoint -> ONNX export directory (``onnx_export``), its torch-free reader (``reader``) and the BentoML store (``store``)."""

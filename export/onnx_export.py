@@ -1,0 +1,306 @@
+"""Checkpoint -> a self-contained export directory: ONNX graphs, parity figures, manifest.
+
+Every graph takes or emits uint8 NCHW pixels; normalisation to the model's [-1, 1] range is
+inside the graph (the same :mod:`genlab.pixels` functions the training loop uses), so nothing
+downstream needs torch or any flag:
+
+    decoder.onnx   z float32 [B, latent]      -> images uint8 [B, C, H, W]
+    encoder.onnx   images uint8 [B, C, H, W]  -> mu, logvar float32 [B, latent]    (VAE, VAE-GAN)
+    score.onnx     images uint8 [B, C, H, W]  -> one float32 [B] per score component (every family)
+
+Each graph is compared with torch on seeded inputs at two batch sizes before anything is
+published, and the directory appears only complete (written beside the target, then renamed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from genlab import __version__
+from genlab.checkpoint import load_checkpoint, model_from_checkpoint
+from genlab.errors import GenlabError
+from genlab.models import GenerativeModel
+from genlab.pixels import model_to_uint8, uint8_to_model
+
+from export.reader import FORMAT, FORMAT_VERSION, MANIFEST, file_sha256, load_graphs, sample_latents
+
+PARITY_BATCHES = (1, 5)
+FLOAT_TOLERANCE = 1e-4  # absolute; relative to the value above 1 (scores in nats can be in the hundreds)
+UINT8_TOLERANCE = 1  # grey levels
+PARITY_SEED = 1234
+
+
+class ExportFailed(GenlabError):
+    """The export could not be written or did not match torch; nothing was published."""
+
+
+class DecoderGraph(nn.Module):
+    def __init__(self, model: GenerativeModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return model_to_uint8(self.model.decode(z))
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, model: GenerativeModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode(uint8_to_model(images))
+
+
+class ScoreGraph(nn.Module):
+    def __init__(self, model: GenerativeModel, names: list[str]):
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        scores = self.model.anomaly_scores(uint8_to_model(images))
+        return tuple(scores[name].to(torch.float32) for name in self.names)
+
+
+def _score_names(model: GenerativeModel, image_shape: tuple[int, int, int]) -> list[str]:
+    with torch.no_grad():
+        return list(model.anomaly_scores(torch.zeros(2, *image_shape)).keys())
+
+
+def _io(name: str, dtype: str, shape: list[Any]) -> dict[str, Any]:
+    return {"name": name, "dtype": dtype, "shape": shape}
+
+
+def graph_specs(model: GenerativeModel, image_shape: tuple[int, int, int], score_names: list[str]) -> dict[str, dict[str, Any]]:
+    """name -> (module, example input, I/O description) for every graph this family exports."""
+    latent = model.cfg.latent_dim
+    image_io = _io("images", "uint8", ["batch", *image_shape])
+    specs = {
+        "decoder": {
+            "module": DecoderGraph(model),
+            "inputs": [_io("z", "float32", ["batch", latent])],
+            "outputs": [image_io],
+        },
+        "score": {
+            "module": ScoreGraph(model, score_names),
+            "inputs": [image_io],
+            "outputs": [_io(name, "float32", ["batch"]) for name in score_names],
+        },
+    }
+    if model.has_encoder:
+        specs["encoder"] = {
+            "module": EncoderGraph(model),
+            "inputs": [image_io],
+            "outputs": [_io("mu", "float32", ["batch", latent]), _io("logvar", "float32", ["batch", latent])],
+        }
+    return specs
+
+
+def _example_input(graph: str, batch: int, latent: int, image_shape: tuple[int, int, int], decoder: DecoderGraph, seed: int) -> torch.Tensor:
+    """Seeded inputs: prior latents for the decoder; half decoded samples, half noise images otherwise."""
+    z = torch.from_numpy(sample_latents(batch, latent, seed))
+    if graph == "decoder":
+        return z
+    with torch.no_grad():
+        images = decoder(z)
+    noise = torch.randint(0, 256, (batch, *image_shape), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    images[batch // 2 :] = noise[batch // 2 :]
+    return images
+
+
+def _export_graph(module: nn.Module, example: torch.Tensor, spec: dict[str, Any], path: Path, opset: int | None) -> None:
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                input_names=[i["name"] for i in spec["inputs"]],
+                output_names=[o["name"] for o in spec["outputs"]],
+                dynamic_shapes=({0: batch},),
+                opset_version=opset,
+                external_data=False,
+                dynamo=True,
+                verbose=False,
+                report=False,
+            )
+        except Exception as err:  # the exporter raises many types; report one line
+            raise ExportFailed(f"torch.onnx.export failed for {path.name}: {str(err).splitlines()[0]}") from None
+
+
+def _compare(name: str, torch_out: torch.Tensor, ort_out: np.ndarray) -> dict[str, Any]:
+    expected = torch_out.cpu().numpy()
+    if ort_out.shape != expected.shape or ort_out.dtype != expected.dtype:
+        raise ExportFailed(f"{name}: ONNX output is {ort_out.dtype}{list(ort_out.shape)}, torch gives {expected.dtype}{list(expected.shape)}")
+    diff = np.abs(ort_out.astype(np.float64) - expected.astype(np.float64))
+    if expected.dtype == np.uint8:
+        worst, allowed = float(diff.max(initial=0.0)), float(UINT8_TOLERANCE)
+    else:
+        # absolute below 1, relative above: float32 sums of hundreds of pixels carry ~1e-6 relative error
+        scaled = diff / np.maximum(1.0, np.abs(expected.astype(np.float64)))
+        worst, allowed = float(scaled.max(initial=0.0)), FLOAT_TOLERANCE
+    if not np.isfinite(worst) or worst > allowed:
+        raise ExportFailed(f"parity check failed: {name} differs from torch by {worst:.3g} (allowed {allowed:g})")
+    return {"max_diff": worst, "max_abs_diff": float(diff.max(initial=0.0)), "tolerance": allowed}
+
+
+def check_parity(model: GenerativeModel, directory: Path, manifest: dict[str, Any], specs: dict[str, dict[str, Any]],
+                 image_shape: tuple[int, int, int]) -> dict[str, Any]:
+    """torch vs ONNX Runtime (CPU) on seeded inputs at each of PARITY_BATCHES, for every graph."""
+    exported = load_graphs(directory, manifest, providers="cpu")
+    latent = model.cfg.latent_dim
+    decoder = specs["decoder"]["module"]
+    figures: dict[str, Any] = {}
+    for graph, spec in specs.items():
+        outputs: dict[str, Any] = {}
+        for batch in PARITY_BATCHES:
+            x = _example_input(graph, batch, latent, image_shape, decoder, PARITY_SEED + batch)
+            with torch.no_grad():
+                expected = spec["module"](x)
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            got = exported.graphs[graph].run(x.numpy())
+            for out_spec, value in zip(spec["outputs"], expected):
+                figure = _compare(f"{graph}.onnx output {out_spec['name']} at batch {batch}", value, got[out_spec["name"]])
+                best = outputs.get(out_spec["name"])
+                if best is None or figure["max_diff"] > best["max_diff"]:
+                    outputs[out_spec["name"]] = figure
+        figures[graph] = {"batch_sizes": list(PARITY_BATCHES), "seed": PARITY_SEED, "provider": "CPUExecutionProvider", "outputs": outputs}
+    return figures
+
+
+def default_name(family: str, dataset: str) -> str:
+    """genlab-<family>-<dataset>, reduced to what a BentoML tag allows."""
+    slug = "".join(ch if ch.isascii() and ch.isalnum() else "-" for ch in dataset.split(":")[-1].strip("/").split("/")[-1].lower())
+    return f"genlab-{family}-{slug.strip('-') or 'data'}"[:63].rstrip("-")  # tags: ASCII only, 63 characters at most
+
+
+def build_manifest(ckpt: dict[str, Any], source: Path, name: str, specs: dict[str, dict[str, Any]], score_names: list[str],
+                   opset: int | None, descriptions: dict[str, str]) -> dict[str, Any]:
+    data = ckpt["data"]
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "genlab_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "name": name,
+        "family": ckpt["family"],
+        "latent": {"dim": ckpt["model_config"]["latent_dim"], "prior": "standard normal N(0, I)", "dtype": "float32"},
+        "image": {"channels": data["channels"], "height": data["image_size"], "width": data["image_size"],
+                  "layout": "NCHW", "pixel_format": "uint8", "value_range": [0, 255]},
+        "graphs": {
+            graph: {"file": f"{graph}.onnx", "opset": opset, "inputs": spec["inputs"], "outputs": spec["outputs"]}
+            for graph, spec in specs.items()
+        },
+        "scores": {"names": score_names, "primary": "score", "larger_is_more_anomalous": True,
+                   "descriptions": {n: descriptions.get(n, "") for n in score_names}},
+        "calibration": ckpt.get("calibration"),
+        "dataset": data,
+        "training": {
+            "epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "complete": ckpt.get("complete", False),
+            "seed": ckpt.get("seed"), "world_size": ckpt.get("world_size", 1),
+            "model_config": ckpt["model_config"], "train_config": ckpt["train_config"], "metrics": ckpt.get("metrics", {}),
+        },
+        "source": {"checkpoint": source.name, "sha256": file_sha256(source), "genlab_version": ckpt.get("genlab_version")},
+    }
+
+
+def _is_export(directory: Path) -> bool:
+    try:
+        return json.loads((directory / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """``out`` must not exist; with ``overwrite`` it may be an earlier export or an empty directory, nothing else
+    (``--out RUN_DIR --overwrite`` must never delete a run directory and its checkpoint)."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
+        raise ExportFailed(f"{out} already exists; choose another --out or pass --overwrite")
+    if out.is_symlink() or not out.is_dir() or (any(out.iterdir()) and not _is_export(out)):
+        raise ExportFailed(f"{out} exists and is not a genlab export directory; --overwrite replaces only an earlier export, "
+                           "choose another --out")
+
+
+def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished temp directory into place; an old export is replaced only with ``overwrite``."""
+    _check_out(out, overwrite)  # again: something may have appeared at ``out`` while the export ran
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old, out)  # put the earlier export back rather than leave nothing at ``out``
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, opset: int | None = None,
+                      name: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Write the export directory ``out`` from a checkpoint (file or run directory); returns the manifest."""
+    source = Path(checkpoint)
+    source = source / "last.pt" if source.is_dir() else source
+    ckpt = load_checkpoint(source)
+    model = model_from_checkpoint(ckpt).float()
+    data = ckpt["data"]
+    image_shape = (int(data["channels"]), int(data["image_size"]), int(data["image_size"]))
+    score_names = _score_names(model, image_shape)
+    specs = graph_specs(model, image_shape, score_names)
+    name = name or default_name(ckpt["family"], data["dataset"])
+    out = Path(out)
+    _check_out(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the published directory is an ordinary one
+    try:
+        for graph, spec in specs.items():
+            example = _example_input(graph, 2, model.cfg.latent_dim, image_shape, specs["decoder"]["module"], PARITY_SEED)
+            _export_graph(spec["module"], example, spec, tmp / f"{graph}.onnx", opset)
+            _check_onnx(tmp / f"{graph}.onnx")
+        stray = sorted(p.name for p in tmp.iterdir() if not p.name.endswith(".onnx"))
+        if stray:
+            raise ExportFailed(f"the exporter wrote unexpected files {stray}; weights must be inside the .onnx files")
+        manifest = build_manifest(ckpt, source, name, specs, score_names, opset or _opset_of(tmp / "decoder.onnx"),
+                                  type(model).score_descriptions)
+        manifest["parity"] = check_parity(model, tmp, manifest, specs, image_shape)
+        manifest["files"] = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _publish(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _check_onnx(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as err:
+        raise ExportFailed(f"{path.name} fails onnx.checker: {str(err).splitlines()[0]}") from None
+
+
+def _opset_of(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))

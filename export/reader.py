@@ -1,0 +1,226 @@
+"""Open an export (a directory or a BentoML model) and run its graphs: numpy and ONNX Runtime only.
+
+This is the reading side of :mod:`export.onnx_export`, used by the service and the evaluators
+and usable by anyone: it imports no torch and no training code. Opening checks the manifest's
+format version and the sha256 of every file it lists, and names the file that fails.
+
+Pixels are uint8 NCHW at every graph boundary: the decoder emits them, the encoder and the
+score graph take them, and normalisation happens inside the graphs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genlab.errors import GenlabError
+
+FORMAT = "genlab-export"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PROVIDER_ENV = "GENLAB_ORT_PROVIDER"  # auto (default), cpu or cuda
+
+log = logging.getLogger(__name__)
+
+
+class ExportError(GenlabError):
+    """An export directory that is missing, incomplete, tampered with or from a newer genlab."""
+
+
+def sample_latents(n: int, latent_dim: int, seed: int | None = None, temperature: float = 1.0) -> np.ndarray:
+    """Draws from the N(0, I) prior: float32 [n, latent_dim]; the same seed gives the same latents."""
+    z = np.random.default_rng(seed).standard_normal((n, latent_dim), dtype=np.float32)
+    return z * np.float32(temperature)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def choose_providers(preference: str | None = None) -> list[str]:
+    """ONNX Runtime providers to ask for, best first: CUDA where onnxruntime-gpu sees a GPU, else CPU."""
+    import onnxruntime as ort
+
+    preference = (preference or os.environ.get(PROVIDER_ENV) or "auto").lower()
+    available = ort.get_available_providers()
+    if preference == "cpu":
+        return ["CPUExecutionProvider"]
+    if preference == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise ExportError("CUDA was asked for, but this onnxruntime has no CUDA provider (install onnxruntime-gpu, not onnxruntime)")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if preference != "auto":
+        raise ExportError(f"unknown execution provider preference {preference!r}; use auto, cpu or cuda")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in available else ["CPUExecutionProvider"]
+
+
+@dataclass
+class Graph:
+    """One ONNX Runtime session and the names the manifest gives its inputs and outputs."""
+
+    name: str
+    session: Any
+    inputs: list[str]
+    outputs: list[str]
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def run(self, array: np.ndarray) -> dict[str, np.ndarray]:
+        values = self.session.run(self.outputs, {self.inputs[0]: array})
+        return dict(zip(self.outputs, values))
+
+
+@dataclass
+class ExportedModel:
+    path: Path
+    manifest: dict[str, Any]
+    graphs: dict[str, Graph] = field(default_factory=dict)
+
+    # -- what the manifest says ---------------------------------------------------------------
+    @property
+    def family(self) -> str:
+        return self.manifest["family"]
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.manifest["latent"]["dim"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        image = self.manifest["image"]
+        return int(image["channels"]), int(image["height"]), int(image["width"])
+
+    @property
+    def has_encoder(self) -> bool:
+        return "encoder" in self.graphs
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        return self.manifest.get("calibration")
+
+    @property
+    def score_names(self) -> list[str]:
+        return list(self.manifest["scores"]["names"])
+
+    @property
+    def providers(self) -> dict[str, str]:
+        """graph name -> the execution provider its session actually got."""
+        return {name: graph.provider for name, graph in self.graphs.items()}
+
+    # -- running the graphs ---------------------------------------------------------------------
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        """float32 latents [B, latent_dim] -> uint8 images [B, C, H, W]."""
+        return self.graphs["decoder"].run(np.ascontiguousarray(z, dtype=np.float32))["images"]
+
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images [B, C, H, W] -> (mu, logvar), float32 [B, latent_dim]."""
+        if not self.has_encoder:
+            raise ExportError(f"a {self.family} model has no encoder")
+        out = self.graphs["encoder"].run(np.ascontiguousarray(images, dtype=np.uint8))
+        return out["mu"], out["logvar"]
+
+    def scores(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 images [B, C, H, W] -> {score component: float32 [B]}; 'score' is the primary one."""
+        return self.graphs["score"].run(np.ascontiguousarray(images, dtype=np.uint8))
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest without the bulky calibration quantiles, plus the providers in use."""
+        summary = {k: v for k, v in self.manifest.items() if k != "calibration"}
+        calibration = self.calibration
+        if calibration:
+            summary["calibration"] = {"split": calibration.get("split"), "n": calibration.get("n"), "scores": sorted(calibration["scores"])}
+        summary["providers"] = self.providers
+        summary["path"] = str(self.path)
+        return summary
+
+
+def read_manifest(directory: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
+    """Parse and validate ``manifest.json``; with ``verify``, check every listed file's sha256."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise ExportError(f"{directory}: no such export directory")
+    if not path.is_file():
+        raise ExportError(f"{directory}: not a genlab export ({MANIFEST} is missing)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ExportError(f"{path}: unreadable manifest ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ExportError(f"{path}: not a genlab export manifest")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise ExportError(
+            f"{path}: export format version {version!r} is not supported by this genlab (reads version {FORMAT_VERSION}); "
+            "upgrade genlab or export again"
+        )
+    for key in ("family", "name", "latent", "image", "graphs", "scores", "files"):
+        if key not in manifest:
+            raise ExportError(f"{path}: manifest has no {key!r}")
+    if verify:
+        for name, digest in manifest["files"].items():
+            file = directory / name
+            if Path(name).name != name or not file.is_file():
+                raise ExportError(f"{directory}: {name} is missing")
+            if file_sha256(file) != digest:
+                raise ExportError(f"{file}: sha256 does not match the manifest (file changed or corrupt); export again")
+    for graph in manifest["graphs"].values():
+        if graph["file"] not in manifest["files"]:
+            raise ExportError(f"{path}: graph file {graph['file']} is not listed with a hash")
+    return manifest
+
+
+def resolve(reference: str | os.PathLike) -> Path:
+    """An export directory, or a BentoML model tag (``name`` or ``name:version``) -> its directory."""
+    path = Path(reference)
+    if path.is_dir():
+        return path
+    text = str(reference)
+    if re.fullmatch(r"[a-z0-9][a-z0-9._-]*(:[A-Za-z0-9._-]+)?", text, re.IGNORECASE):
+        import bentoml
+
+        try:
+            return Path(bentoml.models.get(text.lower()).path)
+        except bentoml.exceptions.NotFound:
+            raise ExportError(f"{text}: neither an export directory nor a model in the BentoML store (see: genlab models)") from None
+    raise ExportError(f"{text}: no such export directory")
+
+
+def open_export(reference: str | os.PathLike, providers: str | None = None) -> ExportedModel:
+    """Validate an export (hashes included) and start an ONNX Runtime session for each graph."""
+    directory = resolve(reference)
+    return load_graphs(directory, read_manifest(directory), providers)
+
+
+def load_graphs(directory: Path, manifest: dict[str, Any], providers: str | None = None) -> ExportedModel:
+    """Sessions for the graphs a (validated) manifest lists, on the best provider available."""
+    import onnxruntime as ort
+
+    wanted = choose_providers(providers)
+    model = ExportedModel(Path(directory), manifest)
+    for name, spec in manifest["graphs"].items():
+        try:
+            session = ort.InferenceSession(str(directory / spec["file"]), providers=wanted)
+        except Exception as err:  # onnxruntime raises its own exception types for bad files
+            raise ExportError(f"{directory / spec['file']}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from None
+        model.graphs[name] = Graph(name, session, [i["name"] for i in spec["inputs"]], [o["name"] for o in spec["outputs"]])
+    log.info("opened %s (%s) from %s; providers: %s", model.name, model.family, directory, model.providers)
+    return model

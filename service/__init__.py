@@ -1,0 +1,1 @@
+"""The BentoML serving side: torch-free, over ONNX exports (see ``service.service``)."""
