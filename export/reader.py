@@ -57,6 +57,11 @@ def choose_providers(preference: str | None = None) -> list[str]:
     available = ort.get_available_providers()
     if preference == "cpu":
         return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available and hasattr(ort, "preload_dlls"):
+        try:  # CUDA and cuDNN from the nvidia-* wheels of onnxruntime-gpu[cuda,cudnn], where installed
+            ort.preload_dlls()
+        except Exception as err:  # a missing library shows up again, with its name, when a session starts
+            log.debug("onnxruntime.preload_dlls: %s", err)
     if preference == "cuda":
         if "CUDAExecutionProvider" not in available:
             raise ExportError("CUDA was asked for, but this onnxruntime has no CUDA provider (install onnxruntime-gpu, not onnxruntime)")
@@ -195,6 +200,7 @@ def resolve(reference: str | os.PathLike) -> Path:
         return path
     text = str(reference)
     if re.fullmatch(r"[a-z0-9][a-z0-9._-]*(:[A-Za-z0-9._-]+)?", text, re.IGNORECASE):
+        os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")  # as export.store: no usage analytics calls
         import bentoml
 
         try:

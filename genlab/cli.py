@@ -119,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint file or a run directory")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
+
+    from export.commands import register as register_export
+
+    register_export(sub)
+
+    from service.commands import register as register_serve
+
+    register_serve(sub)
+    from eval.commands import register as register_eval
+
+    register_eval(sub)
     return parser
 
 

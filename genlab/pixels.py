@@ -37,8 +37,18 @@ def random_translate(
     if my == 0 and mx == 0:
         return images
     cpu = torch.device("cpu")
-    dy = torch.randint(-my, my + 1, (b,), generator=generator, device=cpu).to(images.device)
-    dx = torch.randint(-mx, mx + 1, (b,), generator=generator, device=cpu).to(images.device)
+    dy = torch.randint(-my, my + 1, (b,), generator=generator, device=cpu)
+    dx = torch.randint(-mx, mx + 1, (b,), generator=generator, device=cpu)
+    return translate(images, dy, dx)
+
+
+def translate(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Shift image i by ``dy[i]`` rows (down) and ``dx[i]`` columns (right), integer offsets.
+
+    Pixels that enter from outside repeat the nearest edge pixel (no constant border).
+    """
+    b, _, h, w = images.shape
+    dy, dx = dy.to(images.device, torch.int64), dx.to(images.device, torch.int64)
     rows = (torch.arange(h, device=images.device)[None, :] - dy[:, None]).clamp_(0, h - 1)
     cols = (torch.arange(w, device=images.device)[None, :] - dx[:, None]).clamp_(0, w - 1)
     batch = torch.arange(b, device=images.device)[:, None, None]

@@ -32,12 +32,22 @@ def resolve_reference(index: int) -> Path:
     return resolve(SETTINGS.models[index])
 
 
+def warm_up(model: ExportedModel) -> None:
+    """Run every graph once, so that the first requests do not pay for ONNX Runtime's first-run setup
+    (which would also mislead the batching dispatcher's latency estimates)."""
+    images = model.decode(np.zeros((2, model.latent_dim), np.float32))
+    model.scores(images)
+    if model.has_encoder:
+        model.encode(images)
+
+
 class GenlabRuntime:
     """Holds one ExportedModel per configured reference; its APIs are added below."""
 
     def __init__(self) -> None:
         self.models: list[ExportedModel] = [open_export(resolve_reference(i)) for i in range(len(SETTINGS.models))]
         for model in self.models:
+            warm_up(model)
             log.info("genlab runtime: %s (%s) on %s", model.name, model.family, ", ".join(sorted(set(model.providers.values()))))
 
     @bentoml.api

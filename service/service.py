@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal, Optional
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
+import aiohttp
 import bentoml
 import numpy as np
 from annotated_types import Ge, Gt, Le
@@ -40,6 +41,7 @@ from service.settings import SETTINGS
 
 log = logging.getLogger("genlab.service")
 MAX = SETTINGS.max_images
+RUNTIME_ATTEMPTS = 3
 
 
 class ModelInfo(BaseModel):
@@ -57,7 +59,7 @@ class ModelInfo(BaseModel):
 class Reconstruction(BaseModel):
     model: str
     images_png_base64: list[str] = Field(description="reconstructions as base64 PNGs (format=png_list)")
-    images: Optional[list[Any]] = Field(None, description="reconstructions as uint8 [N, C, H, W] (format=array)")
+    images: list[Any] = Field(description="reconstructions as uint8 [N, C, H, W] (format=array; empty otherwise)")
     mu: list[list[float]] = Field(description="posterior means, [N, latent]")
     recon_error: list[float] = Field(description="mean squared pixel error per image, pixels in [0, 1]")
 
@@ -124,7 +126,19 @@ class Genlab:
         return self.models[name]
 
     async def _call(self, graph: str, model: LoadedModel, array: np.ndarray) -> np.ndarray:
-        return await getattr(self.runtime.to_async, f"{graph}_{model.index}")(array)
+        """One runtime call, retried on a connection error. BentoML 1.4.39's internal client
+        replaces its HTTP session every 100 requests and closes the old one under the requests
+        still in flight on it (``_bentoml_impl/client/proxy2.py``, ``SessionManager``); runtime
+        calls are pure functions of their input, so running one again is safe."""
+        method = getattr(self.runtime.to_async, f"{graph}_{model.index}")
+        for attempt in range(RUNTIME_ATTEMPTS):
+            try:
+                return await method(array)
+            except aiohttp.ClientConnectionError as err:
+                if attempt == RUNTIME_ATTEMPTS - 1:
+                    raise
+                log.info("runtime call %s_%d lost its connection (%s); retrying", graph, model.index, err)
+        raise AssertionError("unreachable")
 
     # -- endpoints ------------------------------------------------------------------------------
     @bentoml.api(route="/generate")
@@ -189,7 +203,7 @@ class Genlab:
         return Reconstruction(
             model=m.name,
             images_png_base64=_png_base64(recon) if format == "png_list" else [],
-            images=recon.tolist() if format == "array" else None,
+            images=recon.tolist() if format == "array" else [],
             mu=mu.tolist(),
             recon_error=error.reshape(len(x), -1).mean(axis=1).tolist(),
         )

@@ -27,7 +27,9 @@ class Settings:
     max_pixels: int = 4096 * 4096  # decoded size of one upload (decompression bombs)
     batching: bool = True  # adaptive batching of runtime calls (GENLAB_BATCHING=0 turns it off)
     max_batch_size: int = 256
-    max_latency_ms: int = 200  # the longest a request waits for its batch to fill
+    # BentoML's dispatcher answers 503 when it predicts a request cannot be served within this;
+    # it dispatches as soon as waiting stops paying off, so a generous cap costs no latency
+    max_latency_ms: int = 10_000
 
     @property
     def store_tags(self) -> list[str]:
@@ -43,7 +45,7 @@ def load_settings() -> Settings:
         max_upload_bytes=_int("GENLAB_MAX_UPLOAD_BYTES", 10 << 20),
         batching=os.environ.get("GENLAB_BATCHING", "1").lower() not in ("0", "false", "no", "off"),
         max_batch_size=_int("GENLAB_MAX_BATCH_SIZE", 256),
-        max_latency_ms=_int("GENLAB_MAX_LATENCY_MS", 200),
+        max_latency_ms=_int("GENLAB_MAX_LATENCY_MS", 10_000),
     )
 
 

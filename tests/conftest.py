@@ -84,3 +84,19 @@ def image_folder(tmp_path: Path) -> Path:
     Image.new("RGBA", (16, 16), (255, 0, 0, 128)).save(root / "cats" / "alpha.png")
     (root / "notes.txt").write_text("not an image")
     return root
+
+
+def bentoml_test_client(service):
+    """A starlette TestClient over a BentoML service's ASGI app, in this process.
+
+    BentoML registers its Prometheus request metrics in one global registry when an app starts,
+    so a second app in the same process (another test module) would fail with
+    DuplicateTimeseries; in-process apps run without metrics. Real servers keep /metrics.
+    """
+    from _bentoml_impl.server.app import ServiceAppFactory
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from starlette.testclient import TestClient
+
+    service.inject_config()  # what service.to_asgi() does first; it would reset the switch below
+    BentoMLContainer.api_server_config.metrics.enabled.set(False)
+    return TestClient(ServiceAppFactory(service, is_main=True)())

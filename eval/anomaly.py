@@ -1,0 +1,178 @@
+"""Anomaly detection, scored the standard way: AUROC, AUPRC and the calibrated threshold's TPR/FPR.
+
+Two protocols:
+
+- one-class (Deep SVDD, OCGAN): normal = class K of a dataset's test split, anomalies = every
+  other class of that split;
+- out-of-distribution: normal = the model's dataset's test split (class K only, if given),
+  anomalies = another dataset's test split, converted to the model's channels and size.
+
+Anomalies are the positive class; larger scores are more anomalous. The scores are the ones the
+service returns (the checkpoint's ``anomaly_scores`` or the exported score graph), and the
+threshold is the model's calibrated quantile of each score on held-out normal images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from genlab.errors import GenlabError
+from genlab.thresholds import DEFAULT_PERCENTILE, quantile
+
+
+@dataclass(frozen=True)
+class AnomalySettings:
+    dataset: str
+    normal_class: Optional[int]
+    ood: Optional[str]
+    split: str = "test"
+    data_dir: str = "data"
+    percentile: float = DEFAULT_PERCENTILE
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.percentile <= 100.0:
+            raise GenlabError(f"percentile must be within 0..100, got {self.percentile}")
+        if self.ood is None and self.normal_class is None:
+            raise GenlabError(
+                "the one-class protocol needs a normal class (--normal-class K); the model was trained on all classes, "
+                "so use --ood DATASET to score another dataset as the anomalies"
+            )
+
+    @property
+    def protocol(self) -> str:
+        normal = f"{self.dataset}:{self.split}" + ("" if self.normal_class is None else f" class {self.normal_class}")
+        if self.ood is not None:
+            return f"{normal} vs {self.ood}:{self.split}"
+        return f"{normal} vs other classes"
+
+
+def ranking_metrics(scores: np.ndarray, is_anomaly: np.ndarray) -> dict[str, float]:
+    """AUROC and AUPRC (average precision) with anomalies as the positive class."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    scores = np.nan_to_num(np.asarray(scores, np.float64), nan=np.inf, posinf=np.finfo(np.float64).max)
+    return {"auroc": float(roc_auc_score(is_anomaly, scores)), "auprc": float(average_precision_score(is_anomaly, scores))}
+
+
+def threshold_rates(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float) -> dict[str, float]:
+    """Flag scores above ``threshold``: the share of anomalies flagged (TPR) and of normals (FPR)."""
+    flagged = np.asarray(scores, np.float64) > threshold
+    is_anomaly = np.asarray(is_anomaly, bool)
+    return {"tpr": float(flagged[is_anomaly].mean()), "fpr": float(flagged[~is_anomaly].mean())}
+
+
+def scores_to_metrics(
+    scores: dict[str, np.ndarray],
+    is_anomaly: np.ndarray,
+    calibration: Optional[dict[str, Any]],
+    percentile: float,
+    descriptions: Optional[dict[str, str]] = None,
+) -> dict[str, dict[str, Any]]:
+    """{component: scores} -> {component: auroc, auprc, threshold, tpr, fpr, meaning}."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, values in scores.items():
+        row: dict[str, Any] = ranking_metrics(values, is_anomaly)
+        calibrated = calibration is not None and name in calibration.get("scores", {})
+        if calibrated:
+            row["threshold"] = quantile(calibration, name, percentile)
+            row.update(threshold_rates(values, is_anomaly, row["threshold"]))
+        else:
+            row.update(threshold=None, tpr=None, fpr=None)
+        row["meaning"] = (descriptions or {}).get(name, "")
+        out[name] = row
+    return out
+
+
+def _check_class(data: Any, k: int) -> None:
+    present = sorted(set(data.labels.tolist()))
+    if k not in present:
+        raise GenlabError(f"normal class {k} is not in {data.dataset}:{data.split}; classes present: {present}")
+
+
+def labelled_images(settings: AnomalySettings, image_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The evaluation set as uint8 [N, C, H, W] images and a boolean is-anomaly label per image."""
+    from genlab.data import dataset_spec, load_split
+
+    channels, size, _ = image_shape
+    dataset_spec(settings.dataset)  # unknown name: one clear line before any reading
+    if settings.ood is not None:
+        dataset_spec(settings.ood)
+    data = load_split(settings.dataset, settings.split, settings.data_dir, image_size=size, channels=channels)
+    if settings.normal_class is not None:
+        _check_class(data, settings.normal_class)
+    if settings.ood is None:
+        is_anomaly = (data.labels != settings.normal_class).numpy()
+        images = data.images.numpy()
+    else:
+        normal = data if settings.normal_class is None else data.only_class(settings.normal_class)
+        other = load_split(settings.ood, settings.split, settings.data_dir, image_size=size, channels=channels)
+        images = np.concatenate([normal.images.numpy(), other.images.numpy()])
+        is_anomaly = np.concatenate([np.zeros(len(normal), bool), np.ones(len(other), bool)])
+    if is_anomaly.all() or not is_anomaly.any():
+        raise GenlabError(f"{settings.protocol}: needs both normal and anomalous images ({len(images)} images, "
+                          f"{int(is_anomaly.sum())} anomalous)")
+    return images, is_anomaly
+
+
+def evaluate_anomaly(
+    model: Any,
+    dataset: Optional[str] = None,
+    normal_class: Optional[int] = None,
+    ood: Optional[str] = None,
+    split: str = "test",
+    data_dir: str = "data",
+    percentile: float = DEFAULT_PERCENTILE,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """Score a model (checkpoint, run dir, export dir or ModelSource) on normal vs anomalous images.
+
+    ``dataset`` defaults to the model's own dataset and ``normal_class`` to the class it was
+    trained on alone (one-class runs). Returns every setting, the counts and, per score
+    component, AUROC, AUPRC and the TPR / FPR at the calibrated ``percentile`` threshold.
+    """
+    from eval.batches import ensure_source, normal_class_of, scores_of
+
+    source = ensure_source(model)
+    settings = AnomalySettings(
+        dataset=dataset or source.dataset,
+        normal_class=normal_class if normal_class is not None else normal_class_of(source),
+        ood=ood,
+        split=split,
+        data_dir=data_dir,
+        percentile=float(percentile),
+    )
+    images, is_anomaly = labelled_images(settings, tuple(source.image_shape))
+    scores = scores_of(source, images, batch_size)
+    components = scores_to_metrics(scores, is_anomaly, source.calibration, settings.percentile, source.score_descriptions)
+    return {
+        "evaluation": "anomaly",
+        "settings": dataclasses.asdict(settings),
+        "protocol": settings.protocol,
+        "model": dict(source.info),
+        "counts": {"normal": int((~is_anomaly).sum()), "anomalous": int(is_anomaly.sum())},
+        "calibrated": source.calibration is not None,
+        "components": components,
+    }
+
+
+def result_name(result: dict[str, Any]) -> str:
+    """The file name a result is saved under, built from every setting that changes it."""
+    s = result["settings"]
+    normal = "all" if s["normal_class"] is None else f"c{s['normal_class']}"
+    against = f"ood-{s['ood']}" if s["ood"] else "rest"
+    return f"anomaly-{s['dataset']}-{s['split']}-{normal}-vs-{against}-p{s['percentile']:g}"
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    """One line per component for the terminal."""
+    lines = [f"anomaly {result['protocol']} ({result['counts']['normal']} normal, {result['counts']['anomalous']} anomalous):"]
+    p = result["settings"]["percentile"]
+    for name, row in result["components"].items():
+        at = (f"; at p{p:g} threshold {row['threshold']:.4g}: TPR {row['tpr']:.3f}, FPR {row['fpr']:.3f}"
+              if row["threshold"] is not None else "; no calibration")
+        lines.append(f"  {name}: AUROC {row['auroc']:.4f}, AUPRC {row['auprc']:.4f}{at}")
+    return "\n".join(lines)

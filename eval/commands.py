@@ -1,0 +1,182 @@
+"""Command-line wiring of the evaluation tools: ``genlab eval ...``, ``genlab report``, ``genlab sweep``.
+
+Each command is a short function over importable code in ``eval/``; heavy imports (torch,
+scikit-learn, bentoml) happen inside the command so ``genlab --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from genlab.cli import _Parser, _print
+from genlab.errors import GenlabError
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _name_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _cmd_anomaly(args: argparse.Namespace) -> int:
+    from eval.anomaly import evaluate_anomaly, result_name, summary_line
+    from eval.results import save_result
+
+    result = evaluate_anomaly(args.model, dataset=args.dataset, normal_class=args.normal_class, ood=args.ood,
+                              split=args.split, data_dir=args.data_dir, percentile=args.percentile,
+                              batch_size=args.batch_size)
+    if args.save:
+        result["saved_to"] = str(save_result(_run_dir_of(args.model), result_name(result), result))
+    _print(result, args.json, summary_line)
+    return 0
+
+
+def _cmd_translation(args: argparse.Namespace) -> int:
+    from eval.results import save_result
+    from eval.translation import evaluate_translation, result_name, summary_line
+
+    result = evaluate_translation(args.model, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
+                                  fractions=tuple(args.shifts), n=args.n, seed=args.seed, batch_size=args.batch_size)
+    if args.save:
+        result["saved_to"] = str(save_result(_run_dir_of(args.model), result_name(result), result))
+    _print(result, args.json, summary_line)
+    return 0
+
+
+def _run_dir_of(model: str) -> str:
+    """Results are kept beside the model: its run / export directory, or the checkpoint's folder."""
+    from pathlib import Path
+
+    path = Path(model)
+    return str(path if path.is_dir() else path.parent)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from eval.report import ReportSettings, write_report
+
+    settings = ReportSettings(compute=not args.no_compute, data_dir=args.data_dir, n=args.n)
+    result = write_report(args.runs, args.out, settings)
+    _print(result, args.json, lambda r: f"report of {len(r['runs'])} run(s): {r['markdown']} and {r['html']}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from eval.sweep import SweepSettings, run_sweep
+
+    settings = SweepSettings(
+        families=tuple(args.families), lrs=tuple(args.lrs), dataset=args.dataset, data_dir=args.data_dir,
+        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, seed=args.seed,
+        normal_class=args.normal_class, overrides=tuple(args.set or ()), device=args.device,
+        translate_experiment=args.translate_experiment, n=args.n,
+    )
+    result = run_sweep(settings, args.out)
+    _print(result, args.json, lambda r: f"sweep of {len(r['runs'])} run(s) in {r['out']}; report {r['report']['markdown']}")
+    return 0
+
+
+def _cmd_serve_jobs(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    if args.models:
+        env["GENLAB_EVAL_MODELS"] = args.models
+    command = [sys.executable, "-m", "bentoml", "serve", "eval.jobs_service:EvalJobs", "--port", str(args.port)]
+    return subprocess.call(command, env=env)
+
+
+def _add_eval_fid(eval_sub: Any) -> None:
+    try:
+        from eval.fid_command import add_parser
+    except ImportError as err:  # only when the FID module itself is absent
+        if getattr(err, "name", "") not in ("eval.fid_command",):
+            raise
+        p = eval_sub.add_parser("fid", help="FID / KID of samples or reconstructions (not installed)")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+
+        def missing(args: argparse.Namespace) -> int:
+            raise GenlabError("genlab eval fid is not available in this installation (eval/fid_command.py is missing)")
+
+        p.set_defaults(func=missing)
+        return
+    add_parser(eval_sub)
+
+
+def register(sub: Any) -> None:
+    """Add ``eval`` (anomaly, translation, fid, serve-jobs), ``report`` and ``sweep`` to genlab's subcommands."""
+    p = sub.add_parser("eval", help="evaluate a model: FID/KID, anomaly AUROC, translation robustness; the jobs service")
+    eval_sub = p.add_subparsers(dest="eval_command", required=True, parser_class=_Parser)
+
+    a = eval_sub.add_parser("anomaly", help="AUROC / AUPRC and TPR / FPR at the calibrated threshold, per score",
+                            description="One-class protocol (normal = class K of the test split, anomalies = the other "
+                                        "classes) or --ood DATASET (anomalies = that dataset's test split).")
+    a.add_argument("model", help="checkpoint, run directory or ONNX export directory")
+    a.add_argument("--dataset", help="dataset of the normal images (default: the model's)")
+    a.add_argument("--normal-class", type=int, metavar="K", help="normal class (default: the class a one-class run was trained on)")
+    a.add_argument("--ood", metavar="DATASET", help="score this dataset's test split as the anomalies")
+    a.add_argument("--split", default="test", choices=("train", "val", "test"))
+    a.add_argument("--data-dir", default="data")
+    a.add_argument("--percentile", type=float, default=99.0, help="calibrated threshold, percentile of normal scores (99)")
+    a.add_argument("--batch-size", type=int, default=256)
+    a.add_argument("--save", action="store_true", help="keep the result beside the model (RUN_DIR/eval/) for genlab report")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=_cmd_anomaly)
+
+    t = eval_sub.add_parser("translation", help="reconstruction error of held-out images shifted by 0..10%% (VAE, VAE-GAN)")
+    t.add_argument("model", help="checkpoint, run directory or ONNX export directory of an encoder model")
+    t.add_argument("--dataset", help="default: the model's")
+    t.add_argument("--split", default="test", choices=("train", "val", "test"))
+    t.add_argument("--data-dir", default="data")
+    t.add_argument("--shifts", type=_float_list, default=[0.0, 0.025, 0.05, 0.075, 0.1], help="fractions of the image size")
+    t.add_argument("--n", type=int, default=500, help="held-out images (500)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--save", action="store_true")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=_cmd_translation)
+
+    _add_eval_fid(eval_sub)
+
+    s = eval_sub.add_parser("serve-jobs", help="serve the evaluation-jobs HTTP service (BentoML tasks)")
+    s.add_argument("--port", type=int, default=3001)
+    s.add_argument("--models", help="models root the service may evaluate (default: $GENLAB_EVAL_MODELS or ./runs)")
+    s.set_defaults(func=_cmd_serve_jobs)
+
+    r = sub.add_parser("report", help="write report.md and report.html comparing runs",
+                       description="Gathers saved evaluation results (RUN_DIR/eval/*.json) and computes the cheap missing "
+                                   "ones (reconstruction error, translation, anomaly AUROC); FID is never computed here.")
+    r.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    r.add_argument("--out", required=True, metavar="DIR")
+    r.add_argument("--no-compute", action="store_true", help="only show saved results")
+    r.add_argument("--data-dir", default="data")
+    r.add_argument("--n", type=int, default=500, help="held-out images for the translation experiment (500)")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=_cmd_report)
+
+    w = sub.add_parser("sweep", help="learning-rate sweep over model families, then the report",
+                       description="Trains each (family, lr) into OUT/<family>-lr<lr>/ (finished runs are kept, interrupted "
+                                   "ones resumed), runs the cheap evaluations and writes OUT/report/.")
+    w.add_argument("--families", type=_name_list, default=["vae", "gan", "vaegan"])
+    w.add_argument("--lrs", type=_float_list, default=[1.5e-4, 3e-4, 6e-4])
+    w.add_argument("--dataset", default="mnist-5k")
+    w.add_argument("--data-dir", default="data")
+    w.add_argument("--epochs", type=int, default=5)
+    w.add_argument("--max-steps", type=int)
+    w.add_argument("--batch-size", type=int)
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--normal-class", type=int, metavar="K", help="train one-class runs (adds anomaly AUROC to the report)")
+    w.add_argument("--device", default="auto")
+    w.add_argument("--set", action="append", metavar="KEY=VALUE", help="passed to every run (see genlab train --help)")
+    w.add_argument("--translate-experiment", action="store_true",
+                   help="also measure reconstruction error on inputs shifted by 2.5..10%% (VAE, VAE-GAN)")
+    w.add_argument("--n", type=int, default=500, help="held-out images for reconstruction error (500)")
+    w.add_argument("--out", required=True, metavar="DIR")
+    w.add_argument("--json", action="store_true")
+    w.set_defaults(func=_cmd_sweep)

@@ -1,0 +1,214 @@
+"""Feature extractors for FID-style metrics, resolved to what torch-fidelity needs.
+
+- ``inception``: torch-fidelity's ``inception-v3-compat`` (the TF FID-Inception, pool3 2048-d)
+  with weights from :mod:`eval.inception`. Its numbers are FID / KID.
+- ``lenet``: a small conv classifier genlab trains on the reference dataset itself (a few
+  epochs, cached by dataset, size, channels and seed), registered with torch-fidelity as
+  ``genlab-lenet-<dataset>``. It is fast on a CPU and good for quick comparisons, but its
+  numbers are Fréchet / kernel distances in *its* feature space: they are labelled
+  "FD (genlab-lenet features)" and stored under ``lenet_*`` keys, never as FID.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from genlab.errors import GenlabError
+
+from eval.cache import cache_dir, cache_name, file_digest
+
+EXTRACTOR_CHOICES = ("inception", "lenet")
+LENET_VERSION = 1
+LENET_FEATURES = 128
+LENET_EPOCHS = 3
+LENET_MAX_TRAIN = 20000
+LENET_BATCH = 128
+
+
+@dataclass(frozen=True)
+class Extractor:
+    choice: str  # "inception" | "lenet"
+    name: str  # torch-fidelity registry name
+    weights_path: str
+    weights_source: str
+    weights_identity: str
+    feature_layer: str
+    label: str  # how its Fréchet distance is named in text output
+    key_prefix: str  # "" for Inception (fid, kid...), "lenet_" otherwise (lenet_fd, lenet_kd...)
+
+    def metric_key(self, metric: str) -> str:
+        """torch-fidelity's metric names -> ours: fid / kid for Inception, lenet_fd / lenet_kd otherwise."""
+        short = {"frechet_inception_distance": "fid", "kernel_inception_distance_mean": "kid",
+                 "kernel_inception_distance_std": "kid_std"}.get(metric, metric)
+        if not self.key_prefix:
+            return short
+        return self.key_prefix + short.replace("fid", "fd").replace("kid", "kd")
+
+
+def resolve_extractor(choice: str, dataset: str, image_shape: tuple[int, int, int], data_dir: str = "data",
+                      inception_weights: str | None = None, seed: int = 0) -> Extractor:
+    """An extractor choice -> registered torch-fidelity extractor with its weights in place."""
+    if choice == "inception":
+        from eval.inception import resolve_inception_weights
+
+        weights = resolve_inception_weights(inception_weights)
+        return Extractor("inception", "inception-v3-compat", weights.path, weights.source, weights.identity, "2048",
+                         "FID", "")
+    if choice == "lenet":
+        if inception_weights:
+            raise GenlabError("--inception-weights applies to --extractor inception only")
+        channels, size, _ = image_shape
+        path = lenet_weights(dataset, size, channels, data_dir, seed)
+        name = register_lenet(dataset)
+        return Extractor("lenet", name, str(path), "trained by genlab", f"lenet-{file_digest(path)}", str(LENET_FEATURES),
+                         "FD (genlab-lenet features)", "lenet_")
+    raise GenlabError(f"unknown extractor {choice!r}; choose one of {', '.join(EXTRACTOR_CHOICES)}")
+
+
+# -- the cheap extractor ---------------------------------------------------------------------------
+def _lenet(channels: int, classes: int):
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(channels, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        nn.Linear(64 * 16, LENET_FEATURES),  # features: this layer's output (before the ReLU)
+        nn.ReLU(), nn.Linear(LENET_FEATURES, classes),
+    )
+
+
+def lenet_weights(dataset: str, size: int, channels: int, data_dir: str = "data", seed: int = 0) -> Path:
+    """The cached classifier for (dataset, size, channels, seed), trained on first use."""
+    name = cache_name(lenet=f"v{LENET_VERSION}", dataset=dataset, size=size, channels=channels, seed=seed)
+    path = cache_dir("extractors") / f"{name}.pt"
+    if not path.is_file():
+        train_lenet(dataset, size, channels, data_dir, seed, path)
+    return path
+
+
+def train_lenet(dataset: str, size: int, channels: int, data_dir: str, seed: int, path: Path) -> dict:
+    """A few epochs of Adam on the train split (at most LENET_MAX_TRAIN images); written atomically."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from genlab.data import load_split
+    from genlab.imageio import atomic_write_bytes
+    from genlab.pixels import uint8_to_model
+
+    train = load_split(dataset, "train", data_dir, image_size=size, channels=channels)
+    classes = int(train.labels.max()) + 1
+    if len(set(train.labels.tolist())) < 2:
+        raise GenlabError(f"the lenet extractor is a classifier and {dataset} has a single class; use --extractor inception")
+    g = torch.Generator().manual_seed(seed)
+    if len(train) > LENET_MAX_TRAIN:
+        train = train.select(torch.randperm(len(train), generator=g)[:LENET_MAX_TRAIN])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = _lenet(channels, classes)
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+        steps = LENET_EPOCHS * ((len(train) + LENET_BATCH - 1) // LENET_BATCH)
+        with tqdm(total=steps, desc=f"training lenet extractor on {dataset}", leave=False) as bar:
+            for _ in range(LENET_EPOCHS):
+                order = torch.randperm(len(train), generator=g)
+                for start in range(0, len(train), LENET_BATCH):
+                    index = order[start : start + LENET_BATCH]
+                    loss = F.cross_entropy(net(uint8_to_model(train.images[index])), train.labels[index])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    bar.update(1)
+    net.eval()
+    val = load_split(dataset, "val", data_dir, image_size=size, channels=channels)
+    with torch.no_grad():
+        accuracy = float((net(uint8_to_model(val.images)).argmax(1) == val.labels).float().mean())
+    payload = {"format": "genlab-lenet", "version": LENET_VERSION, "dataset": dataset, "image_size": size,
+               "channels": channels, "classes": classes, "seed": seed, "epochs": LENET_EPOCHS,
+               "val_accuracy": accuracy, "state_dict": net.state_dict()}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return payload
+
+
+def register_lenet(dataset: str) -> str:
+    """Register the lenet extractor class with torch-fidelity under genlab-lenet-<dataset>."""
+    from genlab.torchvision_fix import import_torchvision
+
+    import_torchvision()
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+    from eval.cache import slug
+
+    name = f"genlab-lenet-{slug(dataset)}"
+    if name not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor(name, lenet_feature_extractor_class())
+    return name
+
+
+_CLASS = None
+
+
+def lenet_feature_extractor_class():
+    """torch-fidelity ``FeatureExtractorBase`` subclass over a cached lenet (made once per process)."""
+    global _CLASS
+    if _CLASS is not None:
+        return _CLASS
+    import torch
+    import torch.nn.functional as F
+
+    from genlab.torchvision_fix import import_torchvision
+
+    import_torchvision()
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from torch_fidelity.helpers import vassert
+
+    from genlab.pixels import uint8_to_model
+
+    class LeNetFeatures(FeatureExtractorBase):
+        """uint8 [B, 3, H, W] -> 128-d penultimate features (and logits) of a genlab lenet."""
+
+        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+            super().__init__(name, features_list)
+            if feature_extractor_weights_path is None:
+                raise GenlabError(f"{name} needs its weights file (see eval.extractors.lenet_weights)")
+            payload = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
+            self.size, self.channels = int(payload["image_size"]), int(payload["channels"])
+            self.net = _lenet(self.channels, int(payload["classes"]))
+            self.net.load_state_dict(payload["state_dict"])
+            self.requires_grad_(False)
+            self.eval()
+
+        def forward(self, x):
+            vassert(torch.is_tensor(x) and x.dtype == torch.uint8, "Expecting image as torch.Tensor with dtype=torch.uint8")
+            vassert(x.dim() == 4 and x.shape[1] == 3, f"Input is not Bx3xHxW: {x.shape}")
+            x = uint8_to_model(x)
+            if self.channels == 1:  # grey images arrive replicated to 3 channels
+                x = x.mean(dim=1, keepdim=True)
+            if x.shape[-1] != self.size or x.shape[-2] != self.size:
+                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+            features = self.net[:9](x)
+            out = {"128": features, "logits": self.net[9:](features)}
+            return tuple(out[name].float() for name in self.features_list)
+
+        @staticmethod
+        def get_provided_features_list():
+            return ("128", "logits")
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return {"fid": "128", "kid": "128", "prc": "128", "isc": "logits"}[metric]
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return torch.zeros(1, 3, 28, 28, dtype=torch.uint8)
+
+    _CLASS = LeNetFeatures
+    return _CLASS

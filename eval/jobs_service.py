@@ -1,0 +1,199 @@
+"""Evaluation jobs over HTTP: FID / KID and anomaly AUROC as BentoML tasks.
+
+Separate from the serving service (this one needs torch). Another system submits a job, gets a
+task id, polls its status and fetches the JSON result::
+
+    POST /anomaly/submit  {"model": "vae-3", "normal_class": 3}      -> {"task_id": ..., "status": ...}
+    GET  /anomaly/status?task_id=...                                   -> {"status": "in_progress" | "completed" | "failed"}
+    GET  /anomaly/get?task_id=...                                      -> the result (as ``genlab eval anomaly --json``)
+    POST /fid/submit      {"model": "vae-3", "reference": "mnist-5k", "n": 500, "extractor": "lenet"}
+    GET  /models                                                       -> what can be evaluated
+
+Nothing in a request is trusted as a path: the service is started with a fixed models root
+(``$GENLAB_EVAL_MODELS``, default ``./runs``) and a request names a model by a simple name that
+must be an entry directly under that root (a run directory with ``last.pt`` or an export
+directory with ``manifest.json``); datasets come from genlab's registry only (no ``folder:``).
+A bad request is answered 400 at submit time, naming the field. Serve with
+``genlab eval serve-jobs --port 3001`` or ``bentoml serve eval.jobs_service:EvalJobs``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+import bentoml
+from pydantic import AfterValidator, Field
+
+from genlab.data import DATASETS, SPLITS
+from genlab.errors import GenlabError
+
+MODELS_ENV = "GENLAB_EVAL_MODELS"
+MAX_FID_N = 50_000
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def models_root() -> Path:
+    return Path(os.environ.get(MODELS_ENV, "runs")).resolve()
+
+
+def available_models(root: Optional[Path] = None) -> dict[str, dict[str, str]]:
+    """Entries directly under the models root that can be evaluated: {name: {kind, family?}}."""
+    root = root or models_root()
+    found: dict[str, dict[str, str]] = {}
+    if not root.is_dir():
+        return found
+    for entry in sorted(root.iterdir()):
+        if not NAME.fullmatch(entry.name) or ".." in entry.name or entry.is_symlink():
+            continue
+        if (entry / "manifest.json").is_file():
+            found[entry.name] = {"kind": "onnx"}
+        elif (entry / "last.pt").is_file():
+            found[entry.name] = {"kind": "checkpoint"}
+    return found
+
+
+def model_path(name: str) -> Path:
+    """A request's model name -> its directory under the root; anything else is refused."""
+    if not NAME.fullmatch(name) or ".." in name:
+        raise ValueError("must be a simple model name (letters, digits, '.', '_', '-'; no path separators or '..')")
+    models = available_models()
+    if name not in models:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(models) or 'none'} (GET /models)")
+    return models_root() / name
+
+
+def _known_model(name: str) -> str:
+    model_path(name)
+    return name
+
+
+ModelName = Annotated[str, Field(min_length=1, max_length=128, description="a name from GET /models"), AfterValidator(_known_model)]
+DatasetName = Literal[tuple(DATASETS)]  # type: ignore[valid-type]  # the registry; never a folder path
+Split = Literal[SPLITS]  # type: ignore[valid-type]
+Metric = Literal["fid", "kid", "prc"]
+
+
+def _data_dir() -> str:
+    return os.environ.get("GENLAB_DATA_DIR", "data")
+
+
+def _run(job: Any) -> dict[str, Any]:
+    """Run an evaluation; a user-fixable problem becomes a 400 result, not a 500."""
+    try:
+        return job()
+    except GenlabError as err:
+        raise bentoml.exceptions.InvalidArgument(str(err)) from None
+
+
+class ValidateSubmissions:
+    """ASGI middleware: validate a task's input when it is submitted, so a bad job gets its 400 at once.
+
+    (BentoML validates a task's input only when the task runs in the background; the submitter
+    would see a 'failure' status much later.)
+    """
+
+    def __init__(self, app: Any, service: Any = None) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope.get("method") != "POST" or not path.endswith("/submit"):
+            return await self.app(scope, receive, send)
+        name = path.strip("/").rsplit("/", 1)[0]
+        api = EvalJobs.apis.get(name)
+        if api is None:
+            return await self.app(scope, receive, send)
+        messages, body = [], b""
+        while True:
+            message = await receive()
+            messages.append(message)
+            body += message.get("body", b"")
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        error = _validation_error(api.input_spec, body)
+        if error is not None:
+            payload = json.dumps({"error": error}).encode()
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload})
+            return
+
+        async def replay() -> dict:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _validation_error(spec: Any, body: bytes) -> Optional[str]:
+    from pydantic import ValidationError
+
+    try:
+        spec.model_validate(json.loads(body or b"{}"))
+    except json.JSONDecodeError:
+        return "request body is not JSON"
+    except ValidationError as err:
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors())
+    return None
+
+
+def _catalog_app() -> Any:
+    """GET /models: the names a job may use (a plain GET route beside the service's POST routes)."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def models(request: Any) -> Any:
+        return JSONResponse({"root": str(models_root()), "models": available_models()})
+
+    return Starlette(routes=[Route("/models", models, methods=["GET"])])
+
+
+@bentoml.asgi_app(_catalog_app(), path="/")
+@bentoml.service(name="genlab-eval-jobs", workers=1, traffic={"timeout": 3600})
+class EvalJobs:
+    """FID / KID and anomaly-detection jobs over models found under the models root."""
+
+    def __init__(self) -> None:
+        self.root = models_root()
+
+    @bentoml.task(route="/anomaly")
+    def anomaly(
+        self,
+        model: ModelName,
+        dataset: Optional[DatasetName] = None,
+        normal_class: Annotated[Optional[int], Field(ge=0, le=10_000)] = None,
+        ood: Optional[DatasetName] = None,
+        split: Split = "test",
+        percentile: Annotated[float, Field(ge=0.0, le=100.0)] = 99.0,
+    ) -> dict[str, Any]:
+        """AUROC / AUPRC and TPR / FPR at the calibrated threshold per score (one-class or --ood protocol)."""
+        from eval.anomaly import evaluate_anomaly
+
+        return _run(lambda: evaluate_anomaly(str(model_path(model)), dataset=dataset, normal_class=normal_class, ood=ood,
+                                             split=split, data_dir=_data_dir(), percentile=percentile))
+
+    @bentoml.task(route="/fid")
+    def fid(
+        self,
+        model: ModelName,
+        reference: Optional[DatasetName] = None,
+        split: Split = "test",
+        n: Annotated[int, Field(ge=2, le=MAX_FID_N)] = 1000,
+        metrics: Annotated[list[Metric], Field(min_length=1, max_length=3)] = ["fid", "kid"],  # noqa: B006
+        of: Literal["samples", "reconstructions"] = "samples",
+        extractor: Literal["inception", "lenet"] = "inception",
+        seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0,
+    ) -> dict[str, Any]:
+        """FID / KID / precision-recall of samples or reconstructions against a registered dataset split."""
+        from eval.fid import compute_fid
+
+        ref = None if reference is None else f"{reference}:{split}"
+        return _run(lambda: compute_fid(str(model_path(model)), ref=ref, n=n, metrics=tuple(dict.fromkeys(metrics)), of=of,
+                                        seed=seed, extractor=extractor, data_dir=_data_dir(), progress=False))
+
+
+EvalJobs.add_asgi_middleware(ValidateSubmissions)

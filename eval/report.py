@@ -1,0 +1,298 @@
+"""``genlab report``: runs and their saved evaluation results -> report.md and report.html.
+
+A run's identity (family, dataset, learning rate, epochs, training time) comes from its
+checkpoint; its numbers come from the results saved beside it (``RUN_DIR/eval/*.json``).
+The cheap missing ones (reconstruction error and the translation experiment, anomaly AUROC
+of one-class runs) are computed and saved unless ``compute`` is off; FID is never computed
+here. Every metric column is keyed by all the settings that change its number (extractor,
+reference, N, seed, split, protocol...), and the header states them, so numbers computed under
+different settings can never share a column.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from genlab.errors import GenlabError
+
+IMAGES = (("samples.png", "samples"), ("reconstructions.png", "reconstructions"), ("loss_curves.png", "loss curves"))
+GROUPS = ("FID / KID", "Reconstruction and translation", "Anomaly detection")
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    compute: bool = True  # compute the cheap missing results (never FID)
+    data_dir: str = "data"
+    n: int = 500  # held-out images for reconstruction / translation
+    translation: bool = True  # the full shift experiment; False: reconstruction error (no shift) only
+
+
+@dataclass
+class RunEntry:
+    label: str
+    path: Path
+    identity: dict[str, Any]
+    cells: dict[tuple[str, str], str] = field(default_factory=dict)  # (group, column header) -> text
+    notes: dict[str, str] = field(default_factory=dict)  # group -> why a group has no numbers
+
+
+# -- saved results -> table cells ------------------------------------------------------------
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, dict):
+        return ":".join(str(v) for v in value.values() if v is not None)
+    return str(value)
+
+
+def fid_cells(result: dict[str, Any]) -> dict[str, str]:
+    """One column per metric, headed by the line of every setting the number depends on
+    (extractor and its weights, reference and its N, samples or reconstructions, N, seed, size)."""
+    values = result.get("values") or {}
+    cells = {}
+    for name, value in values.items():
+        if name.endswith("_std"):
+            continue
+        std = values.get(f"{name}_std")
+        cells[f"{name} [{result.get('settings', '')}]"] = _fmt(value) + (f" ± {std:.2g}" if std is not None else "")
+    return cells
+
+
+def translation_cells(result: dict[str, Any]) -> dict[str, str]:
+    s = result["settings"]
+    where = f"{s['dataset']}:{s['split']}, n={s['n']}, seed {s['seed']}"
+    cells = {}
+    for row in result["shifts"]:
+        name = "recon MSE, no shift" if row["fraction"] == 0 else f"recon MSE, shift {row['fraction']:.1%}"
+        cells[f"{name} ({where})"] = _fmt(row["mse"])
+    if result.get("worst_over_unshifted") is not None and len(result["shifts"]) > 1:
+        cells[f"MSE ratio {result['shifts'][-1]['fraction']:.1%} / no shift ({where})"] = f"{result['worst_over_unshifted']:.2f}"
+    return cells
+
+
+def anomaly_cells(result: dict[str, Any]) -> dict[str, str]:
+    protocol, p = result["protocol"], result["settings"]["percentile"]
+    cells = {}
+    for name, row in result["components"].items():
+        cells[f"AUROC {name} ({protocol})"] = _fmt(row["auroc"])
+    score = result["components"].get("score")
+    if score and score.get("tpr") is not None:
+        cells[f"TPR / FPR score at p{p:g} threshold ({protocol})"] = f"{score['tpr']:.3f} / {score['fpr']:.3f}"
+    return cells
+
+
+def result_group(result: dict[str, Any]) -> Optional[tuple[str, dict[str, str]]]:
+    """A saved result -> (table group, its cells), or None for results the report does not show."""
+    evaluation = result.get("evaluation")
+    if evaluation == "anomaly":
+        return GROUPS[2], anomaly_cells(result)
+    if evaluation == "translation":
+        return GROUPS[1], translation_cells(result)
+    if evaluation == "fid":
+        return GROUPS[0], fid_cells(result)
+    return None
+
+
+# -- one run ---------------------------------------------------------------------------------
+def run_identity(path: Path) -> dict[str, Any]:
+    from genlab.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    tc, data = ckpt["train_config"], ckpt["data"]
+    return {
+        "family": ckpt["family"],
+        "dataset": data.get("dataset"),
+        "normal_class": data.get("normal_class"),
+        "lr": tc.get("lr"),
+        "epochs": ckpt.get("epoch"),
+        "steps": ckpt.get("step"),
+        "complete": bool(ckpt.get("complete")),
+        "train_seconds": (ckpt.get("metrics") or {}).get("train_seconds"),
+        "has_encoder": ckpt["family"] != "gan",
+    }
+
+
+def _has_translation(results: list[dict[str, Any]], identity: dict[str, Any], settings: ReportSettings, fractions) -> bool:
+    return any(
+        r.get("evaluation") == "translation" and r["settings"]["dataset"] == identity["dataset"] and r["settings"]["split"] == "test"
+        and set(fractions) <= set(r["settings"]["fractions"]) and r["settings"]["n"] <= settings.n
+        for r in results
+    )
+
+
+def _has_anomaly(results: list[dict[str, Any]], identity: dict[str, Any]) -> bool:
+    return any(
+        r.get("evaluation") == "anomaly" and r["settings"]["dataset"] == identity["dataset"] and r["settings"]["ood"] is None
+        and r["settings"]["normal_class"] == identity["normal_class"] and r["settings"]["split"] == "test"
+        for r in results
+    )
+
+
+def compute_missing(path: Path, identity: dict[str, Any], settings: ReportSettings) -> dict[str, str]:
+    """Compute and save the cheap results a run lacks; returns {group: note} for what could not be."""
+    from eval import anomaly, translation
+    from eval.results import load_results, save_result
+
+    results = load_results(path)
+    notes: dict[str, str] = {}
+    fractions = translation.SHIFTS if settings.translation else (0.0,)
+    source = None
+    try:
+        if identity["has_encoder"] and not _has_translation(results, identity, settings, fractions):
+            from eval.batches import ensure_source
+
+            source = ensure_source(path)
+            r = translation.evaluate_translation(source, data_dir=settings.data_dir, fractions=fractions, n=settings.n)
+            save_result(path, translation.result_name(r), r)
+    except GenlabError as err:
+        notes[GROUPS[1]] = f"not computed: {err}"
+    try:
+        if identity["normal_class"] is not None and not _has_anomaly(results, identity):
+            r = anomaly.evaluate_anomaly(source or path, data_dir=settings.data_dir)
+            save_result(path, anomaly.result_name(r), r)
+    except GenlabError as err:
+        notes[GROUPS[2]] = f"not computed: {err}"
+    return notes
+
+
+def gather_run(path: Path, label: str, settings: ReportSettings) -> RunEntry:
+    from eval.results import load_results
+
+    identity = run_identity(path)
+    entry = RunEntry(label, path, identity)
+    if settings.compute:
+        entry.notes.update(compute_missing(path, identity, settings))
+    for result in load_results(path):
+        grouped = result_group(result)
+        if grouped:
+            group, cells = grouped
+            entry.cells.update({(group, header): text for header, text in cells.items()})
+    groups_present = {g for g, _ in entry.cells}
+    entry.notes.setdefault(GROUPS[0], f"not computed: run `genlab eval fid {path} --ref {identity['dataset']}`")
+    if not identity["has_encoder"]:
+        entry.notes.setdefault(GROUPS[1], "n/a: a GAN has no encoder")
+    if identity["normal_class"] is None:
+        entry.notes.setdefault(GROUPS[2], f"trained on all classes: run `genlab eval anomaly {path} --normal-class K` or `--ood DATASET`")
+    entry.notes.setdefault(GROUPS[1], "not computed (report --no-compute): run `genlab eval translation`")
+    entry.notes.setdefault(GROUPS[2], "not computed (report --no-compute): run `genlab eval anomaly`")
+    entry.notes = {g: note for g, note in entry.notes.items() if g not in groups_present}
+    return entry
+
+
+# -- tables ----------------------------------------------------------------------------------
+IDENTITY_COLUMNS = ("run", "family", "dataset", "lr", "epochs", "steps", "training time (s)")
+
+
+def identity_row(entry: RunEntry) -> list[str]:
+    i = entry.identity
+    dataset = i["dataset"] + ("" if i["normal_class"] is None else f" (class {i['normal_class']})")
+    seconds = i["train_seconds"]
+    return [entry.label, i["family"], dataset, _fmt(i["lr"], 3), _fmt(i["epochs"]) + ("" if i["complete"] else " (incomplete)"),
+            _fmt(i["steps"]), "-" if seconds is None else f"{seconds:.1f}"]
+
+
+def group_table(entries: list[RunEntry], group: str) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) for one group: a column per distinct setting, a note where a run has none."""
+    headers: list[str] = []
+    for entry in entries:
+        headers += [h for g, h in entry.cells if g == group and h not in headers]
+    rows = []
+    for entry in entries:
+        note = entry.notes.get(group, "")
+        rows.append([entry.label, *(entry.cells.get((group, h), "-") for h in headers), note])
+    return ["run", *headers, "note"], rows
+
+
+def _copy_images(entries: list[RunEntry], out: Path) -> dict[str, list[tuple[str, str]]]:
+    from genlab.imageio import atomic_write_bytes
+
+    links: dict[str, list[tuple[str, str]]] = {}
+    for entry in entries:
+        for file, caption in IMAGES:
+            src = entry.path / file
+            if src.is_file():
+                rel = f"images/{entry.label}-{file}"
+                atomic_write_bytes(out / rel, src.read_bytes())
+                links.setdefault(entry.label, []).append((caption, rel))
+    return links
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *(line(r) for r in rows)])
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render(entries: list[RunEntry], links: dict[str, list[tuple[str, str]]]) -> tuple[str, str]:
+    """-> (markdown, html) of the same tables and images."""
+    tables = [("Runs", list(IDENTITY_COLUMNS), [identity_row(e) for e in entries])]
+    tables += [(group, *group_table(entries, group)) for group in GROUPS]
+    intro = ("Each metric column states the settings it was computed under; numbers under different settings "
+             "(extractor, reference, N, seed, protocol) are in different columns.")
+    md = ["# genlab report", "", intro, ""]
+    page = ["<!doctype html><html><head><meta charset='utf-8'><title>genlab report</title>",
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
+            "td,th{border:1px solid #bbb;padding:4px 8px;font-size:90%}img{max-width:32%;margin-right:1%}</style></head><body>",
+            "<h1>genlab report</h1>", f"<p>{html.escape(intro)}</p>"]
+    for title, header, rows in tables:
+        md += [f"## {title}", "", _md_table(header, rows), ""]
+        page += [f"<h2>{html.escape(title)}</h2>", _html_table(header, rows)]
+    md.append("## Images")
+    page.append("<h2>Images</h2>")
+    for entry in entries:
+        md += ["", f"### {entry.label}", ""]
+        page.append(f"<h3>{html.escape(entry.label)}</h3><p>")
+        for caption, rel in links.get(entry.label, []):
+            md.append(f"![{entry.label} {caption}]({rel})")
+            page.append(f"<img src='{html.escape(rel)}' alt='{html.escape(entry.label + ' ' + caption)}' title='{html.escape(caption)}'>")
+        page.append("</p>")
+    page.append("</body></html>")
+    return "\n".join(md) + "\n", "\n".join(page) + "\n"
+
+
+def _labels(paths: list[Path]) -> list[str]:
+    labels = []
+    for path in paths:
+        label = path.name if path.is_dir() else f"{path.parent.name}-{path.stem}"
+        base, i = label, 2
+        while label in labels:
+            label, i = f"{base}-{i}", i + 1
+        labels.append(label)
+    return labels
+
+
+def write_report(run_dirs: list[str | os.PathLike], out: str | os.PathLike, settings: ReportSettings = ReportSettings()) -> dict[str, Any]:
+    """Gather (and, if asked, compute the cheap missing) results of runs; write OUT/report.md and OUT/report.html."""
+    from genlab.imageio import atomic_write_bytes
+
+    if not run_dirs:
+        raise GenlabError("report: give at least one run directory")
+    paths = [Path(p).expanduser() for p in run_dirs]
+    out = Path(out)
+    entries = [gather_run(p, label, settings) for p, label in zip(paths, _labels(paths))]
+    markdown, page = render(entries, _copy_images(entries, out))
+    atomic_write_bytes(out / "report.md", markdown.encode())
+    atomic_write_bytes(out / "report.html", page.encode())
+    return {
+        "markdown": str(out / "report.md"),
+        "html": str(out / "report.html"),
+        "runs": [{"label": e.label, "path": str(e.path), **e.identity} for e in entries],
+        "tables": {group: dict(zip(("header", "rows"), group_table(entries, group))) for group in GROUPS},
+    }

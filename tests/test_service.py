@@ -1,0 +1,372 @@
+"""The HTTP service: in-process through BentoML's ASGI app, then a real `genlab serve` end to end.
+
+The fixture goes the way a user does: `genlab train` -> `genlab export` (CLI subprocesses) for a
+VAE-GAN and a GAN, tiny networks, one epoch on the embedded MNIST digits.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import importlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import bentoml_test_client
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--set", "width=4", "--set", "hidden=16", "--set", "latent_dim=4"]
+MAX_IMAGES = 64
+MAX_UPLOAD = 64 * 1024
+
+
+def _genlab(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "genlab", *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("served")
+    out = {}
+    for family in ("vaegan", "gan"):
+        run = _genlab("train", family, "--epochs", "1", "--out", str(root / f"run-{family}"), *TINY)
+        assert run.returncode == 0, run.stderr[-2000:]
+        exp = _genlab("export", str(root / f"run-{family}"), "--out", str(root / f"export-{family}"), "--no-bento")
+        assert exp.returncode == 0, exp.stderr[-2000:]
+        out[family] = root / f"export-{family}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(exports):
+    """The service imported fresh with these models and small limits, behind a starlette TestClient."""
+    env = {"GENLAB_MODELS": f"{exports['vaegan']},{exports['gan']}", "GENLAB_MAX_IMAGES": str(MAX_IMAGES),
+           "GENLAB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD)}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    for name in [m for m in sys.modules if m == "service" or m.startswith("service.")]:
+        del sys.modules[name]
+    try:
+        service = importlib.import_module("service.service")
+        with bentoml_test_client(service.Genlab) as c:
+            yield c
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def _png(array_hw_or_hwc: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array_hw_or_hwc).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _digits(client, n: int, seed: int = 0) -> list:
+    r = client.post("/generate", json={"n": n, "seed": seed, "format": "array"})
+    assert r.status_code == 200, r.text
+    return r.json()["images"]
+
+
+def _field_error(r, status: int, field: str) -> str:
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    if isinstance(body, dict) and "field" in body:
+        assert body["field"].startswith(field), body
+        return body["error"]
+    # pydantic validation errors from BentoML name the field in `loc`
+    assert any(field in map(str, d["loc"]) for d in body["detail"]), body
+    return body["error"]
+
+
+# -- generate -----------------------------------------------------------------------------------------
+def test_generate_png_grid_is_reproducible_by_seed(client):
+    a = client.post("/generate", json={"n": 9, "seed": 7})
+    b = client.post("/generate", json={"n": 9, "seed": 7})
+    c = client.post("/generate", json={"n": 9, "seed": 8})
+    assert a.status_code == 200 and a.headers["content-type"] == "image/png"
+    assert a.headers["x-genlab-seed"] == "7" and a.headers["x-genlab-model"] == "genlab-vaegan-mnist-5k"
+    assert a.content == b.content != c.content
+    grid = Image.open(io.BytesIO(a.content))
+    assert grid.size == (2 + 3 * 30, 2 + 3 * 30)  # 3x3 tiles of 28 px with 2 px padding
+
+
+def test_generate_formats_agree(client):
+    arr = np.array(client.post("/generate", json={"n": 3, "seed": 1, "format": "array"}).json()["images"], np.uint8)
+    assert arr.shape == (3, 1, 28, 28)
+    npy = np.load(io.BytesIO(client.post("/generate", json={"n": 3, "seed": 1, "format": "npy"}).content))
+    pngs = client.post("/generate", json={"n": 3, "seed": 1, "format": "png_list"}).json()["images"]
+    decoded = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(p))))[None] for p in pngs])
+    np.testing.assert_array_equal(arr, npy)
+    np.testing.assert_array_equal(arr, decoded)
+
+
+def test_generate_from_explicit_latents_matches_the_seeded_draw(client):
+    z = np.random.default_rng(5).standard_normal((2, 4), dtype=np.float32)
+    by_seed = client.post("/generate", json={"n": 2, "seed": 5, "format": "array"}).json()["images"]
+    by_z = client.post("/generate", json={"z": z.tolist(), "format": "array"}).json()
+    assert by_z["seed"] is None and by_z["images"] == by_seed
+    hot = client.post("/generate", json={"n": 2, "seed": 5, "temperature": 2.0, "format": "array"}).json()["images"]
+    assert client.post("/generate", json={"z": (2 * z).tolist(), "format": "array"}).json()["images"] == hot
+
+
+@pytest.mark.parametrize("payload, status, field", [
+    ({"n": 0}, 400, "n"),
+    ({"n": MAX_IMAGES + 1}, 400, "n"),
+    ({"temperature": 0}, 400, "temperature"),
+    ({"format": "gif"}, 400, "format"),
+    ({"z": [[0.0, 1.0]]}, 422, "z"),
+    ({"z": [[0.0] * 4] * (MAX_IMAGES + 1)}, 413, "z"),
+    ({"model": "../../etc/passwd"}, 404, "model"),
+    ({"n": "three"}, 400, "n"),
+])
+def test_generate_refuses_bad_input_naming_the_field(client, payload, status, field):
+    _field_error(client.post("/generate", json=payload), status, field)
+
+
+def test_generate_refuses_nan_and_inf_latents(client):
+    for bad in (b'{"z": [[NaN, 0, 0, 0]]}', b'{"z": [[Infinity, 0, 0, 0]]}'):
+        r = client.post("/generate", content=bad, headers={"content-type": "application/json"})
+        assert "NaN or infinity" in _field_error(r, 422, "z")
+
+
+# -- reconstruct ----------------------------------------------------------------------------------------
+def test_reconstruct_uploads_and_arrays_agree(client):
+    digits = np.array(_digits(client, 2), np.uint8)
+    files = [("images", (f"{i}.png", _png(d[0]), "image/png")) for i, d in enumerate(digits)]
+    up = client.post("/reconstruct", files=files)
+    arr = client.post("/reconstruct", json={"array": digits.tolist(), "format": "array"})
+    assert up.status_code == arr.status_code == 200, (up.text, arr.text)
+    up, arr = up.json(), arr.json()
+    assert len(up["images_png_base64"]) == 2 and len(up["mu"]) == 2 and len(up["mu"][0]) == 4
+    np.testing.assert_allclose(up["mu"], arr["mu"], atol=1e-6)
+    recon = np.array(arr["images"], np.float64)
+    expected = (((digits - recon) / 255.0) ** 2).reshape(2, -1).mean(1)
+    np.testing.assert_allclose(arr["recon_error"], expected, rtol=1e-5)
+
+
+def test_reconstruct_converts_other_sizes_and_modes(client):
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    for blob, kind in ((_png(rgb), "image/png"), (_png(rgb, "JPEG"), "image/jpeg")):
+        r = client.post("/reconstruct", files=[("images", ("x", blob, kind))])
+        assert r.status_code == 200, r.text
+        image = Image.open(io.BytesIO(base64.b64decode(r.json()["images_png_base64"][0])))
+        assert image.size == (28, 28) and image.mode == "L"
+
+
+def test_reconstruct_needs_an_encoder(client):
+    r = client.post("/reconstruct", json={"array": _digits(client, 1), "model": "genlab-gan-mnist-5k"})
+    assert "no encoder" in _field_error(r, 422, "model")
+
+
+@pytest.mark.parametrize("case", ["not_image", "truncated", "too_big", "too_many", "empty"])
+def test_uploads_are_checked(client, case):
+    png = _png(np.zeros((28, 28), np.uint8))
+    big = _png(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8))
+    assert len(big) > MAX_UPLOAD
+    files = {
+        "not_image": [("images", ("a.png", b"hello, not an image", "image/png"))],
+        "truncated": [("images", ("a.png", png[: len(png) // 2], "image/png"))],
+        "too_big": [("images", ("a.png", big, "image/png"))],
+        "too_many": [("images", (f"{i}.png", png, "image/png")) for i in range(MAX_IMAGES + 1)],
+        "empty": [("images", ("a.png", b"", "image/png"))],
+    }[case]
+    status = {"too_big": 413, "too_many": 413}.get(case, 400)
+    for route in ("/reconstruct", "/anomaly-score"):
+        _field_error(client.post(route, files=files), status, "images")
+
+
+@pytest.mark.parametrize("array, status", [
+    ([[[[0] * 28] * 28]] * 2 + [[[[0] * 27] * 28]], 400),  # ragged
+    ([[[[0] * 28] * 28] * 3], 422),  # 3 channels for a grey model
+    ([[[[0.5] * 28] * 28]], 422),  # not uint8 values
+    ([[[[300] * 28] * 28]], 422),
+    ([[[[0] * 28] * 28]] * (MAX_IMAGES + 1), 413),
+    ([], 422),
+])
+def test_arrays_are_checked(client, array, status):
+    r = client.post("/anomaly-score", json={"array": array})
+    assert r.status_code in (status, 400, 422) and r.status_code == status or r.status_code == 422, r.text
+    assert r.status_code == status or (status == 400 and r.status_code == 422), r.text
+    assert "array" in r.text
+
+
+def test_no_images_at_all(client):
+    _field_error(client.post("/anomaly-score", json={}), 400, "images")
+
+
+# -- anomaly-score ---------------------------------------------------------------------------------------
+def test_anomaly_scores_match_the_export_and_the_calibration(client, exports):
+    from export.reader import open_export
+    from genlab.thresholds import percentile_of, quantile
+
+    digits = np.array(_digits(client, 5, seed=3), np.uint8)
+    noise = np.random.default_rng(1).integers(0, 256, (3, 1, 28, 28), dtype=np.uint8)
+    batch = np.concatenate([digits, noise])
+    r = client.post("/anomaly-score", json={"array": batch.tolist()})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    exported = open_export(exports["vaegan"])
+    cal = exported.calibration
+    expected = exported.scores(batch)
+    assert body["threshold"] == pytest.approx(quantile(cal, "score", 99.0))
+    assert body["threshold_percentile"] == 99.0 and body["threshold_source"] == "calibration"
+    assert len(body["results"]) == 8
+    for i, row in enumerate(body["results"]):
+        assert row["score"] == pytest.approx(float(expected["score"][i]), rel=1e-6)
+        assert set(row["components"]) == set(exported.score_names)
+        assert row["percentile"] == pytest.approx(float(percentile_of(cal, "score", expected["score"][i : i + 1])[0]))
+        assert row["is_anomaly"] == (row["score"] > body["threshold"])
+
+
+def test_anomaly_threshold_by_percentile_or_raw_value(client):
+    batch = _digits(client, 4, seed=9)
+    low = client.post("/anomaly-score", json={"array": batch, "percentile": 0}).json()
+    assert low["threshold_percentile"] == 0 and all(r["is_anomaly"] for r in low["results"] if r["score"] > low["threshold"])
+    raw = client.post("/anomaly-score", json={"array": batch, "threshold": -1.0}).json()
+    assert raw["threshold_source"] == "request" and raw["threshold_percentile"] is None
+    assert all(r["is_anomaly"] for r in raw["results"])
+    _field_error(client.post("/anomaly-score", json={"array": batch, "threshold": 1.0, "percentile": 50}), 400, "threshold")
+    _field_error(client.post("/anomaly-score", json={"array": batch, "percentile": 101}), 400, "percentile")
+
+
+def test_anomaly_score_for_a_gan_uses_its_discriminator_score(client):
+    r = client.post("/anomaly-score", json={"array": _digits(client, 2), "model": "genlab-gan-mnist-5k"})
+    assert r.status_code == 200, r.text
+    assert set(r.json()["results"][0]["components"]) == {"score"} and "log D(x)" in r.json()["meaning"]
+
+
+def test_models_endpoint_lists_models_and_providers(client):
+    rows = client.post("/models").json()
+    assert [r["name"] for r in rows] == ["genlab-vaegan-mnist-5k", "genlab-gan-mnist-5k"]
+    assert rows[0]["default"] and not rows[1]["default"] and not rows[1]["has_encoder"]
+    assert set(rows[0]["providers"]) == {"decoder", "encoder", "score"}
+    assert set(rows[0]["providers"].values()) == {"CPUExecutionProvider"}
+    assert rows[0]["manifest"]["image"]["pixel_format"] == "uint8"
+
+
+def test_service_imports_no_torch():
+    code = "import sys, service.service, service.commands; assert 'torch' not in sys.modules, 'torch imported'"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "GENLAB_MODELS": "nothing-needed-at-import"})
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+# -- a real server ---------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(exports, tmp_path_factory):
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("serve") / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "genlab", "serve", "--model", str(exports["vaegan"]), "--model",
+                             str(exports["gan"]), "--port", str(port)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, "server exited"
+            time.sleep(0.25)
+        else:
+            raise AssertionError("server not ready in 60 s")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.seek(0)
+        tail = log.read()[-3000:]
+        log.close()
+        assert "Traceback" not in tail or "ValidationError" in tail, tail
+
+
+def test_real_server_end_to_end(server):
+    """train -> export (fixture) -> `genlab serve` -> every endpoint over plain HTTP and BentoML's client."""
+    import bentoml
+    import httpx
+
+    for probe in ("/livez", "/readyz", "/metrics"):
+        assert httpx.get(server + probe, timeout=10).status_code == 200
+    grid = httpx.post(f"{server}/generate", json={"n": 4, "seed": 1}, timeout=30)
+    assert grid.status_code == 200 and grid.content.startswith(b"\x89PNG")
+    digits = httpx.post(f"{server}/generate", json={"n": 3, "seed": 1, "format": "array"}, timeout=30).json()["images"]
+    files = [("images", ("d.png", _png(np.array(d, np.uint8)[0]), "image/png")) for d in digits]
+    rec = httpx.post(f"{server}/reconstruct", files=files, timeout=30)
+    assert rec.status_code == 200 and len(rec.json()["recon_error"]) == 3
+    score = httpx.post(f"{server}/anomaly-score", files=files, data={"percentile": "95"}, timeout=30)
+    assert score.status_code == 200 and score.json()["threshold_percentile"] == 95
+    bad = httpx.post(f"{server}/anomaly-score", json={"array": [[1, 2]]}, timeout=30)
+    assert bad.status_code == 422 and "array" in bad.json()["field"]
+
+    with bentoml.SyncHTTPClient(server, timeout=30) as c:
+        out = c.anomaly_score(array=digits, model="genlab-vaegan-mnist-5k")
+        assert len(out["results"]) == 3
+        assert len(c.reconstruct(array=digits)["mu"]) == 3
+        assert [m["name"] for m in c.list_models()] == ["genlab-vaegan-mnist-5k", "genlab-gan-mnist-5k"]
+
+
+def test_real_server_32_concurrent_clients_no_errors(server):
+    import httpx
+
+    digit = httpx.post(f"{server}/generate", json={"n": 1, "seed": 2, "format": "array"}, timeout=30).json()["images"]
+
+    def one(i: int) -> tuple[int, int]:
+        with httpx.Client(timeout=60) as c:
+            route, payload = [("/anomaly-score", {"array": digit}), ("/reconstruct", {"array": digit}),
+                              ("/generate", {"n": 2, "seed": i, "format": "array"})][i % 3]
+            codes = [c.post(server + route, json=payload).status_code for _ in range(3)]
+        return i, max(codes)
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(one, range(32)))
+    assert all(code == 200 for _, code in results), results
+
+
+def test_serve_refuses_a_missing_model_in_one_line(tmp_path):
+    r = _genlab("serve", "--model", str(tmp_path / "nope"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_bentoml_build_packs_the_model_and_no_torch(exports, tmp_path):
+    """`bentoml build` offline: the bento's requirements, Dockerfile and model reference."""
+    env = {"BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
+    saved = _genlab("export", str(exports["vaegan"].parent / "run-vaegan"), "--out", str(tmp_path / "exp"),
+                    "--bento", "genlab-vaegan-mnist-5k", env=env)
+    assert saved.returncode == 0, saved.stderr[-2000:]
+    built = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=REPO, capture_output=True,
+                           text=True, env={**os.environ, **env}, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    bento = next(p for p in (tmp_path / "bentoml" / "bentos" / "genlab").iterdir() if p.is_dir())
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text()
+    assert "onnxruntime-gpu" in requirements and "torch" not in requirements.replace("onnxruntime", "")
+    assert "onnxruntime\n" not in requirements  # never both CPU and GPU builds
+    dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
+    assert "requirements.txt" in dockerfile
+    info = (bento / "bento.yaml").read_text()
+    assert "genlab-vaegan-mnist-5k:" in info and "entry_service: genlab" in info
+    assert not any(p.suffix == ".pt" for p in (bento / "src").rglob("*")) and not (bento / "src" / "training").exists()
+    assert json.loads(json.dumps(info)) is not None
