@@ -45,7 +45,10 @@ class GenlabRuntime:
     """Holds one ExportedModel per configured reference; its APIs are added below."""
 
     def __init__(self) -> None:
-        self.models: list[ExportedModel] = [open_export(resolve_reference(i)) for i in range(len(SETTINGS.models))]
+        # no spin-waiting: idle ONNX Runtime threads would take CPU from the request handling
+        self.models: list[ExportedModel] = [
+            open_export(resolve_reference(i), threads=SETTINGS.ort_threads, spinning=False) for i in range(len(SETTINGS.models))
+        ]
         for model in self.models:
             warm_up(model)
             log.info("genlab runtime: %s (%s) on %s", model.name, model.family, ", ".join(sorted(set(model.providers.values()))))

@@ -15,6 +15,7 @@ concurrent requests. Nothing here imports torch or training code.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
@@ -42,6 +43,7 @@ from service.settings import SETTINGS
 log = logging.getLogger("genlab.service")
 MAX = SETTINGS.max_images
 RUNTIME_ATTEMPTS = 3
+RUNTIME_TIMEOUT_S = 20.0
 
 
 class ModelInfo(BaseModel):
@@ -126,18 +128,21 @@ class Genlab:
         return self.models[name]
 
     async def _call(self, graph: str, model: LoadedModel, array: np.ndarray) -> np.ndarray:
-        """One runtime call, retried on a connection error. BentoML 1.4.39's internal client
+        """One runtime call, retried when its connection is lost. BentoML 1.4.39's internal client
         replaces its HTTP session every 100 requests and closes the old one under the requests
-        still in flight on it (``_bentoml_impl/client/proxy2.py``, ``SessionManager``); runtime
-        calls are pure functions of their input, so running one again is safe."""
+        still in flight on it (``_bentoml_impl/client/proxy2.py``, ``SessionManager``): aiohttp
+        then raises a connection error, or a bare ``RuntimeError("Connection closed.")`` while a
+        response body is being read. Runtime calls are pure functions of their input, so running
+        one again is safe; a call that hangs is cut off after RUNTIME_TIMEOUT_S and retried."""
         method = getattr(self.runtime.to_async, f"{graph}_{model.index}")
         for attempt in range(RUNTIME_ATTEMPTS):
             try:
-                return await method(array)
-            except aiohttp.ClientConnectionError as err:
-                if attempt == RUNTIME_ATTEMPTS - 1:
+                return await asyncio.wait_for(method(array), RUNTIME_TIMEOUT_S)
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError, RuntimeError) as err:
+                lost = not isinstance(err, RuntimeError) or "Connection closed" in str(err)
+                if not lost or attempt == RUNTIME_ATTEMPTS - 1:
                     raise
-                log.info("runtime call %s_%d lost its connection (%s); retrying", graph, model.index, err)
+                log.info("runtime call %s_%d lost its connection (%r); retrying", graph, model.index, err)
         raise AssertionError("unreachable")
 
     # -- endpoints ------------------------------------------------------------------------------

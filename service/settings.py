@@ -30,6 +30,7 @@ class Settings:
     # BentoML's dispatcher answers 503 when it predicts a request cannot be served within this;
     # it dispatches as soon as waiting stops paying off, so a generous cap costs no latency
     max_latency_ms: int = 10_000
+    ort_threads: int = 0  # ONNX Runtime intra-op threads per session (0: one per core)
 
     @property
     def store_tags(self) -> list[str]:
@@ -46,6 +47,7 @@ def load_settings() -> Settings:
         batching=os.environ.get("GENLAB_BATCHING", "1").lower() not in ("0", "false", "no", "off"),
         max_batch_size=_int("GENLAB_MAX_BATCH_SIZE", 256),
         max_latency_ms=_int("GENLAB_MAX_LATENCY_MS", 10_000),
+        ort_threads=_int("GENLAB_ORT_THREADS", 0),
     )
 
 
