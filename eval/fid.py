@@ -135,6 +135,9 @@ def images_to_metrics(images: np.ndarray, reference: np.ndarray, extractor, metr
         raw = torch_fidelity.calculate_metrics(**kwargs)
     except ValueError as err:  # torch-fidelity's vassert
         raise GenlabError(f"torch-fidelity: {str(err).splitlines()[0]}") from None
+    if kid_subset_size(len(images), len(reference)) >= max(len(images), len(reference)):
+        # every KID subset is both whole sets: the spread across subsets is float noise, not an error bar
+        raw.pop("kernel_inception_distance_std", None)
     return {extractor.metric_key(key): float(value) for key, value in raw.items()}
 
 
@@ -229,7 +232,8 @@ def fid_from_settings(s: FidSettings) -> dict[str, Any]:
 def settings_line(fx, n: int, seed: int, reference: str, n_reference: int, of: str, image_shape) -> str:
     """Everything a number depends on, in one line: goes next to every number shown."""
     channels, height, width = image_shape
-    return (f"{fx.label}; extractor {fx.name} "
+    # no metric name here: one line serves the FID, KID and PRC columns alike
+    return (f"extractor {fx.name} "
             f"(weights {fx.weights_identity}); {of} n={n} seed={seed} vs {reference} n={n_reference}; "
             f"{height}x{width}x{channels}")
 
