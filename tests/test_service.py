@@ -10,7 +10,6 @@ import base64
 import concurrent.futures
 import importlib
 import io
-import json
 import os
 import signal
 import socket
@@ -196,10 +195,7 @@ def test_uploads_are_checked(client, case):
     ([], 422),
 ])
 def test_arrays_are_checked(client, array, status):
-    r = client.post("/anomaly-score", json={"array": array})
-    assert r.status_code in (status, 400, 422) and r.status_code == status or r.status_code == 422, r.text
-    assert r.status_code == status or (status == 400 and r.status_code == 422), r.text
-    assert "array" in r.text
+    _field_error(client.post("/anomaly-score", json={"array": array}), status, "array")
 
 
 def test_no_images_at_all(client):
@@ -369,4 +365,3 @@ def test_bentoml_build_packs_the_model_and_no_torch(exports, tmp_path):
     info = (bento / "bento.yaml").read_text()
     assert "genlab-vaegan-mnist-5k:" in info and "entry_service: genlab" in info
     assert not any(p.suffix == ".pt" for p in (bento / "src").rglob("*")) and not (bento / "src" / "training").exists()
-    assert json.loads(json.dumps(info)) is not None
