@@ -40,7 +40,8 @@ def tiny_model(folder: Path) -> Path:
 
 
 def write_pngs(images, folder: Path) -> Path:
-    from genlab.imageio import atomic_write_bytes, encode_png
+    from genlab.files import atomic_write_bytes
+    from genlab.imageio import encode_png
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):

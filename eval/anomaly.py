@@ -134,7 +134,7 @@ def evaluate_anomaly(
     trained on alone (one-class runs). Returns every setting, the counts and, per score
     component, AUROC, AUPRC and the TPR / FPR at the calibrated ``percentile`` threshold.
     """
-    from eval.batches import ensure_source, normal_class_of, scores_of
+    from eval.batches import ensure_source, normal_class_of
 
     source = ensure_source(model)
     settings = AnomalySettings(
@@ -146,7 +146,7 @@ def evaluate_anomaly(
         percentile=float(percentile),
     )
     images, is_anomaly = labelled_images(settings, tuple(source.image_shape))
-    scores = scores_of(source, images, batch_size)
+    scores = source.scores(images, batch_size, desc="scoring")
     components = scores_to_metrics(scores, is_anomaly, source.calibration, settings.percentile, source.score_descriptions)
     return {
         "evaluation": "anomaly",

@@ -1,11 +1,11 @@
-"""Shared plumbing of the cheap evaluations: open a model once, feed it images in batches."""
+"""Shared plumbing of the evaluations: open a model once, feed it inputs in batches (the one batching loop)."""
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
-import numpy as np
+from genlab.errors import GenlabError
 
 T = TypeVar("T")
 
@@ -27,20 +27,12 @@ def normal_class_of(source: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def in_batches(fn: Callable[[Any], T], images: Any, batch_size: int, desc: str) -> list[T]:
-    """Apply ``fn`` to consecutive slices of ``images`` with a progress bar; the list of outputs."""
+def in_batches(fn: Callable[[Any], T], inputs: Any, batch_size: int, desc: Optional[str] = None) -> list[T]:
+    """Apply ``fn`` to consecutive slices of ``inputs``; the list of outputs. ``desc`` shows a progress bar."""
     from tqdm import tqdm
 
-    if batch_size < 1:
-        from genlab.errors import GenlabError
-
+    if int(batch_size) < 1:
         raise GenlabError(f"batch size must be >= 1, got {batch_size}")
-    starts = range(0, len(images), batch_size)
-    return [fn(images[i : i + batch_size]) for i in tqdm(starts, desc=desc, leave=False, dynamic_ncols=True)]
-
-
-def scores_of(source: Any, images: Any, batch_size: int) -> dict[str, np.ndarray]:
-    """uint8 images -> {component: float64 [N]} through the model's (or export's) score graph."""
-    parts = in_batches(source.scores, images, batch_size, "scoring")
-    names = parts[0].keys() if parts else ()
-    return {name: np.concatenate([np.asarray(p[name], np.float64) for p in parts]) for name in names}
+    starts = range(0, len(inputs), int(batch_size))
+    bar = tqdm(starts, desc=desc, leave=False, dynamic_ncols=True, disable=desc is None)
+    return [fn(inputs[i : i + int(batch_size)]) for i in bar]

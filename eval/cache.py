@@ -13,6 +13,8 @@ import os
 import re
 from pathlib import Path
 
+from genlab.files import file_sha256
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9.+=-]+")
 
 
@@ -39,8 +41,4 @@ def cache_name(**choices: object) -> str:
 
 def file_digest(path: str | os.PathLike, length: int = 12) -> str:
     """Short sha256 of a file's bytes (identifies weights the user passes in)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:length]
+    return file_sha256(path)[:length]

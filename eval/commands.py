@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from genlab.cli import _Parser, _print
-from genlab.errors import GenlabError
+from genlab.console import Parser, print_result
+from genlab.devices import DEVICE_HELP
+from genlab.families import FAMILY_NAMES
+
+from eval.fid_command import add_parser as add_fid_parser
 
 
 def _float_list(text: str) -> list[float]:
@@ -33,7 +36,7 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size)
     if args.save:
         result["saved_to"] = str(save_result(_run_dir_of(args.model), result_name(result), result))
-    _print(result, args.json, summary_line)
+    print_result(result, args.json, summary_line)
     return 0
 
 
@@ -45,7 +48,7 @@ def _cmd_translation(args: argparse.Namespace) -> int:
                                   fractions=tuple(args.shifts), n=args.n, seed=args.seed, batch_size=args.batch_size)
     if args.save:
         result["saved_to"] = str(save_result(_run_dir_of(args.model), result_name(result), result))
-    _print(result, args.json, summary_line)
+    print_result(result, args.json, summary_line)
     return 0
 
 
@@ -62,7 +65,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     settings = ReportSettings(compute=not args.no_compute, data_dir=args.data_dir, n=args.n)
     result = write_report(args.runs, args.out, settings)
-    _print(result, args.json, lambda r: f"report of {len(r['runs'])} run(s): {r['markdown']} and {r['html']}")
+    print_result(result, args.json, lambda r: f"report of {len(r['runs'])} run(s): {r['markdown']} and {r['html']}")
     return 0
 
 
@@ -76,7 +79,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         translate_experiment=args.translate_experiment, n=args.n,
     )
     result = run_sweep(settings, args.out)
-    _print(result, args.json, lambda r: f"sweep of {len(r['runs'])} run(s) in {r['out']}; report {r['report']['markdown']}")
+    print_result(result, args.json, lambda r: f"sweep of {len(r['runs'])} run(s) in {r['out']}; report {r['report']['markdown']}")
     return 0
 
 
@@ -92,27 +95,10 @@ def _cmd_serve_jobs(args: argparse.Namespace) -> int:
     return subprocess.call(command, env=env)
 
 
-def _add_eval_fid(eval_sub: Any) -> None:
-    try:
-        from eval.fid_command import add_parser
-    except ImportError as err:  # only when the FID module itself is absent
-        if getattr(err, "name", "") not in ("eval.fid_command",):
-            raise
-        p = eval_sub.add_parser("fid", help="FID / KID of samples or reconstructions (not installed)")
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-
-        def missing(args: argparse.Namespace) -> int:
-            raise GenlabError("genlab eval fid is not available in this installation (eval/fid_command.py is missing)")
-
-        p.set_defaults(func=missing)
-        return
-    add_parser(eval_sub)
-
-
 def register(sub: Any) -> None:
     """Add ``eval`` (anomaly, translation, fid, serve-jobs), ``report`` and ``sweep`` to genlab's subcommands."""
     p = sub.add_parser("eval", help="evaluate a model: FID/KID, anomaly AUROC, translation robustness; the jobs service")
-    eval_sub = p.add_subparsers(dest="eval_command", required=True, parser_class=_Parser)
+    eval_sub = p.add_subparsers(dest="eval_command", required=True, parser_class=Parser)
 
     a = eval_sub.add_parser("anomaly", help="AUROC / AUPRC and TPR / FPR at the calibrated threshold, per score",
                             description="One-class protocol (normal = class K of the test split, anomalies = the other "
@@ -142,7 +128,7 @@ def register(sub: Any) -> None:
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=_cmd_translation)
 
-    _add_eval_fid(eval_sub)
+    add_fid_parser(eval_sub)
 
     s = eval_sub.add_parser("serve-jobs", help="serve the evaluation-jobs HTTP service (BentoML tasks)")
     s.add_argument("--port", type=int, default=3001)
@@ -163,7 +149,7 @@ def register(sub: Any) -> None:
     w = sub.add_parser("sweep", help="learning-rate sweep over model families, then the report",
                        description="Trains each (family, lr) into OUT/<family>-lr<lr>/ (finished runs are kept, interrupted "
                                    "ones resumed), runs the cheap evaluations and writes OUT/report/.")
-    w.add_argument("--families", type=_name_list, default=["vae", "gan", "vaegan"])
+    w.add_argument("--families", type=_name_list, default=list(FAMILY_NAMES), help=f"default {','.join(FAMILY_NAMES)}")
     w.add_argument("--lrs", type=_float_list, default=[1.5e-4, 3e-4, 6e-4])
     w.add_argument("--dataset", default="mnist-5k")
     w.add_argument("--data-dir", default="data")
@@ -172,7 +158,7 @@ def register(sub: Any) -> None:
     w.add_argument("--batch-size", type=int)
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--normal-class", type=int, metavar="K", help="train one-class runs (adds anomaly AUROC to the report)")
-    w.add_argument("--device", default="auto")
+    w.add_argument("--device", default="auto", help=DEVICE_HELP)
     w.add_argument("--set", action="append", metavar="KEY=VALUE", help="passed to every run (see genlab train --help)")
     w.add_argument("--translate-experiment", action="store_true",
                    help="also measure reconstruction error on inputs shifted by 2.5..10%% (VAE, VAE-GAN)")

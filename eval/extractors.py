@@ -96,7 +96,7 @@ def train_lenet(dataset: str, size: int, channels: int, data_dir: str, seed: int
     from tqdm import tqdm
 
     from genlab.data import load_split
-    from genlab.imageio import atomic_write_bytes
+    from genlab.files import atomic_write_bytes
     from genlab.pixels import uint8_to_model
 
     train = load_split(dataset, "train", data_dir, image_size=size, channels=channels)

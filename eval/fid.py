@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from genlab.devices import resolve_device
 from genlab.errors import GenlabError
 
 METRICS = ("fid", "kid", "prc")
@@ -37,7 +38,8 @@ KID_SUBSET_SIZE = 1000
 @dataclass(frozen=True)
 class FidSettings:
     model: str
-    ref: Optional[str] = None  # DATASET[:split]; default: the model's dataset, test split
+    ref: Optional[str] = None  # DATASET[:split]; default: the model's dataset
+    split: str = "test"  # the reference split where ``ref`` names none
     n: int = 1000
     metrics: tuple[str, ...] = ("fid", "kid")
     of: str = "samples"
@@ -61,16 +63,16 @@ class FidSettings:
             raise GenlabError(f"--of must be one of {', '.join(OF_CHOICES)}, got {self.of!r}")
 
 
-def parse_reference(ref: Optional[str], default_dataset: str) -> tuple[str, str]:
-    """'DATASET[:split]' -> (dataset, split); 'folder:PATH[:split]' keeps its path; default split test."""
+def parse_reference(ref: Optional[str], default_dataset: str, default_split: str = "test") -> tuple[str, str]:
+    """'DATASET[:split]' -> (dataset, split); 'folder:PATH[:split]' keeps its path; no split: ``default_split``."""
     from genlab.data import SPLITS
 
     if not ref:
-        return default_dataset, "test"
+        return default_dataset, default_split
     head, sep, tail = ref.rpartition(":")
     if sep and tail in SPLITS and head:
         return head, tail
-    return ref, "test"
+    return ref, default_split
 
 
 def reference_subset(count: int, n: int) -> np.ndarray:
@@ -145,12 +147,12 @@ def kid_subset_size(n1: int, n2: int) -> int:
     return min(KID_SUBSET_SIZE, n1, n2)
 
 
-def compute_fid(model: str, ref: Optional[str] = None, n: int = 1000, metrics: tuple[str, ...] = ("fid", "kid"),
+def compute_fid(model: str, ref: Optional[str] = None, split: str = "test", n: int = 1000, metrics: tuple[str, ...] = ("fid", "kid"),
                 of: str = "samples", batch_size: int = 64, device: str = "auto", seed: int = 0,
                 extractor: str = "inception", inception_weights: Optional[str] = None, data_dir: str = "data",
                 progress: bool = True) -> dict[str, Any]:
     """FID (and KID / precision-recall) of MODEL's samples or reconstructions against a reference split."""
-    settings = FidSettings(model=str(model), ref=ref, n=int(n), metrics=tuple(metrics), of=of, batch_size=int(batch_size),
+    settings = FidSettings(model=str(model), ref=ref, split=split, n=int(n), metrics=tuple(metrics), of=of, batch_size=int(batch_size),
                            device=device, seed=int(seed), extractor=extractor, inception_weights=inception_weights,
                            data_dir=data_dir, progress=progress)
     return fid_from_settings(settings)
@@ -167,7 +169,7 @@ def fid_from_settings(s: FidSettings) -> dict[str, Any]:
     source = open_model(s.model, s.device)
     if s.of == "reconstructions" and not source.has_encoder:
         raise GenlabError(f"--of reconstructions needs an encoder; a {source.family} model has none (use --of samples)")
-    dataset, split = parse_reference(s.ref, source.dataset)
+    dataset, split = parse_reference(s.ref, source.dataset, s.split)
     channels, height, width = source.image_shape
     reference_data = load_split(dataset, split, s.data_dir, image_size=height, channels=channels)
     index = reference_subset(len(reference_data), s.n)
@@ -175,7 +177,7 @@ def fid_from_settings(s: FidSettings) -> dict[str, Any]:
     fx = resolve_extractor(s.extractor, dataset, source.image_shape, s.data_dir, s.inception_weights)
     cache = reference_cache_name(dataset, split, source.image_shape, fx.name, fx.weights_identity, len(reference))
     cached = any(p.name.startswith(f"{cache}-") for p in cache_dir("fid-reference").iterdir())
-    cuda = _uses_cuda(s.device)
+    cuda = resolve_device(s.device).type == "cuda"  # feature extraction on the model's device
 
     started = time.perf_counter()
     if s.of == "samples":
@@ -236,17 +238,6 @@ def settings_line(fx, n: int, seed: int, reference: str, n_reference: int, of: s
     return (f"extractor {fx.name} "
             f"(weights {fx.weights_identity}); {of} n={n} seed={seed} vs {reference} n={n_reference}; "
             f"{height}x{width}x{channels}")
-
-
-def _uses_cuda(device: str) -> bool:
-    """Feature extraction on the GPU when one is asked for (or auto and available)."""
-    import torch
-
-    if str(device).startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise GenlabError("--device cuda was asked for, but torch sees no GPU")
-        return True
-    return device in (None, "", "auto") and torch.cuda.is_available()
 
 
 def summary_line(result: dict[str, Any]) -> str:

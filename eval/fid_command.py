@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from genlab.devices import DEVICE_HELP
+
 from eval.extractors import EXTRACTOR_CHOICES
 from eval.fid import METRICS, OF_CHOICES
 
@@ -38,7 +40,7 @@ def add_parser(eval_subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--of", choices=OF_CHOICES, default="samples",
                    help="samples from the prior (default), or reconstructions of the reference images (encoder models)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--seed", type=int, default=0, help="seed of the latents (and of KID's subsets)")
     p.add_argument("--extractor", choices=EXTRACTOR_CHOICES, default="inception",
                    help="inception (FID, the standard) or lenet (a quick CPU check: 'FD (genlab-lenet features)', not FID)")

@@ -208,7 +208,7 @@ def convert_torchscript_to_fidelity(source: Path, target: Path) -> float:
 
     import torch
 
-    from genlab.imageio import atomic_write_bytes
+    from genlab.files import atomic_write_bytes
 
     try:
         torchscript = torch.jit.load(str(source), map_location="cpu").eval()

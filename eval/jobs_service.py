@@ -11,9 +11,9 @@ task id, polls its status and fetches the JSON result::
 
 Nothing in a request is trusted as a path: the service is started with a fixed models root
 (``$GENLAB_EVAL_MODELS``, default ``./runs``) and a request names a model by a simple name that
-must be an entry directly under that root (a run directory with ``last.pt`` or an export
-directory with ``manifest.json``); datasets come from genlab's registry only (no ``folder:``).
-A bad request is answered 400 at submit time, naming the field. Serve with
+must be an entry directly under that root (a run directory with a checkpoint or an export
+directory with a manifest); datasets come from genlab's registry only (no ``folder:``).
+A bad request is answered 400 at submit time with ``{"error", "field"}``, as the serving API does. Serve with
 ``genlab eval serve-jobs --port 3001`` or ``bentoml serve eval.jobs_service:EvalJobs``.
 """
 
@@ -30,6 +30,11 @@ from pydantic import AfterValidator, Field
 
 from genlab.data import DATASETS, SPLITS
 from genlab.errors import GenlabError
+from genlab.run_dir import is_run_dir
+from genlab.thresholds import DEFAULT_PERCENTILE
+
+from eval.extractors import EXTRACTOR_CHOICES
+from eval.fid import METRICS, OF_CHOICES
 
 MODELS_ENV = "GENLAB_EVAL_MODELS"
 MAX_FID_N = 50_000
@@ -51,7 +56,7 @@ def available_models(root: Optional[Path] = None) -> dict[str, dict[str, str]]:
             continue
         if (entry / "manifest.json").is_file():
             found[entry.name] = {"kind": "onnx"}
-        elif (entry / "last.pt").is_file():
+        elif is_run_dir(entry):
             found[entry.name] = {"kind": "checkpoint"}
     return found
 
@@ -74,7 +79,9 @@ def _known_model(name: str) -> str:
 ModelName = Annotated[str, Field(min_length=1, max_length=128, description="a name from GET /models"), AfterValidator(_known_model)]
 DatasetName = Literal[tuple(DATASETS)]  # type: ignore[valid-type]  # the registry; never a folder path
 Split = Literal[SPLITS]  # type: ignore[valid-type]
-Metric = Literal["fid", "kid", "prc"]
+Metric = Literal[METRICS]  # type: ignore[valid-type]
+Of = Literal[OF_CHOICES]  # type: ignore[valid-type]
+ExtractorName = Literal[EXTRACTOR_CHOICES]  # type: ignore[valid-type]
 
 
 def _data_dir() -> str:
@@ -116,7 +123,7 @@ class ValidateSubmissions:
                 break
         error = _validation_error(api.input_spec, body)
         if error is not None:
-            payload = json.dumps({"error": error}).encode()
+            payload = json.dumps(error).encode()
             await send({"type": "http.response.start", "status": 400,
                         "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
             await send({"type": "http.response.body", "body": payload})
@@ -128,15 +135,19 @@ class ValidateSubmissions:
         await self.app(scope, replay, send)
 
 
-def _validation_error(spec: Any, body: bytes) -> Optional[str]:
+def _validation_error(spec: Any, body: bytes) -> Optional[dict[str, str]]:
+    """None for a valid submission, else ``{"error": message, "field": the first field at fault}``."""
     from pydantic import ValidationError
 
     try:
         spec.model_validate(json.loads(body or b"{}"))
     except json.JSONDecodeError:
-        return "request body is not JSON"
+        return {"error": "request body is not JSON", "field": "body"}
     except ValidationError as err:
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors())
+        errors = err.errors()
+        where = [".".join(map(str, e["loc"])) or "body" for e in errors]
+        field = str(errors[0]["loc"][0]) if errors[0]["loc"] else "body"  # the request field, e.g. metrics for metrics.1
+        return {"error": "; ".join(f"{w}: {e['msg']}" for w, e in zip(where, errors)), "field": field}
     return None
 
 
@@ -157,9 +168,6 @@ def _catalog_app() -> Any:
 class EvalJobs:
     """FID / KID and anomaly-detection jobs over models found under the models root."""
 
-    def __init__(self) -> None:
-        self.root = models_root()
-
     @bentoml.task(route="/anomaly")
     def anomaly(
         self,
@@ -168,7 +176,7 @@ class EvalJobs:
         normal_class: Annotated[Optional[int], Field(ge=0, le=10_000)] = None,
         ood: Optional[DatasetName] = None,
         split: Split = "test",
-        percentile: Annotated[float, Field(ge=0.0, le=100.0)] = 99.0,
+        percentile: Annotated[float, Field(ge=0.0, le=100.0)] = DEFAULT_PERCENTILE,
     ) -> dict[str, Any]:
         """AUROC / AUPRC and TPR / FPR at the calibrated threshold per score (one-class or --ood protocol)."""
         from eval.anomaly import evaluate_anomaly
@@ -184,15 +192,14 @@ class EvalJobs:
         split: Split = "test",
         n: Annotated[int, Field(ge=2, le=MAX_FID_N)] = 1000,
         metrics: Annotated[list[Metric], Field(min_length=1, max_length=3)] = ["fid", "kid"],  # noqa: B006
-        of: Literal["samples", "reconstructions"] = "samples",
-        extractor: Literal["inception", "lenet"] = "inception",
+        of: Of = "samples",
+        extractor: ExtractorName = "inception",
         seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0,
     ) -> dict[str, Any]:
         """FID / KID / precision-recall of samples or reconstructions against a registered dataset split."""
         from eval.fid import compute_fid
 
-        ref = None if reference is None else f"{reference}:{split}"
-        return _run(lambda: compute_fid(str(model_path(model)), ref=ref, n=n, metrics=tuple(dict.fromkeys(metrics)), of=of,
+        return _run(lambda: compute_fid(str(model_path(model)), ref=reference, split=split, n=n, metrics=tuple(dict.fromkeys(metrics)), of=of,
                                         seed=seed, extractor=extractor, data_dir=_data_dir(), progress=False))
 
 

@@ -15,7 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from genlab.devices import onnx_providers, resolve_device
 from genlab.errors import GenlabError
+from genlab.run_dir import LAST_CHECKPOINT, checkpoint_file, is_run_dir
+
+from eval.batches import in_batches
 
 
 class ModelSource:
@@ -57,21 +61,19 @@ class ModelSource:
             raise GenlabError(f"latents must have shape [n, {self.latent_dim}], got {list(z.shape)}")
         return self._decode_batch(z)
 
-    def sample(self, n: int, seed: int, batch_size: int = 256) -> np.ndarray:
+    def sample(self, n: int, seed: int, batch_size: int = 256, desc: str | None = None) -> np.ndarray:
         """uint8 [n, C, H, W] = decode(sample_latents(n, seed)), decoded in batches."""
-        z = self.sample_latents(n, seed)
-        return self._batched(self.decode, z, batch_size, np.uint8)
+        return self._images(in_batches(self.decode, self.sample_latents(n, seed), batch_size, desc))
 
-    def reconstruct(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def reconstruct(self, images: np.ndarray, batch_size: int = 256, desc: str | None = None) -> np.ndarray:
         """uint8 images -> uint8 reconstructions through the posterior mean."""
         if not self.has_encoder:
             raise GenlabError(f"a {self.family} model has no encoder, so it cannot reconstruct images")
-        return self._batched(self._reconstruct_batch, self._check_images(images), batch_size, np.uint8)
+        return self._images(in_batches(self._reconstruct_batch, self._check_images(images), batch_size, desc))
 
-    def scores(self, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
+    def scores(self, images: np.ndarray, batch_size: int = 256, desc: str | None = None) -> dict[str, np.ndarray]:
         """uint8 images -> {component: float64 [N]}: the same scores the service returns."""
-        images = self._check_images(images)
-        parts = [self._scores_batch(images[i : i + batch_size]) for i in range(0, len(images), _positive(batch_size))]
+        parts = in_batches(self._scores_batch, self._check_images(images), batch_size, desc)
         names = list(parts[0]) if parts else list(self.score_descriptions)
         return {name: np.concatenate([np.asarray(p[name], np.float64).reshape(-1) for p in parts]) if parts else np.zeros(0)
                 for name in names}
@@ -84,21 +86,13 @@ class ModelSource:
             )
         return np.ascontiguousarray(images)
 
-    def _batched(self, fn, inputs: np.ndarray, batch_size: int, dtype) -> np.ndarray:
-        step = _positive(batch_size)
-        parts = [fn(inputs[i : i + step]) for i in range(0, len(inputs), step)]
+    def _images(self, parts: list[np.ndarray]) -> np.ndarray:
         if not parts:
-            return np.zeros((0, *self.image_shape), dtype)
-        return np.concatenate([np.asarray(p, dtype) for p in parts])
+            return np.zeros((0, *self.image_shape), np.uint8)
+        return np.concatenate([np.asarray(p, np.uint8) for p in parts])
 
     def __repr__(self) -> str:
         return f"<ModelSource {self.kind} {self.family} on {self.dataset} from {self.path}>"
-
-
-def _positive(batch_size: int) -> int:
-    if int(batch_size) < 1:
-        raise GenlabError(f"batch size must be >= 1, got {batch_size}")
-    return int(batch_size)
 
 
 def _describe(source: ModelSource, data: dict[str, Any], epoch: Any, step: Any, metrics: dict[str, Any]) -> None:
@@ -127,9 +121,9 @@ class CheckpointSource(ModelSource):
     def __init__(self, path: str | os.PathLike, device: str = "auto"):
         from genlab.checkpoint import load_checkpoint, model_from_checkpoint
 
-        file = Path(path) / "last.pt" if Path(path).is_dir() else Path(path)
+        file = checkpoint_file(path)
         ckpt = load_checkpoint(file)
-        self.device = _torch_device(device)
+        self.device = resolve_device(device)
         self.model = model_from_checkpoint(ckpt, self.device)
         self.path = str(file)
         self.family = ckpt["family"]
@@ -177,8 +171,7 @@ class OnnxSource(ModelSource):
     def __init__(self, reference: str | os.PathLike, device: str = "auto"):
         from export.reader import open_export
 
-        providers = {"auto": None, "cpu": "cpu"}.get(device, "cuda" if str(device).startswith("cuda") else device)
-        self.export = open_export(reference, providers=providers)
+        self.export = open_export(reference, providers=onnx_providers(device))
         manifest = self.export.manifest
         self.path = str(self.export.path)
         self.family = self.export.family
@@ -202,20 +195,6 @@ class OnnxSource(ModelSource):
         return self.export.scores(images)
 
 
-def _torch_device(device: str):
-    import torch
-
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError:
-        raise GenlabError(f"unknown device {device!r}; use auto, cpu or cuda") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise GenlabError("--device cuda was asked for, but torch sees no GPU")
-    return chosen
-
-
 def open_model(path: str, device: str = "auto") -> ModelSource:
     """MODEL -> ModelSource: export dir (manifest.json), checkpoint file or run dir, or BentoML tag."""
     from export.reader import MANIFEST
@@ -223,10 +202,10 @@ def open_model(path: str, device: str = "auto") -> ModelSource:
     candidate = Path(str(path)).expanduser()
     if candidate.is_dir() and (candidate / MANIFEST).is_file():
         return OnnxSource(candidate, device)
-    if candidate.is_file() or (candidate.is_dir() and (candidate / "last.pt").is_file()):
+    if candidate.is_file() or is_run_dir(candidate):
         return CheckpointSource(candidate, device)
     if candidate.is_dir():
-        raise GenlabError(f"{candidate}: neither a run directory (last.pt) nor an export directory ({MANIFEST})")
+        raise GenlabError(f"{candidate}: neither a run directory ({LAST_CHECKPOINT}) nor an export directory ({MANIFEST})")
     if ":" in str(path) or "/" not in str(path):  # maybe a BentoML model tag
         try:
             return OnnxSource(str(path), device)

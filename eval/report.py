@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from genlab.errors import GenlabError
+from genlab.families import FAMILIES
+from genlab.measures import RECON_ERROR
 
 IMAGES = (("samples.png", "samples"), ("reconstructions.png", "reconstructions"), ("loss_curves.png", "loss curves"))
 GROUPS = ("FID / KID", "Reconstruction and translation", "Anomaly detection")
@@ -73,10 +75,10 @@ def translation_cells(result: dict[str, Any]) -> dict[str, str]:
     where = f"{s['dataset']}:{s['split']}, n={s['n']}, seed {s['seed']}"
     cells = {}
     for row in result["shifts"]:
-        name = "recon MSE, no shift" if row["fraction"] == 0 else f"recon MSE, shift {row['fraction']:.1%}"
-        cells[f"{name} ({where})"] = _fmt(row["mse"])
+        name = f"{RECON_ERROR}, no shift" if row["fraction"] == 0 else f"{RECON_ERROR}, shift {row['fraction']:.1%}"
+        cells[f"{name} ({where})"] = _fmt(row[RECON_ERROR])
     if result.get("worst_over_unshifted") is not None and len(result["shifts"]) > 1:
-        cells[f"MSE ratio {result['shifts'][-1]['fraction']:.1%} / no shift ({where})"] = f"{result['worst_over_unshifted']:.2f}"
+        cells[f"{RECON_ERROR} ratio {result['shifts'][-1]['fraction']:.1%} / no shift ({where})"] = f"{result['worst_over_unshifted']:.2f}"
     return cells
 
 
@@ -118,7 +120,7 @@ def run_identity(path: Path) -> dict[str, Any]:
         "steps": ckpt.get("step"),
         "complete": bool(ckpt.get("complete")),
         "train_seconds": (ckpt.get("metrics") or {}).get("train_seconds"),
-        "has_encoder": ckpt["family"] != "gan",
+        "has_encoder": FAMILIES[ckpt["family"]].has_encoder,
     }
 
 
@@ -214,7 +216,7 @@ def group_table(entries: list[RunEntry], group: str) -> tuple[list[str], list[li
 
 
 def _copy_images(entries: list[RunEntry], out: Path) -> dict[str, list[tuple[str, str]]]:
-    from genlab.imageio import atomic_write_bytes
+    from genlab.files import atomic_write_bytes
 
     links: dict[str, list[tuple[str, str]]] = {}
     for entry in entries:
@@ -280,7 +282,7 @@ def _labels(paths: list[Path]) -> list[str]:
 
 def write_report(run_dirs: list[str | os.PathLike], out: str | os.PathLike, settings: ReportSettings = ReportSettings()) -> dict[str, Any]:
     """Gather (and, if asked, compute the cheap missing) results of runs; write OUT/report.md and OUT/report.html."""
-    from genlab.imageio import atomic_write_bytes
+    from genlab.files import atomic_write_bytes
 
     if not run_dirs:
         raise GenlabError("report: give at least one run directory")

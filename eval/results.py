@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from genlab.imageio import atomic_write_bytes
+from genlab.files import atomic_write_bytes
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from genlab.errors import GenlabError
+from genlab.families import FAMILY_NAMES
+from genlab.run_dir import is_run_dir
 
 
 @dataclass(frozen=True)
 class SweepSettings:
-    families: tuple[str, ...] = ("vae", "gan", "vaegan")
+    families: tuple[str, ...] = FAMILY_NAMES
     lrs: tuple[float, ...] = (1.5e-4, 3e-4, 6e-4)
     dataset: str = "mnist-5k"
     data_dir: str = "data"
@@ -33,11 +35,9 @@ class SweepSettings:
     n: int = 500
 
     def __post_init__(self) -> None:
-        from genlab.cli import DEFAULT_FAMILIES
-
-        unknown = [f for f in self.families if f not in DEFAULT_FAMILIES]
+        unknown = [f for f in self.families if f not in FAMILY_NAMES]
         if not self.families or unknown:
-            raise GenlabError(f"--families: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(DEFAULT_FAMILIES)}")
+            raise GenlabError(f"--families: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(FAMILY_NAMES)}")
         if not self.lrs or any(lr <= 0 for lr in self.lrs):
             raise GenlabError(f"--lrs must be positive numbers, got {list(self.lrs)}")
 
@@ -60,16 +60,21 @@ def train_config_for(settings: SweepSettings, lr: float):
 
 
 def train_or_resume(family: str, lr: float, settings: SweepSettings, run_dir: Path) -> dict[str, Any]:
-    """Train one run, or resume it from RUN_DIR/last.pt (a finished run returns at once)."""
+    """Train one run, or resume it from its checkpoint with the sweep's epochs, max steps and device
+    (a finished run returns at once; its other settings stay as they were trained)."""
     from genlab.config import parse_overrides, split_overrides
-    from training.loop import train
+    from training.loop import resume, train
 
-    model_kw, _ = split_overrides(parse_overrides(list(settings.overrides)))
-    resume = (run_dir / "last.pt").is_file()
-    summary = train(family, model_kw, train_config_for(settings, lr), run_dir, resume=resume)
+    resumed = is_run_dir(run_dir)
+    if resumed:
+        changes = {"epochs": settings.epochs, "max_steps": settings.max_steps, "device": settings.device}
+        summary = resume(family, run_dir, changes)
+    else:
+        model_kw, _ = split_overrides(parse_overrides(list(settings.overrides)))
+        summary = train(family, model_kw, train_config_for(settings, lr), run_dir)
     if summary["stopped"] == "interrupted":  # Ctrl-C: the checkpoint is saved; the next sweep resumes it
         raise KeyboardInterrupt
-    return {"family": family, "lr": lr, "run_dir": str(run_dir), "resumed": resume, "stopped": summary["stopped"],
+    return {"family": family, "lr": lr, "run_dir": str(run_dir), "resumed": resumed, "stopped": summary["stopped"],
             "epoch": summary["epoch"], "step": summary["step"], "train_seconds": summary["train_seconds"]}
 
 

@@ -2,7 +2,7 @@
 
 Each image is shifted by a fixed distance (a fraction of the image size) in a seeded random
 direction, rounded to whole pixels, edge pixels repeated; the encoder model reconstructs the
-shifted image and the error is the mean squared pixel difference in [0, 1]. Shift 0 is the
+shifted image and the error is ``recon_error`` (:mod:`genlab.measures`). Shift 0 is the
 plain reconstruction error. Only encoder models (VAE, VAE-GAN) reconstruct.
 """
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from genlab.errors import GenlabError
+from genlab.measures import RECON_ERROR, recon_error
 
 SHIFTS = (0.0, 0.025, 0.05, 0.075, 0.1)
 
@@ -53,15 +54,6 @@ def shift_by_fraction(images: torch.Tensor, fraction: float, seed: int) -> tuple
     return translate(images, dy, dx), float(applied)
 
 
-def reconstruction_mse(source: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """uint8 images -> per-image mean squared error of their reconstructions, pixels in [0, 1]."""
-    from eval.batches import in_batches
-
-    recons = np.concatenate(in_batches(lambda x: np.asarray(source.reconstruct(x)), images, batch_size, "reconstructing"))
-    diff = (recons.astype(np.float64) - images.astype(np.float64)) / 255.0
-    return (diff**2).reshape(len(images), -1).mean(axis=1)
-
-
 def evaluate_translation(
     model: Any,
     dataset: Optional[str] = None,
@@ -91,16 +83,18 @@ def evaluate_translation(
     rows = []
     for fraction in settings.fractions:
         shifted, pixels = shift_by_fraction(images, fraction, seed)
-        mse = reconstruction_mse(source, shifted.numpy(), batch_size)
-        rows.append({"fraction": fraction, "mean_shift_pixels": pixels, "mse": float(mse.mean()), "mse_std": float(mse.std())})
-    base = rows[0]["mse"] if settings.fractions[0] == 0.0 else None
+        shifted = shifted.numpy()
+        error = recon_error(shifted, source.reconstruct(shifted, batch_size, desc="reconstructing"))
+        rows.append({"fraction": fraction, "mean_shift_pixels": pixels, RECON_ERROR: float(error.mean()),
+                     f"{RECON_ERROR}_std": float(error.std())})
+    base = rows[0][RECON_ERROR] if settings.fractions[0] == 0.0 else None
     return {
         "evaluation": "translation",
         "settings": {**dataclasses.asdict(settings), "fractions": list(settings.fractions), "n": len(images)},
         "model": dict(source.info),
         "shifts": rows,
-        "reconstruction_mse": base,
-        "worst_over_unshifted": (rows[-1]["mse"] / base) if base else None,  # None when no shift 0 or it is exact
+        RECON_ERROR: base,
+        "worst_over_unshifted": (rows[-1][RECON_ERROR] / base) if base else None,  # None when no shift 0 or it is exact
     }
 
 
@@ -111,5 +105,5 @@ def result_name(result: dict[str, Any]) -> str:
 
 
 def summary_line(result: dict[str, Any]) -> str:
-    parts = ", ".join(f"{r['fraction']:.1%} ({r['mean_shift_pixels']:.1f} px): {r['mse']:.5f}" for r in result["shifts"])
-    return f"reconstruction MSE by shift on {result['settings']['dataset']}:{result['settings']['split']} (n={result['settings']['n']}): {parts}"
+    parts = ", ".join(f"{r['fraction']:.1%} ({r['mean_shift_pixels']:.1f} px): {r[RECON_ERROR]:.5f}" for r in result["shifts"])
+    return f"{RECON_ERROR} by shift on {result['settings']['dataset']}:{result['settings']['split']} (n={result['settings']['n']}): {parts}"

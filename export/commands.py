@@ -7,7 +7,7 @@ from typing import Any
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from genlab.cli import _print
+    from genlab.console import print_result
     from export.onnx_export import default_name, export_checkpoint
     from export.store import check_name
 
@@ -32,12 +32,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
         stored = f"; BentoML model {r['bento_tag']}" if r["bento_tag"] else ""
         return f"exported {r['family']} to {r['out']} ({', '.join(f'{g}.onnx' for g in r['graphs'])}; parity max diff: {parity}){stored}"
 
-    _print(result, args.json, text)
+    print_result(result, args.json, text)
     return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from genlab.cli import _print
+    from genlab.console import print_result
     from export.store import list_models
 
     def text(rows: list[dict[str, Any]]) -> str:
@@ -45,7 +45,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
             return "no genlab models in the BentoML store (add one with: genlab export CKPT --out DIR)"
         return "\n".join(f"{r['tag']:<48} {r['family']:<7} {r['dataset']:<14} latent {r['latent_dim']}  {r['created']}" for r in rows)
 
-    _print(list_models(), args.json, text)
+    print_result(list_models(), args.json, text)
     return 0
 
 

@@ -30,10 +30,12 @@ from torch import nn
 from genlab import __version__
 from genlab.checkpoint import load_checkpoint, model_from_checkpoint
 from genlab.errors import GenlabError
+from genlab.files import file_sha256, publish_directory
 from genlab.models import GenerativeModel
 from genlab.pixels import model_to_uint8, uint8_to_model
+from genlab.run_dir import checkpoint_file
 
-from export.reader import FORMAT, FORMAT_VERSION, MANIFEST, file_sha256, load_graphs, sample_latents
+from export.reader import FORMAT, FORMAT_VERSION, MANIFEST, ExportedModel, sample_latents
 
 PARITY_BATCHES = (1, 5)
 FLOAT_TOLERANCE = 1e-4  # absolute; relative to the value above 1 (scores in nats can be in the hundreds)
@@ -161,7 +163,7 @@ def _compare(name: str, torch_out: torch.Tensor, ort_out: np.ndarray) -> dict[st
 def check_parity(model: GenerativeModel, directory: Path, manifest: dict[str, Any], specs: dict[str, dict[str, Any]],
                  image_shape: tuple[int, int, int]) -> dict[str, Any]:
     """torch vs ONNX Runtime (CPU) on seeded inputs at each of PARITY_BATCHES, for every graph."""
-    exported = load_graphs(directory, manifest, providers="cpu")
+    exported = ExportedModel(directory, manifest).start_sessions(providers="cpu")
     latent = model.cfg.latent_dim
     decoder = specs["decoder"]["module"]
     figures: dict[str, Any] = {}
@@ -238,26 +240,27 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished temp directory into place; an old export is replaced only with ``overwrite``."""
+    """Flush the finished temp directory to disk and rename it into place (:func:`genlab.files.publish_directory`);
+    an old export is replaced only with ``overwrite``. Killed at any point, ``out`` is the old export, the new
+    one, or absent, and a temp directory left behind has no manifest until it is complete."""
     _check_out(out, overwrite)  # again: something may have appeared at ``out`` while the export ran
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
         try:
-            os.replace(tmp, out)
+            publish_directory(tmp, out)
         except BaseException:
             os.replace(old, out)  # put the earlier export back rather than leave nothing at ``out``
             raise
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, out)
+        publish_directory(tmp, out)
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, opset: int | None = None,
                       name: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Write the export directory ``out`` from a checkpoint (file or run directory); returns the manifest."""
-    source = Path(checkpoint)
-    source = source / "last.pt" if source.is_dir() else source
+    source = checkpoint_file(checkpoint)
     ckpt = load_checkpoint(source)
     model = model_from_checkpoint(ckpt).float()
     data = ckpt["data"]

@@ -10,7 +10,6 @@ score graph take them, and normalisation happens inside the graphs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from genlab.errors import GenlabError
+from genlab.files import file_sha256
 
 FORMAT = "genlab-export"
 FORMAT_VERSION = 1
@@ -39,14 +39,6 @@ def sample_latents(n: int, latent_dim: int, seed: int | None = None, temperature
     """Draws from the N(0, I) prior: float32 [n, latent_dim]; the same seed gives the same latents."""
     z = np.random.default_rng(seed).standard_normal((n, latent_dim), dtype=np.float32)
     return z * np.float32(temperature)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def choose_providers(preference: str | None = None) -> list[str]:
@@ -115,7 +107,7 @@ class ExportedModel:
 
     @property
     def has_encoder(self) -> bool:
-        return "encoder" in self.graphs
+        return "encoder" in self.manifest["graphs"]
 
     @property
     def calibration(self) -> dict[str, Any] | None:
@@ -126,11 +118,39 @@ class ExportedModel:
         return list(self.manifest["scores"]["names"])
 
     @property
+    def score_descriptions(self) -> dict[str, str]:
+        return dict(self.manifest["scores"].get("descriptions", {}))
+
+    @property
     def providers(self) -> dict[str, str]:
         """graph name -> the execution provider its session actually got."""
         return {name: graph.provider for name, graph in self.graphs.items()}
 
     # -- running the graphs ---------------------------------------------------------------------
+    def start_sessions(self, providers: str | None = None, threads: int = 0, spinning: bool = True) -> "ExportedModel":
+        """An ONNX Runtime session for every graph the manifest lists, on the best provider available.
+
+        ``threads`` = intra-op threads (0: one per core). ``spinning=False`` stops idle worker threads
+        from spin-waiting after each run: right for a server sharing its cores with request handling,
+        at a small cost in single-call latency.
+        """
+        import onnxruntime as ort
+
+        wanted = choose_providers(providers)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        for name, spec in self.manifest["graphs"].items():
+            file = self.path / spec["file"]
+            try:
+                session = ort.InferenceSession(str(file), sess_options=options, providers=wanted)
+            except Exception as err:  # onnxruntime raises its own exception types for bad files
+                raise ExportError(f"{file}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from None
+            self.graphs[name] = Graph(name, session, [i["name"] for i in spec["inputs"]], [o["name"] for o in spec["outputs"]])
+        log.info("opened %s (%s) from %s; providers: %s", self.name, self.family, self.path, self.providers)
+        return self
+
     def decode(self, z: np.ndarray) -> np.ndarray:
         """float32 latents [B, latent_dim] -> uint8 images [B, C, H, W]."""
         return self.graphs["decoder"].run(np.ascontiguousarray(z, dtype=np.float32))["images"]
@@ -210,33 +230,13 @@ def resolve(reference: str | os.PathLike) -> Path:
     raise ExportError(f"{text}: no such export directory")
 
 
-def open_export(reference: str | os.PathLike, providers: str | None = None, threads: int = 0, spinning: bool = True) -> ExportedModel:
-    """Validate an export (hashes included) and start an ONNX Runtime session for each graph.
-
-    ``threads`` = intra-op threads (0: one per core). ``spinning=False`` stops idle worker threads
-    from spin-waiting after each run: right for a server sharing its cores with request handling,
-    at a small cost in single-call latency.
-    """
+def read_export(reference: str | os.PathLike, verify: bool = True) -> ExportedModel:
+    """The manifest view of an export (no sessions): validated, and with ``verify`` every file's sha256 checked."""
     directory = resolve(reference)
-    return load_graphs(directory, read_manifest(directory), providers, threads, spinning)
+    return ExportedModel(directory, read_manifest(directory, verify))
 
 
-def load_graphs(directory: Path, manifest: dict[str, Any], providers: str | None = None, threads: int = 0,
-                spinning: bool = True) -> ExportedModel:
-    """Sessions for the graphs a (validated) manifest lists, on the best provider available."""
-    import onnxruntime as ort
-
-    wanted = choose_providers(providers)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    model = ExportedModel(Path(directory), manifest)
-    for name, spec in manifest["graphs"].items():
-        try:
-            session = ort.InferenceSession(str(directory / spec["file"]), sess_options=options, providers=wanted)
-        except Exception as err:  # onnxruntime raises its own exception types for bad files
-            raise ExportError(f"{directory / spec['file']}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from None
-        model.graphs[name] = Graph(name, session, [i["name"] for i in spec["inputs"]], [o["name"] for o in spec["outputs"]])
-    log.info("opened %s (%s) from %s; providers: %s", model.name, model.family, directory, model.providers)
-    return model
+def open_export(reference: str | os.PathLike, providers: str | None = None, threads: int = 0, spinning: bool = True) -> ExportedModel:
+    """Validate an export (hashes included) and start an ONNX Runtime session for each graph
+    (see :meth:`ExportedModel.start_sessions`)."""
+    return read_export(reference).start_sessions(providers, threads, spinning)

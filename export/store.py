@@ -15,9 +15,10 @@ from typing import Any
 
 from genlab.errors import GenlabError
 
-from export.reader import read_manifest
+from export.reader import open_export, read_manifest
 
 LABEL = "genlab-export"  # label that marks the store entries genlab wrote
+LOADER = open_export.__module__  # the module that opens a stored export (BentoML records it as the model's module)
 _TAG_NAME = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?")
 
 
@@ -57,7 +58,7 @@ def save_to_store(export_dir: str | os.PathLike, name: str) -> str:
     bentoml = _bentoml()
     labels = {LABEL: str(manifest["format_version"]), "family": manifest["family"], "dataset": _label(manifest["dataset"]["dataset"])}
     try:
-        with bentoml.models.create(name, labels=labels, metadata=_metadata(manifest), module="genlab.export") as model:
+        with bentoml.models.create(name, labels=labels, metadata=_metadata(manifest), module=LOADER) as model:
             for file in [*manifest["files"], "manifest.json"]:
                 shutil.copy2(export_dir / file, model.path_of(file))
     except (OSError, ValueError, bentoml.exceptions.BentoMLException) as err:

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +33,8 @@ import torch
 from genlab import __version__
 from genlab.config import ModelConfig, TrainConfig, from_dict
 from genlab.errors import GenlabError
+from genlab.files import atomic_write
+from genlab.run_dir import checkpoint_file
 from genlab.thresholds import quantile
 from genlab.models import GenerativeModel, build_model
 
@@ -44,28 +44,15 @@ REQUIRED = ("format", "format_version", "family", "model_config", "train_config"
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write atomically: a crash leaves the previous checkpoint intact, never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically (:func:`genlab.files.atomic_write`): a crash, even SIGKILL, leaves the previous
+    checkpoint intact, never half a file."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "genlab_version": __version__, **payload}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and validate a checkpoint; any problem is a GenlabError naming the file."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.pt"
+    path = checkpoint_file(path)
     if not path.is_file():
         raise GenlabError(f"checkpoint not found: {path}")
     try:

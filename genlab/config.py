@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
+from genlab.devices import check_device
 from genlab.errors import GenlabError
 
 
@@ -69,10 +70,11 @@ class TrainConfig:
             raise GenlabError(f"translate must be in [0, 0.5), got {self.translate}")
         if self.lr is not None and self.lr <= 0:
             raise GenlabError(f"lr must be positive, got {self.lr}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise GenlabError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        check_device(self.device)
         if self.max_steps is not None and self.max_steps < 1:
             raise GenlabError("max_steps must be >= 1")
+        if self.log_every < 1:
+            raise GenlabError(f"log_every must be >= 1, got {self.log_every}")
 
 
 def _convert(text: str, annotation: Any, key: str) -> Any:

@@ -1,4 +1,4 @@
-"""Torch-free image I/O: decode and convert images, tile grids, write PNGs atomically.
+"""Torch-free image I/O: decode and convert images, tile grids, write PNGs (atomically, see :mod:`genlab.files`).
 
 Used by dataset readers (image folders), the training loop's sample grids and, because it
 needs only numpy and Pillow, by the serving side.
@@ -9,11 +9,11 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from genlab.files import atomic_write_bytes
 
 _MODES = {1: "L", 3: "RGB"}
 
@@ -63,23 +63,6 @@ def encode_png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file so that readers see either the old or the complete new content."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_grid(images: np.ndarray, path: str | os.PathLike, nrow: int | None = None) -> None:

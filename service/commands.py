@@ -3,30 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 from genlab.errors import GenlabError
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from export.reader import read_manifest, resolve
-    from service.settings import DEFAULT_MODEL
+def verify_models(references: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Check every export in full (manifest and every file's sha256), once, before any server starts:
+    a problem is one line here rather than a traceback in a worker. Returns the model names and, per
+    verified directory, its manifest's sha256 (the service trusts those directories and re-hashes
+    only their manifests; see ``service.settings.Settings.verified``)."""
+    from export.reader import MANIFEST, read_manifest, resolve
+    from genlab.files import file_sha256
 
-    references = args.model or [DEFAULT_MODEL]
-    names = set()
+    names: list[str] = []
+    verified: dict[str, str] = {}
     for reference in references:
         if "," in reference:
             raise GenlabError(f"--model {reference!r}: give one model per --model flag")
-        manifest = read_manifest(resolve(reference))  # fails here, in one line, rather than in a worker
+        directory = resolve(reference)
+        manifest = read_manifest(directory, verify=True)
         if manifest["name"] in names:
             raise GenlabError(f"two models are named {manifest['name']!r}; export one of them with another --bento name")
-        names.add(manifest["name"])
-    env = {**os.environ, "GENLAB_MODELS": ",".join(references), "BENTOML_DO_NOT_TRACK": "True"}
+        names.append(manifest["name"])
+        verified[str(directory.resolve())] = file_sha256(directory / MANIFEST)
+    return names, verified
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from service.settings import DEFAULT_MODEL, VERIFIED_ENV
+
+    references = args.model or [DEFAULT_MODEL]
+    names, verified = verify_models(references)
+    env = {**os.environ, "GENLAB_MODELS": ",".join(references), VERIFIED_ENV: json.dumps(verified), "BENTOML_DO_NOT_TRACK": "True"}
     if args.no_batching:
         env["GENLAB_BATCHING"] = "0"
     command = [sys.executable, "-m", "bentoml", "serve", "service.service:Genlab", "--host", args.host, "--port", str(args.port)]
-    print(f"serving {', '.join(sorted(names))} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    print(f"serving {', '.join(names)} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr, flush=True)
     os.execvpe(command[0], command, env)
     return 0  # not reached
 

@@ -20,7 +20,7 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 import bentoml
 import numpy as np
 
-from export.reader import ExportedModel, open_export, resolve
+from export.reader import ExportedModel, read_export, resolve
 from service.settings import SETTINGS
 
 log = logging.getLogger("genlab.service")
@@ -41,14 +41,18 @@ def warm_up(model: ExportedModel) -> None:
         model.encode(images)
 
 
+def load_model(directory: Path) -> ExportedModel:
+    """The export's graphs in ONNX Runtime sessions; every file's sha256 is checked unless `genlab serve` just did."""
+    model = read_export(directory, verify=not SETTINGS.already_verified(directory))
+    # no spin-waiting: idle ONNX Runtime threads would take CPU from the request handling
+    return model.start_sessions(threads=SETTINGS.ort_threads, spinning=False)
+
+
 class GenlabRuntime:
     """Holds one ExportedModel per configured reference; its APIs are added below."""
 
     def __init__(self) -> None:
-        # no spin-waiting: idle ONNX Runtime threads would take CPU from the request handling
-        self.models: list[ExportedModel] = [
-            open_export(resolve_reference(i), threads=SETTINGS.ort_threads, spinning=False) for i in range(len(SETTINGS.models))
-        ]
+        self.models: list[ExportedModel] = [load_model(resolve_reference(i)) for i in range(len(SETTINGS.models))]
         for model in self.models:
             warm_up(model)
             log.info("genlab runtime: %s (%s) on %s", model.name, model.family, ", ".join(sorted(set(model.providers.values()))))

@@ -32,9 +32,11 @@ from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, Response
 
-from export.reader import read_manifest
+from export.reader import ExportedModel, read_export, sample_latents
 from genlab import __version__
+from genlab.families import FAMILIES
 from genlab.imageio import encode_png, tile
+from genlab.measures import RECON_ERROR_MEANING, recon_error
 from genlab.thresholds import DEFAULT_PERCENTILE, percentile_of, quantile
 from service.inputs import RequestError, images_from_request, latents_from_request
 from service.runtime import GenlabRuntime, resolve_reference
@@ -63,7 +65,7 @@ class Reconstruction(BaseModel):
     images_png_base64: list[str] = Field(description="reconstructions as base64 PNGs (format=png_list)")
     images: list[Any] = Field(description="reconstructions as uint8 [N, C, H, W] (format=array; empty otherwise)")
     mu: list[list[float]] = Field(description="posterior means, [N, latent]")
-    recon_error: list[float] = Field(description="mean squared pixel error per image, pixels in [0, 1]")
+    recon_error: list[float] = Field(description=RECON_ERROR_MEANING)
 
 
 class ImageScore(BaseModel):
@@ -83,21 +85,6 @@ class AnomalyScores(BaseModel):
     results: list[ImageScore]
 
 
-class LoadedModel:
-    """What the front needs of one model: its manifest (no sessions) and its runtime index."""
-
-    def __init__(self, index: int, directory: Path):
-        self.index = index
-        self.manifest = read_manifest(directory)
-        self.name: str = self.manifest["name"]
-        image = self.manifest["image"]
-        self.shape = (int(image["channels"]), int(image["height"]), int(image["width"]))
-        self.latent_dim = int(self.manifest["latent"]["dim"])
-        self.has_encoder = "encoder" in self.manifest["graphs"]
-        self.score_names: list[str] = list(self.manifest["scores"]["names"])
-        self.calibration: dict[str, Any] | None = self.manifest.get("calibration")
-
-
 def _error(err: RequestError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
 
@@ -111,30 +98,33 @@ class Genlab:
     runtime = bentoml.depends(GenlabRuntime)
 
     def __init__(self) -> None:
-        self.models: dict[str, LoadedModel] = {}
+        # manifests only; the files' hashes are checked once, where the graphs are loaded (service.runtime.load_model)
+        self.models: dict[str, ExportedModel] = {}
+        self.runtime_index: dict[str, int] = {}
         for i in range(len(SETTINGS.models)):
-            model = LoadedModel(i, resolve_reference(i))
+            model = read_export(resolve_reference(i), verify=False)
             if model.name in self.models:
                 raise RuntimeError(f"two models are named {model.name!r}; export one with another --bento name")
             self.models[model.name] = model
+            self.runtime_index[model.name] = i
         self.default = next(iter(self.models))
         log.info("genlab %s serving %s (default %s)", __version__, ", ".join(self.models), self.default)
 
-    def _model(self, name: Optional[str]) -> LoadedModel:
+    def _model(self, name: Optional[str]) -> ExportedModel:
         if name is None:
             return self.models[self.default]
         if name not in self.models:
             raise RequestError("model", f"unknown model {name!r}; this server has: {', '.join(self.models)}", 404)
         return self.models[name]
 
-    async def _call(self, graph: str, model: LoadedModel, array: np.ndarray) -> np.ndarray:
+    async def _call(self, graph: str, model: ExportedModel, array: np.ndarray) -> np.ndarray:
         """One runtime call, retried when its connection is lost. BentoML 1.4.39's internal client
         replaces its HTTP session every 100 requests and closes the old one under the requests
         still in flight on it (``_bentoml_impl/client/proxy2.py``, ``SessionManager``): aiohttp
         then raises a connection error, or a bare ``RuntimeError("Connection closed.")`` while a
         response body is being read. Runtime calls are pure functions of their input, so running
         one again is safe; a call that hangs is cut off after RUNTIME_TIMEOUT_S and retried."""
-        method = getattr(self.runtime.to_async, f"{graph}_{model.index}")
+        method = getattr(self.runtime.to_async, f"{graph}_{self.runtime_index[model.name]}")
         for attempt in range(RUNTIME_ATTEMPTS):
             try:
                 return await asyncio.wait_for(method(array), RUNTIME_TIMEOUT_S)
@@ -142,7 +132,7 @@ class Genlab:
                 lost = not isinstance(err, RuntimeError) or "Connection closed" in str(err)
                 if not lost or attempt == RUNTIME_ATTEMPTS - 1:
                     raise
-                log.info("runtime call %s_%d lost its connection (%r); retrying", graph, model.index, err)
+                log.info("runtime call %s of %s lost its connection (%r); retrying", graph, model.name, err)
         raise AssertionError("unreachable")
 
     # -- endpoints ------------------------------------------------------------------------------
@@ -168,8 +158,7 @@ class Genlab:
                 latents = latents_from_request(z, m.latent_dim, MAX)
             else:
                 seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else seed
-                rng = np.random.default_rng(seed)
-                latents = rng.standard_normal((n, m.latent_dim), dtype=np.float32) * np.float32(temperature)
+                latents = sample_latents(n, m.latent_dim, seed, temperature)
         except RequestError as err:
             return _error(err)
         images = await self._call("decode", m, latents)
@@ -197,20 +186,19 @@ class Genlab:
         try:
             m = self._model(model)
             if not m.has_encoder:
-                raise RequestError("model", f"{m.name} is a {m.manifest['family']} model and has no encoder; "
-                                            "reconstruct needs a vae or vaegan model", 422)
-            x = images_from_request(images, array, m.shape, MAX, SETTINGS.max_upload_bytes, SETTINGS.max_pixels)
+                raise RequestError("model", f"{m.name} is a {m.family} model and has no encoder; reconstruct needs "
+                                            f"a {' or '.join(f.name for f in FAMILIES.values() if f.has_encoder)} model", 422)
+            x = images_from_request(images, array, m.image_shape, MAX, SETTINGS.max_upload_bytes, SETTINGS.max_pixels)
         except RequestError as err:
             return _error(err)  # type: ignore[return-value]
         mu = (await self._call("encode", m, x))[:, : m.latent_dim]
         recon = await self._call("decode", m, np.ascontiguousarray(mu))
-        error = ((x.astype(np.float32) - recon.astype(np.float32)) / 255.0) ** 2
         return Reconstruction(
             model=m.name,
             images_png_base64=_png_base64(recon) if format == "png_list" else [],
             images=recon.tolist() if format == "array" else [],
             mu=mu.tolist(),
-            recon_error=error.reshape(len(x), -1).mean(axis=1).tolist(),
+            recon_error=recon_error(x, recon).tolist(),
         )
 
     @bentoml.api(route="/anomaly-score")
@@ -234,7 +222,7 @@ class Genlab:
             if threshold is None and not m.calibration:
                 raise RequestError("threshold", f"{m.name} has no calibration (its training did not finish); "
                                                 "send a raw 'threshold'", 422)
-            x = images_from_request(images, array, m.shape, MAX, SETTINGS.max_upload_bytes, SETTINGS.max_pixels)
+            x = images_from_request(images, array, m.image_shape, MAX, SETTINGS.max_upload_bytes, SETTINGS.max_pixels)
         except RequestError as err:
             return _error(err)  # type: ignore[return-value]
         raw = await self._call("score", m, x)
@@ -259,7 +247,7 @@ class Genlab:
             for i in range(len(x))
         ]
         return AnomalyScores(
-            model=m.name, score_name="score", meaning=m.manifest["scores"]["descriptions"].get("score", ""),
+            model=m.name, score_name="score", meaning=m.score_descriptions.get("score", ""),
             threshold=cut, threshold_percentile=threshold_percentile,
             threshold_source="request" if threshold is not None else "calibration", results=results,
         )
@@ -272,8 +260,8 @@ class Genlab:
         for name, m in self.models.items():
             manifest = {k: v for k, v in m.manifest.items() if k != "calibration"}
             rows.append(ModelInfo(
-                name=name, family=m.manifest["family"], default=name == self.default, has_encoder=m.has_encoder,
-                latent_dim=m.latent_dim, image_shape=list(m.shape), score_names=m.score_names,
+                name=name, family=m.family, default=name == self.default, has_encoder=m.has_encoder,
+                latent_dim=m.latent_dim, image_shape=list(m.image_shape), score_names=m.score_names,
                 providers=providers.get(name, {}), manifest=manifest,
             ))
         return rows

@@ -8,11 +8,13 @@ processes (the HTTP front and the ONNX runtime) read the same list, in the same 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MODEL = "genlab-vaegan-mnist-5k"  # what the quickstart trains and exports
+VERIFIED_ENV = "GENLAB_VERIFIED_EXPORTS"  # set by `genlab serve`: {directory: sha256 of its manifest} it has checked
 
 
 def _int(name: str, default: int) -> int:
@@ -31,6 +33,20 @@ class Settings:
     # it dispatches as soon as waiting stops paying off, so a generous cap costs no latency
     max_latency_ms: int = 10_000
     ort_threads: int = 0  # ONNX Runtime intra-op threads per session (0: one per core)
+    # export directories whose files `genlab serve` has just hashed, with their manifest's sha256: loading
+    # them again re-hashes only the manifest. Any other directory (plain `bentoml serve`, a container) is
+    # checked in full when its graphs are loaded.
+    verified: tuple[tuple[str, str], ...] = ()
+
+    def already_verified(self, directory: Path) -> bool:
+        """Whether ``directory`` is an export `genlab serve` verified, unchanged since (its manifest has the same hash)."""
+        from genlab.files import file_sha256
+
+        digest = dict(self.verified).get(str(directory.resolve()))
+        from export.reader import MANIFEST
+
+        manifest = directory / MANIFEST
+        return digest is not None and manifest.is_file() and file_sha256(manifest) == digest
 
     @property
     def store_tags(self) -> list[str]:
@@ -48,6 +64,7 @@ def load_settings() -> Settings:
         max_batch_size=_int("GENLAB_MAX_BATCH_SIZE", 256),
         max_latency_ms=_int("GENLAB_MAX_LATENCY_MS", 10_000),
         ort_threads=_int("GENLAB_ORT_THREADS", 0),
+        verified=tuple(sorted(json.loads(os.environ.get(VERIFIED_ENV) or "{}").items())),
     )
 
 

@@ -18,7 +18,8 @@ def test_mnist5k_splits_are_fixed_disjoint_and_stratified():
     for d in splits.values():
         assert torch.bincount(d.labels).tolist() == [len(d) // 10] * 10
     rows = {s: {bytes(img.numpy().tobytes()) for img in d.images} for s, d in splits.items()}
-    assert not rows["train"] & rows["test"] and not rows["val"] & rows["test"]
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not rows[a] & rows[b], f"{a} and {b} share images"
     assert torch.equal(load_split("mnist-5k", "val").images, splits["val"].images)
 
 

@@ -92,7 +92,7 @@ def test_all_class_model_needs_a_class_or_ood(all_class_gan):
 
 
 def test_cli_anomaly(one_class_vae, capsys):
-    from genlab.cli import main
+    from cli.main import main
 
     assert main(["eval", "anomaly", str(one_class_vae), "--json", "--save"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -198,7 +198,7 @@ def test_bad_inputs_are_one_line_errors(runs, tmp_path):
 
 
 def test_cli_prints_one_summary_line_and_saves_in_the_run(runs, capsys):
-    from genlab.cli import main
+    from cli.main import main
 
     assert main(["eval", "fid", str(runs["vae"]), "--n", "20", "--extractor", "lenet", "--metrics", "fid"]) == 0
     out = capsys.readouterr().out.strip()
@@ -265,7 +265,7 @@ def test_inception_fid_end_to_end_on_a_few_images(runs, monkeypatch):
 
 def test_missing_weights_give_the_clear_error(tmp_path, monkeypatch, capsys, runs):
     import eval.inception as inception
-    from genlab.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("GENLAB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 
@@ -65,7 +66,8 @@ def test_anomaly_job_end_to_end(client):
 ])
 def test_bad_anomaly_jobs_are_refused_at_submit(client, body, field):
     response = client.post("/anomaly/submit", json=body)
-    assert response.status_code == 400 and field in response.json()["error"]
+    assert response.status_code == 400 and response.json()["field"] == field, response.text
+    assert re.match(rf"{field}[.:]", response.json()["error"]), response.text  # names the field, or a place inside it
 
 
 @pytest.mark.parametrize("body, field", [
@@ -77,7 +79,8 @@ def test_bad_anomaly_jobs_are_refused_at_submit(client, body, field):
 ])
 def test_bad_fid_jobs_are_refused_at_submit(client, body, field):
     response = client.post("/fid/submit", json=body)
-    assert response.status_code == 400 and field in response.json()["error"]
+    assert response.status_code == 400 and response.json()["field"] == field, response.text
+    assert re.match(rf"{field}[.:]", response.json()["error"]), response.text  # names the field, or a place inside it
 
 
 def test_a_job_that_fails_reports_why(client):
@@ -85,3 +88,19 @@ def test_a_job_that_fails_reports_why(client):
     assert _wait(client, "anomaly", task_id) == "failed"
     response = client.get("/anomaly/get", params={"task_id": task_id})
     assert response.status_code == 400 and "normal class 42" in response.text
+
+
+def test_a_fid_job_without_a_reference_uses_the_split_it_was_given(client, monkeypatch):
+    """The job used to drop `split` when no `reference` was named, so every such job scored the test split."""
+    import eval.fid
+
+    seen = {}
+
+    def fake_compute_fid(model, **kwargs):
+        seen.update(kwargs)
+        return {"evaluation": "fid"}
+
+    monkeypatch.setattr(eval.fid, "compute_fid", fake_compute_fid)
+    task_id = client.post("/fid/submit", json={"model": "vae-1", "split": "val", "n": 10, "extractor": "lenet"}).json()["task_id"]
+    assert _wait(client, "fid", task_id) == "completed"
+    assert seen["ref"] is None and seen["split"] == "val" and seen["extractor"] == "lenet" and seen["n"] == 10

@@ -30,7 +30,7 @@ from export.reader import FORMAT_VERSION, ExportError, choose_providers, open_ex
 from genlab import __version__
 from genlab.calibration import score_images
 from genlab.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from genlab.cli import main
+from cli.main import main
 from genlab.config import TrainConfig
 from genlab.errors import GenlabError
 from genlab.models import MODELS
@@ -293,9 +293,9 @@ def test_a_tampered_onnx_file_is_named(copy_of, graph):
     # skipping the hashes does not hide a file ONNX Runtime cannot load either
     path.write_bytes(b"garbage")
     with pytest.raises(ExportError, match=rf"{graph}\.onnx: ONNX Runtime cannot load it"):
-        from export.reader import load_graphs
+        from export.reader import read_export
 
-        load_graphs(out, read_manifest(out, verify=False), providers="cpu")
+        read_export(out, verify=False).start_sessions(providers="cpu")
 
 
 @pytest.mark.parametrize("missing", ["encoder.onnx", "score.onnx", "manifest.json"])

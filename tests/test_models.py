@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from genlab.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from genlab.config import to_dict
+from genlab.families import FAMILY_NAMES
 from genlab.models import MODELS, build_model, register_model
 from genlab.models.vae import VAE
 from tests.conftest import FAMILIES, seeded_images, tiny_config
@@ -123,4 +125,34 @@ def test_registry_validates_what_it_receives():
         register_model(VAE)  # already registered
     with pytest.raises(TypeError):
         register_model(dict)  # type: ignore[arg-type]
-    assert set(MODELS) == {"vae", "gan", "vaegan"}
+    assert tuple(MODELS) == FAMILY_NAMES
+
+    class Unlisted(VAE):
+        family = "diffusion"
+
+    with pytest.raises(ValueError, match="not in genlab.families"):
+        register_model(Unlisted)
+
+    class WrongEncoder(VAE):
+        has_encoder = False
+
+    with pytest.raises(ValueError, match="has_encoder"):
+        register_model(WrongEncoder)
+    assert tuple(MODELS) == FAMILY_NAMES
+
+
+def test_recon_error_has_one_definition():
+    """The score component (torch, inside score.onnx) and what /reconstruct and the evaluators report
+    (genlab.measures, NumPy on the uint8 images) are the same number."""
+    from genlab.measures import recon_error as recon_error_np
+    from genlab.models.base import recon_error
+    from genlab.pixels import model_to_uint8, uint8_to_model
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 1, 16, 16), generator=g, dtype=torch.uint8)
+    recons = torch.rand(6, 1, 16, 16, generator=g) * 2.4 - 1.2  # a decoder's output, beyond [-1, 1] too
+    ours = recon_error(uint8_to_model(images), recons)
+    theirs = recon_error_np(images.numpy(), model_to_uint8(recons).numpy())
+    assert ours.dtype == torch.float64
+    np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-12)
+    assert recon_error(uint8_to_model(images), uint8_to_model(images)).abs().max() == 0

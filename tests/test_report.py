@@ -33,7 +33,7 @@ class Memoriser:
     info = {"family": "vae", "dataset": "mnist-5k"}
     memory = None
 
-    def reconstruct(self, images):
+    def reconstruct(self, images, batch_size=256, desc=None):  # ModelSource.reconstruct
         if self.memory is None:
             self.memory = images.copy()
         return self.memory
@@ -41,16 +41,16 @@ class Memoriser:
 
 def test_translation_error_grows_with_shift():
     result = evaluate_translation(Memoriser(), n=30)  # shift 0 comes first: that is what it memorises
-    mse = [row["mse"] for row in result["shifts"]]
+    mse = [row["recon_error"] for row in result["shifts"]]
     assert [row["fraction"] for row in result["shifts"]] == [0.0, 0.025, 0.05, 0.075, 0.1]
     assert mse[0] == 0.0 and all(b > a for a, b in zip(mse, mse[1:]))
-    assert result["reconstruction_mse"] == 0.0 and result["worst_over_unshifted"] is None
+    assert result["recon_error"] == 0.0 and result["worst_over_unshifted"] is None
 
 
 def test_translation_on_a_tiny_vae_and_not_for_a_gan(one_class_vae, all_class_gan):
     result = evaluate_translation(one_class_vae, n=40, fractions=(0.0, 0.1))
     assert result["settings"]["n"] == 40 and len(result["shifts"]) == 2
-    assert all(0.0 < row["mse"] < 1.0 for row in result["shifts"])
+    assert all(0.0 < row["recon_error"] < 1.0 for row in result["shifts"])
     with pytest.raises(GenlabError, match="needs an encoder"):
         evaluate_translation(all_class_gan)
 
@@ -89,7 +89,7 @@ def test_report_tables_images_and_separate_settings(one_class_vae, all_class_gan
     assert "0.01 ± 0.002" in md
     # cheap results computed and saved beside the runs: reconstruction / translation, anomaly AUROC
     rec_columns = _columns(md, "Reconstruction and translation")
-    assert any(c.startswith("recon MSE, no shift (mnist-5k:test, n=50") for c in rec_columns)
+    assert any(c.startswith("recon_error, no shift (mnist-5k:test, n=50") for c in rec_columns)
     assert any("shift 10.0%" in c for c in rec_columns)
     assert any(c.startswith("AUROC score (mnist-5k:test class 1 vs other classes)") for c in _columns(md, "Anomaly detection"))
     assert "a GAN has no encoder" in md and "trained on all classes" in md
@@ -112,7 +112,7 @@ def test_report_without_compute_says_what_to_run(tmp_path):
 
 
 def test_sweep_trains_resumes_and_reports(tmp_path, capsys):
-    from genlab.cli import main
+    from cli.main import main
 
     argv = ["sweep", "--families", "vae,gan", "--lrs", "1e-3,2e-3", "--epochs", "1", "--max-steps", "2", "--batch-size", "16",
             "--set", "width=4", "--set", "hidden=16", "--set", "latent_dim=4", "--normal-class", "1",

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from genlab.errors import GenlabError
 from tests.conftest import bentoml_test_client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,7 +153,10 @@ def test_reconstruct_uploads_and_arrays_agree(client):
     np.testing.assert_allclose(up["mu"], arr["mu"], atol=1e-6)
     recon = np.array(arr["images"], np.float64)
     expected = (((digits - recon) / 255.0) ** 2).reshape(2, -1).mean(1)
-    np.testing.assert_allclose(arr["recon_error"], expected, rtol=1e-5)
+    np.testing.assert_allclose(arr["recon_error"], expected, rtol=1e-12)
+    # one definition: the score graph's recon_error component is the same number, up to its float32 output
+    scored = client.post("/anomaly-score", json={"array": digits.tolist()}).json()["results"]
+    np.testing.assert_allclose([r["components"]["recon_error"]["value"] for r in scored], expected, rtol=1e-6)
 
 
 def test_reconstruct_converts_other_sizes_and_modes(client):
@@ -226,10 +230,15 @@ def test_anomaly_scores_match_the_export_and_the_calibration(client, exports):
         assert row["is_anomaly"] == (row["score"] > body["threshold"])
 
 
-def test_anomaly_threshold_by_percentile_or_raw_value(client):
+def test_anomaly_threshold_by_percentile_or_raw_value(client, exports):
+    from export.reader import read_export
+    from genlab.thresholds import quantile
+
+    cal = read_export(exports["vaegan"]).calibration
     batch = _digits(client, 4, seed=9)
     low = client.post("/anomaly-score", json={"array": batch, "percentile": 0}).json()
-    assert low["threshold_percentile"] == 0 and all(r["is_anomaly"] for r in low["results"] if r["score"] > low["threshold"])
+    assert low["threshold_percentile"] == 0 and low["threshold"] == pytest.approx(quantile(cal, "score", 0.0))
+    assert [r["is_anomaly"] for r in low["results"]] == [r["score"] > low["threshold"] for r in low["results"]]
     raw = client.post("/anomaly-score", json={"array": batch, "threshold": -1.0}).json()
     assert raw["threshold_source"] == "request" and raw["threshold_percentile"] is None
     assert all(r["is_anomaly"] for r in raw["results"])
@@ -250,6 +259,33 @@ def test_models_endpoint_lists_models_and_providers(client):
     assert set(rows[0]["providers"]) == {"decoder", "encoder", "score"}
     assert set(rows[0]["providers"].values()) == {"CPUExecutionProvider"}
     assert rows[0]["manifest"]["image"]["pixel_format"] == "uint8"
+
+
+def test_genlab_serve_hashes_each_file_once(client, exports, monkeypatch):
+    """`genlab serve` checks every file before the server starts; the process that loads the graphs then
+    re-hashes only the manifests it was told are verified, and checks in full anything else."""
+    import dataclasses
+
+    import export.reader
+    import service.runtime
+    from genlab.files import file_sha256
+    from service.commands import verify_models
+
+    hashed: list[str] = []
+    monkeypatch.setattr(export.reader, "file_sha256", lambda path: hashed.append(Path(path).name) or file_sha256(path))
+    names, verified = verify_models([str(exports["vaegan"]), str(exports["gan"])])
+    onnx_files = sorted(p.name for d in exports.values() for p in d.glob("*.onnx"))
+    assert names == ["genlab-vaegan-mnist-5k", "genlab-gan-mnist-5k"] and sorted(hashed) == onnx_files
+    hashed.clear()
+    settings = dataclasses.replace(service.runtime.SETTINGS, verified=tuple(verified.items()))
+    monkeypatch.setattr(service.runtime, "SETTINGS", settings)
+    model = service.runtime.load_model(exports["vaegan"])
+    assert model.graphs and hashed == []  # trusted: only its manifest was hashed (by the settings check)
+    monkeypatch.setattr(service.runtime, "SETTINGS", dataclasses.replace(settings, verified=()))
+    service.runtime.load_model(exports["vaegan"])  # a directory nobody verified is checked in full
+    assert sorted(hashed) == sorted(p.name for p in exports["vaegan"].glob("*.onnx"))
+    with pytest.raises(GenlabError, match="two models are named"):
+        verify_models([str(exports["gan"]), str(exports["gan"])])
 
 
 def test_service_imports_no_torch():
@@ -295,9 +331,9 @@ def server(exports, tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.seek(0)
-        tail = log.read()[-3000:]
+        text = log.read()
         log.close()
-        assert "Traceback" not in tail or "ValidationError" in tail, tail
+        assert "Traceback" not in text, text[-3000:]  # the whole log: no request, good or bad, made a server error
 
 
 def test_real_server_end_to_end(server):
@@ -365,3 +401,11 @@ def test_bentoml_build_packs_the_model_and_no_torch(exports, tmp_path):
     info = (bento / "bento.yaml").read_text()
     assert "genlab-vaegan-mnist-5k:" in info and "entry_service: genlab" in info
     assert not any(p.suffix == ".pt" for p in (bento / "src").rglob("*")) and not (bento / "src" / "training").exists()
+    # the packed sources are enough to import the service: every project module it loads comes from the bento
+    code = ("import sys, service.service; from pathlib import Path; "
+            "ours = [m for n, m in sys.modules.items() if n.split('.')[0] in ('genlab', 'export', 'service', 'eval', 'training', 'cli')]; "
+            "outside = [m.__name__ for m in ours if not Path(m.__file__).resolve().is_relative_to(Path.cwd().resolve())]; "
+            "assert not outside, outside; assert 'torch' not in sys.modules")
+    imported = subprocess.run([sys.executable, "-c", code], cwd=bento / "src", capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **env, "GENLAB_MODELS": "nothing-needed-at-import"})
+    assert imported.returncode == 0, imported.stderr[-3000:]

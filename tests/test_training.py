@@ -12,14 +12,18 @@ from genlab.config import TrainConfig
 from genlab.errors import GenlabError
 from genlab.pixels import uint8_to_model
 from tests.conftest import FAMILIES, TINY
-from training.loop import TrainingDiverged, train
+from training.loop import TrainingDiverged, resume, train
 
 # one digit class of mnist-5k: 400 train / 50 val images, 12 steps per epoch at batch 32
 SMALL = dict(dataset="mnist-5k", normal_class=1, batch_size=32, log_every=5, sample_count=16)
 
 
-def _train(out, family="vae", resume=False, **kw):
-    return train(family, dict(TINY), TrainConfig(**{**SMALL, **kw}), out, resume=resume)
+def _train(out, family="vae", **kw):
+    return train(family, dict(TINY), TrainConfig(**{**SMALL, **kw}), out)
+
+
+def _resume(out, family="vae", **changes):
+    return resume(family, out, changes)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -62,7 +66,7 @@ def test_resume_matches_an_uninterrupted_run(family, tmp_path):
     stopped = _train(tmp_path / "split", family, epochs=2, max_steps=7)  # stops mid-epoch 1
     assert stopped["stopped"] == "max_steps" and stopped["step"] == 7
     assert not load_checkpoint(tmp_path / "split")["complete"]
-    _train(tmp_path / "split", family, epochs=2, resume=True)
+    _resume(tmp_path / "split", family, max_steps=None)  # lift the step limit; epochs stay 2
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
     assert a["step"] == b["step"] == 24
     for key, value in a["model"].items():
@@ -75,8 +79,8 @@ def test_resume_matches_an_uninterrupted_run(family, tmp_path):
 
 def test_resume_extends_a_finished_run(tmp_path):
     _train(tmp_path / "r", epochs=1)
-    assert _train(tmp_path / "r", epochs=1, resume=True)["stopped"] == "already complete"
-    summary = _train(tmp_path / "r", epochs=2, resume=True)
+    assert _resume(tmp_path / "r")["stopped"] == "already complete"
+    summary = _resume(tmp_path / "r", epochs=2)
     assert summary["epoch"] == 2 and load_checkpoint(tmp_path / "r")["complete"]
 
 
@@ -87,9 +91,9 @@ def test_existing_run_is_never_overwritten(tmp_path):
         _train(tmp_path / "r", epochs=1)
     assert (tmp_path / "r" / "last.pt").read_bytes() == before
     with pytest.raises(GenlabError, match="holds a vae run"):
-        _train(tmp_path / "r", "gan", epochs=1, resume=True)
+        _resume(tmp_path / "r", "gan")
     with pytest.raises(GenlabError, match="no checkpoint"):
-        _train(tmp_path / "other", epochs=1, resume=True)
+        _resume(tmp_path / "other")
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -107,10 +111,23 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
     monkeypatch.setattr(VAE, "train_step", exploding)
     with pytest.raises(TrainingDiverged, match=r"loss loss became nan at step 15 \(epoch 2\)"):
-        _train(tmp_path / "r", epochs=2, resume=True)
+        _resume(tmp_path / "r", epochs=2)
     assert (tmp_path / "r" / "last.pt").read_bytes() == good
 
 
 def test_batch_larger_than_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(GenlabError, match="less than one batch"):
         _train(tmp_path / "r", epochs=1, batch_size=1000)
+
+
+def test_resume_keeps_the_checkpoints_configuration(tmp_path):
+    """The bug users hit: a resume without --epochs used to fall back to the default 5 epochs."""
+    _train(tmp_path / "r", epochs=7, max_steps=3, lr=1e-3, log_every=2)
+    assert _resume(tmp_path / "r")["stopped"] == "max_steps"  # the step limit is part of the run, too
+    summary = _resume(tmp_path / "r", max_steps=None)
+    assert summary["epochs"] == summary["epoch"] == 7 and summary["stopped"] is None
+    tc = load_checkpoint(tmp_path / "r")["train_config"]
+    assert (tc["epochs"], tc["lr"], tc["log_every"], tc["max_steps"]) == (7, 1e-3, 2, None)
+    for field in ("lr", "dataset", "batch_size", "normal_class"):
+        with pytest.raises(GenlabError, match=rf"{field} cannot change"):
+            _resume(tmp_path / "r", **{field: None})

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from genlab.devices import resolve_device
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -34,23 +36,11 @@ class DistEnv:
         return self.world_size > 1
 
 
-def pick_device(preference: str, local_rank: int = 0) -> torch.device:
-    if preference == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if preference.startswith("cuda"):
-        if not torch.cuda.is_available():
-            from genlab.errors import GenlabError
-
-            raise GenlabError("--device cuda was asked for, but torch sees no CUDA device (CPU build or no GPU)")
-        return torch.device(preference if ":" in preference else f"cuda:{local_rank}")
-    return torch.device("cpu")
-
-
 def init_distributed(preference: str) -> DistEnv:
     """Join the process group when launched by torchrun; otherwise a world of one."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(preference, local_rank)
+    device = resolve_device(preference, local_rank)
     if world == 1:
         return DistEnv(0, 1, device)
     if device.type == "cuda":

@@ -4,7 +4,7 @@ checkpoints, exact resume and anomaly calibration.
 
 Run directory layout::
 
-    RUN_DIR/last.pt              checkpoint (atomic; each epoch, on Ctrl-C, at --max-steps)
+    RUN_DIR/last.pt              checkpoint (atomic; each epoch, on Ctrl-C, at --max-steps); ``--resume`` continues it
     RUN_DIR/metrics.jsonl        one record per step and per epoch
     RUN_DIR/samples/epoch_NNN.png        samples from fixed latents, each epoch
     RUN_DIR/samples/recon_epoch_NNN.png  held-out images (odd rows) and reconstructions (even rows)
@@ -31,9 +31,11 @@ from genlab.calibration import calibrate
 from genlab.config import ModelConfig, TrainConfig, to_dict
 from genlab.data import ImageData, load_split, native_shape
 from genlab.errors import GenlabError
+from genlab.files import remove_stale_temps
 from genlab.imageio import save_grid
 from genlab.models import GenerativeModel, build_model, model_class
 from genlab.pixels import VALUE_RANGE, model_to_uint8, random_translate, uint8_to_model
+from genlab.run_dir import LAST_CHECKPOINT
 from training.distributed import (
     DistEnv,
     average_gradients_before_step,
@@ -82,29 +84,44 @@ def _stop_on_sigint() -> Iterator[dict[str, bool]]:
             signal.signal(signal.SIGINT, previous)
 
 
+def new_run_configs(family: str, model_overrides: dict[str, Any], tc: TrainConfig, run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
+    """The configs of a new run in ``run_dir``: the dataset fixes image size and channels, the family its lr."""
+    model_class(family)  # unknown family: clear error before any work
+    if (run_dir / LAST_CHECKPOINT).exists():
+        raise GenlabError(f"{run_dir} already holds a run ({LAST_CHECKPOINT}); pass --resume to continue it or choose another --out")
+    size, channels = native_shape(tc.dataset)
+    mc = ModelConfig(**{"family": family, "image_size": size, "channels": channels, **model_overrides})
+    if tc.lr is None:
+        tc = dataclasses.replace(tc, lr=model_class(family).default_lr)
+    return mc, tc
+
+
+def resumed_run_configs(family: str, run_dir: Path, changes: dict[str, Any]) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
+    """The configs and state of the run saved in ``run_dir``: what the checkpoint says, except the
+    RESUME_OVERRIDABLE fields in ``changes`` (the options the user typed); anything else is refused."""
+    refused = sorted(set(changes) - set(RESUME_OVERRIDABLE))
+    if refused:
+        raise GenlabError(f"--resume keeps the run's configuration; {', '.join(refused)} cannot change "
+                          f"(only {', '.join(RESUME_OVERRIDABLE)} can)")
+    path = run_dir / LAST_CHECKPOINT
+    if not path.exists():
+        raise GenlabError(f"--resume: no checkpoint at {path}")
+    state = checkpoint.load_checkpoint(path)
+    if state["family"] != family:
+        raise GenlabError(f"--resume: {path} holds a {state['family']} run, not {family}")
+    tc = dataclasses.replace(checkpoint.train_config(state), **changes)
+    return checkpoint.model_config(state), tc, state
+
+
 class Trainer:
-    def __init__(self, family: str, model_overrides: dict[str, Any], tc: TrainConfig, run_dir: Path, resume: bool, env: DistEnv):
+    def __init__(self, mc: ModelConfig, tc: TrainConfig, run_dir: Path, env: DistEnv, state: Optional[dict[str, Any]] = None):
         self.run_dir = run_dir
         self.env = env
-        self.ckpt_path = run_dir / "last.pt"
+        self.ckpt_path = run_dir / LAST_CHECKPOINT
         self.log = MetricsLog(run_dir / "metrics.jsonl")
-        state: Optional[dict[str, Any]] = None
-        if resume:
-            if not self.ckpt_path.exists():
-                raise GenlabError(f"--resume: no checkpoint at {self.ckpt_path}")
-            state = checkpoint.load_checkpoint(self.ckpt_path)
-            if state["family"] != family:
-                raise GenlabError(f"--resume: {self.ckpt_path} holds a {state['family']} run, not {family}")
-            saved = checkpoint.train_config(state)
-            tc = dataclasses.replace(saved, **{k: getattr(tc, k) for k in RESUME_OVERRIDABLE})
-            mc = checkpoint.model_config(state)
-        else:
-            if self.ckpt_path.exists():
-                raise GenlabError(f"{run_dir} already holds a run (last.pt); pass --resume to continue it or choose another --out")
-            size, channels = native_shape(tc.dataset)
-            mc = ModelConfig(**{"family": family, "image_size": size, "channels": channels, **model_overrides})
-        if tc.lr is None:
-            tc = dataclasses.replace(tc, lr=model_class(family).default_lr)
+        if env.is_main:  # a run killed while writing left a temp file beside its last complete artifact
+            for path in (self.ckpt_path, self.log.path):
+                remove_stale_temps(path)
         self.tc, self.mc = tc, mc
 
         self.train_data = self._load("train")
@@ -337,18 +354,30 @@ class Trainer:
             "images_per_s": round(images_per_s, 1) if not math.isnan(images_per_s) else None,
             "last_epoch": self.epoch_history[-1] if self.epoch_history else None,
             "samples": str(self.run_dir / "samples.png"),
+            "max_steps": self.tc.max_steps,
             "world_size": self.env.world_size,
         }
 
 
-def train(family: str, model_overrides: dict[str, Any], tc: TrainConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Train (or resume) one run; returns a JSON-friendly summary."""
-    model_class(family)  # unknown family: clear error before any work
+def _run(mc: ModelConfig, tc: TrainConfig, run_dir: Path, state: Optional[dict[str, Any]]) -> dict[str, Any]:
     env = init_distributed(tc.device)
     try:
-        return Trainer(family, model_overrides, tc, Path(run_dir), resume, env).fit()
+        return Trainer(mc, tc, run_dir, env, state).fit()
     finally:
         shutdown(env)
 
 
-__all__ = ["RESUME_OVERRIDABLE", "Trainer", "TrainingDiverged", "train"]
+def train(family: str, model_overrides: dict[str, Any], tc: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Train a new run into ``run_dir``; returns a JSON-friendly summary."""
+    mc, tc = new_run_configs(family, model_overrides, tc, Path(run_dir))
+    return _run(mc, tc, Path(run_dir), None)
+
+
+def resume(family: str, run_dir: str | Path, changes: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Continue the run saved in ``run_dir`` exactly where it stopped, with its own configuration except
+    ``changes`` to RESUME_OVERRIDABLE fields (e.g. ``{"epochs": 50}`` to train longer)."""
+    mc, tc, state = resumed_run_configs(family, Path(run_dir), dict(changes or {}))
+    return _run(mc, tc, Path(run_dir), state)
+
+
+__all__ = ["RESUME_OVERRIDABLE", "Trainer", "TrainingDiverged", "resume", "train"]

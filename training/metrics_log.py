@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from genlab.imageio import atomic_write_bytes
+from genlab.files import atomic_write_bytes
 
 
 class MetricsLog:
@@ -24,13 +25,23 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as f:
             for record in self._pending:
                 f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         self._pending.clear()
 
     def read(self) -> list[dict[str, Any]]:
+        """Every record; a last line cut short by a kill is skipped (the resume rewrites the file without it)."""
         if not self.path.exists():
             return []
-        with open(self.path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i < len(lines) - 1:
+                    raise
+        return records
 
     def truncate_after(self, step: int) -> None:
         """Drop records a crashed run wrote after its last checkpoint, so a resume never repeats a step."""

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from genlab.imageio import atomic_write_bytes
+from genlab.files import atomic_write_bytes
 
 
 def plot_loss_curves(records: list[dict[str, Any]], path: Path, title: str) -> None:

@@ -1,9 +1,11 @@
-"""The model registry: family name -> class. CLI choices and the test battery come from it."""
+"""The model registry: family name -> class. Names come from :mod:`genlab.families` (torch-free, the CLI's
+choices); the test battery runs over what is registered here."""
 
 from __future__ import annotations
 
 from genlab.config import ModelConfig
 from genlab.errors import GenlabError
+from genlab.families import FAMILIES
 from genlab.models.base import GenerativeModel
 from genlab.models.gan import GAN
 from genlab.models.vae import VAE
@@ -21,6 +23,11 @@ def register_model(cls: type[GenerativeModel]) -> type[GenerativeModel]:
             raise TypeError(f"{cls.__name__} must define {attr}")
     if "score" not in cls.score_descriptions:
         raise TypeError(f"{cls.__name__}.score_descriptions must describe the primary 'score'")
+    spec = FAMILIES.get(getattr(cls, "family", None))
+    if spec is None:
+        raise ValueError(f"{cls.__name__}.family {cls.family!r} is not in genlab.families.FAMILIES; add it there first")
+    if cls.has_encoder != spec.has_encoder:
+        raise ValueError(f"{cls.__name__}.has_encoder is {cls.has_encoder}, genlab.families says {spec.has_encoder}")
     if cls.family in MODELS:
         raise ValueError(f"model family {cls.family!r} is already registered")
     MODELS[cls.family] = cls

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.config import ModelConfig
+from genlab.pixels import model_to_uint8
 
 
 class GenerativeModel(nn.Module):
@@ -81,6 +82,9 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
 
+KL_MEANING = "KL divergence of q(z|x) from the N(0, I) prior, in nats"  # the `kl` score component
+
+
 def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)), summed over latent dimensions: [B]."""
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
@@ -101,9 +105,14 @@ def pixel_nll(logits: torch.Tensor, x: torch.Tensor, cfg: ModelConfig) -> torch.
     return nll.flatten(1).sum(dim=1)
 
 
-def pixel_error(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
-    """Mean squared error per image [B], in [0, 1] pixel units."""
-    return ((x - x_rec) / 2.0).pow(2).flatten(1).mean(dim=1)
+def recon_error(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
+    """:data:`genlab.measures.RECON_ERROR_MEANING`, per image, float64 [B]; ``x`` and ``x_rec`` in [-1, 1].
+
+    Both images are first rounded to the uint8 pixels a user sees (``model_to_uint8``), so this
+    is the number :func:`genlab.measures.recon_error` gives for the exported reconstruction.
+    """
+    diff = (model_to_uint8(x).double() - model_to_uint8(x_rec).double()) / 255.0
+    return diff.pow(2).flatten(1).mean(dim=1)
 
 
 def bce_logits(logits: torch.Tensor, real: bool) -> torch.Tensor:

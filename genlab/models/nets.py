@@ -33,25 +33,37 @@ def _widths(cfg: ModelConfig, stages: int) -> list[int]:
     return [cfg.width * 2**i for i in range(stages)]
 
 
+def _image_to_features(cfg: ModelConfig, activation: nn.Module, norm_first: bool) -> tuple[nn.Sequential, int]:
+    """The trunk Encoder and Discriminator share: image -> flat features, and their number.
+
+    conv: a stride-2 4x4 convolution per stage, each followed by batch norm (without a bias, which
+    batch norm makes redundant) except the first one when ``norm_first`` is False (DCGAN: no
+    batch norm on the discriminator's input layer), then ``activation``. mlp: two hidden layers.
+    """
+    layers: list[nn.Module]
+    if cfg.arch == "conv":
+        stages, side = conv_plan(cfg.image_size)
+        layers, in_ch = [], cfg.channels
+        for i, ch in enumerate(_widths(cfg, stages)):
+            norm = norm_first or i > 0
+            layers.append(nn.Conv2d(in_ch, ch, 4, 2, 1, bias=not norm))
+            if norm:
+                layers.append(nn.BatchNorm2d(ch))
+            layers.append(activation)
+            in_ch = ch
+        layers.append(nn.Flatten())
+        return nn.Sequential(*layers), in_ch * side * side
+    layers = [nn.Flatten(), nn.Linear(cfg.channels * cfg.image_size**2, cfg.hidden), nn.LeakyReLU(0.2),
+              nn.Linear(cfg.hidden, cfg.hidden), nn.LeakyReLU(0.2)]
+    return nn.Sequential(*layers), cfg.hidden
+
+
 class Encoder(nn.Module):
     """Image in [-1, 1] -> (mu, logvar) of the diagonal Gaussian posterior q(z | x)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.arch == "conv":
-            stages, side = conv_plan(cfg.image_size)
-            layers: list[nn.Module] = []
-            in_ch = cfg.channels
-            for i, ch in enumerate(_widths(cfg, stages)):
-                layers += [nn.Conv2d(in_ch, ch, 4, 2, 1, bias=False), nn.BatchNorm2d(ch), nn.ReLU()]
-                in_ch = ch
-            layers += [nn.Flatten()]
-            features = in_ch * side * side
-        else:
-            layers = [nn.Flatten(), nn.Linear(cfg.channels * cfg.image_size**2, cfg.hidden), nn.LeakyReLU(0.2),
-                      nn.Linear(cfg.hidden, cfg.hidden), nn.LeakyReLU(0.2)]
-            features = cfg.hidden
-        self.body = nn.Sequential(*layers)
+        self.body, features = _image_to_features(cfg, nn.ReLU(), norm_first=True)
         self.head = nn.Linear(features, 2 * cfg.latent_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,23 +106,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.arch == "conv":
-            stages, side = conv_plan(cfg.image_size)
-            layers: list[nn.Module] = []
-            in_ch = cfg.channels
-            for i, ch in enumerate(_widths(cfg, stages)):
-                layers.append(nn.Conv2d(in_ch, ch, 4, 2, 1, bias=i == 0))
-                if i > 0:  # DCGAN: no batch norm on the discriminator's input layer
-                    layers.append(nn.BatchNorm2d(ch))
-                layers.append(nn.LeakyReLU(0.2))
-                in_ch = ch
-            layers.append(nn.Flatten())
-            features = in_ch * side * side
-        else:
-            layers = [nn.Flatten(), nn.Linear(cfg.channels * cfg.image_size**2, cfg.hidden), nn.LeakyReLU(0.2),
-                      nn.Linear(cfg.hidden, cfg.hidden), nn.LeakyReLU(0.2)]
-            features = cfg.hidden
-        self.body = nn.Sequential(*layers)
+        self.body, features = _image_to_features(cfg, nn.LeakyReLU(0.2), norm_first=False)
         if cfg.arch == "conv":  # Larsen et al.: a fully connected layer between Dis_l and the output
             self.head = nn.Sequential(nn.Linear(features, cfg.hidden), nn.LeakyReLU(0.2), nn.Linear(cfg.hidden, 1))
         else:

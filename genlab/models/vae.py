@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from genlab.config import ModelConfig
-from genlab.models.base import GenerativeModel, kl_to_standard_normal, pixel_error, pixel_nll, reparameterize
+from genlab.measures import RECON_ERROR, RECON_ERROR_MEANING
+from genlab.models.base import KL_MEANING, GenerativeModel, kl_to_standard_normal, pixel_nll, recon_error, reparameterize
 from genlab.models.nets import Decoder, Encoder, init_weights
 
 
@@ -18,8 +19,8 @@ class VAE(GenerativeModel):
     has_encoder = True
     score_descriptions = {
         "score": "negative ELBO (pixel negative log-likelihood + KL) at the posterior mean, in nats",
-        "recon_error": "mean squared pixel error of the reconstruction, pixels in [0, 1]",
-        "kl": "KL divergence of q(z|x) from the N(0, I) prior, in nats",
+        RECON_ERROR: RECON_ERROR_MEANING,
+        "kl": KL_MEANING,
     }
 
     def __init__(self, cfg: ModelConfig):
@@ -49,6 +50,6 @@ class VAE(GenerativeModel):
         kl = kl_to_standard_normal(mu, logvar)
         return {
             "score": pixel_nll(logits, x, self.cfg) + kl,
-            "recon_error": pixel_error(x, torch.tanh(logits)),
+            RECON_ERROR: recon_error(x, torch.tanh(logits)),
             "kl": kl,
         }

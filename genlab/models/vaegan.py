@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 
 from genlab.config import ModelConfig
-from genlab.models.base import GenerativeModel, bce_logits, kl_to_standard_normal, pixel_error, reparameterize
+from genlab.measures import RECON_ERROR, RECON_ERROR_MEANING
+from genlab.models.base import KL_MEANING, GenerativeModel, bce_logits, kl_to_standard_normal, recon_error, reparameterize
 from genlab.models.nets import Decoder, Discriminator, Encoder, init_weights
 
 
@@ -37,8 +38,8 @@ class VAEGAN(GenerativeModel):
     score_descriptions = {
         "score": "discriminator-feature reconstruction error + KL at the posterior mean, in nats",
         "feature_error": "0.5 * squared distance between discriminator features of the image and its reconstruction",
-        "pixel_error": "mean squared pixel error of the reconstruction, pixels in [0, 1]",
-        "kl": "KL divergence of q(z|x) from the N(0, I) prior, in nats",
+        RECON_ERROR: RECON_ERROR_MEANING,
+        "kl": KL_MEANING,
     }
 
     def __init__(self, cfg: ModelConfig):
@@ -103,4 +104,4 @@ class VAEGAN(GenerativeModel):
         _, f_rec = self.discriminator(x_rec)
         kl = kl_to_standard_normal(mu, logvar)
         feat = feature_error(f_x, f_rec)
-        return {"score": feat + kl, "feature_error": feat, "pixel_error": pixel_error(x, x_rec), "kl": kl}
+        return {"score": feat + kl, "feature_error": feat, RECON_ERROR: recon_error(x, x_rec), "kl": kl}

@@ -1,4 +1,4 @@
-"""The ``genlab`` command: one console script with subcommands.
+"""The ``genlab`` command: one console script with subcommands, above every stage.
 
 Each subcommand is a short function over importable, tested code; heavy imports happen inside
 it. A :class:`~genlab.errors.GenlabError` (bad flag, missing file, corrupt artifact) prints
@@ -10,60 +10,73 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
+from genlab.console import Parser, print_result
+from genlab.devices import DEVICE_HELP
 from genlab.errors import GenlabError
+from genlab.families import FAMILIES, FAMILY_NAMES
+from genlab.run_dir import LAST_CHECKPOINT
 
-DEFAULT_FAMILIES = ("vae", "gan", "vaegan")  # the registry's names, known without importing torch
+# `genlab train` options -> the TrainConfig field each sets (all default to None: "not typed")
+TRAIN_FLAGS = {
+    "--dataset": "dataset", "--data-dir": "data_dir", "--download": "download", "--normal-class": "normal_class",
+    "--translate": "translate", "--epochs": "epochs", "--max-steps": "max_steps", "--batch-size": "batch_size",
+    "--lr": "lr", "--seed": "seed", "--device": "device", "--log-every": "log_every",
+}
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line (exit code 2)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+def _typed_train_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields the user set on the command line, by flag."""
+    return {flag: getattr(args, field) for flag, field in TRAIN_FLAGS.items() if getattr(args, field) is not None}
 
 
-def _print(result: Any, as_json: bool, text: Callable[[Any], str]) -> None:
-    print(json.dumps(result, indent=2, default=str) if as_json else text(result))
+def _resume_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """With --resume, only the typed RESUME_OVERRIDABLE options override the checkpoint; any other is refused."""
+    from training.loop import RESUME_OVERRIDABLE
+
+    typed = _typed_train_options(args)
+    refused = [flag for flag in typed if TRAIN_FLAGS[flag] not in RESUME_OVERRIDABLE]
+    refused += [flag for flag, value in (("--arch", args.arch), ("--set", args.set)) if value]
+    if refused:
+        allowed = ", ".join(flag for flag, field in TRAIN_FLAGS.items() if field in RESUME_OVERRIDABLE)
+        raise GenlabError(f"{refused[0]} cannot be used with --resume: the run keeps the configuration in its checkpoint "
+                          f"(only {allowed} may change); drop {refused[0]}, or start a new run with another --out")
+    return {TRAIN_FLAGS[flag]: value for flag, value in typed.items()}
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from genlab.config import TrainConfig, parse_overrides, split_overrides
-    from training.loop import train
+    from training.loop import resume, train
 
-    model_kw, train_kw = split_overrides(parse_overrides(args.set or []))
-    if args.arch:
-        model_kw["arch"] = args.arch
-    flags = {
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "download": args.download,
-        "normal_class": args.normal_class,
-        "translate": args.translate,
-        "epochs": args.epochs,
-        "max_steps": args.max_steps,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "seed": args.seed,
-        "device": args.device,
-    }
-    train_kw.update({k: v for k, v in flags.items() if v is not None})
-    summary = train(args.family, model_kw, TrainConfig(**train_kw), args.out, resume=args.resume)
+    if args.resume:
+        summary = resume(args.family, args.out, _resume_changes(args))
+    else:
+        from genlab.config import TrainConfig, parse_overrides, split_overrides
+
+        model_kw, train_kw = split_overrides(parse_overrides(args.set or []))
+        if args.arch:
+            model_kw["arch"] = args.arch
+        train_kw.update({TRAIN_FLAGS[flag]: value for flag, value in _typed_train_options(args).items()})
+        summary = train(args.family, model_kw, TrainConfig(**train_kw), args.out)
+    again = f"genlab train {args.family} --out {shlex.quote(args.out)} --resume"
     if summary["stopped"] == "interrupted":
         print(f"interrupted at step {summary['step']}; checkpoint saved to {summary['checkpoint']}; "
-              f"continue with: genlab train {args.family} --out {args.out} --resume", file=sys.stderr)
+              f"continue with: {again}", file=sys.stderr)
         return 130
 
     def text(s: dict[str, Any]) -> str:
         state = "complete" if s["stopped"] is None else s["stopped"].replace("_", " ")
         rate = f", {s['images_per_s']:,.0f} img/s" if s["images_per_s"] else ""
-        return (f"{s['family']} on {s['dataset']}: {state} at epoch {s['epoch']}/{s['epochs']}, step {s['step']} "
+        line = (f"{s['family']} on {s['dataset']}: {state} at epoch {s['epoch']}/{s['epochs']}, step {s['step']} "
                 f"({s['train_seconds']:.1f} s{rate}); checkpoint {s['checkpoint']}; samples {s['samples']}")
+        if s["stopped"] == "max_steps":
+            line += f"; to go on: {again} --max-steps N (N > {s['max_steps']})"
+        return line
 
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary
-        _print(summary, args.json, text)
+        print_result(summary, args.json, text)
     return 0
 
 
@@ -82,21 +95,21 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 lines.append(f"{key}: {value}")
         return "\n".join(lines)
 
-    _print(info, args.json, text)
+    print_result(info, args.json, text)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="genlab", description="Train, export, serve and evaluate VAE, GAN and VAE-GAN image models.")
+    parser = Parser(prog="genlab", description="Train, export, serve and evaluate VAE, GAN and VAE-GAN image models.")
     from genlab import __version__
 
     parser.add_argument("--version", action="version", version=f"genlab {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    p = sub.add_parser("train", help="train a model family into RUN_DIR/last.pt",
+    p = sub.add_parser("train", help=f"train a model family into RUN_DIR/{LAST_CHECKPOINT}",
                        description="Train VAE, GAN or VAE-GAN. Config keys not given as flags can be set with --set key=value "
                                    "(e.g. --set latent_dim=64 --set beta=0.5 --set gamma=0.01).")
-    p.add_argument("family", choices=DEFAULT_FAMILIES)
+    p.add_argument("family", choices=FAMILY_NAMES, help="; ".join(f"{f.name}: {f.summary}" for f in FAMILIES.values()))
     p.add_argument("--dataset", help="mnist-5k (default, embedded), mnist, fashion-mnist, cifar10, celeba, or folder:PATH")
     p.add_argument("--data-dir", help="where the standard dataset files are (default: ./data)")
     p.add_argument("--download", action="store_true", default=None, help="download missing dataset files (connected machines)")
@@ -109,9 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normal-class", type=int, metavar="K", help="train on class K only (one-class anomaly setting)")
     p.add_argument("--translate", type=float, metavar="F", help="random shifts of up to F of the image size (e.g. 0.1)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--log-every", type=int, metavar="STEPS", help="steps between progress / metrics flushes (default 10)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any model or training config field")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt exactly where it stopped")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue RUN_DIR/{LAST_CHECKPOINT} exactly where it stopped, with its own configuration; "
+                        "only --epochs, --max-steps, --device and --log-every may change")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_train)
 
