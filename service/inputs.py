@@ -86,17 +86,57 @@ def array_to_images(array: Any, field: str, shape: tuple[int, int, int], max_ima
 
 
 def latents_from_request(z: Any, latent_dim: int, max_images: int) -> np.ndarray:
-    """Explicit latents [k, latent_dim] -> float32, refusing NaN/inf."""
+    """Explicit latents [k, latent_dim] as nested lists -> float32, refusing NaN/inf."""
     try:
         values = np.asarray(z, dtype=np.float64)
     except (ValueError, TypeError):
         raise RequestError("z", "must be a rectangular list of lists of numbers") from None
+    return _checked_latents(values, "z", latent_dim, max_images)
+
+
+def _checked_latents(values: np.ndarray, field: str, latent_dim: int, max_images: int) -> np.ndarray:
     if values.ndim != 2 or values.shape[1] != latent_dim or values.shape[0] == 0:
-        raise RequestError("z", f"shape {list(values.shape)} does not match [n, {latent_dim}] for this model", 422)
+        raise RequestError(field, f"shape {list(values.shape)} does not match [n, {latent_dim}] for this model", 422)
     if values.shape[0] > max_images:
-        raise RequestError("z", f"{values.shape[0]} latents; the limit is {max_images}", 413)
+        raise RequestError(field, f"{values.shape[0]} latents; the limit is {max_images}", 413)
     if not np.isfinite(values).all():
-        raise RequestError("z", "contains NaN or infinity", 422)
+        raise RequestError(field, "contains NaN or infinity", 422)
     if np.abs(values).max() > 1e4:
-        raise RequestError("z", "values beyond +-1e4 are not latents of a N(0, I) prior", 422)
+        raise RequestError(field, "values beyond +-1e4 are not latents of a N(0, I) prior", 422)
     return values.astype(np.float32)
+
+
+def read_npy(path: Path, field: str, max_bytes: int) -> np.ndarray:
+    """An uploaded .npy file -> its array; never unpickles (``allow_pickle=False``)."""
+    size = Path(path).stat().st_size
+    if size > max_bytes:
+        raise RequestError(field, f"file is {size:,} bytes; the limit is {max_bytes:,}", 413)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise RequestError(field, f"not a .npy file numpy can read without pickle ({str(err)[:160]})") from None
+    if not isinstance(array, np.ndarray):
+        raise RequestError(field, "send one array saved with numpy.save (.npy), not an .npz archive")
+    return array
+
+
+def latents_from_npy(path: Path, field: str, latent_dim: int, max_images: int, max_bytes: int) -> np.ndarray:
+    """A .npy of float latents [N, latent_dim] -> float32."""
+    array = read_npy(path, field, max_bytes)
+    if array.dtype.kind not in "fiu":
+        raise RequestError(field, f"dtype {array.dtype} is not numeric; send float32 latents", 422)
+    return _checked_latents(array.astype(np.float64), field, latent_dim, max_images)
+
+
+def images_from_npy(path: Path, field: str, shape: tuple[int, int, int], max_images: int, max_bytes: int) -> np.ndarray:
+    """A .npy of uint8 images [N, C, H, W] (or one [C, H, W]) in the model's exact shape."""
+    array = read_npy(path, field, max_bytes)
+    if array.dtype != np.uint8:
+        raise RequestError(field, f"dtype {array.dtype}; send uint8 pixels 0..255", 422)
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or tuple(array.shape[1:]) != tuple(shape) or array.shape[0] == 0:
+        raise RequestError(field, f"shape {list(array.shape)} does not match this model's [N, {', '.join(map(str, shape))}]", 422)
+    if array.shape[0] > max_images:
+        raise RequestError(field, f"{array.shape[0]} images; the limit is {max_images}", 413)
+    return np.ascontiguousarray(array)

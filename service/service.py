@@ -2,20 +2,21 @@
 
     bentoml serve service.service:Genlab          (or: genlab serve --model NAME|EXPORT_DIR ...)
 
-Endpoints (all POST, JSON or multipart):
+Endpoints (all POST):
     /generate        n, seed, z, temperature, format, model -> PNG grid | base64 PNGs | array | .npy
     /reconstruct     images (files) or array, model         -> reconstructions, latent means, errors
     /anomaly-score   images (files) or array, model, percentile | threshold -> per-image scores
+    /batch/decode    z (a .npy file, float32 [N, latent]), model      -> .npy uint8 images [N, C, H, W]
+    /batch/score     images (a .npy file, uint8 [N, C, H, W]), model -> .npy float32 scores [N, components]
     /models          -> loaded models, manifests and the execution provider of each graph
 
-This process holds no sessions: it validates requests, reads manifests and encodes responses;
-the ONNX Runtime work happens in ``service.runtime`` (a dependency), whose array APIs batch
-concurrent requests. Nothing here imports torch or training code.
+Each worker process holds the ONNX Runtime sessions and runs them in-process
+(:mod:`service.runtime`); genlab's edge (:mod:`service.edge`) refuses what BentoML would
+mishandle before it is parsed. Nothing here imports torch or training code.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import logging
@@ -25,27 +26,27 @@ from typing import Annotated, Any, Literal, Optional
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
-import aiohttp
 import bentoml
 import numpy as np
 from annotated_types import Ge, Gt, Le
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
-from export.reader import ExportedModel, read_export, sample_latents
+from export.reader import read_export, sample_latents
 from genlab import __version__
 from genlab.families import FAMILIES
 from genlab.imageio import encode_png, tile
 from genlab.measures import RECON_ERROR_MEANING, recon_error
 from genlab.thresholds import DEFAULT_PERCENTILE, percentile_of, quantile
-from service.inputs import RequestError, images_from_request, latents_from_request
-from service.runtime import GenlabRuntime, resolve_reference
-from service.settings import SETTINGS
+from service.edge import Edge
+from service.inputs import RequestError, images_from_npy, images_from_request, latents_from_npy, latents_from_request
+from service.openapi import fix_spec
+from service.runtime import Runner, open_runners, resolve_reference
+from service.settings import HEALTH_PATHS, SETTINGS
 
 log = logging.getLogger("genlab.service")
 MAX = SETTINGS.max_images
-RUNTIME_ATTEMPTS = 3
-RUNTIME_TIMEOUT_S = 20.0
+NPY = "application/octet-stream"
 
 
 class ModelInfo(BaseModel):
@@ -57,6 +58,7 @@ class ModelInfo(BaseModel):
     image_shape: list[int]
     score_names: list[str]
     providers: dict[str, str]
+    request_merging: bool = Field(description="whether concurrent requests are merged into one ONNX Runtime call")
     manifest: dict[str, Any]
 
 
@@ -85,6 +87,24 @@ class AnomalyScores(BaseModel):
     results: list[ImageScore]
 
 
+class _NoTracebackForBadInput(logging.Filter):
+    """BentoML logs every request that fails validation (or that it refuses with a 4xx) with a full traceback;
+    a client's bad input is not a server fault, so it gets one line (the response already names the field).
+    Real errors keep theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        client_fault = isinstance(error, ValidationError) or (
+            isinstance(error, bentoml.exceptions.BentoMLException) and int(error.error_code) < 500)
+        if client_fault:
+            record.msg, record.args = f"{record.getMessage()}: invalid input ({error!s:.200})", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(_NoTracebackForBadInput())
+
+
 def _error(err: RequestError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
 
@@ -93,47 +113,39 @@ def _png_base64(images: np.ndarray) -> list[str]:
     return [base64.b64encode(encode_png(image.transpose(1, 2, 0))).decode() for image in images]
 
 
-@bentoml.service(name="genlab", traffic={"timeout": 60})
+def _npy(array: np.ndarray, headers: dict[str, str]) -> Response:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return Response(buffer.getvalue(), media_type=NPY, headers=headers)
+
+
+def model_names() -> list[str]:
+    """The names of the models in GENLAB_MODELS, from their manifests (no sessions)."""
+    return [read_export(resolve_reference(i), verify=False).name for i in range(len(SETTINGS.models))]
+
+
 class Genlab:
-    runtime = bentoml.depends(GenlabRuntime)
+    """The service class; the BentoML decorator, model references and edge are applied below."""
 
     def __init__(self) -> None:
-        # manifests only; the files' hashes are checked once, where the graphs are loaded (service.runtime.load_model)
-        self.models: dict[str, ExportedModel] = {}
-        self.runtime_index: dict[str, int] = {}
-        for i in range(len(SETTINGS.models)):
-            model = read_export(resolve_reference(i), verify=False)
-            if model.name in self.models:
-                raise RuntimeError(f"two models are named {model.name!r}; export one with another --bento name")
-            self.models[model.name] = model
-            self.runtime_index[model.name] = i
-        self.default = next(iter(self.models))
-        log.info("genlab %s serving %s (default %s)", __version__, ", ".join(self.models), self.default)
+        self.runners: dict[str, Runner] = open_runners()
+        self.default = next(iter(self.runners))
+        log.info("genlab %s serving %s (default %s)", __version__, ", ".join(self.runners), self.default)
 
-    def _model(self, name: Optional[str]) -> ExportedModel:
+    def _runner(self, name: Optional[str]) -> Runner:
         if name is None:
-            return self.models[self.default]
-        if name not in self.models:
-            raise RequestError("model", f"unknown model {name!r}; this server has: {', '.join(self.models)}", 404)
-        return self.models[name]
+            return self.runners[self.default]
+        if name not in self.runners:
+            raise RequestError("model", f"unknown model {name!r}; this server has: {', '.join(self.runners)}", 404)
+        return self.runners[name]
 
-    async def _call(self, graph: str, model: ExportedModel, array: np.ndarray) -> np.ndarray:
-        """One runtime call, retried when its connection is lost. BentoML 1.4.39's internal client
-        replaces its HTTP session every 100 requests and closes the old one under the requests
-        still in flight on it (``_bentoml_impl/client/proxy2.py``, ``SessionManager``): aiohttp
-        then raises a connection error, or a bare ``RuntimeError("Connection closed.")`` while a
-        response body is being read. Runtime calls are pure functions of their input, so running
-        one again is safe; a call that hangs is cut off after RUNTIME_TIMEOUT_S and retried."""
-        method = getattr(self.runtime.to_async, f"{graph}_{self.runtime_index[model.name]}")
-        for attempt in range(RUNTIME_ATTEMPTS):
-            try:
-                return await asyncio.wait_for(method(array), RUNTIME_TIMEOUT_S)
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError, RuntimeError) as err:
-                lost = not isinstance(err, RuntimeError) or "Connection closed" in str(err)
-                if not lost or attempt == RUNTIME_ATTEMPTS - 1:
-                    raise
-                log.info("runtime call %s of %s lost its connection (%r); retrying", graph, model.name, err)
-        raise AssertionError("unreachable")
+    def _encoder_runner(self, name: Optional[str]) -> Runner:
+        runner = self._runner(name)
+        if not runner.model.has_encoder:
+            with_encoder = " or ".join(f.name for f in FAMILIES.values() if f.has_encoder)
+            raise RequestError("model", f"{runner.model.name} is a {runner.model.family} model and has no encoder; "
+                                        f"this needs a {with_encoder} model", 422)
+        return runner
 
     # -- endpoints ------------------------------------------------------------------------------
     @bentoml.api(route="/generate")
@@ -153,7 +165,8 @@ class Genlab:
         the X-Genlab-Seed header), so any sample can be drawn again.
         """
         try:
-            m = self._model(model)
+            runner = self._runner(model)
+            m = runner.model
             if z is not None:
                 latents = latents_from_request(z, m.latent_dim, MAX)
             else:
@@ -161,14 +174,12 @@ class Genlab:
                 latents = sample_latents(n, m.latent_dim, seed, temperature)
         except RequestError as err:
             return _error(err)
-        images = await self._call("decode", m, latents)
+        images = await runner.decode(latents)
         headers = {"X-Genlab-Model": m.name, "X-Genlab-Seed": "" if z is not None else str(seed)}
         if format == "png":
             return Response(encode_png(tile(images)), media_type="image/png", headers=headers)
         if format == "npy":
-            buffer = io.BytesIO()
-            np.save(buffer, images, allow_pickle=False)
-            return Response(buffer.getvalue(), media_type="application/octet-stream", headers=headers)
+            return _npy(images, headers)
         body: dict[str, Any] = {"model": m.name, "seed": None if z is not None else seed, "shape": list(images.shape)}
         body["images"] = _png_base64(images) if format == "png_list" else images.tolist()
         return JSONResponse(body, headers=headers)
@@ -181,20 +192,18 @@ class Genlab:
         format: Literal["png_list", "array"] = "png_list",
         model: Optional[str] = None,
     ) -> Reconstruction:
-        """Reconstruct uploaded images (multipart field `images`, PNG/JPEG, any size or mode: converted to the
-        model's channels and size) or `array` (uint8 [N, C, H, W] as nested lists) through encoder mean and decoder."""
+        """Reconstruct uploaded images (multipart file parts `images`, PNG/JPEG, any size or mode: converted to the
+        model's channels and size) or `array` (JSON, uint8 [N, C, H, W] as nested lists) through encoder mean and
+        decoder. Exactly one of the two: neither or both is a 400 naming `images`."""
         try:
-            m = self._model(model)
-            if not m.has_encoder:
-                raise RequestError("model", f"{m.name} is a {m.family} model and has no encoder; reconstruct needs "
-                                            f"a {' or '.join(f.name for f in FAMILIES.values() if f.has_encoder)} model", 422)
-            x = images_from_request(images, array, m.image_shape, MAX, SETTINGS.max_upload_bytes, SETTINGS.max_pixels)
+            runner = self._encoder_runner(model)
+            x = images_from_request(images, array, runner.model.image_shape, MAX, SETTINGS.max_upload_bytes, SETTINGS.max_pixels)
         except RequestError as err:
             return _error(err)  # type: ignore[return-value]
-        mu = (await self._call("encode", m, x))[:, : m.latent_dim]
-        recon = await self._call("decode", m, np.ascontiguousarray(mu))
+        mu, _ = await runner.encode(x)
+        recon = await runner.decode(np.ascontiguousarray(mu))
         return Reconstruction(
-            model=m.name,
+            model=runner.model.name,
             images_png_base64=_png_base64(recon) if format == "png_list" else [],
             images=recon.tolist() if format == "array" else [],
             mu=mu.tolist(),
@@ -210,11 +219,12 @@ class Genlab:
         threshold: Optional[float] = None,
         model: Optional[str] = None,
     ) -> AnomalyScores:
-        """Score images (files or `array`, as for /reconstruct): the raw score, its components, each one's
-        percentile among held-out normal images, and `is_anomaly` = score above the threshold. The threshold
-        is the calibrated `percentile` (default 99) of the normal scores, or a raw `threshold`."""
+        """Score images (files or `array`, exactly one of them, as for /reconstruct): the raw score, its components,
+        each one's percentile among held-out normal images, and `is_anomaly` = score above the threshold. The
+        threshold is the calibrated `percentile` (default 99) of the normal scores, or a raw `threshold`."""
         try:
-            m = self._model(model)
+            runner = self._runner(model)
+            m = runner.model
             if percentile is not None and threshold is not None:
                 raise RequestError("threshold", "give either 'percentile' or a raw 'threshold', not both")
             if threshold is not None and not np.isfinite(threshold):
@@ -225,8 +235,7 @@ class Genlab:
             x = images_from_request(images, array, m.image_shape, MAX, SETTINGS.max_upload_bytes, SETTINGS.max_pixels)
         except RequestError as err:
             return _error(err)  # type: ignore[return-value]
-        raw = await self._call("score", m, x)
-        scores = {name: raw[:, k].astype(np.float64) for k, name in enumerate(m.score_names)}
+        scores = {name: v.astype(np.float64) for name, v in (await runner.scores(x)).items()}
         cal = m.calibration
         if threshold is None:
             threshold_percentile = DEFAULT_PERCENTILE if percentile is None else percentile
@@ -252,16 +261,65 @@ class Genlab:
             threshold_source="request" if threshold is not None else "calibration", results=results,
         )
 
+    @bentoml.api(route="/batch/decode")
+    async def batch_decode(self, z: Path, model: Optional[str] = None) -> Any:
+        """Decode latents sent as a .npy file (multipart file part `z`, float32 [N, latent]) into a .npy file
+        of uint8 images [N, C, H, W]: the binary path for machines (no JSON lists of numbers either way)."""
+        try:
+            runner = self._runner(model)
+            latents = latents_from_npy(z, "z", runner.model.latent_dim, MAX, SETTINGS.max_upload_bytes)
+        except RequestError as err:
+            return _error(err)
+        return _npy(await runner.decode(latents), {"X-Genlab-Model": runner.model.name})
+
+    @bentoml.api(route="/batch/score")
+    async def batch_score(self, images: Path, model: Optional[str] = None) -> Any:
+        """Score images sent as a .npy file (multipart file part `images`, uint8 [N, C, H, W]); returns a .npy file
+        of float32 [N, components], one column per score component in the order of the X-Genlab-Scores header
+        (the first is the primary `score`). Thresholds and percentiles: see /anomaly-score and /models."""
+        try:
+            runner = self._runner(model)
+            x = images_from_npy(images, "images", runner.model.image_shape, MAX, SETTINGS.max_upload_bytes)
+        except RequestError as err:
+            return _error(err)
+        scores = await runner.scores(x)
+        names = runner.model.score_names
+        table = np.stack([scores[name] for name in names], axis=1).astype(np.float32)
+        return _npy(table, {"X-Genlab-Model": runner.model.name, "X-Genlab-Scores": ",".join(names)})
+
     @bentoml.api(route="/models")
     async def list_models(self) -> list[ModelInfo]:
         """The models this server holds (the first is the default), their manifests and execution providers."""
-        providers = await self.runtime.to_async.providers()
         rows = []
-        for name, m in self.models.items():
+        for name, runner in self.runners.items():
+            m = runner.model
             manifest = {k: v for k, v in m.manifest.items() if k != "calibration"}
             rows.append(ModelInfo(
                 name=name, family=m.family, default=name == self.default, has_encoder=m.has_encoder,
                 latent_dim=m.latent_dim, image_shape=list(m.image_shape), score_names=m.score_names,
-                providers=providers.get(name, {}), manifest=manifest,
+                providers=m.providers, request_merging=runner.batching, manifest=manifest,
             ))
         return rows
+
+
+for _i, _reference in enumerate(SETTINGS.models):
+    if _reference in SETTINGS.store_tags:
+        # class-level references: `bentoml build` packs these models into the bento
+        setattr(Genlab, f"model_{_i}", bentoml.models.BentoModel(_reference))
+
+Genlab = bentoml.service(  # type: ignore[misc]
+    name="genlab",
+    workers=SETTINGS.workers,
+    traffic={"timeout": 60},
+    logging={"access": {"enabled": SETTINGS.access_log}},
+)(Genlab)
+
+FILE_FIELDS = {api.route: frozenset(api.input_spec.multipart_fields) for api in Genlab.apis.values()}
+Genlab.add_asgi_middleware(
+    Edge,
+    api_key=SETTINGS.api_key,
+    max_body_bytes=SETTINGS.max_body_bytes,
+    file_fields=FILE_FIELDS,
+    openapi=lambda spec: fix_spec(spec, FILE_FIELDS, SETTINGS.api_key != "", model_names()),
+    open_paths=HEALTH_PATHS,
+)

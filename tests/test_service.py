@@ -11,11 +11,8 @@ import concurrent.futures
 import importlib
 import io
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,29 +21,11 @@ from PIL import Image
 
 from genlab.errors import GenlabError
 from tests.conftest import bentoml_test_client
+from tests.service_fixtures import REPO, TINY, exports, running_server  # noqa: F401 (fixture)
+from tests.service_fixtures import genlab_cli as _genlab
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["--set", "width=4", "--set", "hidden=16", "--set", "latent_dim=4"]
 MAX_IMAGES = 64
 MAX_UPLOAD = 64 * 1024
-
-
-def _genlab(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "genlab", *args], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("served")
-    out = {}
-    for family in ("vaegan", "gan"):
-        run = _genlab("train", family, "--epochs", "1", "--out", str(root / f"run-{family}"), *TINY)
-        assert run.returncode == 0, run.stderr[-2000:]
-        exp = _genlab("export", str(root / f"run-{family}"), "--out", str(root / f"export-{family}"), "--no-bento")
-        assert exp.returncode == 0, exp.stderr[-2000:]
-        out[family] = root / f"export-{family}"
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -296,44 +275,10 @@ def test_service_imports_no_torch():
 
 
 # -- a real server ---------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(exports, tmp_path_factory):
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("serve") / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "genlab", "serve", "--model", str(exports["vaegan"]), "--model",
-                             str(exports["gan"]), "--port", str(port)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    import httpx
-
-    try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, "server exited"
-            time.sleep(0.25)
-        else:
-            raise AssertionError("server not ready in 60 s")
+    with running_server([exports["vaegan"], exports["gan"]], tmp_path_factory.mktemp("serve") / "serve.log") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.seek(0)
-        text = log.read()
-        log.close()
-        assert "Traceback" not in text, text[-3000:]  # the whole log: no request, good or bad, made a server error
 
 
 def test_real_server_end_to_end(server):
