@@ -43,7 +43,8 @@ def fuzz(url: str, max_examples: int, report: Path) -> None:
     command = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/docs.json", "--header", f"Authorization: Bearer {KEY}",
                "--checks", ",".join(CHECKS), "--max-examples", str(max_examples), "--seed", "1", "--generation-deterministic",
                "--no-color", "--report", "junit", "--report-junit-path", str(report)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1200, env={**os.environ, "NO_COLOR": "1"})
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=report.parent,  # its files stay there
+                            env={**os.environ, "NO_COLOR": "1"})
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     tested = {case.get("name") for case in ElementTree.parse(report).iter("testcase")}
     assert {f"POST {route}" for route in ROUTES} <= tested, tested  # every route was exercised
