@@ -73,7 +73,7 @@ def main() -> int:
     import_torchvision()
     import torch_fidelity
 
-    from eval.cache import cache_dir
+    from genlab.cache import cache_dir
     from eval.extractors import resolve_extractor
     from eval.fid import compute_fid, parse_reference, reference_subset
     from eval.model_source import open_model

@@ -1,37 +1,53 @@
-"""Load test of the genlab HTTP service: a real ``genlab serve`` on localhost, driven from another process.
+"""Load test of ``genlab serve`` against two baselines on the same export, with the same client, in one run.
 
-What it measures (markdown tables on stdout; ``--json`` prints JSON on stdout and the tables on stderr):
+Servers (each started from the repository root, in its own session, on 127.0.0.1, with GENLAB_API_KEY unset):
+  * ``genlab serve --model EXPORT`` with its default settings, and with ``--workers 2`` (part 1); with
+    ``--batching on|off`` (part 2); with ``--access-log`` (part 3);
+  * the leanest BentoML service doing the same calls, ``benchmarks/baselines/minimal_bentoml.py`` (async
+    APIs calling ONNX Runtime inline, plain types, access log and metrics off), with 1 and 2 workers;
+  * a plain Starlette app doing the same calls, ``benchmarks/baselines/plain_starlette.py``, served by
+    uvicorn (uvloop + httptools where installed), access log off: the floor of Python HTTP serving here.
+Both baselines run ONNX Runtime with one intra-op thread and no spin-waiting.
 
-1. Each endpoint with one image per request -- ``/generate`` (n=1, format=npy), ``/reconstruct``
-   (1 image as ``array``, format=array) and ``/anomaly-score`` (1 image as ``array``) -- at 1, 8, 32
-   and 64 concurrent clients (``--levels``) for ``--duration`` seconds each (after a short warm-up
-   at the same concurrency): requests, errors (non-200 or transport errors, by kind), req/s, p50
-   and p99 latency, the mean batch size BentoML's adaptive batching formed per runtime method
-   during the level (from the server's ``/metrics`` histogram ``bentoml_service_adaptive_batch_size``),
-   and the CPU the server's processes (HTTP front, ONNX runtime) and the client process used, in cores.
-2. ``/generate`` n=64 format=npy over HTTP (one client, sequential) vs the same decoder called
-   in-process through ONNX Runtime (``open_export(EXPORT).decode(z)`` on the very latents the server
-   draws for that seed; the two outputs are checked to be equal): median time per call, images/s
-   and the ratio HTTP / in-process (target >= 0.5). format=png (one PNG grid) is shown for
-   information. HTTP and in-process calls alternate in blocks so that load from other processes
-   hits both alike.
-3. Single-image ``/reconstruct`` at 32 concurrent clients with adaptive batching on vs off (a second
-   server, ``genlab serve --no-batching``, started for this part; rounds alternate between the two
-   servers): req/s of each (median over rounds) and the ratio (target >= 3).
+Workloads (JSON POSTs): ``/generate`` {"n": 1, "seed": 7, "format": "npy"} at 1 and 32 clients;
+``/generate`` n=64 (npy) at 1 client; ``/anomaly-score`` {"array": one uint8 image [1, C, H, W]} at 1 and
+32 clients. The client is one separate process (spawned) running asyncio (uvloop where installed) +
+aiohttp with N coroutines in a closed loop (each sends its next request when its previous one is
+answered) on kept-alive connections; every level has a warm-up (``--warmup``, default 1 s) that is not
+counted, then ``--duration`` seconds (default 4) measured. Errors are non-200 answers and transport
+errors; any error is a failure. Before measuring, each server's answers are checked once (status,
+shape and dtype of the .npy, JSON) and its n=64 images compared with the in-process ones.
 
-The client is one separate process (``multiprocessing``, spawn) running asyncio + aiohttp with
-N coroutines, each sending its next request as soon as its previous one answered (closed loop);
-it keeps its connections open. The server is ``genlab serve`` started with ``start_new_session`` and
-stopped with ``killpg``. The load average (``os.getloadavg``) is recorded before and after each part,
-with the ONNX Runtime thread settings (the service opens its sessions with ONNX Runtime's default
-``SessionOptions``: intra-op threads 0 = one per physical core, inter-op 1, sequential execution).
+Parts (``--parts``, default 1,2,3):
+  1. Side by side: every server above, one at a time (start, all workloads, stop), req/s per workload;
+     plus the in-process rate of the same n=64 decode + ``np.save`` (ONNX Runtime, one thread). Then the
+     targets: genlab (the better of its worker settings) >= 0.9x the minimal BentoML service (the better
+     of its worker settings) on every workload; genlab >= 0.4x Starlette for /generate n=1 at 32 clients;
+     genlab /generate n=64 at 1 client >= 0.6x in-process; no errors anywhere.
+  2. Batching: ``genlab serve --batching on``, ``--batching off`` and the default (auto: on only when
+     ONNX Runtime runs on a GPU), single-image /anomaly-score at 32 clients, rounds alternating between
+     the three servers (``--rounds``, default 3): median req/s and the ratios on/off and default/off
+     (target on CPU: default >= 1.0x off; the round-to-round spread is shown, as the two are the same
+     configuration there).
+  3. Trim settings, one at a time against the default: ``--access-log`` and ``--workers 2``, /generate
+     n=1 and /anomaly-score at 32 clients: req/s and the ratio to the default.
+  4. Soak (``--soak SECONDS``; alone unless ``--parts`` is given too): one default ``genlab serve``,
+     64 clients cycling /generate n=1 (npy), /anomaly-score and /reconstruct (one image, format=array):
+     requests, req/s, p50/p99 latency, errors by kind (target 0), and the server's resident memory (VmRSS
+     summed over its process group and every descendant: BentoML starts its workers in sessions of their
+     own) sampled every 5 s; growth from the end of a warm-up (10% of the run, at least 20 s) to the end
+     (target < 5%). BentoML 1.4.39 keeps every request's timeout timer, and with it the request's context,
+     alive for ``traffic.timeout`` seconds (genlab sets 10, GENLAB_REQUEST_TIMEOUT_S; BentoML's default is
+     60), so RSS climbs for that long under steady load and then levels off: a soak must run well past it.
 
-Without ``--model``, a default-size VAE-GAN (width 32, latent 32, 28x28x1) is trained for a few steps
-(``genlab train vaegan --max-steps 20 --epochs 1``; weights do not matter for speed) and exported
-into a temporary directory. A model without calibration is scored with a raw ``threshold``.
+Without ``--model``, a default-size VAE-GAN (width 32, latent 32, 28x28x1) is trained for 20 steps and
+exported into a temporary directory (weights do not matter for speed). Machine info (CPUs, load average
+before and after, versions, uvloop/httptools), the command line and the date are printed with the tables
+(markdown, on stdout; with ``--json`` the JSON result goes to stdout and the tables to stderr).
 
-Run:  .venv/bin/python benchmarks/serve_load.py [--model EXPORT_DIR] [--duration 3] [--levels 1,8,32,64]
-      [--port 3100] [--json]
+Run (from anywhere; ~5 minutes with the defaults on 2 cores):
+    .venv/bin/python benchmarks/serve_load.py [--model EXPORT_DIR] [--duration 4] [--warmup 1] [--rounds 3]
+        [--parts 1,2,3] [--soak SECONDS] [--port 3100] [--keep-logs DIR] [--json]
 """
 
 from __future__ import annotations
@@ -39,7 +55,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime
+import importlib.util
 import io
 import json
 import multiprocessing
@@ -55,123 +73,186 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-ENDPOINTS = ("generate", "reconstruct", "anomaly-score")
-GEN_BIG = 64
-RAW_THRESHOLD = 1.0  # any finite number: the work done is the same whatever the threshold
+GEN_SEED, GEN_BIG, GEN_BIG_SEED = 7, 64, 0
+RAW_THRESHOLD = 1.0  # sent to genlab only for a model without calibration: the work done is the same
+MANY = 32
+# workload -> (route, payload, clients)
+WORKLOADS: dict[str, tuple[str, str, int]] = {
+    "gen1@1": ("generate", "gen1", 1),
+    "gen1@32": ("generate", "gen1", MANY),
+    "gen64@1": ("generate", "gen64", 1),
+    "score@1": ("anomaly-score", "score", 1),
+    "score@32": ("anomaly-score", "score", MANY),
+}
+TITLES = {"gen1@1": "/generate n=1, 1 client", "gen1@32": f"/generate n=1, {MANY} clients",
+          "gen64@1": f"/generate n={GEN_BIG}, 1 client", "score@1": "/anomaly-score 1 image, 1 client",
+          "score@32": f"/anomaly-score 1 image, {MANY} clients"}
+SOAK_CLIENTS, RSS_EVERY_S = 64, 5.0
 
 
 # -- the client process ---------------------------------------------------------------------------------------
-def _drive(url: str, body: bytes, concurrency: int, duration: float | None, count: int | None,
-           warmup: float) -> dict[str, Any]:
-    """Runs in the client process: ``concurrency`` coroutines POST ``body`` (JSON) to ``url`` in a closed
-    loop for ``duration`` seconds (or ``count`` requests in all), after ``warmup`` seconds not counted."""
-    return asyncio.run(_drive_async(url, body, concurrency, duration, count, warmup))
+def _drive(base: str, requests: list[tuple[str, bytes]], clients: int, duration: float, warmup: float) -> dict[str, Any]:
+    """Runs in the client process: ``clients`` coroutines POST JSON bodies to ``base + route`` in a closed loop,
+    each cycling through ``requests`` (from its own offset), for ``warmup`` seconds not counted, then
+    ``duration`` seconds counted."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(_drive_async(base, requests, clients, duration, warmup))
+    return uvloop.run(_drive_async(base, requests, clients, duration, warmup))
 
 
-async def _drive_async(url: str, body: bytes, concurrency: int, duration: float | None, count: int | None,
+async def _drive_async(base: str, requests: list[tuple[str, bytes]], clients: int, duration: float,
                        warmup: float) -> dict[str, Any]:
     import aiohttp
 
     headers = {"content-type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=120)
     latencies: list[float] = []
     errors: dict[str, int] = {}
-    state = {"measuring": False, "left": count, "deadline": 0.0}
+    measuring = False
 
-    async def one(session) -> None:
-        t0 = time.perf_counter()
-        try:
-            async with session.post(url, data=body, headers=headers) as r:
-                await r.read()
-                status = r.status
-        except Exception as err:  # noqa: BLE001 (a load test counts every failure)
-            status = None
-            kind = type(err).__name__
-        elapsed = time.perf_counter() - t0
-        if not state["measuring"]:
-            return
-        if status == 200:
-            latencies.append(elapsed)
-        else:
-            key = f"HTTP {status}" if status is not None else kind
-            errors[key] = errors.get(key, 0) + 1
+    async def worker(session: aiohttp.ClientSession, offset: int, until: float) -> None:
+        i = offset
+        while time.perf_counter() < until:
+            route, body = requests[i % len(requests)]
+            i += 1
+            t0, kind = time.perf_counter(), None
+            try:
+                async with session.post(base + route, data=body, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        kind = f"HTTP {r.status}"
+            except Exception as err:  # noqa: BLE001 (a load test counts every failure)
+                kind = type(err).__name__
+            if not measuring:
+                continue
+            if kind is None:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                key = f"{route} {kind}"
+                errors[key] = errors.get(key, 0) + 1
 
-    async def worker(session, until: float | None) -> None:
-        while True:
-            if until is not None and time.perf_counter() >= until:
-                return
-            if until is None:
-                if state["left"] is None or state["left"] <= 0:
-                    return
-                state["left"] -= 1
-            await one(session)
-
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
         if warmup > 0:
             end = time.perf_counter() + warmup
-            await asyncio.gather(*(worker(session, end) for _ in range(concurrency)))
-        state["measuring"] = True
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        if duration is not None:
-            end = t0 + duration
-            await asyncio.gather(*(worker(session, end) for _ in range(concurrency)))
-        else:
-            await asyncio.gather(*(worker(session, None) for _ in range(concurrency)))
+            await asyncio.gather(*(worker(session, k, end) for k in range(clients)))
+        measuring = True
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(session, k, t0 + duration) for k in range(clients)))
         wall = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
-    return {"latencies": latencies, "errors": errors, "wall": wall, "client_cpu": cpu}
+    return {"latencies": latencies, "errors": errors, "wall": wall}
 
 
-# -- the server -----------------------------------------------------------------------------------------------
+# -- servers --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Spec:
+    """One server configuration: ``kind`` is genlab, bentoml (the minimal baseline) or starlette."""
+
+    label: str
+    kind: str
+    flags: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def genlab(*flags: str) -> Spec:
+    return Spec(" ".join(("genlab serve", *flags)), "genlab", flags)
+
+
+def minimal_bentoml(workers: int) -> Spec:
+    return Spec(f"minimal BentoML, {workers} worker{'s' if workers > 1 else ''}", "bentoml",
+                env=(("BASELINE_WORKERS", str(workers)),))
+
+
+STARLETTE = Spec("plain Starlette (uvicorn)", "starlette")
+
+
+def _command(spec: Spec, export: Path, port: int) -> list[str]:
+    where = ["--host", "127.0.0.1", "--port", str(port)]
+    if spec.kind == "genlab":
+        exe = REPO / ".venv" / "bin" / "genlab"
+        base = [str(exe)] if exe.exists() else [sys.executable, "-m", "genlab"]
+        return [*base, "serve", "--model", str(export), *where, *spec.flags]
+    if spec.kind == "bentoml":
+        return [sys.executable, "-m", "bentoml", "serve", "benchmarks.baselines.minimal_bentoml:Minimal", *where]
+    return [sys.executable, "-m", "uvicorn", "benchmarks.baselines.plain_starlette:app", *where, "--no-access-log"]
+
+
+class ServerError(RuntimeError):
+    """A server that did not start; ``reason`` is one line, the message has its log's tail."""
+
+    def __init__(self, reason: str, log: str):
+        super().__init__(f"{reason}\n{log}")
+        self.reason = reason
+
+
 class Server:
-    """``genlab serve`` in its own session; CPU use of its processes by role; /metrics snapshots."""
+    """One server process in its own session (stopped with killpg), ready when GET /readyz answers 200."""
 
-    def __init__(self, export: Path, port: int, batching: bool, log_path: Path):
-        self.port, self.batching = port, batching
+    started = 0  # servers started so far: numbers the log files
+
+    def __init__(self, spec: Spec, export: Path, port: int, tmp: Path):
+        self.spec, self.port = spec, port
         self.url = f"http://127.0.0.1:{port}"
-        self.log = open(log_path, "w+")
-        command = [str(REPO / ".venv" / "bin" / "genlab"), "serve", "--model", str(export), "--port", str(port)]
-        if not Path(command[0]).exists():
-            command = [sys.executable, "-m", "genlab", "serve", "--model", str(export), "--port", str(port)]
-        if not batching:
-            command.append("--no-batching")
-        # its own BENTOML_HOME: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it starts,
-        # which would wipe the /metrics of any other server on this machine (the batching-off one, or another user's)
-        home = log_path.parent / f"bentoml-home-{port}"
+        Server.started += 1
+        self.log_path = tmp / f"serve-{Server.started:02d}-{re.sub(r'[^a-z0-9]+', '-', spec.label.lower()).strip('-')}.log"
+        self.log = open(self.log_path, "w+")
+        # its own BENTOML_HOME: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it starts
+        home = tmp / f"bentoml-home-{port}"
         home.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
-        self.proc = subprocess.Popen(command, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+        env = {k: v for k, v in os.environ.items() if k != "GENLAB_API_KEY"}
+        env |= {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", "BASELINE_EXPORT": str(export), **dict(spec.env)}
+        self.command = _command(spec, export, port)
+        self.proc = subprocess.Popen(self.command, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
 
-    def wait_ready(self, timeout: float = 120) -> None:
+    def wait_ready(self, timeout: float = 180) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server on port {self.port} exited:\n{self.tail()}")
+                log = self.tail()
+                bad = re.search(r"unrecognized arguments: (.*)|invalid choice: (.*)", log)
+                reason = (f"flag not accepted: {(bad.group(1) or bad.group(2)).strip()}" if bad
+                          else f"exited with status {self.proc.returncode}")
+                raise ServerError(reason, log)
             try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as r:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.25)
-        raise RuntimeError(f"server on port {self.port} not ready in {timeout:.0f} s:\n{self.tail()}")
+        raise ServerError(f"not ready in {timeout:.0f} s", self.tail())
 
     def tail(self, chars: int = 3000) -> str:
         self.log.flush()
         self.log.seek(0)
         return self.log.read()[-chars:]
 
+    def pids(self) -> list[int]:
+        return _group_and_descendants(self.proc.pid)
+
+    def rss_kib(self) -> int:
+        """Resident memory of the process group and every descendant (BentoML workers run in sessions of their own)."""
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                m = re.search(r"^VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+                total += int(m.group(1)) if m else 0
+        return total
+
     def stop(self) -> None:
+        pids = self.pids()
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -179,57 +260,34 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        for pid in pids:  # workers in other sessions that outlived their arbiter (ours: started by this server)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.log.close()
 
-    def cpu(self) -> dict[str, float]:
-        """CPU seconds (user + system) so far of the server's processes: HTTP front, runtime, arbiter."""
-        import psutil
 
-        out = {"front": 0.0, "front_main_thread": 0.0, "runtime": 0.0, "runtime_main_thread": 0.0, "other": 0.0}
-        try:
-            root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return out
-        for p in procs:
-            try:
-                cmd = " ".join(p.cmdline())
-                t = p.cpu_times()
-                threads = p.threads()
-            except psutil.Error:
-                continue
-            role = "runtime" if "genlab-runtime" in cmd else "front" if "--service-name genlab " in cmd + " " else "other"
-            out[role] += t.user + t.system
-            if role != "other":  # the thread running the event loop (and all the Python code not sent to a thread)
-                out[f"{role}_main_thread"] += sum(th.user_time + th.system_time for th in threads if th.id == p.pid)
-        return out
-
-    def batch_sizes(self) -> dict[str, tuple[float, float]]:
-        """method -> (sum, count) of BentoML's adaptive batch size histogram."""
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        out: dict[str, list[float]] = {}
-        for line in text.splitlines():
-            m = re.match(r'bentoml_service_adaptive_batch_size_(sum|count)\{.*?method_name="([^"]+)".*\}\s+(\S+)', line)
-            if m:
-                pair = out.setdefault(m.group(2), [0.0, 0.0])
-                pair[0 if m.group(1) == "sum" else 1] += float(m.group(3))
-        return {k: (v[0], v[1]) for k, v in out.items()}
-
-
-def _batch_delta(before: dict, after: dict) -> dict[str, dict[str, float]]:
-    """method -> {calls, mean} of the batches formed between two /metrics snapshots."""
-    out = {}
-    for method, (s1, c1) in after.items():
-        s0, c0 = before.get(method, (0.0, 0.0))
-        if c1 - c0 > 0:
-            out[method] = {"calls": int(c1 - c0), "mean": round((s1 - s0) / (c1 - c0), 2)}
-    return out
+def _group_and_descendants(root: int) -> list[int]:
+    """pids whose process group is ``root`` or that descend from ``root`` (from /proc/*/stat)."""
+    parent, group = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+            pid = int(stat.parent.name)
+            parent[pid], group[pid] = int(fields[1]), int(fields[2])
+    out = {pid for pid, g in group.items() if g == root}
+    if root in parent:
+        out.add(root)
+    grew = True
+    while grew:
+        new = {pid for pid, ppid in parent.items() if ppid in out and pid not in out}
+        out |= new
+        grew = bool(new)
+    return sorted(out)
 
 
 # -- helpers --------------------------------------------------------------------------------------------------
 def _free_port(preferred: int) -> int:
-    for port in [preferred, 0]:
+    for port in (preferred, 0):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -243,14 +301,27 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) * 1000 if values else None
+def _ms(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)) * 1000, 1) if values else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def _post(url: str, payload: dict) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
 
 
 def _make_model(tmp: Path) -> Path:
-    genlab = REPO / ".venv" / "bin" / "genlab"
-    base = [str(genlab)] if genlab.exists() else [sys.executable, "-m", "genlab"]
-    print("training a default-size vaegan for 20 steps and exporting it ...", file=sys.stderr, flush=True)
+    exe = REPO / ".venv" / "bin" / "genlab"
+    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "genlab"]
+    _say("training a default-size vaegan for 20 steps and exporting it ...")
     for args in (["train", "vaegan", "--max-steps", "20", "--epochs", "1", "--out", str(tmp / "run")],
                  ["export", str(tmp / "run"), "--out", str(tmp / "export"), "--no-bento"]):
         r = subprocess.run(base + args, cwd=REPO, capture_output=True, text=True)
@@ -259,307 +330,441 @@ def _make_model(tmp: Path) -> Path:
     return tmp / "export"
 
 
-def _ort_settings(model) -> dict[str, Any]:
-    import onnxruntime as ort
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
-    session = model.graphs["decoder"].session
-    opts = session.get_session_options()
+
+def _machine() -> dict[str, Any]:
+    def version(name: str) -> str | None:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            return metadata.version(name)
+        return None
+
     return {
-        "onnxruntime": ort.__version__,
-        "providers": model.providers,
-        "intra_op_num_threads": opts.intra_op_num_threads,
-        "inter_op_num_threads": opts.inter_op_num_threads,
-        "execution_mode": str(opts.execution_mode),
-        "note": "0 threads = ONNX Runtime's default (one intra-op thread per physical core); the server opens its sessions the same way",
-        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ORT_NUM_THREADS") if os.environ.get(k)},
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "host": platform.node(), "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": {name: version(name) for name in ("bentoml", "onnxruntime", "uvicorn", "starlette", "aiohttp", "numpy")},
+        "importable": {name: importlib.util.find_spec(name) is not None for name in ("uvloop", "httptools")},
     }
 
 
+# -- the benchmark --------------------------------------------------------------------------------------------
+@dataclass
 class Bench:
-    def __init__(self, pool: concurrent.futures.Executor, duration: float):
-        self.pool, self.duration = pool, duration
+    """What every part shares: the export, the payloads, the client process, the settings and the failures seen."""
 
-    def run(self, server: Server, route: str, payload: dict, concurrency: int, duration: float | None = None,
-            count: int | None = None, warmup: float | None = None) -> dict[str, Any]:
-        body = json.dumps(payload).encode()
-        if warmup is None:
-            warmup = min(1.0, self.duration / 3)
-        cpu0, b0, load0 = server.cpu(), server.batch_sizes(), _load()
-        res = self.pool.submit(_drive, f"{server.url}/{route}", body, concurrency,
-                               duration if count is None else None, count, warmup).result()
-        # the warm-up's server CPU is excluded only approximately: snapshots bracket warm-up + measurement
-        cpu1, b1 = server.cpu(), server.batch_sizes()
+    export: Path
+    tmp: Path
+    pool: concurrent.futures.Executor
+    port: int
+    duration: float
+    warmup: float
+    payloads: dict[str, dict] = field(default_factory=dict)
+    reference: np.ndarray | None = None  # the n=64 images, decoded in-process
+    failures: dict[str, str] = field(default_factory=dict)  # server label -> why it did not start
+    log_problems: dict[str, list[str]] = field(default_factory=dict)
+    keep_logs: Path | None = None
+
+    @contextlib.contextmanager
+    def serving(self, *specs: Spec) -> Iterator[dict[str, Server]]:
+        """Start the servers (in order), yield label -> Server for those that came up, stop them all."""
+        up: dict[str, Server] = {}
+        try:
+            for spec in specs:
+                server = Server(spec, self.export, _free_port(self.port), self.tmp)
+                try:
+                    _say(f"  starting {spec.label} on port {server.port} ...")
+                    server.wait_ready()
+                    self.check(server)
+                    up[spec.label] = server
+                except ServerError as err:
+                    self.failures[spec.label] = err.reason
+                    _say(f"  {spec.label}: {err}")
+                    self._finish(server)
+            yield up
+        finally:
+            for server in up.values():
+                self._finish(server)
+
+    def _finish(self, server: Server) -> None:
+        server.stop()
+        hits = [line for line in server.log_path.read_text(errors="replace").splitlines()
+                if re.search(r"Traceback|Error|Exception|retrying| 50[0-9] |timed? ?out", line, re.IGNORECASE)]
+        if hits:
+            self.log_problems.setdefault(server.spec.label, []).extend(hits[-20:])
+        if self.keep_logs:
+            self.keep_logs.mkdir(parents=True, exist_ok=True)
+            (self.keep_logs / server.log_path.name).write_text(server.log_path.read_text(errors="replace"))
+
+    def body(self, spec: Spec, payload: str) -> dict:
+        body = dict(self.payloads[payload])
+        if spec.kind == "genlab" and payload == "score" and self.payloads.get("raw_threshold"):
+            body["threshold"] = RAW_THRESHOLD
+        return body
+
+    def check(self, server: Server) -> None:
+        """One request of each kind, answers checked; the n=64 images compared with the in-process ones."""
+        try:
+            self._check(server)
+        except (OSError, ValueError) as err:  # no answer, or not .npy / JSON
+            raise ServerError(f"first requests failed: {type(err).__name__}: {err}", server.tail()) from None
+
+    def _check(self, server: Server) -> None:
+        shape = self.reference.shape[1:]
+        for payload, n in (("gen1", 1), ("gen64", GEN_BIG)):
+            status, data = _post(f"{server.url}/generate", self.body(server.spec, payload))
+            if status != 200:
+                raise ServerError(f"/generate answered {status}: {data[:300]!r}", server.tail())
+            images = np.load(io.BytesIO(data), allow_pickle=False)
+            if images.dtype != np.uint8 or images.shape != (n, *shape):
+                raise ServerError(f"/generate n={n} gave {images.dtype} {images.shape}", server.tail())
+            if n == GEN_BIG and not np.array_equal(images, self.reference):
+                diff = int(np.abs(images.astype(int) - self.reference.astype(int)).max())
+                _say(f"  note: {server.spec.label} /generate n={n} differs from in-process decode (max diff {diff})")
+        status, data = _post(f"{server.url}/anomaly-score", self.body(server.spec, "score"))
+        if status != 200:
+            raise ServerError(f"/anomaly-score answered {status}: {data[:300]!r}", server.tail())
+        json.loads(data)
+
+    def drive(self, server: Server, payloads: list[tuple[str, str]], clients: int, duration: float,
+              warmup: float) -> concurrent.futures.Future:
+        """The client process against one server; ``payloads`` = [(route, payload name)], cycled."""
+        requests = [(f"/{route}", json.dumps(self.body(server.spec, name)).encode()) for route, name in payloads]
+        return self.pool.submit(_drive, server.url, requests, clients, duration, warmup)
+
+    def measure(self, server: Server, workload: str) -> dict[str, Any]:
+        route, payload, clients = WORKLOADS[workload]
+        load = _load()
+        res = self.drive(server, [(route, payload)], clients, self.duration, self.warmup).result()
         lat, wall = res["latencies"], res["wall"]
-        span = wall + warmup
-        return {
-            "route": f"/{route}", "clients": concurrency, "requests": len(lat), "errors": sum(res["errors"].values()),
-            "error_kinds": res["errors"], "seconds": round(wall, 2), "req_per_s": round(len(lat) / wall, 1) if wall else 0.0,
-            "p50_ms": _round(_pct(lat, 50)), "p99_ms": _round(_pct(lat, 99)), "median_s": float(np.median(lat)) if lat else None,
-            "batch": _batch_delta(b0, b1),
-            "cpu_cores": {k: round((cpu1[k] - cpu0[k]) / span, 2) for k in cpu1} | {"client": round(res["client_cpu"] / wall, 2) if wall else 0.0},
-            "loadavg": load0,
-        }
+        row = {"requests": len(lat), "errors": sum(res["errors"].values()), "error_kinds": res["errors"],
+               "req_per_s": round(len(lat) / wall, 1), "p50_ms": _ms(lat, 50), "p99_ms": _ms(lat, 99), "loadavg": load[0]}
+        err = f"  errors {row['error_kinds']}" if row["errors"] else ""
+        _say(f"    {TITLES[workload]:34s} {row['req_per_s']:8.1f} req/s  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms{err}")
+        return row
 
 
-def _round(x: float | None, nd: int = 1) -> float | None:
-    return None if x is None else round(x, nd)
+def inprocess_rate(export: Path, duration: float, warmup: float) -> dict[str, Any]:
+    """n=64 decode + np.save of the same latents as /generate n=64 seed 0, in this process, one ONNX Runtime thread."""
+    from export.reader import open_export, sample_latents
+
+    model = open_export(export, providers="cpu", threads=1)
+    z = sample_latents(GEN_BIG, model.latent_dim, GEN_BIG_SEED)
+
+    def call() -> None:
+        np.save(io.BytesIO(), model.decode(z), allow_pickle=False)
+
+    for span in (warmup, duration):  # the last span is the one counted
+        calls, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < span:
+            call()
+            calls += 1
+    wall = time.perf_counter() - t0
+    return {"calls": calls, "calls_per_s": round(calls / wall, 1), "ms_per_call": round(wall / calls * 1000, 2)}
 
 
-# -- the three parts ------------------------------------------------------------------------------------------
-def part_levels(bench: Bench, server: Server, payloads: dict[str, dict], levels: list[int]) -> list[dict]:
-    rows = []
-    for route in ENDPOINTS:
-        for c in levels:
-            row = bench.run(server, route, payloads[route], c, duration=bench.duration)
-            rows.append(row)
-            print(f"  {row['route']:15s} c={c:<3d} {row['req_per_s']:7.1f} req/s  p50 {row['p50_ms']} ms  "
-                  f"p99 {row['p99_ms']} ms  errors {row['errors']}  batch {row['batch']}", file=sys.stderr, flush=True)
-    return rows
+# -- part 1 ---------------------------------------------------------------------------------------------------
+SIDE_BY_SIDE = (genlab(), genlab("--workers", "2"), minimal_bentoml(1), minimal_bentoml(2), STARLETTE)
 
 
-def part_ort_cost(model, batches: tuple[int, ...] = (1, 8, 32), runs: int = 60) -> list[dict[str, Any]]:
-    """In-process ONNX Runtime time per call of each graph at a few batch sizes (median): the most that
-    batching can save per request is the difference between batch 1 and the per-image cost of a batch."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for b in batches:
-        z = rng.standard_normal((b, model.latent_dim), dtype=np.float32)
-        images = model.decode(z)
-        calls = {"decode": lambda: model.decode(z), "score": lambda: model.scores(images)}
-        if model.has_encoder:
-            calls["encode"] = lambda: model.encode(images)
-        for name, call in calls.items():
-            for _ in range(5):
-                call()
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                call()
-                times.append(time.perf_counter() - t0)
-            med = statistics.median(times)
-            rows.append({"graph": name, "batch": b, "ms_per_call": round(med * 1000, 3), "ms_per_image": round(med * 1000 / b, 3)})
-    return rows
+def part_side_by_side(bench: Bench) -> dict[str, Any]:
+    rows: dict[str, dict[str, dict]] = {}
+    for spec in SIDE_BY_SIDE:
+        with bench.serving(spec) as up:
+            if spec.label in up:
+                rows[spec.label] = {w: bench.measure(up[spec.label], w) for w in WORKLOADS}
+    _say("  in-process ONNX Runtime, n=64 decode + np.save, one thread ...")
+    inproc = inprocess_rate(bench.export, bench.duration, bench.warmup)
+    _say(f"    {inproc['calls_per_s']} calls/s")
+    return {"rows": rows, "inprocess_gen64": inproc, "targets": side_by_side_targets(rows, inproc)}
 
 
-def part_generate64(bench: Bench, server: Server, model, blocks: int, per_block: int) -> dict[str, Any]:
-    seed = 0
-    latents = np.random.default_rng(seed).standard_normal((GEN_BIG, model.latent_dim), dtype=np.float32)
-    reference = model.decode(latents)
-    # same images over HTTP as in-process (the server draws the latents from the seed the same way)
-    with urllib.request.urlopen(urllib.request.Request(
-            f"{server.url}/generate", data=json.dumps({"n": GEN_BIG, "seed": seed, "format": "npy"}).encode(),
-            headers={"content-type": "application/json"}), timeout=60) as r:
-        served = np.load(io.BytesIO(r.read()), allow_pickle=False)
-    same = bool(served.shape == reference.shape and np.array_equal(served, reference))
-    for _ in range(5):
-        model.decode(latents)
-    inproc: list[float] = []
-    http: dict[str, list[float]] = {"npy": [], "png": []}
-    errors = 0
-    load0 = _load()
-    for _ in range(blocks):
-        for _ in range(per_block):
-            t0 = time.perf_counter()
-            model.decode(latents)
-            inproc.append(time.perf_counter() - t0)
-        for fmt in ("npy", "png"):
-            res = bench.pool.submit(_drive, f"{server.url}/generate",
-                                    json.dumps({"n": GEN_BIG, "seed": seed, "format": fmt}).encode(), 1, None, per_block, 0.0).result()
-            http[fmt] += res["latencies"]
-            errors += sum(res["errors"].values())
-    med = {"inproc": statistics.median(inproc), **{f"http_{k}": statistics.median(v) for k, v in http.items() if v}}
-    ips = {k: GEN_BIG / v for k, v in med.items()}
-    return {
-        "n": GEN_BIG, "same_images": same, "calls_each": len(inproc), "errors": errors, "loadavg": load0,
-        "median_ms": {k: round(v * 1000, 2) for k, v in med.items()},
-        "images_per_s": {k: round(v, 1) for k, v in ips.items()},
-        "ratio_http_npy_vs_inproc": round(ips.get("http_npy", 0.0) / ips["inproc"], 3),
-        "ratio_http_png_vs_inproc": round(ips.get("http_png", 0.0) / ips["inproc"], 3),
-        "target": 0.5,
-    }
+def _best(rows: dict[str, dict], kind: str, workload: str) -> tuple[str | None, dict | None]:
+    """The server of ``kind`` with the most req/s on ``workload``."""
+    cells = [(label, cells[workload]) for label, cells in rows.items()
+             if next(s for s in SIDE_BY_SIDE if s.label == label).kind == kind]
+    return max(cells, key=lambda c: c[1]["req_per_s"], default=(None, None))
 
 
-def part_batching(bench: Bench, on: Server, off: Server, payload: dict, clients: int, rounds: int) -> dict[str, Any]:
-    runs: dict[str, list[dict]] = {"on": [], "off": []}
-    for _ in range(rounds):
-        for key, server in (("on", on), ("off", off)):
-            row = bench.run(server, "reconstruct", payload, clients, duration=bench.duration)
-            runs[key].append(row)
-            print(f"  batching {key:3s} {row['req_per_s']:7.1f} req/s  p50 {row['p50_ms']} ms  errors {row['errors']}  "
-                  f"batch {row['batch']}  cpu {row['cpu_cores']}", file=sys.stderr, flush=True)
-    summary: dict[str, Any] = {"clients": clients, "rounds": rounds, "target": 3.0}
-    for key, rows in runs.items():
-        summary[key] = {
-            "req_per_s": round(statistics.median(r["req_per_s"] for r in rows), 1),
-            "req_per_s_rounds": [r["req_per_s"] for r in rows],
-            "p50_ms": round(statistics.median(r["p50_ms"] for r in rows if r["p50_ms"] is not None), 1),
-            "p99_ms": round(statistics.median(r["p99_ms"] for r in rows if r["p99_ms"] is not None), 1),
-            "errors": sum(r["errors"] for r in rows),
-            "batch": _merge_batches([r["batch"] for r in rows]),
-            "cpu_cores": {k: round(statistics.median(r["cpu_cores"][k] for r in rows), 2) for k in rows[0]["cpu_cores"]},
-        }
-    summary["ratio_on_vs_off"] = round(summary["on"]["req_per_s"] / summary["off"]["req_per_s"], 2) if summary["off"]["req_per_s"] else None
-    return summary
+def _target(name: str, ours: tuple[str | None, dict | None], theirs: tuple[str | None, float | None],
+            required: float) -> dict[str, Any]:
+    label, cell = ours
+    ratio = _ratio(cell and cell["req_per_s"], theirs[1])
+    verdict = "n/a" if ratio is None else "PASS" if ratio >= required and not cell["errors"] else "FAIL"
+    detail = f"{cell['req_per_s']} ({label}) vs {theirs[1]} ({theirs[0]})" if ratio is not None else "not measured"
+    if cell and cell["errors"]:
+        detail += f"; {cell['errors']} errors"
+    return {"target": name, "ratio": ratio, "required": f">= {required}", "verdict": verdict, "detail": detail}
 
 
-def _merge_batches(batches: list[dict]) -> dict[str, dict[str, float]]:
-    out: dict[str, list[float]] = {}
-    for b in batches:
-        for method, v in b.items():
-            acc = out.setdefault(method, [0.0, 0.0])
-            acc[0] += v["mean"] * v["calls"]
-            acc[1] += v["calls"]
-    return {m: {"calls": int(c), "mean": round(s / c, 2)} for m, (s, c) in out.items() if c}
+def side_by_side_targets(rows: dict[str, dict], inproc: dict) -> list[dict[str, Any]]:
+    targets = []
+    for w in WORKLOADS:
+        other = _best(rows, "bentoml", w)
+        targets.append(_target(f"genlab / minimal BentoML, {TITLES[w]}", _best(rows, "genlab", w),
+                               (other[0], other[1] and other[1]["req_per_s"]), 0.9))
+    floor = rows.get(STARLETTE.label, {}).get("gen1@32")
+    targets.append(_target(f"genlab / Starlette, {TITLES['gen1@32']}", _best(rows, "genlab", "gen1@32"),
+                           (STARLETTE.label, floor and floor["req_per_s"]), 0.4))
+    targets.append(_target(f"genlab / in-process ONNX Runtime, {TITLES['gen64@1']}", _best(rows, "genlab", "gen64@1"),
+                           ("decode + np.save, 1 thread", inproc["calls_per_s"]), 0.6))
+    return targets
+
+
+def errors_target(result: dict[str, Any]) -> dict[str, Any]:
+    """Every measured cell of parts 1-3 without a single error, and every server started."""
+    errors: dict[str, dict] = {}
+    for part in ("side_by_side", "trim"):
+        for label, cells in result.get(part, {}).get("rows", {}).items():
+            errors |= {f"{label}, {TITLES[w]}": c["error_kinds"] for w, c in cells.items() if c["errors"]}
+    for key, summary in result.get("batching", {}).get("summary", {}).items():
+        errors |= {f"--batching {key}, {TITLES['score@32']}": summary["error_kinds"]} if summary["errors"] else {}
+    count = sum(sum(kinds.values()) for kinds in errors.values())
+    missing = result.get("not_started", {})
+    return {"target": "no errors, every server started (parts 1-3)", "ratio": count, "required": "0",
+            "verdict": "FAIL" if errors or missing else "PASS",
+            "detail": (json.dumps(errors) if errors else "none") + (f"; not started: {', '.join(missing)}" if missing else "")}
+
+
+# -- part 2 ---------------------------------------------------------------------------------------------------
+def part_batching(bench: Bench, rounds: int) -> dict[str, Any]:
+    specs = {"on": genlab("--batching", "on"), "off": genlab("--batching", "off"), "default": genlab()}
+    runs: dict[str, list[dict]] = {}
+    with bench.serving(*specs.values()) as up:
+        for r in range(rounds):
+            for key, spec in specs.items():
+                if spec.label in up:
+                    _say(f"  round {r + 1}/{rounds}, {spec.label}:")
+                    runs.setdefault(key, []).append(bench.measure(up[spec.label], "score@32"))
+    summary = {key: _summarise(rows) for key, rows in runs.items()}
+    rate = {key: s["req_per_s"] for key, s in summary.items()}
+    spread = max((s["spread_pct"] for s in summary.values()), default=None)
+    target = _target(f"genlab default / --batching off, {TITLES['score@32']}", ("default", summary.get("default")),
+                     ("--batching off", rate.get("off")), 1.0)
+    target["detail"] += f"; round-to-round spread up to {spread}%" if spread is not None else ""
+    return {"workload": "score@32", "rounds": rounds, "settings": {k: s.label for k, s in specs.items()}, "summary": summary,
+            "ratio_on_vs_off": _ratio(rate.get("on"), rate.get("off")),
+            "ratio_default_vs_off": _ratio(rate.get("default"), rate.get("off")), "targets": [target]}
+
+
+def _summarise(rows: list[dict]) -> dict[str, Any]:
+    rates = [r["req_per_s"] for r in rows]
+    med = statistics.median(rates)
+    return {"req_per_s": round(med, 1), "rounds": rates, "spread_pct": round((max(rates) - min(rates)) / med * 100, 1) if med else None,
+            "p50_ms": statistics.median(r["p50_ms"] or 0 for r in rows), "p99_ms": statistics.median(r["p99_ms"] or 0 for r in rows),
+            "errors": sum(r["errors"] for r in rows), "error_kinds": _merge_counts([r["error_kinds"] for r in rows])}
+
+
+def _merge_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+# -- part 3 ---------------------------------------------------------------------------------------------------
+def part_trim(bench: Bench) -> dict[str, Any]:
+    rows: dict[str, dict[str, dict]] = {}
+    for spec in (genlab(), genlab("--access-log"), genlab("--workers", "2")):
+        with bench.serving(spec) as up:
+            if spec.label in up:
+                rows[spec.label] = {w: bench.measure(up[spec.label], w) for w in ("gen1@32", "score@32")}
+    default = rows.get(genlab().label, {})
+    ratios = {label: {w: _ratio(cell["req_per_s"], default.get(w, {}).get("req_per_s")) for w, cell in cells.items()}
+              for label, cells in rows.items()}
+    return {"rows": rows, "ratio_to_default": ratios}
+
+
+# -- part 4 ---------------------------------------------------------------------------------------------------
+def part_soak(bench: Bench, seconds: float) -> dict[str, Any]:
+    mix = {("generate", "gen1"): "/generate n=1 npy", ("anomaly-score", "score"): "/anomaly-score 1 image",
+           ("reconstruct", "recon"): "/reconstruct 1 image"}
+    warm_s = max(20.0, 0.1 * seconds)
+    with bench.serving(genlab()) as up:
+        server = up.get(genlab().label)
+        if server is None:
+            reason = bench.failures.get(genlab().label)
+            return {"seconds": seconds, "failed": reason, "targets": [
+                {"target": "soak: server started", "ratio": None, "required": "-", "verdict": "FAIL", "detail": reason}]}
+        load0, t0 = _load(), time.monotonic()
+        future = bench.drive(server, list(mix), SOAK_CLIENTS, seconds, 0.0)
+        samples = [(0.0, server.rss_kib())]
+        while not future.done():
+            concurrent.futures.wait([future], timeout=RSS_EVERY_S - (time.monotonic() - t0) % RSS_EVERY_S)
+            samples.append((round(time.monotonic() - t0, 1), server.rss_kib()))
+        res = future.result()
+    lat, wall = res["latencies"], res["wall"]
+    warm = next((kib for t, kib in samples if t >= warm_s), samples[-1][1])
+    end = samples[-1][1]
+    growth = round((end - warm) / warm * 100, 2) if warm else None
+    errors = sum(res["errors"].values())
+    out = {"seconds": seconds, "clients": SOAK_CLIENTS, "mix": list(mix.values()), "requests": len(lat),
+           "req_per_s": round(len(lat) / wall, 1), "p50_ms": _ms(lat, 50), "p99_ms": _ms(lat, 99), "errors": errors,
+           "error_kinds": res["errors"], "rss_mib": {"after_warmup": round(warm / 1024, 1), "end": round(end / 1024, 1),
+                                                     "warmup_s": warm_s, "growth_pct": growth},
+           "rss_samples_mib": [(t, round(kib / 1024, 1)) for t, kib in samples], "loadavg_before": load0, "loadavg_after": _load()}
+    out["targets"] = [
+        {"target": "soak: no errors", "ratio": errors, "required": "0", "verdict": "PASS" if errors == 0 else "FAIL",
+         "detail": json.dumps(res["errors"]) if errors else f"{len(lat)} requests"},
+        {"target": f"soak: RSS growth after {warm_s:.0f} s warm-up, %", "ratio": growth, "required": "< 5",
+         "verdict": "n/a" if growth is None else "PASS" if growth < 5 else "FAIL",
+         "detail": f"{out['rss_mib']['after_warmup']} -> {out['rss_mib']['end']} MiB"},
+    ]
+    return out
 
 
 # -- output ---------------------------------------------------------------------------------------------------
-def _fmt_batch(batch: dict) -> str:
-    return ", ".join(f"{m} {v['mean']:g}" for m, v in sorted(batch.items())) or "-"
+def _cell(cell: dict | None) -> str:
+    if cell is None:
+        return "n/a"
+    return f"{cell['req_per_s']:.1f}" + (f" ({cell['errors']} err)" if cell["errors"] else "")
 
 
-def _fmt_cpu(cpu: dict) -> str:
-    return (f"{cpu['front']:.2f} ({cpu['front_main_thread']:.2f}) / {cpu['runtime']:.2f} ({cpu['runtime_main_thread']:.2f})"
-            f" / {cpu['client']:.2f}")
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
 
 
 def render(result: dict) -> str:
-    meta = result["meta"]
-    lines = [f"# genlab serve load test ({meta['date']}, {meta['host']}, {meta['cpus']} CPUs, model {meta['model_name']})", "",
-             f"ONNX Runtime {meta['ort']['onnxruntime']} {sorted(set(meta['ort']['providers'].values()))}, "
-             f"intra-op threads {meta['ort']['intra_op_num_threads']} (0 = one per physical core), inter-op "
-             f"{meta['ort']['inter_op_num_threads']}; thread env {meta['ort']['env'] or 'unset'}; bentoml {meta['bentoml']}; "
-             f"{meta['duration']} s per level after a {meta['warmup']} s warm-up; one client process (asyncio + aiohttp).", "",
-             "## 1. One image per request", "",
-             "| endpoint | clients | requests | errors | req/s | p50 ms | p99 ms | mean batch per runtime call | CPU cores front (main thread) / runtime (main thread) / client | load avg |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
-    for r in result["levels"]:
-        err = str(r["errors"]) + (f" {r['error_kinds']}" if r["errors"] else "")
-        lines.append(f"| {r['route']} | {r['clients']} | {r['requests']} | {err} | {r['req_per_s']:.1f} | {r['p50_ms']} | "
-                     f"{r['p99_ms']} | {_fmt_batch(r['batch'])} | {_fmt_cpu(r['cpu_cores'])} | {r['loadavg'][0]} |")
-    g = result["generate64"]
-    lines += ["", f"## 2. /generate n={g['n']}: HTTP vs in-process ONNX Runtime", "",
-              "| path | median ms per call | images/s | vs in-process |", "|---|---:|---:|---:|",
-              f"| in-process `open_export(...).decode(z)` | {g['median_ms']['inproc']} | {g['images_per_s']['inproc']:.0f} | 1 |",
-              f"| HTTP format=npy | {g['median_ms'].get('http_npy')} | {g['images_per_s'].get('http_npy', 0):.0f} | **{g['ratio_http_npy_vs_inproc']}** (target >= {g['target']}) |",
-              f"| HTTP format=png (grid, for information) | {g['median_ms'].get('http_png')} | {g['images_per_s'].get('http_png', 0):.0f} | {g['ratio_http_png_vs_inproc']} |",
-              "", f"{g['calls_each']} calls each, alternating in blocks; HTTP errors {g['errors']}; same images over HTTP as in-process: "
-              f"{g['same_images']}; load avg {g['loadavg']}."]
-    b = result["batching"]
-    lines += ["", f"## 3. /reconstruct, 1 image, {b['clients']} clients: adaptive batching on vs off", "",
-              "| batching | req/s (median of rounds) | rounds | p50 ms | p99 ms | errors | mean batch per runtime call | CPU cores front (main thread) / runtime (main thread) / client |",
-              "|---|---:|---|---:|---:|---:|---|---|"]
-    for key in ("on", "off"):
-        s = b[key]
-        lines.append(f"| {key} | {s['req_per_s']:.1f} | {s['req_per_s_rounds']} | {s['p50_ms']} | {s['p99_ms']} | {s['errors']} | "
-                     f"{_fmt_batch(s['batch'])} | {_fmt_cpu(s['cpu_cores'])} |")
-    lines += ["", f"ratio on / off: **{b['ratio_on_vs_off']}** (target >= {b['target']}); load avg before {b['loadavg_before']}, after {b['loadavg_after']}.",
-              "", f"Load average (1/5/15 min): start {meta['loadavg_start']}, end {meta['loadavg_end']}; total {meta['seconds']} s. "
-              "CPU cores = CPU seconds of those processes / wall seconds of the level (server figures include the warm-up); "
-              "main thread = the thread running the process's event loop (HTTP, (de)serialisation, batching dispatch, "
-              "response encoding); the rest of the runtime's CPU is ONNX Runtime and its thread pool."]
-    lines[-2:-2] = ["", "## 4. In-process ONNX Runtime cost per call (what batching can save)", "",
-                    "| graph | batch | ms per call | ms per image |", "|---|---:|---:|---:|",
-                    *(f"| {r['graph']} | {r['batch']} | {r['ms_per_call']} | {r['ms_per_image']} |" for r in result["ort_cost"])]
+    m = result["meta"]
+    lines = [f"# genlab serve vs baselines ({m['date']})", "",
+             f"Command: `{m['command']}`", "",
+             f"Machine: {m['host']}, {m['cpus']} CPUs; load average (1/5/15 min) before {m['loadavg_start']}, after "
+             f"{m['loadavg_end']}; Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+             + "; importable: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["importable"].items()) + ".", "",
+             f"Model: {m['model']['name']} ({m['model']['family']}, {m['model']['image_shape']}, latent {m['model']['latent_dim']}) "
+             f"from {m['model']['path']}. "
+             + (f"{m['warmup']} s warm-up + {m['duration']} s measured per cell. " if m["parts"] else "")
+             + f"One client process (asyncio{' + uvloop' if m['importable']['uvloop'] else ''} + aiohttp, closed loop); "
+             f"total {m['seconds']} s, of which {m['model_seconds']} s making the model."]
+    if "side_by_side" in result:
+        lines += _render_side(result["side_by_side"])
+    targets = [t for part in ("side_by_side", "batching", "soak") for t in result.get(part, {}).get("targets", [])]
+    if any(part in result for part in ("side_by_side", "batching", "trim")):
+        targets.append(errors_target(result))
+    if targets:
+        lines += ["", "## Targets", "", *_table(["target", "measured", "required", "verdict", "detail"],
+                                              [[t["target"], t["ratio"], t["required"], f"**{t['verdict']}**", t["detail"]] for t in targets])]
+    if "batching" in result:
+        lines += _render_batching(result["batching"])
+    if "trim" in result:
+        lines += _render_trim(result["trim"])
+    if "soak" in result:
+        lines += _render_soak(result["soak"])
+    if result.get("not_started"):
+        lines += ["", "Servers that did not start or failed their first requests: " + "; ".join(f"`{k}`: {v}" for k, v in result["not_started"].items())]
     return "\n".join(lines)
 
 
-def main() -> None:
+def _render_side(part: dict) -> list[str]:
+    rows = [[f"`{spec.label}`", *(_cell(part["rows"].get(spec.label, {}).get(w)) for w in WORKLOADS)] for spec in SIDE_BY_SIDE]
+    inproc = part["inprocess_gen64"]
+    rows.append(["in-process ONNX Runtime (1 thread), decode + np.save", *("" for _ in range(2)),
+                 f"{inproc['calls_per_s']:.1f}", "", ""])
+    return ["", "## 1. Side by side (req/s; errors in brackets)", "", *_table(["server", *TITLES.values()], rows)]
+
+
+def _render_batching(part: dict) -> list[str]:
+    rows = [[f"`{part['settings'][k]}`", s["req_per_s"], s["rounds"], s["p50_ms"], s["p99_ms"], s["errors"]]
+            for k, s in part["summary"].items()]
+    return ["", f"## 2. Adaptive batching on vs off, {TITLES[part['workload']]} ({part['rounds']} alternating rounds)", "",
+            *_table(["server", "req/s (median)", "rounds", "p50 ms", "p99 ms", "errors"], rows), "",
+            f"Ratio on / off: **{part['ratio_on_vs_off']}**; default / off: **{part['ratio_default_vs_off']}** (target >= 1.0)."]
+
+
+def _render_trim(part: dict) -> list[str]:
+    ratios = part["ratio_to_default"]
+    rows = [[f"`{label}`", *(f"{_cell(cells[w])} ({ratios[label][w] or '-'}x)" for w in ("gen1@32", "score@32"))]
+            for label, cells in part["rows"].items()]
+    return ["", "## 3. Trim settings, one at a time (req/s, ratio to the default)", "",
+            *_table(["server", TITLES["gen1@32"], TITLES["score@32"]], rows)]
+
+
+def _render_soak(part: dict) -> list[str]:
+    if "failed" in part:
+        return ["", f"## 4. Soak: the server did not start ({part['failed']})"]
+    rss = part["rss_mib"]
+    return ["", f"## 4. Soak: `genlab serve`, {part['clients']} clients cycling {', '.join(part['mix'])} for {part['seconds']} s", "",
+            *_table(["requests", "req/s", "p50 ms", "p99 ms", "errors", f"RSS after {rss['warmup_s']:.0f} s", "RSS at end", "growth"],
+                    [[part["requests"], part["req_per_s"], part["p50_ms"], part["p99_ms"],
+                      f"{part['errors']} {part['error_kinds'] or ''}".strip(), f"{rss['after_warmup']} MiB", f"{rss['end']} MiB",
+                      f"{rss['growth_pct']}%"]]), "",
+            "RSS every 5 s (s, MiB): " + ", ".join(f"{t:g}: {v}" for t, v in part["rss_samples_mib"])
+            + f"; load average before {part['loadavg_before']}, after {part['loadavg_after']}.", "",
+            "Note: BentoML 1.4.39's TimeoutMiddleware arms a timer per request that is never cancelled; it keeps the "
+            "request's context (OpenTelemetry span included) alive for `traffic.timeout` seconds (60 by default), so "
+            "under steady load RSS climbs for that long, then levels off. Soak well past the timeout to tell that from a leak."]
+
+
+# -- main -----------------------------------------------------------------------------------------------------
+def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, help="export directory (default: train and export a default-size vaegan)")
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per concurrency level (default 3)")
-    parser.add_argument("--levels", default="1,8,32,64", help="concurrent clients, comma-separated (default 1,8,32,64)")
-    parser.add_argument("--port", type=int, default=3100, help="port of the batching server; the --no-batching one uses the next free")
-    parser.add_argument("--batching-clients", type=int, default=32)
-    parser.add_argument("--batching-rounds", type=int, default=3, help="alternating on/off rounds (default 3)")
-    parser.add_argument("--gen-blocks", type=int, default=5, help="blocks of the n=64 comparison (default 5)")
-    parser.add_argument("--gen-per-block", type=int, default=10, help="calls per block and path (default 10)")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per cell (default 4)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up before each cell, not counted (default 1)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of part 2 (default 3)")
+    parser.add_argument("--parts", help="comma-separated parts to run: 1 side by side, 2 batching, 3 trim settings "
+                                        "(default 1,2,3; none with --soak)")
+    parser.add_argument("--soak", type=float, metavar="SECONDS", help="run the soak test (part 4) for SECONDS")
+    parser.add_argument("--port", type=int, default=3100, help="preferred port (a free one is taken if it is busy)")
     parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the servers' logs into DIR")
     parser.add_argument("--json", action="store_true", help="print JSON on stdout (the tables then go to stderr)")
     args = parser.parse_args()
-    levels = [int(x) for x in args.levels.split(",") if x.strip()]
+    args.parts = {p.strip() for p in (args.parts if args.parts is not None else "" if args.soak else "1,2,3").split(",") if p.strip()}
+    return args
 
-    import bentoml
 
-    from export.reader import open_export
+def _prepare(bench: Bench) -> dict[str, Any]:
+    """Payloads and the in-process reference images; returns the model's description."""
+    from export.reader import open_export, sample_latents
 
-    started, load_start = time.perf_counter(), _load()
-    tmp_ctx = tempfile.TemporaryDirectory(prefix="genlab-serve-load-")
-    tmp = Path(tmp_ctx.name)
-    servers: list[Server] = []
-    ctx = multiprocessing.get_context("spawn")
-    try:
+    model = open_export(bench.export, providers="cpu", threads=1)
+    digit = model.decode(sample_latents(1, model.latent_dim, 1))
+    bench.reference = model.decode(sample_latents(GEN_BIG, model.latent_dim, GEN_BIG_SEED))
+    bench.payloads = {
+        "gen1": {"n": 1, "seed": GEN_SEED, "format": "npy"},
+        "gen64": {"n": GEN_BIG, "seed": GEN_BIG_SEED, "format": "npy"},
+        "score": {"array": digit.tolist()},
+        "recon": {"array": digit.tolist(), "format": "array"},
+        "raw_threshold": not model.calibration,
+    }
+    return {"name": model.name, "family": model.family, "image_shape": list(model.image_shape),
+            "latent_dim": model.latent_dim, "calibrated": bool(model.calibration), "path": str(bench.export)}
+
+
+def main() -> None:
+    args = _parse()
+    started, meta = time.perf_counter(), _machine()
+    meta |= {"loadavg_start": _load(), "duration": args.duration, "warmup": args.warmup, "parts": sorted(args.parts)}
+    result: dict[str, Any] = {"meta": meta}
+    with tempfile.TemporaryDirectory(prefix="genlab-serve-load-") as tmp_name, \
+            concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        tmp = Path(tmp_name)
+        t0 = time.perf_counter()
         export = args.model or _make_model(tmp)
-        model = open_export(export, "cpu")
-        cal = model.calibration
-        c, h, w = model.image_shape
-        digit = model.decode(np.random.default_rng(1).standard_normal((1, model.latent_dim), dtype=np.float32)).tolist()
-        assert np.asarray(digit).shape == (1, c, h, w)
-        payloads = {
-            "generate": {"n": 1, "seed": 7, "format": "npy"},
-            "reconstruct": {"array": digit, "format": "array"},
-            "anomaly-score": {"array": digit} if cal else {"array": digit, "threshold": RAW_THRESHOLD},
-        }
-        meta = {
-            "date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "bentoml": bentoml.__version__, "model": str(export), "model_name": model.name,
-            "family": model.family, "image_shape": [c, h, w], "latent_dim": model.latent_dim, "calibrated": bool(cal),
-            "ort": _ort_settings(model), "duration": args.duration, "warmup": round(min(1.0, args.duration / 3), 2),
-            "levels": levels, "payloads": {k: {kk: (vv if kk != "array" else "uint8 [1, C, H, W]") for kk, vv in v.items()} for k, v in payloads.items()},
-            "loadavg_start": load_start,
-        }
-        print(f"load average {load_start}; starting the server (batching on) ...", file=sys.stderr, flush=True)
-        on = Server(export, _free_port(args.port), True, tmp / "serve-on.log")
-        servers.append(on)
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-            pool.submit(time.sleep, 0).result()  # start the client process now
-            on.wait_ready()
-            bench = Bench(pool, args.duration)
-            for route, payload in payloads.items():  # every path once before measuring
-                bench.run(on, route, payload, 2, count=8, warmup=0.0)
-            ort_cost = part_ort_cost(model)
-            print("part 1: one image per request", file=sys.stderr, flush=True)
-            levels_rows = part_levels(bench, on, payloads, levels)
-            print("part 2: generate n=64 HTTP vs in-process", file=sys.stderr, flush=True)
-            gen = part_generate64(bench, on, model, args.gen_blocks, args.gen_per_block)
-            print(f"  {gen['images_per_s']} ratio {gen['ratio_http_npy_vs_inproc']}", file=sys.stderr, flush=True)
-            print("part 3: batching on vs off (starting a --no-batching server)", file=sys.stderr, flush=True)
-            off = Server(export, _free_port(on.port + 1), False, tmp / "serve-off.log")
-            servers.append(off)
-            off.wait_ready()
-            bench.run(off, "reconstruct", payloads["reconstruct"], 2, count=8, warmup=0.0)
-            load_b = _load()
-            batching = part_batching(bench, on, off, payloads["reconstruct"], args.batching_clients, args.batching_rounds)
-            batching["loadavg_before"], batching["loadavg_after"] = load_b, _load()
-        meta["loadavg_end"] = _load()
-        meta["seconds"] = round(time.perf_counter() - started, 1)
-        for r in levels_rows:
-            r.pop("median_s", None)
-        result = {"meta": meta, "ort_cost": ort_cost, "levels": levels_rows, "generate64": gen, "batching": batching}
-        for s in servers:  # what the server logged about failures (the request log lines of non-200s included)
-            text = s.tail(10**8)
-            hits = [line for line in text.splitlines()
-                    if re.search(r"Traceback|Error|Exception|retrying| 50[0-9] |timed? ?out", line, re.IGNORECASE)]
-            if hits:
-                result.setdefault("server_log_problems", {})[f"batching {'on' if s.batching else 'off'}"] = hits[-40:]
-    finally:
-        for s in servers:
-            s.stop()
-        if args.keep_logs:
-            import shutil
-
-            args.keep_logs.mkdir(parents=True, exist_ok=True)
-            for log in tmp.glob("serve-*.log"):
-                shutil.copy(log, args.keep_logs / log.name)
-            print(f"server logs kept in {args.keep_logs}", file=sys.stderr)
-        tmp_ctx.cleanup()
+        meta["model_seconds"] = round(time.perf_counter() - t0, 1)  # training + export, 0 with --model
+        bench = Bench(export, tmp, pool, args.port, args.duration, args.warmup, keep_logs=args.keep_logs)
+        meta["model"] = _prepare(bench)
+        pool.submit(time.sleep, 0).result()  # the client process starts now, not during a measurement
+        parts = {"side_by_side": ("1" in args.parts, lambda: part_side_by_side(bench)),
+                 "batching": ("2" in args.parts, lambda: part_batching(bench, args.rounds)),
+                 "trim": ("3" in args.parts, lambda: part_trim(bench)),
+                 "soak": (bool(args.soak), lambda: part_soak(bench, args.soak))}
+        for name, (wanted, run) in parts.items():
+            if wanted:
+                _say(f"{name.replace('_', ' ')} (load average {_load()})")
+                result[name] = run()
+        result["not_started"], result["server_log_problems"] = bench.failures, bench.log_problems
+    meta["loadavg_end"], meta["seconds"] = _load(), round(time.perf_counter() - started, 1)
     table = render(result)
     if args.json:
         print(table, file=sys.stderr)
         print(json.dumps(result, indent=2))
     else:
         print(table)
-    if "server_log_problems" in result:
-        print("server log lines about failures:", json.dumps(result["server_log_problems"], indent=2), file=sys.stderr)
+    if bench.log_problems:
+        _say("server log lines about failures:\n" + json.dumps(bench.log_problems, indent=2))
 
 
 if __name__ == "__main__":

@@ -81,9 +81,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from genlab.checkpoint import describe, load_checkpoint
+    from genlab.run_dir import BEST_CHECKPOINT
 
     info = describe(load_checkpoint(args.checkpoint))
+    best = Path(args.checkpoint) / BEST_CHECKPOINT
+    if best.is_file():  # a run directory: its best checkpoint too
+        described = describe(load_checkpoint(best))
+        info["best_checkpoint"] = {"path": str(best), "epoch": described["epoch"], "step": described["step"],
+                                   "complete": described["complete"], "metrics": described["last_epoch_metrics"]}
 
     def text(d: dict[str, Any]) -> str:
         lines = []
@@ -132,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("info", help="print what a checkpoint holds")
-    p.add_argument("checkpoint", help="a checkpoint file or a run directory")
+    p.add_argument("checkpoint", help="a checkpoint file or a run directory (last.pt, and best.pt where there is one)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
 

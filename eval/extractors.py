@@ -2,8 +2,8 @@
 
 - ``inception``: torch-fidelity's ``inception-v3-compat`` (the TF FID-Inception, pool3 2048-d)
   with weights from :mod:`eval.inception`. Its numbers are FID / KID.
-- ``lenet``: a small conv classifier genlab trains on the reference dataset itself (a few
-  epochs, cached by dataset, size, channels and seed), registered with torch-fidelity as
+- ``lenet``: the small conv classifier genlab trains on the reference dataset itself
+  (:mod:`genlab.classifier`: a few epochs, cached by dataset, size, channels and seed), registered with torch-fidelity as
   ``genlab-lenet-<dataset>``. It is fast on a CPU and good for quick comparisons, but its
   numbers are Fréchet / kernel distances in *its* feature space: they are labelled
   "FD (genlab-lenet features)" and stored under ``lenet_*`` keys, never as FID.
@@ -11,20 +11,14 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
-from pathlib import Path
 
 from genlab.errors import GenlabError
 
-from eval.cache import cache_dir, cache_name, file_digest
+from genlab.cache import file_digest
+from genlab.classifier import FEATURE_LAYERS, FEATURES, classifier_path, load_classifier
 
 EXTRACTOR_CHOICES = ("inception", "lenet")
-LENET_VERSION = 1
-LENET_FEATURES = 128
-LENET_EPOCHS = 3
-LENET_MAX_TRAIN = 20000
-LENET_BATCH = 128
 
 
 @dataclass(frozen=True)
@@ -60,78 +54,11 @@ def resolve_extractor(choice: str, dataset: str, image_shape: tuple[int, int, in
         if inception_weights:
             raise GenlabError("--inception-weights applies to --extractor inception only")
         channels, size, _ = image_shape
-        path = lenet_weights(dataset, size, channels, data_dir, seed)
+        path = classifier_path(dataset, size, channels, data_dir, seed)
         name = register_lenet(dataset)
-        return Extractor("lenet", name, str(path), "trained by genlab", f"lenet-{file_digest(path)}", str(LENET_FEATURES),
+        return Extractor("lenet", name, str(path), "trained by genlab", f"lenet-{file_digest(path)}", str(FEATURES),
                          "FD (genlab-lenet features)", "lenet_")
     raise GenlabError(f"unknown extractor {choice!r}; choose one of {', '.join(EXTRACTOR_CHOICES)}")
-
-
-# -- the cheap extractor ---------------------------------------------------------------------------
-def _lenet(channels: int, classes: int):
-    from torch import nn
-
-    return nn.Sequential(
-        nn.Conv2d(channels, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-        nn.Linear(64 * 16, LENET_FEATURES),  # features: this layer's output (before the ReLU)
-        nn.ReLU(), nn.Linear(LENET_FEATURES, classes),
-    )
-
-
-def lenet_weights(dataset: str, size: int, channels: int, data_dir: str = "data", seed: int = 0) -> Path:
-    """The cached classifier for (dataset, size, channels, seed), trained on first use."""
-    name = cache_name(lenet=f"v{LENET_VERSION}", dataset=dataset, size=size, channels=channels, seed=seed)
-    path = cache_dir("extractors") / f"{name}.pt"
-    if not path.is_file():
-        train_lenet(dataset, size, channels, data_dir, seed, path)
-    return path
-
-
-def train_lenet(dataset: str, size: int, channels: int, data_dir: str, seed: int, path: Path) -> dict:
-    """A few epochs of Adam on the train split (at most LENET_MAX_TRAIN images); written atomically."""
-    import torch
-    import torch.nn.functional as F
-    from tqdm import tqdm
-
-    from genlab.data import load_split
-    from genlab.files import atomic_write_bytes
-    from genlab.pixels import uint8_to_model
-
-    train = load_split(dataset, "train", data_dir, image_size=size, channels=channels)
-    classes = int(train.labels.max()) + 1
-    if len(set(train.labels.tolist())) < 2:
-        raise GenlabError(f"the lenet extractor is a classifier and {dataset} has a single class; use --extractor inception")
-    g = torch.Generator().manual_seed(seed)
-    if len(train) > LENET_MAX_TRAIN:
-        train = train.select(torch.randperm(len(train), generator=g)[:LENET_MAX_TRAIN])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = _lenet(channels, classes)
-        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-        steps = LENET_EPOCHS * ((len(train) + LENET_BATCH - 1) // LENET_BATCH)
-        with tqdm(total=steps, desc=f"training lenet extractor on {dataset}", leave=False) as bar:
-            for _ in range(LENET_EPOCHS):
-                order = torch.randperm(len(train), generator=g)
-                for start in range(0, len(train), LENET_BATCH):
-                    index = order[start : start + LENET_BATCH]
-                    loss = F.cross_entropy(net(uint8_to_model(train.images[index])), train.labels[index])
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    bar.update(1)
-    net.eval()
-    val = load_split(dataset, "val", data_dir, image_size=size, channels=channels)
-    with torch.no_grad():
-        accuracy = float((net(uint8_to_model(val.images)).argmax(1) == val.labels).float().mean())
-    payload = {"format": "genlab-lenet", "version": LENET_VERSION, "dataset": dataset, "image_size": size,
-               "channels": channels, "classes": classes, "seed": seed, "epochs": LENET_EPOCHS,
-               "val_accuracy": accuracy, "state_dict": net.state_dict()}
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-    return payload
 
 
 def register_lenet(dataset: str) -> str:
@@ -141,7 +68,7 @@ def register_lenet(dataset: str) -> str:
     import_torchvision()
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-    from eval.cache import slug
+    from genlab.cache import slug
 
     name = f"genlab-lenet-{slug(dataset)}"
     if name not in FEATURE_EXTRACTORS_REGISTRY:
@@ -174,11 +101,9 @@ def lenet_feature_extractor_class():
         def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
             super().__init__(name, features_list)
             if feature_extractor_weights_path is None:
-                raise GenlabError(f"{name} needs its weights file (see eval.extractors.lenet_weights)")
-            payload = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
+                raise GenlabError(f"{name} needs its weights file (see genlab.classifier.classifier_path)")
+            self.net, payload = load_classifier(feature_extractor_weights_path)
             self.size, self.channels = int(payload["image_size"]), int(payload["channels"])
-            self.net = _lenet(self.channels, int(payload["classes"]))
-            self.net.load_state_dict(payload["state_dict"])
             self.requires_grad_(False)
             self.eval()
 
@@ -190,8 +115,8 @@ def lenet_feature_extractor_class():
                 x = x.mean(dim=1, keepdim=True)
             if x.shape[-1] != self.size or x.shape[-2] != self.size:
                 x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-            features = self.net[:9](x)
-            out = {"128": features, "logits": self.net[9:](features)}
+            features = self.net[:FEATURE_LAYERS](x)
+            out = {"128": features, "logits": self.net[FEATURE_LAYERS:](features)}
             return tuple(out[name].float() for name in self.features_list)
 
         @staticmethod

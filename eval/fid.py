@@ -85,7 +85,7 @@ def reference_subset(count: int, n: int) -> np.ndarray:
 def reference_cache_name(dataset: str, split: str, image_shape: tuple[int, int, int], extractor_name: str,
                          weights_identity: str, n: int) -> str:
     """The cache name of a reference split's features / statistics: one name per set of choices."""
-    from eval.cache import cache_name
+    from genlab.cache import cache_name
 
     channels, height, width = image_shape
     return cache_name(ref=dataset, split=split, res=f"{height}x{width}", ch=channels, fx=extractor_name,
@@ -120,7 +120,7 @@ def images_to_metrics(images: np.ndarray, reference: np.ndarray, extractor, metr
     import_torchvision()
     import torch_fidelity
 
-    from eval.cache import cache_dir
+    from genlab.cache import cache_dir
 
     kwargs: dict[str, Any] = dict(
         input1=images_to_dataset(images), input2=images_to_dataset(reference), cuda=cuda, batch_size=batch_size,
@@ -162,7 +162,7 @@ def fid_from_settings(s: FidSettings) -> dict[str, Any]:
     from genlab.data import load_split
     from genlab import __version__
 
-    from eval.cache import cache_dir
+    from genlab.cache import cache_dir
     from eval.extractors import resolve_extractor
     from eval.model_source import open_model
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from genlab.errors import GenlabError
 
-from eval.cache import cache_dir, file_digest
+from genlab.cache import cache_dir, file_digest
 
 TORCH_FIDELITY_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"

@@ -258,9 +258,10 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, opset: int | None = None,
-                      name: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Write the export directory ``out`` from a checkpoint (file or run directory); returns the manifest."""
-    source = checkpoint_file(checkpoint)
+                      name: str | None = None, overwrite: bool = False, prefer_best: bool = True) -> dict[str, Any]:
+    """Write the export directory ``out`` from a checkpoint file or a run directory (its best.pt where there is one,
+    with ``prefer_best``, else last.pt); returns the manifest."""
+    source = checkpoint_file(checkpoint, prefer_best)
     ckpt = load_checkpoint(source)
     model = model_from_checkpoint(ckpt).float()
     data = ckpt["data"]

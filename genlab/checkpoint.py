@@ -113,6 +113,7 @@ def describe(ckpt: dict[str, Any]) -> dict[str, Any]:
         "world_size": ckpt.get("world_size", 1),
         "train_seconds": ckpt.get("metrics", {}).get("train_seconds"),
         "last_epoch_metrics": epochs[-1] if epochs else None,
+        "sample_quality": ckpt.get("quality"),
         "calibration": None
         if not calibration
         else {

@@ -62,6 +62,8 @@ class TrainConfig:
     device: str = "auto"
     log_every: int = 10  # steps between progress-bar / metrics flushes
     sample_count: int = 64  # images in each epoch's sample grid
+    quality_every: int = 1  # measure sample quality every N epochs (0: off); see genlab.quality
+    quality_samples: int = 500  # prior samples it measures
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
@@ -73,6 +75,8 @@ class TrainConfig:
         check_device(self.device)
         if self.max_steps is not None and self.max_steps < 1:
             raise GenlabError("max_steps must be >= 1")
+        if self.quality_every < 0 or self.quality_samples < 2:
+            raise GenlabError("quality_every must be >= 0 and quality_samples >= 2")
         if self.log_every < 1:
             raise GenlabError(f"log_every must be >= 1, got {self.log_every}")
 

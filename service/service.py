@@ -310,7 +310,7 @@ for _i, _reference in enumerate(SETTINGS.models):
 Genlab = bentoml.service(  # type: ignore[misc]
     name="genlab",
     workers=SETTINGS.workers,
-    traffic={"timeout": 60},
+    traffic={"timeout": SETTINGS.request_timeout_s},
     logging={"access": {"enabled": SETTINGS.access_log}},
 )(Genlab)
 

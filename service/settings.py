@@ -42,6 +42,10 @@ class Settings:
     ort_threads: int = 1  # ONNX Runtime intra-op threads per session, in every worker (0: one per core)
     workers: int = 1  # HTTP worker processes, each with its own sessions
     access_log: bool = False
+    # a request running longer is answered 504. BentoML 1.4.39's timeout middleware keeps every request's context
+    # alive for this long (its timer is never cancelled), so resident memory grows with rate x timeout until it
+    # levels off: keep it short. genlab's requests take well under a second (256 images at most).
+    request_timeout_s: float = 10.0
     api_key: str = ""  # when set, every route but the health probes needs `Authorization: Bearer <key>`
     # export directories whose files `genlab serve` has just hashed, with their manifest's sha256: loading
     # them again re-hashes only the manifest. Any other directory (plain `bentoml serve`, a container) is
@@ -79,6 +83,7 @@ def load_settings() -> Settings:
         ort_threads=_int("GENLAB_ORT_THREADS", 1),
         workers=_int("GENLAB_WORKERS", 1),
         access_log=_flag("GENLAB_ACCESS_LOG", False),
+        request_timeout_s=float(os.environ.get("GENLAB_REQUEST_TIMEOUT_S", 10.0)),
         api_key=os.environ.get("GENLAB_API_KEY", ""),
         verified=tuple(sorted(json.loads(os.environ.get(VERIFIED_ENV) or "{}").items())),
     )

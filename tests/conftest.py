@@ -14,6 +14,22 @@ from genlab.config import ModelConfig
 from genlab.models import MODELS
 
 FAMILIES = sorted(MODELS)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def genlab_cache(tmp_path_factory):
+    """One empty project cache for the whole session, inherited by the genlab processes tests start (never the
+    user's ~/.cache/genlab): the reference classifier behind sample-quality tracking trains once per session."""
+    import os
+
+    folder = tmp_path_factory.mktemp("genlab-cache")
+    old = os.environ.get("GENLAB_CACHE")
+    os.environ["GENLAB_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("GENLAB_CACHE", None)
+    else:
+        os.environ["GENLAB_CACHE"] = old
 TINY = {"width": 4, "hidden": 16, "latent_dim": 4}
 
 

@@ -21,19 +21,6 @@ from tests.conftest import TINY
 SMALL = dict(dataset="mnist-5k", normal_class=1, batch_size=32, log_every=5, sample_count=16, epochs=1)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def genlab_cache(tmp_path_factory):
-    """One empty project cache for the whole session (never the user's ~/.cache/genlab)."""
-    folder = tmp_path_factory.mktemp("genlab-cache")
-    old = os.environ.get("GENLAB_CACHE")
-    os.environ["GENLAB_CACHE"] = str(folder)
-    yield folder
-    if old is None:
-        os.environ.pop("GENLAB_CACHE", None)
-    else:
-        os.environ["GENLAB_CACHE"] = old
-
-
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     """No test reaches for the network: torch-fidelity's download always 'fails'."""

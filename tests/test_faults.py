@@ -130,8 +130,9 @@ def test_sigkill_mid_epoch_then_resume_matches(straight, tmp_path):
 
 def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(straight, tmp_path):
     run = tmp_path / "r"
-    # the second checkpoint write (end of epoch 2) dies after half a file has reached the temp file
-    killed_at("torch:save", 2, ["train", "vae", "--out", str(run), *RUN],
+    # the third checkpoint write dies after half a file has reached the temp file: epoch 1 wrote last.pt, then
+    # best.pt (its sample quality is the best so far); the third is epoch 2's last.pt
+    killed_at("torch:save", 3, ["train", "vae", "--out", str(run), *RUN],
               before="args[1].write(b'PK half a checkpoint'); args[1].flush()")
     leftovers = list(run.glob(".last.pt.*.tmp"))
     assert leftovers, "the kill should have left the temp file"

@@ -35,7 +35,8 @@ from genlab.files import remove_stale_temps
 from genlab.imageio import save_grid
 from genlab.models import GenerativeModel, build_model, model_class
 from genlab.pixels import VALUE_RANGE, model_to_uint8, random_translate, uint8_to_model
-from genlab.run_dir import LAST_CHECKPOINT
+from genlab.quality import QualityTracker, classifier_for, summary as quality_summary
+from genlab.run_dir import BEST_CHECKPOINT, LAST_CHECKPOINT
 from training.distributed import (
     DistEnv,
     average_gradients_before_step,
@@ -47,6 +48,7 @@ from training.distributed import (
 )
 from training.metrics_log import MetricsLog
 from training.plots import plot_loss_curves
+from training.quality_watch import QualityWatch
 
 # fields of TrainConfig that --resume may change; the rest come from the checkpoint
 RESUME_OVERRIDABLE = ("epochs", "max_steps", "device", "log_every")
@@ -118,9 +120,10 @@ class Trainer:
         self.run_dir = run_dir
         self.env = env
         self.ckpt_path = run_dir / LAST_CHECKPOINT
+        self.best_path = run_dir / BEST_CHECKPOINT
         self.log = MetricsLog(run_dir / "metrics.jsonl")
         if env.is_main:  # a run killed while writing left a temp file beside its last complete artifact
-            for path in (self.ckpt_path, self.log.path):
+            for path in (self.ckpt_path, self.best_path, self.log.path):
                 remove_stale_temps(path)
         self.tc, self.mc = tc, mc
 
@@ -150,8 +153,19 @@ class Trainer:
         self.epoch_history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
         self.calibration = None
+        self.watch = QualityWatch(self._quality_tracker() if env.is_main and tc.quality_every > 0 else None)
         if state is not None:
             self._restore(state)
+
+    def _quality_tracker(self) -> Optional[QualityTracker]:
+        """Fixed, seeded prior latents measured against the validation split (one-class runs: its class)."""
+        classifier = classifier_for(self.tc.dataset, self.tc.data_dir, self.mc.image_size, self.mc.channels, seed=0)
+        if classifier is None:
+            tqdm.write(f"sample quality: not tracked ({self.tc.dataset} has no class labels for the reference classifier)",
+                       file=sys.stderr)
+            return None
+        latents = self.model.sample_latents(self.tc.quality_samples, torch.Generator().manual_seed(self.tc.seed + 1))
+        return QualityTracker(classifier, self.val_data.images, latents.cpu())
 
     # -- data -----------------------------------------------------------------------------
     def _load(self, split: str) -> ImageData:
@@ -206,10 +220,12 @@ class Trainer:
             "rng": {"ranks": [{k: v.cpu() for k, v in r.items()} for r in rng]},
             "position": {"epoch": self.epoch, "batch": self.batch, "sums": dict(self.epoch_sums), "count": self.epoch_count},
             "metrics": {"epochs": self.epoch_history, "train_seconds": self.train_seconds},
+            "quality": self.watch.state_dict(),
             "calibration": self.calibration,
         }
 
-    def save(self, complete: bool = False) -> None:
+    def save(self, complete: bool = False, best: bool = False) -> None:
+        """Write last.pt (or, with ``best``, best.pt); every rank must call it."""
         payload = self._payload(complete)  # every rank joins the gather inside
         if self.env.enabled:  # data parallelism keeps the weights identical on every rank
             sums = gather_objects(self.env, sum(float(p.double().sum()) for p in self.model.parameters()))
@@ -217,7 +233,7 @@ class Trainer:
                 raise RuntimeError(f"ranks' weights diverged (parameter sums {sums}); gradient averaging is broken")
         if self.env.is_main:
             self.log.flush()
-            checkpoint.save_checkpoint(payload, self.ckpt_path)
+            checkpoint.save_checkpoint(payload, self.best_path if best else self.ckpt_path)
         barrier(self.env)
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -235,6 +251,7 @@ class Trainer:
         self.epoch_history = list(state["metrics"]["epochs"])
         self.train_seconds = state["metrics"]["train_seconds"]
         self.calibration = state.get("calibration")
+        self.watch.load_state_dict(state.get("quality", {}))
         if self.env.is_main:
             self.log.truncate_after(self.step)
 
@@ -276,16 +293,35 @@ class Trainer:
         if self.env.is_main:
             bar.set_postfix({**{n: f"{v:.3g}" for n, v in zip(names, values[-1].tolist())}, "img/s": f"{rate:,.0f}"})
 
-    def _finish_epoch(self) -> None:
+    @torch.no_grad()
+    def _decode_uint8(self, z: torch.Tensor) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        images = model_to_uint8(self.model.decode(z.to(self.env.device))).cpu()
+        self.model.train(was_training)
+        return images
+
+    def _finish_epoch(self) -> bool:
+        """Close the epoch: its record, grids and sample quality. Returns whether quality reached a new best."""
         summary = {n: s / max(self.epoch_count, 1) for n, s in self.epoch_sums.items()}
         self.epoch += 1
         self.batch = 0
         self.epoch_sums, self.epoch_count = {}, 0
         record = {"epoch": self.epoch, "step": self.step, **summary, "train_seconds": self.train_seconds}
+        measured = None
+        if self.watch.tracker is not None and self.epoch % self.tc.quality_every == 0:
+            measured = self.watch.measure(self._decode_uint8)
+        measured = gather_objects(self.env, measured)[0]  # the main rank measures; every rank learns the verdict
+        verdict = self.watch.judge(self.epoch, measured, str(self.best_path)) if measured is not None else None
+        if verdict is not None:
+            record.update(verdict.values)
         self.epoch_history.append(record)
         if self.env.is_main:
             self.log.add({"kind": "epoch", **record})
             self._write_grids()
+            if verdict is not None and verdict.warning:
+                tqdm.write(verdict.warning, file=sys.stderr)
+        return verdict is not None and verdict.improved
 
     def fit(self) -> dict[str, Any]:
         tc, env = self.tc, self.env
@@ -324,20 +360,40 @@ class Trainer:
                         stopped = "interrupted" if sigint["stop"] else "max_steps"
                         break
                 bar.close()
+                improved = False
                 if self.batch == self.batches_per_epoch:
-                    self._finish_epoch()
+                    improved = self._finish_epoch()
                     if env.is_main:
                         last = self.epoch_history[-1]
-                        losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("epoch", "step", "train_seconds"))
-                        tqdm.write(f"epoch {self.epoch}/{tc.epochs}: {losses}", file=sys.stderr)
+                        losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items()
+                                           if k not in ("epoch", "step", "train_seconds") and not k.startswith("quality_"))
+                        quality = quality_summary({k[len("quality_"):]: v for k, v in last.items() if k.startswith("quality_")})
+                        tqdm.write(f"epoch {self.epoch}/{tc.epochs}: {losses}" + (f"; {quality}" if quality else "")
+                                   + (" (best)" if improved else ""), file=sys.stderr)
                 self.save()
+                if improved:
+                    self.save(best=True)
         if stopped is None:
             if env.is_main:
                 self.calibration = calibrate(self.model, self.val_data.images, env.device, split="val")
                 plot_loss_curves(self.log.read(), self.run_dir / "loss_curves.png", f"{self.mc.family} on {tc.dataset}")
             self.calibration = gather_objects(env, self.calibration)[0]
             self.save(complete=True)
+            if env.is_main and self.watch.state.best_epoch is not None:
+                self._calibrate_best()
         return self.summary(stopped)
+
+    def _calibrate_best(self) -> None:
+        """best.pt gets its own anomaly calibration (its weights are not the last ones) and is marked complete."""
+        if self.watch.state.best_epoch == self.epoch:  # the last epoch was the best: the same weights
+            best = {**checkpoint.load_checkpoint(self.ckpt_path)}
+        else:
+            best = checkpoint.load_checkpoint(self.best_path)
+            model = checkpoint.model_from_checkpoint(best, self.env.device)
+            best["calibration"] = calibrate(model, self.val_data.images, self.env.device, split="val")
+            best["complete"] = True
+        checkpoint.save_checkpoint({k: v for k, v in best.items() if k not in ("format", "format_version", "genlab_version")},
+                                   self.best_path)
 
     def summary(self, stopped: Optional[str]) -> dict[str, Any]:
         images_per_s = self.step * self.tc.batch_size * self.env.world_size / self.train_seconds if self.train_seconds else math.nan
@@ -355,6 +411,8 @@ class Trainer:
             "last_epoch": self.epoch_history[-1] if self.epoch_history else None,
             "samples": str(self.run_dir / "samples.png"),
             "max_steps": self.tc.max_steps,
+            "best": None if self.watch.state.best_epoch is None else {
+                "checkpoint": str(self.best_path), "epoch": self.watch.state.best_epoch, "quality_fd": self.watch.state.best_fd},
             "world_size": self.env.world_size,
         }
 

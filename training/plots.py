@@ -1,4 +1,4 @@
-"""Loss curves from the metrics log, as one PNG."""
+"""Loss curves and per-epoch sample quality from the metrics log, as one PNG."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from typing import Any
 
 from genlab.files import atomic_write_bytes
 
+QUALITY_PANELS = {"quality_fd": "sample FD (lower is better)", "quality_confident": "confident samples",
+                  "quality_class_entropy": "class entropy"}
+
 
 def plot_loss_curves(records: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
@@ -16,8 +19,11 @@ def plot_loss_curves(records: list[dict[str, Any]], path: Path, title: str) -> N
     import matplotlib.pyplot as plt
 
     steps = [r for r in records if r.get("kind") == "step"]
+    epochs = [r for r in records if r.get("kind") == "epoch"]
     names = [k for k in (steps[0] if steps else {}) if k not in ("kind", "epoch", "step", "img_per_s")]
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 2.8), squeeze=False)
+    quality = [k for k in QUALITY_PANELS if any(k in r for r in epochs)]  # measured at the end of epochs
+    panels = max(1, len(names) + len(quality))
+    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 2.8), squeeze=False)
     for ax, name in zip(axes[0], names):
         xs = [r["step"] for r in steps if name in r]
         ys = [r[name] for r in steps if name in r]
@@ -27,6 +33,10 @@ def plot_loss_curves(records: list[dict[str, Any]], path: Path, title: str) -> N
             smooth = [sum(ys[max(0, i - window + 1) : i + 1]) / len(ys[max(0, i - window + 1) : i + 1]) for i in range(len(ys))]
             ax.plot(xs, smooth, lw=1.4, color="C0")
         ax.set_title(name)
+        ax.set_xlabel("step")
+    for ax, name in zip(axes[0][len(names) :], quality):
+        ax.plot([r["step"] for r in epochs if name in r], [r[name] for r in epochs if name in r], "o-", ms=3, color="C1")
+        ax.set_title(QUALITY_PANELS[name])
         ax.set_xlabel("step")
     fig.suptitle(title)
     fig.tight_layout()
