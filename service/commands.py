@@ -41,7 +41,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise GenlabError("--workers must be >= 1 and --ort-threads >= 0")
     env = {**os.environ, "GENLAB_MODELS": ",".join(references), VERIFIED_ENV: json.dumps(verified), "BENTOML_DO_NOT_TRACK": "True",
            "GENLAB_WORKERS": str(args.workers), "GENLAB_BATCHING": "off" if args.no_batching else args.batching,
-           "GENLAB_ACCESS_LOG": "1" if args.access_log else "0", "GENLAB_ORT_THREADS": str(args.ort_threads)}
+           "GENLAB_ACCESS_LOG": "1" if args.access_log else "0", "GENLAB_ORT_THREADS": str(args.ort_threads),
+           "OTEL_SDK_DISABLED": os.environ.get("OTEL_SDK_DISABLED", "true")}  # see service/service.py
     command = [sys.executable, "-m", "bentoml", "serve", "service.service:Genlab", "--host", args.host, "--port", str(args.port)]
     guarded = ", API key required" if os.environ.get("GENLAB_API_KEY") else ""
     print(f"serving {', '.join(names)} on http://{args.host}:{args.port} ({args.workers} worker(s){guarded}; Ctrl-C stops)",

@@ -74,12 +74,7 @@ def array_to_images(array: Any, field: str, shape: tuple[int, int, int], max_ima
         values = np.asarray(array, dtype=np.float64)
     except (ValueError, TypeError):
         raise RequestError(field, "must be a rectangular nested list of numbers") from None
-    if values.ndim == 3:
-        values = values[None]
-    if values.ndim != 4 or tuple(values.shape[1:]) != tuple(shape) or values.shape[0] == 0:
-        raise RequestError(field, f"shape {list(values.shape)} does not match this model's [N, {', '.join(map(str, shape))}]", 422)
-    if values.shape[0] > max_images:
-        raise RequestError(field, f"{values.shape[0]} images; the limit is {max_images}", 413)
+    values = _image_batch(values, field, shape, max_images)
     if not np.isfinite(values).all() or (values != np.round(values)).any() or values.min() < 0 or values.max() > 255:
         raise RequestError(field, "pixels must be integers 0..255 (uint8)", 422)
     return values.astype(np.uint8)
@@ -133,10 +128,15 @@ def images_from_npy(path: Path, field: str, shape: tuple[int, int, int], max_ima
     array = read_npy(path, field, max_bytes)
     if array.dtype != np.uint8:
         raise RequestError(field, f"dtype {array.dtype}; send uint8 pixels 0..255", 422)
-    if array.ndim == 3:
-        array = array[None]
-    if array.ndim != 4 or tuple(array.shape[1:]) != tuple(shape) or array.shape[0] == 0:
-        raise RequestError(field, f"shape {list(array.shape)} does not match this model's [N, {', '.join(map(str, shape))}]", 422)
-    if array.shape[0] > max_images:
-        raise RequestError(field, f"{array.shape[0]} images; the limit is {max_images}", 413)
-    return np.ascontiguousarray(array)
+    return np.ascontiguousarray(_image_batch(array, field, shape, max_images))
+
+
+def _image_batch(values: np.ndarray, field: str, shape: tuple[int, int, int], max_images: int) -> np.ndarray:
+    """[N, C, H, W] in the model's exact shape (one [C, H, W] image becomes N = 1), at most ``max_images``."""
+    if values.ndim == 3:
+        values = values[None]
+    if values.ndim != 4 or tuple(values.shape[1:]) != tuple(shape) or values.shape[0] == 0:
+        raise RequestError(field, f"shape {list(values.shape)} does not match this model's [N, {', '.join(map(str, shape))}]", 422)
+    if values.shape[0] > max_images:
+        raise RequestError(field, f"{values.shape[0]} images; the limit is {max_images}", 413)
+    return values

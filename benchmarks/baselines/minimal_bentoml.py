@@ -1,7 +1,7 @@
 """Baseline for ``benchmarks/serve_load.py``: the genlab calls in the leanest BentoML service.
 
 Async APIs that call ONNX Runtime inline (no dependency service, no thread hop, no batching),
-plain-typed arguments only, access log and metrics off. Environment: BASELINE_EXPORT (export
+plain-typed arguments only, access log, metrics and OpenTelemetry spans off. Environment: BASELINE_EXPORT (export
 directory, required), BASELINE_WORKERS (HTTP worker processes, default 1). From the repository root:
 
     BASELINE_EXPORT=DIR python -m bentoml serve benchmarks.baselines.minimal_bentoml:Minimal --port 3000
@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+os.environ.setdefault("OTEL_SDK_DISABLED", "true")  # no-op tracing spans: the same trim genlab serve makes
 
 import bentoml
 import numpy as np
