@@ -12,7 +12,9 @@ A checkpoint is a plain dict of Python scalars, strings, lists, dicts and tensor
     data            dataset, split, image_size, channels, value_range, normal_class, translate,
                     num_train, pixel_format of the training data
     seed, epoch, step, complete (True once training finished and calibration ran)
-    model           state dict of the unwrapped model
+    model           state dict of the unwrapped model (the training weights)
+    ema             AveragedModel state dict of the decoder (``module.*``, ``n_averaged``) or None; the
+                    weights samples, calibration and exports use
     optimizers      {name: optimizer state dict}
     rng             {"torch": ByteTensor, "cuda": [ByteTensor, ...] per rank or device}
     position        {"epoch": e, "batch": i}: where an interrupted epoch resumes
@@ -82,12 +84,14 @@ def train_config(ckpt: dict[str, Any]) -> TrainConfig:
 
 
 def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, device: str | torch.device = "cpu") -> GenerativeModel:
-    """Rebuild the model from the checkpoint alone, weights loaded, in eval mode."""
+    """Rebuild the model from the checkpoint alone, weights loaded (the decoder's EMA where the run kept one), in eval mode."""
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
     model = build_model(model_config(ckpt))
     try:
         model.load_state_dict(ckpt["model"])
+        if ckpt.get("ema"):  # the decoder's averaged weights are the ones to sample and export with
+            model.decoder.load_state_dict({k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")})
     except RuntimeError as err:
         raise GenlabError(f"checkpoint weights do not fit a {ckpt['family']} model: {str(err).splitlines()[0]}") from None
     return model.to(device).eval()

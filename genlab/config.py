@@ -62,6 +62,9 @@ class TrainConfig:
     device: str = "auto"
     log_every: int = 10  # steps between progress-bar / metrics flushes
     sample_count: int = 64  # images in each epoch's sample grid
+    # exponential moving average of the decoder's weights, used for samples, quality, calibration and export
+    # (0: off; None: the family's default)
+    ema: Optional[float] = None
     quality_every: int = 1  # measure sample quality every N epochs (0: off); see genlab.quality
     quality_samples: int = 500  # prior samples it measures
 
@@ -75,6 +78,8 @@ class TrainConfig:
         check_device(self.device)
         if self.max_steps is not None and self.max_steps < 1:
             raise GenlabError("max_steps must be >= 1")
+        if self.ema is not None and not 0.0 <= self.ema < 1.0:
+            raise GenlabError(f"ema must be in [0, 1), got {self.ema}")
         if self.quality_every < 0 or self.quality_samples < 2:
             raise GenlabError("quality_every must be >= 0 and quality_samples >= 2")
         if self.log_every < 1:

@@ -133,3 +133,21 @@ def test_resume_keeps_the_checkpoints_configuration(tmp_path):
     for field in ("lr", "dataset", "batch_size", "normal_class"):
         with pytest.raises(GenlabError, match=rf"{field} cannot change"):
             _resume(tmp_path / "r", **{field: None})
+
+
+def test_ema_weights_resume_exactly_and_are_what_the_checkpoint_samples_with(tmp_path):
+    _train(tmp_path / "straight", "gan", epochs=2, ema=0.9)
+    _train(tmp_path / "split", "gan", epochs=2, ema=0.9, max_steps=7)
+    _resume(tmp_path / "split", "gan", max_steps=None)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    assert a["train_config"]["ema"] == 0.9 and a["ema"]["n_averaged"].item() == 24
+    for key, value in a["ema"].items():
+        assert torch.equal(value, b["ema"][key]), key
+    model = model_from_checkpoint(a)
+    averaged = {k[len("module."):]: v for k, v in a["ema"].items() if k.startswith("module.")}
+    for key, value in model.decoder.state_dict().items():
+        assert torch.equal(value, averaged[key]), key  # the EMA, not the last training weights
+    assert any(not torch.equal(a["model"][f"decoder.{k}"], v) for k, v in averaged.items())
+    assert load_checkpoint(tmp_path / "straight")["calibration"] is not None
+    with pytest.raises(GenlabError, match="ema must be"):
+        TrainConfig(ema=1.0)

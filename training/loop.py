@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from genlab import checkpoint
@@ -64,6 +65,27 @@ def _epoch_generator(seed: int, epoch: int, batch: int = -1) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + batch + 1)
 
 
+def ema_with_warmup(decay: float):
+    """AveragedModel's update for an EMA whose decay ramps up: min(decay, (1 + n) / (10 + n)) after n updates.
+
+    A fixed decay of 0.999 still holds 0.999^1240 = 29% of the initial weights after the README's 20-epoch
+    mnist-5k run, which measured as pure noise (benchmarks/sample_quality.py); the ramp (TensorFlow's
+    ExponentialMovingAverage with num_updates) lets the average follow the early, fast-changing weights.
+    """
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        for a, c in zip(averaged, current):
+            if a.is_floating_point():
+                a.lerp_(c, weight)
+            else:  # batch norm's step counters follow the model
+                a.copy_(c)
+
+    return update
+
+
 @contextmanager
 def _stop_on_sigint() -> Iterator[dict[str, bool]]:
     """First Ctrl-C asks the loop to stop after the current step; a second one aborts at once."""
@@ -95,6 +117,8 @@ def new_run_configs(family: str, model_overrides: dict[str, Any], tc: TrainConfi
     mc = ModelConfig(**{"family": family, "image_size": size, "channels": channels, **model_overrides})
     if tc.lr is None:
         tc = dataclasses.replace(tc, lr=model_class(family).default_lr)
+    if tc.ema is None:
+        tc = dataclasses.replace(tc, ema=model_class(family).default_ema)
     return mc, tc
 
 
@@ -136,6 +160,9 @@ class Trainer:
             broadcast_module(self.model)
             for optimizer in self.optimizers.values():
                 average_gradients_before_step(optimizer, env.world_size)
+        # the average of the decoder's weights (and batch-norm statistics) that samples and exports use
+        self.ema = (AveragedModel(self.model.decoder, multi_avg_fn=ema_with_warmup(tc.ema), use_buffers=True)
+                    if tc.ema else None)
         torch.manual_seed(tc.seed + 7919 * (env.rank + 1))  # per-rank noise streams
         self.images = self.train_data.images.to(env.device)
         self.batches_per_epoch = len(self.images) // env.world_size // tc.batch_size
@@ -217,6 +244,7 @@ class Trainer:
             "world_size": self.env.world_size,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "ema": None if self.ema is None else {k: v.detach().cpu() for k, v in self.ema.state_dict().items()},
             "rng": {"ranks": [{k: v.cpu() for k, v in r.items()} for r in rng]},
             "position": {"epoch": self.epoch, "batch": self.batch, "sums": dict(self.epoch_sums), "count": self.epoch_count},
             "metrics": {"epochs": self.epoch_history, "train_seconds": self.train_seconds},
@@ -240,6 +268,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         ranks = state["rng"]["ranks"]
         if len(ranks) == self.env.world_size:
             torch.set_rng_state(ranks[self.env.rank]["torch"])
@@ -256,8 +286,25 @@ class Trainer:
             self.log.truncate_after(self.step)
 
     # -- artifacts ------------------------------------------------------------------------
+    @contextmanager
+    def _averaged_decoder(self) -> Iterator[None]:
+        """Inside, the model's decoder holds the EMA weights (what samples, quality, calibration and exports use)."""
+        if self.ema is None:
+            yield
+            return
+        training = {k: v.clone() for k, v in self.model.decoder.state_dict().items()}
+        self.model.decoder.load_state_dict(self.ema.module.state_dict())
+        try:
+            yield
+        finally:
+            self.model.decoder.load_state_dict(training)
+
     @torch.no_grad()
     def _write_grids(self) -> None:
+        with self._averaged_decoder():
+            self._write_grids_now()
+
+    def _write_grids_now(self) -> None:
         self.model.eval()
         samples = model_to_uint8(self.model.decode(self.fixed_z)).cpu().numpy()
         save_grid(samples, self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png")
@@ -310,7 +357,8 @@ class Trainer:
         record = {"epoch": self.epoch, "step": self.step, **summary, "train_seconds": self.train_seconds}
         measured = None
         if self.watch.tracker is not None and self.epoch % self.tc.quality_every == 0:
-            measured = self.watch.measure(self._decode_uint8)
+            with self._averaged_decoder():
+                measured = self.watch.measure(self._decode_uint8)
         measured = gather_objects(self.env, measured)[0]  # the main rank measures; every rank learns the verdict
         verdict = self.watch.judge(self.epoch, measured, str(self.best_path)) if measured is not None else None
         if verdict is not None:
@@ -343,6 +391,8 @@ class Trainer:
                         break
                     x = self._batch(order, self.epoch, self.batch)
                     pending.append(self.model.train_step(x, self.optimizers))
+                    if self.ema is not None:
+                        self.ema.update_parameters(self.model.decoder)
                     self.batch += 1
                     self.step += 1
                     window_images += len(x)
@@ -375,7 +425,8 @@ class Trainer:
                     self.save(best=True)
         if stopped is None:
             if env.is_main:
-                self.calibration = calibrate(self.model, self.val_data.images, env.device, split="val")
+                with self._averaged_decoder():
+                    self.calibration = calibrate(self.model, self.val_data.images, env.device, split="val")
                 plot_loss_curves(self.log.read(), self.run_dir / "loss_curves.png", f"{self.mc.family} on {tc.dataset}")
             self.calibration = gather_objects(env, self.calibration)[0]
             self.save(complete=True)

@@ -24,6 +24,7 @@ class GenerativeModel(nn.Module):
     family: ClassVar[str]
     has_encoder: ClassVar[bool]
     default_lr: ClassVar[float] = 2e-4
+    default_ema: ClassVar[float] = 0.0  # decay of the decoder-weight average (0: off)
     # name -> meaning of each anomaly-score component; "score" is the primary one
     score_descriptions: ClassVar[dict[str, str]]
 
