@@ -26,6 +26,10 @@ BATCH = 128
 FEATURE_LAYERS = 9  # net[:FEATURE_LAYERS] gives the 128-d features (before the ReLU); the rest the logits
 
 
+class NoLabels(GenlabError):
+    """The dataset has fewer than two classes, so there is nothing to train a classifier on."""
+
+
 def lenet(channels: int, classes: int):
     from torch import nn
 
@@ -60,7 +64,7 @@ def train_classifier(dataset: str, size: int, channels: int, data_dir: str, seed
     train = load_split(dataset, "train", data_dir, image_size=size, channels=channels)
     classes = int(train.labels.max()) + 1
     if len(set(train.labels.tolist())) < 2:
-        raise GenlabError(f"the reference classifier needs labels and {dataset} has a single class")
+        raise NoLabels(f"the reference classifier needs labels and {dataset} has a single class")
     g = torch.Generator().manual_seed(seed)
     if len(train) > MAX_TRAIN:
         train = train.select(torch.randperm(len(train), generator=g)[:MAX_TRAIN])

@@ -95,14 +95,12 @@ class QualityTracker:
 
 def classifier_for(dataset: str, data_dir: str, image_size: int, channels: int, seed: int) -> str | None:
     """The reference classifier's file for this data, trained on first use; None if the data has no labels."""
-    from genlab.classifier import classifier_path
+    from genlab.classifier import NoLabels, classifier_path
 
     try:
         return str(classifier_path(dataset, image_size, channels, data_dir, seed))
-    except GenlabError as err:
-        if "single class" in str(err):
-            return None
-        raise
+    except NoLabels:
+        return None
 
 
 def summary(values: dict[str, Any]) -> str:

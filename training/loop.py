@@ -301,21 +301,18 @@ class Trainer:
 
     @torch.no_grad()
     def _write_grids(self) -> None:
-        with self._averaged_decoder():
-            self._write_grids_now()
-
-    def _write_grids_now(self) -> None:
         self.model.eval()
-        samples = model_to_uint8(self.model.decode(self.fixed_z)).cpu().numpy()
-        save_grid(samples, self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png")
-        save_grid(samples, self.run_dir / "samples.png")
-        if self.model.has_encoder:
-            originals = self.recon_images
-            recon = model_to_uint8(self.model.reconstruct(uint8_to_model(originals.to(self.env.device)))).cpu()
-            rows = [t for i in range(0, len(originals), 8) for t in (originals[i : i + 8], recon[i : i + 8])]
-            grid = torch.cat(rows).numpy()
-            save_grid(grid, self.run_dir / "samples" / f"recon_epoch_{self.epoch:03d}.png", nrow=8)
-            save_grid(grid, self.run_dir / "reconstructions.png", nrow=8)
+        with self._averaged_decoder():
+            samples = model_to_uint8(self.model.decode(self.fixed_z)).cpu().numpy()
+            save_grid(samples, self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png")
+            save_grid(samples, self.run_dir / "samples.png")
+            if self.model.has_encoder:
+                originals = self.recon_images
+                recon = model_to_uint8(self.model.reconstruct(uint8_to_model(originals.to(self.env.device)))).cpu()
+                rows = [t for i in range(0, len(originals), 8) for t in (originals[i : i + 8], recon[i : i + 8])]
+                grid = torch.cat(rows).numpy()
+                save_grid(grid, self.run_dir / "samples" / f"recon_epoch_{self.epoch:03d}.png", nrow=8)
+                save_grid(grid, self.run_dir / "reconstructions.png", nrow=8)
         self.model.train()
 
     # -- the loop -------------------------------------------------------------------------
