@@ -3,8 +3,10 @@
 For every family (``--families``, default all) and every setting given with ``--variant NAME=KEY=VALUE,...``
 (default: the family's defaults only), trains on mnist-5k for ``--epochs`` (20, the main command) and
 prints what the training loop tracked at the end (genlab.quality, in the reference classifier's
-features, 500 fixed prior samples against the validation split): the confident-sample share, the
-class entropy, the Fréchet and kernel distances (``fd``, ``kd``); the best epoch; the training time
+features, 500 fixed N(0, I) samples against the validation split): the confident-sample share, the
+class entropy, the Fréchet and kernel distances (``fd``, ``kd``); the same for 500 samples of the
+latent prior fitted after training (``prior_*``; families with an encoder: what exports generate,
+genlab.latents); the best epoch; the training time
 and the time quality tracking added (its share of the training time); and, with ``--inception N``,
 Inception KID and FID of N samples against N held-out images (``genlab eval fid``; slow on a CPU).
 
@@ -31,8 +33,9 @@ from genlab.families import FAMILY_NAMES  # noqa: E402
 
 
 def _variants(texts: list[str]) -> dict[str, list[str]]:
-    """'NAME=KEY=VALUE,KEY=VALUE' -> {NAME: ['KEY=VALUE', ...]}; always includes 'defaults'."""
-    variants = {"defaults": []}
+    """'NAME=KEY=VALUE,KEY=VALUE' -> {NAME: ['KEY=VALUE', ...]}; just 'defaults' when none is given
+    (``--variant defaults=`` adds the defaults to other variants)."""
+    variants: dict[str, list[str]] = {} if texts else {"defaults": []}
     for text in texts:
         name, _, pairs = text.partition("=")
         variants[name] = [p for p in pairs.split(",") if p]
@@ -51,10 +54,14 @@ def run_one(family: str, overrides: list[str], epochs: int, out: Path) -> dict[s
     epochs_log = load_checkpoint(out)["metrics"]["epochs"]
     last = epochs_log[-1]
     tracking = sum(e.get("quality_seconds", 0.0) for e in epochs_log)
+    prior = summary.get("prior_quality") or {}
     return {
         "family": family, "overrides": overrides, "epochs": epochs,
         "confident": last.get("quality_confident"), "class_entropy": last.get("quality_class_entropy"),
         "lenet_fd": last.get("quality_fd"), "lenet_kd": last.get("quality_kd"),
+        # what exports generate: samples of the latent prior fitted after training (families with an encoder)
+        "prior_confident": prior.get("confident"), "prior_class_entropy": prior.get("class_entropy"),
+        "prior_lenet_fd": prior.get("fd"), "prior_lenet_kd": prior.get("kd"),
         "best_epoch": (summary["best"] or {}).get("epoch"), "best_lenet_fd": (summary["best"] or {}).get("quality_fd"),
         "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1),
         "tracking_seconds": round(tracking, 2), "tracking_share": round(tracking / max(summary["train_seconds"], 1e-9), 4),
@@ -62,18 +69,26 @@ def run_one(family: str, overrides: list[str], epochs: int, out: Path) -> dict[s
     }
 
 
+def export_best(run_dir: Path) -> Path:
+    """What a user serves: ``genlab export RUN_DIR`` (best.pt where there is one)."""
+    from export.onnx_export import export_checkpoint
+
+    export_checkpoint(str(run_dir), str(run_dir / "export"), overwrite=True)
+    return run_dir / "export"
+
+
 def inception_figures(run_dir: Path, n: int) -> dict[str, Any]:
     from eval.fid import compute_fid
 
-    result = compute_fid(str(run_dir), ref="mnist-5k:test", n=n, metrics=("fid", "kid"), extractor="inception", progress=False)
+    result = compute_fid(str(export_best(run_dir)), ref="mnist-5k:heldout", n=n, metrics=("fid", "kid"), extractor="inception", progress=False)
     values = result["values"]
     return {"inception_fid": values.get("fid"), "inception_kid": values.get("kid"), "inception_n": result["n"],
             "inception_n_reference": result["n_reference"]}
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    cols = ["family", "variant", "confident", "class_entropy", "lenet_fd", "lenet_kd", "best_epoch", "train_seconds",
-            "tracking_share", "inception_kid", "inception_fid"]
+    cols = ["family", "variant", "confident", "class_entropy", "lenet_fd", "prior_confident", "prior_class_entropy",
+            "prior_lenet_fd", "best_epoch", "train_seconds", "tracking_share", "inception_kid", "inception_fid"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = []

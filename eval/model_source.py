@@ -34,6 +34,7 @@ class ModelSource:
     latent_dim: int
     image_shape: tuple[int, int, int]  # (C, H, W)
     calibration: dict[str, Any] | None
+    prior: dict[str, Any] | None  # the fitted latent prior (genlab.latents) or None for N(0, I)
     score_descriptions: dict[str, str]
     info: dict[str, Any]
 
@@ -49,10 +50,10 @@ class ModelSource:
 
     # -- shared -------------------------------------------------------------------------------
     def sample_latents(self, n: int, seed: int) -> np.ndarray:
-        """float32 [n, latent_dim] from N(0, I); identical for every kind of source."""
-        from export.reader import sample_latents
+        """float32 [n, latent_dim] from the model's prior (:mod:`genlab.latents`); identical for every kind of source."""
+        from genlab.latents import sample_latents
 
-        return sample_latents(n, self.latent_dim, seed)
+        return sample_latents(n, self.latent_dim, seed, prior=self.prior)
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """float32 latents [n, L] -> uint8 images [n, C, H, W] (one batch)."""
@@ -132,6 +133,7 @@ class CheckpointSource(ModelSource):
         data = ckpt["data"]
         self.image_shape = (int(data["channels"]), int(data["image_size"]), int(data["image_size"]))
         self.calibration = ckpt.get("calibration")
+        self.prior = ckpt.get("prior")
         self.score_descriptions = dict(type(self.model).score_descriptions)
         _describe(self, data, ckpt.get("epoch"), ckpt.get("step"), ckpt.get("metrics", {}))
         self.info["device"] = str(self.device)
@@ -179,6 +181,7 @@ class OnnxSource(ModelSource):
         self.latent_dim = self.export.latent_dim
         self.image_shape = self.export.image_shape
         self.calibration = self.export.calibration
+        self.prior = self.export.prior
         self.score_descriptions = dict(manifest.get("scores", {}).get("descriptions", {}))
         training = manifest.get("training", {})
         _describe(self, manifest.get("dataset", {}), training.get("epoch"), training.get("step"), training.get("metrics", {}))

@@ -182,7 +182,7 @@ def gather_run(path: Path, label: str, settings: ReportSettings) -> RunEntry:
     groups_present = {g for g, _ in entry.cells}
     entry.notes.setdefault(GROUPS[0], f"not computed: run `genlab eval fid {path} --ref {identity['dataset']}`")
     if not identity["has_encoder"]:
-        entry.notes.setdefault(GROUPS[1], "n/a: a GAN has no encoder")
+        entry.notes.setdefault(GROUPS[1], "n/a: the model has no encoder")
     if identity["normal_class"] is None:
         entry.notes.setdefault(GROUPS[2], f"trained on all classes: run `genlab eval anomaly {path} --normal-class K` or `--ood DATASET`")
     entry.notes.setdefault(GROUPS[1], "not computed (report --no-compute): run `genlab eval translation`")

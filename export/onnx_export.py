@@ -31,6 +31,7 @@ from genlab import __version__
 from genlab.checkpoint import load_checkpoint, model_from_checkpoint
 from genlab.errors import GenlabError
 from genlab.files import file_sha256, publish_directory
+from genlab.latents import describe as describe_prior
 from genlab.models import GenerativeModel
 from genlab.pixels import model_to_uint8, uint8_to_model
 from genlab.run_dir import checkpoint_file
@@ -200,7 +201,8 @@ def build_manifest(ckpt: dict[str, Any], source: Path, name: str, specs: dict[st
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "name": name,
         "family": ckpt["family"],
-        "latent": {"dim": ckpt["model_config"]["latent_dim"], "prior": "standard normal N(0, I)", "dtype": "float32"},
+        "latent": {"dim": ckpt["model_config"]["latent_dim"], "prior": describe_prior(ckpt.get("prior")),
+                   "fitted_prior": ckpt.get("prior"), "dtype": "float32"},
         "image": {"channels": data["channels"], "height": data["image_size"], "width": data["image_size"],
                   "layout": "NCHW", "pixel_format": "uint8", "value_range": [0, 255]},
         "graphs": {

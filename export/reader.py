@@ -22,6 +22,7 @@ import numpy as np
 
 from genlab.errors import GenlabError
 from genlab.files import file_sha256
+from genlab.latents import sample_latents  # noqa: F401  (the one sampler; exported here for readers)
 
 FORMAT = "genlab-export"
 FORMAT_VERSION = 1
@@ -34,11 +35,6 @@ log = logging.getLogger(__name__)
 class ExportError(GenlabError):
     """An export directory that is missing, incomplete, tampered with or from a newer genlab."""
 
-
-def sample_latents(n: int, latent_dim: int, seed: int | None = None, temperature: float = 1.0) -> np.ndarray:
-    """Draws from the N(0, I) prior: float32 [n, latent_dim]; the same seed gives the same latents."""
-    z = np.random.default_rng(seed).standard_normal((n, latent_dim), dtype=np.float32)
-    return z * np.float32(temperature)
 
 
 def choose_providers(preference: str | None = None) -> list[str]:
@@ -99,6 +95,11 @@ class ExportedModel:
     @property
     def latent_dim(self) -> int:
         return int(self.manifest["latent"]["dim"])
+
+    @property
+    def prior(self) -> dict[str, Any] | None:
+        """The Gaussian mixture fitted to the training codes (:mod:`genlab.latents`), or None for N(0, I)."""
+        return self.manifest["latent"].get("fitted_prior")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

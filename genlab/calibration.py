@@ -1,6 +1,8 @@
-"""Anomaly calibration: the distribution of each score on held-out normal images.
+"""Anomaly fitting and calibration, on normal images only.
 
-The checkpoint keeps each score component's quantiles on a 0.1-percentile grid, so a later
+:func:`fit_scores` fits the statistics of the fitted score components (:mod:`genlab.models.scoring`):
+the spaces on the training images, the primary score's standardisation on held-out images.
+:func:`calibrate` then records the distribution of each score on held-out normal images. The checkpoint keeps each score component's quantiles on a 0.1-percentile grid, so a later
 consumer (the service) turns a raw score into its percentile among normal images and uses
 a percentile (default 99) as the anomaly threshold; :mod:`genlab.thresholds` reads it back.
 """
@@ -11,6 +13,7 @@ from typing import Any
 
 import torch
 
+from genlab.latents import fit_mixture
 from genlab.models import GenerativeModel
 from genlab.pixels import uint8_to_model
 
@@ -18,17 +21,35 @@ PERCENTILES = [round(0.1 * i, 1) for i in range(1001)]
 
 
 @torch.no_grad()
-def score_images(model: GenerativeModel, images: torch.Tensor, device: torch.device, batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """uint8 images -> {component: [N] scores} in eval mode."""
+def score_images(model: GenerativeModel, images: torch.Tensor, device: torch.device, batch_size: int = 256,
+                 parts: bool = False) -> dict[str, torch.Tensor]:
+    """uint8 images -> {component: [N] scores} in eval mode (``parts``: the unfitted ``score_parts``)."""
     was_training = model.training
     model.eval()
-    parts: dict[str, list[torch.Tensor]] = {}
+    score = model.score_parts if parts else model.anomaly_scores
+    out: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch_size):
         x = uint8_to_model(images[start : start + batch_size].to(device))
-        for name, value in model.anomaly_scores(x).items():
-            parts.setdefault(name, []).append(value.float().cpu())
+        for name, value in score(x).items():
+            out.setdefault(name, []).append(value.float().cpu())
     model.train(was_training)
-    return {name: torch.cat(values) for name, values in parts.items()}
+    return {name: torch.cat(values) for name, values in out.items()}
+
+
+def fit_to_training_data(model: GenerativeModel, train_images: torch.Tensor, held_out_images: torch.Tensor,
+                         device: torch.device, seed: int) -> dict[str, Any]:
+    """After training, on normal images only (never on anomalies): the score statistics (``score_fit``), the latent
+    prior fitted to the training codes of a family with an encoder (``prior``, :mod:`genlab.latents`), and the
+    calibration on the held-out images (``calibration``); each goes into the checkpoint under its key."""
+    train = score_images(model, train_images, device, parts=True)
+    for space in model.score_fit.spaces:
+        model.score_fit.fit_space(space, train[space])
+    model.score_fit.fit_primary(score_images(model, held_out_images, device))
+    prior = None
+    if model.has_encoder:  # the "latent" part is the posterior mean
+        prior = fit_mixture(train["latent"].numpy(), seed, f"posterior means of the {len(train_images)} training images")
+    return {"score_fit": model.score_fit.state(), "prior": prior,
+            "calibration": calibrate(model, held_out_images, device, split="val")}
 
 
 def calibrate(model: GenerativeModel, images: torch.Tensor, device: torch.device, split: str) -> dict[str, Any]:

@@ -19,6 +19,10 @@ A checkpoint is a plain dict of Python scalars, strings, lists, dicts and tensor
     rng             {"torch": ByteTensor, "cuda": [ByteTensor, ...] per rank or device}
     position        {"epoch": e, "batch": i}: where an interrupted epoch resumes
     metrics         {"epochs": [per-epoch means], "train_seconds": float}
+    score_fit       {buffer: tensor}: the anomaly-score statistics fitted on normal images after training
+                    (genlab.models.scoring) or None before training ends
+    prior           the latent prior fitted to the training codes (genlab.latents), None for N(0, I)
+    prior_quality   sample quality (genlab.quality) of that prior's samples, or None
     calibration     {"split", "n", "percentiles": [0..100 grid], "scores": {name: [quantiles]},
                      "descriptions": {name: meaning}} or None before training ends
 """
@@ -36,6 +40,7 @@ from genlab import __version__
 from genlab.config import ModelConfig, TrainConfig, from_dict
 from genlab.errors import GenlabError
 from genlab.files import atomic_write
+from genlab.latents import describe as describe_prior
 from genlab.run_dir import checkpoint_file
 from genlab.thresholds import quantile
 from genlab.models import GenerativeModel, build_model
@@ -83,17 +88,35 @@ def train_config(ckpt: dict[str, Any]) -> TrainConfig:
     return from_dict(TrainConfig, ckpt["train_config"])
 
 
+def load_weights(model: GenerativeModel, weights: dict[str, torch.Tensor], family: str) -> None:
+    """``model.load_state_dict(weights)``, with a readable GenlabError when they do not fit."""
+    missing = sorted(set(model.state_dict()) - set(weights))
+    if missing and all(k.startswith("encoder.") for k in missing) and family == "gan":
+        raise GenlabError("this GAN checkpoint was trained by an older genlab, before GANs had f-AnoGAN's encoder; "
+                          "train it again (genlab train gan ...)")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise GenlabError(f"checkpoint weights do not fit a {family} model: {str(err).splitlines()[0]}") from None
+
+
 def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, device: str | torch.device = "cpu") -> GenerativeModel:
     """Rebuild the model from the checkpoint alone, weights loaded (the decoder's EMA where the run kept one), in eval mode."""
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
     model = build_model(model_config(ckpt))
+    load_weights(model, ckpt["model"], ckpt["family"])
     try:
-        model.load_state_dict(ckpt["model"])
         if ckpt.get("ema"):  # the decoder's averaged weights are the ones to sample and export with
             model.decoder.load_state_dict({k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")})
     except RuntimeError as err:
         raise GenlabError(f"checkpoint weights do not fit a {ckpt['family']} model: {str(err).splitlines()[0]}") from None
+    try:
+        if ckpt.get("score_fit"):
+            model.score_fit.load(ckpt["score_fit"])
+    except ValueError as err:
+        raise GenlabError(f"the checkpoint's anomaly scores were fitted by another genlab version ({err}); fit them again "
+                          f"with: genlab train {ckpt['family']} --out RUN_DIR --resume") from None
     return model.to(device).eval()
 
 
@@ -118,6 +141,8 @@ def describe(ckpt: dict[str, Any]) -> dict[str, Any]:
         "train_seconds": ckpt.get("metrics", {}).get("train_seconds"),
         "last_epoch_metrics": epochs[-1] if epochs else None,
         "sample_quality": ckpt.get("quality"),
+        "latent_prior": describe_prior(ckpt.get("prior")),
+        "prior_sample_quality": ckpt.get("prior_quality"),
         "calibration": None
         if not calibration
         else {

@@ -52,7 +52,8 @@ class TrainConfig:
     download: bool = False
     normal_class: Optional[int] = None
     translate: float = 0.0  # random shifts of up to this fraction of the image size
-    epochs: int = 5
+    # None: DEFAULT_EPOCHS, or for one-class runs (few images per epoch) enough epochs for ONE_CLASS_STEPS steps
+    epochs: Optional[int] = None
     max_steps: Optional[int] = None  # stop (with a checkpoint) after this many optimizer steps
     batch_size: int = 64
     lr: Optional[float] = None  # None: the family's default (Adam, 2e-4 GAN/VAE, 3e-4 VAE-GAN)
@@ -69,7 +70,7 @@ class TrainConfig:
     quality_samples: int = 500  # prior samples it measures
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 2:
+        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 2:
             raise GenlabError("epochs must be >= 1 and batch_size >= 2")
         if not 0.0 <= self.translate < 0.5:
             raise GenlabError(f"translate must be in [0, 0.5), got {self.translate}")
@@ -84,6 +85,19 @@ class TrainConfig:
             raise GenlabError("quality_every must be >= 0 and quality_samples >= 2")
         if self.log_every < 1:
             raise GenlabError(f"log_every must be >= 1, got {self.log_every}")
+
+
+DEFAULT_EPOCHS = 5
+ONE_CLASS_STEPS = 1000  # the default budget of a one-class run, in optimizer steps (benchmarks/one_class.py)
+
+
+def resolve_epochs(tc: TrainConfig, batches_per_epoch: int) -> TrainConfig:
+    """``tc`` with its epoch count settled: the one given, or the default for the kind of run."""
+    if tc.epochs is not None:
+        return tc
+    if tc.normal_class is None:
+        return dataclasses.replace(tc, epochs=DEFAULT_EPOCHS)
+    return dataclasses.replace(tc, epochs=max(1, -(-ONE_CLASS_STEPS // batches_per_epoch)))
 
 
 def _convert(text: str, annotation: Any, key: str) -> Any:

@@ -30,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from genlab.errors import GenlabError
 from genlab.imageio import to_array
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "heldout")  # heldout: val and test together (what training never sees)
 SPLIT_SEED = 20240601  # fixed: the split never depends on the training seed
 VAL_FRACTION = 0.1
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -248,6 +248,9 @@ def load_split(
     """Read one split of a dataset as uint8, converted to ``channels`` x ``image_size`` if asked."""
     if split not in SPLITS:
         raise GenlabError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if split == "heldout":
+        parts = [load_split(name, s, data_dir, download, image_size, channels) for s in ("val", "test")]
+        return ImageData(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]), name, split)
     spec = dataset_spec(name)
     size0, channels0 = native_shape(name)
     size, channels = image_size or size0, channels or channels0

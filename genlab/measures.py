@@ -13,6 +13,15 @@ RECON_ERROR = "recon_error"
 RECON_ERROR_MEANING = "mean squared difference between the uint8 image and its uint8 reconstruction, pixels scaled to [0, 1]"
 
 
+ANOMALY_MAP_MEANING = "per pixel and channel: |image - reconstruction| of the uint8 pixels, scaled to [0, 1]"
+
+
+def anomaly_map(images: np.ndarray, recons: np.ndarray) -> np.ndarray:
+    """uint8 images and their uint8 reconstructions [N, C, H, W] -> float32 [N, C, H, W] (see ANOMALY_MAP_MEANING);
+    zero where the reconstruction is perfect. ``recon_error`` is the mean of its square."""
+    return (np.abs(np.asarray(images, np.int16) - np.asarray(recons, np.int16)) / np.float32(255.0)).astype(np.float32)
+
+
 def recon_error(images: np.ndarray, recons: np.ndarray) -> np.ndarray:
     """uint8 images and their uint8 reconstructions [N, C, H, W] -> float64 [N] (see RECON_ERROR_MEANING)."""
     diff = (np.asarray(images, np.float64) - np.asarray(recons, np.float64)) / 255.0

@@ -77,9 +77,10 @@ class QualityTracker:
         return torch.cat(features), torch.cat(logits)
 
     @torch.no_grad()
-    def measure(self, decode: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
-        """``decode``: latents -> uint8 images. Returns every metric in METRICS."""
-        images = torch.cat([decode(self.latents[i : i + self.batch_size]).cpu() for i in range(0, len(self.latents), self.batch_size)])
+    def measure(self, decode: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor | None = None) -> dict[str, float]:
+        """``decode``: latents -> uint8 images; ``latents``: instead of the fixed ones. Returns every metric in METRICS."""
+        latents = self.latents if latents is None else latents
+        images = torch.cat([decode(latents[i : i + self.batch_size]).cpu() for i in range(0, len(latents), self.batch_size)])
         features, logits = self._embed(images)
         probs = logits.softmax(dim=1)
         classes = probs.shape[1]

@@ -32,6 +32,15 @@ def quantile(calibration: dict[str, Any], name: str, percentile: float) -> float
     return float(np.interp(percentile, grid, values))
 
 
+def normalized(calibration: dict[str, Any], name: str, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Raw scores -> [0, 1], with ``threshold`` at exactly 0.5 (anomalib's convention; PyOD's probabilities
+    read the same way): ``(score - threshold) / (max - min) + 0.5``, clipped, where min and max are the
+    smallest and largest scores of the held-out normal images. Non-decreasing in the raw score."""
+    _, values = _curve(calibration, name)
+    spread = max(float(values[-1] - values[0]), 1e-12)
+    return np.clip((np.asarray(scores, np.float64) - threshold) / spread + 0.5, 0.0, 1.0)
+
+
 def percentile_of(calibration: dict[str, Any], name: str, scores: np.ndarray) -> np.ndarray:
     """Raw scores -> their percentile (0-100) among the normal images' scores.
 

@@ -12,7 +12,7 @@ port=${PORT:-3000}
 if [ -f "$run/last.pt" ]; then
   .venv/bin/genlab train vaegan --out "$run" --epochs "$epochs" --resume
 else
-  .venv/bin/genlab train vaegan --dataset mnist-5k --epochs "$epochs" --set beta=4 --out "$run"
+  .venv/bin/genlab train vaegan --dataset mnist-5k --epochs "$epochs" --out "$run"
 fi
 echo "samples: $run/samples.png  reconstructions: $run/reconstructions.png  loss curves: $run/loss_curves.png"
 .venv/bin/genlab export "$run" --out "$run/export" --overwrite

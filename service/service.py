@@ -40,8 +40,8 @@ from export.reader import read_export, sample_latents
 from genlab import __version__
 from genlab.families import FAMILIES
 from genlab.imageio import encode_png, tile
-from genlab.measures import RECON_ERROR_MEANING, recon_error
-from genlab.thresholds import DEFAULT_PERCENTILE, percentile_of, quantile
+from genlab.measures import ANOMALY_MAP_MEANING, RECON_ERROR_MEANING, anomaly_map, recon_error
+from genlab.thresholds import DEFAULT_PERCENTILE, normalized, percentile_of, quantile
 from service.edge import Edge
 from service.inputs import RequestError, images_from_npy, images_from_request, latents_from_npy, latents_from_request
 from service.openapi import fix_spec
@@ -75,10 +75,19 @@ class Reconstruction(BaseModel):
 
 
 class ImageScore(BaseModel):
-    score: float
+    score: float = Field(description="the raw primary score; larger is more anomalous")
+    normalized_score: Optional[float] = Field(
+        description="the score mapped to [0, 1] with the threshold at exactly 0.5 (anomalib's convention): "
+                    "(score - threshold) / (max - min of held-out normal scores) + 0.5, clipped; null without calibration")
     percentile: Optional[float] = Field(description="percentile of the score among held-out normal images (0-100)")
-    is_anomaly: bool
+    is_anomaly: bool = Field(description="score > threshold (equivalently normalized_score > 0.5)")
     components: dict[str, dict[str, Optional[float]]] = Field(description="name -> {value, percentile}")
+    anomaly_map_png_base64: str = Field(
+        "", description="with maps=true and maps_format=png: the anomaly map as a base64 PNG, uint8 |image - reconstruction| "
+                        "(empty otherwise)")
+    anomaly_map: list[Any] = Field(
+        default_factory=list, description=f"with maps=true and maps_format=array: float [C, H, W], {ANOMALY_MAP_MEANING} "
+                                          "(empty otherwise)")
 
 
 class AnomalyScores(BaseModel):
@@ -175,7 +184,7 @@ class Genlab:
                 latents = latents_from_request(z, m.latent_dim, MAX)
             else:
                 seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else seed
-                latents = sample_latents(n, m.latent_dim, seed, temperature)
+                latents = sample_latents(n, m.latent_dim, seed, temperature, m.prior)
         except RequestError as err:
             return _error(err)
         images = await runner.decode(latents)
@@ -221,14 +230,21 @@ class Genlab:
         array: Optional[list[Any]] = None,
         percentile: Optional[Annotated[float, Ge(0), Le(100)]] = None,
         threshold: Optional[float] = None,
+        maps: bool = False,
+        maps_format: Literal["png", "array"] = "png",
         model: Optional[str] = None,
     ) -> AnomalyScores:
-        """Score images (files or `array`, exactly one of them, as for /reconstruct): the raw score, its components,
-        each one's percentile among held-out normal images, and `is_anomaly` = score above the threshold. The
-        threshold is the calibrated `percentile` (default 99) of the normal scores, or a raw `threshold`."""
+        """Score images (files or `array`, exactly one of them, as for /reconstruct): the raw score, the score
+        normalised to [0, 1] with the threshold at 0.5, its percentile among held-out normal images, `is_anomaly` =
+        score above the threshold, and every component with its percentile. The threshold is the calibrated
+        `percentile` (default 99) of the normal scores, or a raw `threshold`. With `maps=true` (models with an
+        encoder), each image also gets a per-pixel anomaly map, |image - reconstruction|, as a PNG or an array."""
         try:
             runner = self._runner(model)
             m = runner.model
+            if maps and not m.has_encoder:
+                raise RequestError("maps", f"{m.name} is a {m.family} model and has no encoder; anomaly maps compare an "
+                                           "image with its reconstruction", 422)
             if percentile is not None and threshold is not None:
                 raise RequestError("threshold", "give either 'percentile' or a raw 'threshold', not both")
             if threshold is not None and not np.isfinite(threshold):
@@ -247,15 +263,24 @@ class Genlab:
         else:
             threshold_percentile, cut = None, float(threshold)
         pct = {name: percentile_of(cal, name, v) if cal and name in cal["scores"] else None for name, v in scores.items()}
+        norm = normalized(cal, "score", scores["score"], cut) if cal and "score" in cal["scores"] else None
+        diff = None
+        if maps:
+            mu, _ = await runner.encode(x)
+            diff = anomaly_map(x, await runner.decode(np.ascontiguousarray(mu)))
         results = [
             ImageScore(
                 score=float(scores["score"][i]),
+                normalized_score=None if norm is None else float(norm[i]),
                 percentile=None if pct["score"] is None else float(pct["score"][i]),
                 is_anomaly=bool(scores["score"][i] > cut),
                 components={
                     name: {"value": float(v[i]), "percentile": None if pct[name] is None else float(pct[name][i])}
                     for name, v in scores.items()
                 },
+                anomaly_map_png_base64="" if diff is None or maps_format != "png" else _png_base64(
+                    np.rint(diff[i : i + 1] * 255).astype(np.uint8))[0],
+                anomaly_map=[] if diff is None or maps_format != "array" else diff[i].round(5).tolist(),
             )
             for i in range(len(x))
         ]
@@ -298,6 +323,7 @@ class Genlab:
         for name, runner in self.runners.items():
             m = runner.model
             manifest = {k: v for k, v in m.manifest.items() if k != "calibration"}
+            manifest["latent"] = {k: v for k, v in manifest["latent"].items() if k != "fitted_prior"}  # its numbers
             rows.append(ModelInfo(
                 name=name, family=m.family, default=name == self.default, has_encoder=m.has_encoder,
                 latent_dim=m.latent_dim, image_shape=list(m.image_shape), score_names=m.score_names,

@@ -34,7 +34,23 @@ def exports(tmp_path_factory) -> dict[str, Path]:
         exp = genlab_cli("export", str(root / f"run-{family}"), "--out", str(root / f"export-{family}"), "--no-bento")
         assert exp.returncode == 0, exp.stderr[-2000:]
         out[family] = root / f"export-{family}"
+    out["gan-no-encoder"] = without_encoder(out["gan"], root / "export-gan-no-encoder")
     return out
+
+
+def without_encoder(export_dir: Path, dest: Path) -> Path:
+    """A copy of an export with no encoder graph, named genlab-gan-no-encoder: an export of a model that cannot
+    reconstruct (as GAN exports were before GANs had f-AnoGAN's encoder)."""
+    import json
+    import shutil
+
+    shutil.copytree(export_dir, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    (dest / manifest["graphs"].pop("encoder")["file"]).unlink()
+    manifest["files"].pop("encoder.onnx")
+    manifest["name"] = "genlab-gan-no-encoder"
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return dest
 
 
 def free_port() -> int:

@@ -79,7 +79,8 @@ def test_info_prints_the_checkpoint(tmp_path, capsys):
     assert main(["info", str(tmp_path / "r"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["family"] == "gan" and info["complete"] and info["data"]["normal_class"] == 0
-    assert info["calibration"]["scores"]["score"]["meaning"].startswith("-log D(x)")
+    assert info["calibration"]["scores"]["discriminator"]["meaning"].startswith("-log D(x)")
+    assert "relative_recon_error" in info["calibration"]["scores"]["score"]["meaning"]
     assert main(["info", str(tmp_path / "r" / "last.pt")]) == 0
     assert "family: gan" in capsys.readouterr().out
 

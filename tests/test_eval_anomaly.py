@@ -56,12 +56,13 @@ def test_end_to_end_one_class(one_class_vae):
     assert result["settings"] == {"dataset": "mnist-5k", "normal_class": 1, "ood": None, "split": "test",
                                   "data_dir": "data", "percentile": 99.0}
     assert result["counts"] == {"normal": 50, "anomalous": 450}  # mnist-5k test: 50 per class
-    assert set(result["components"]) == {"score", "recon_error", "kl"}
+    assert set(result["components"]) == {"score", "neg_elbo", "recon_error", "relative_recon_error", "kl", "latent_distance"}
     for row in result["components"].values():
         assert 0.0 <= row["auroc"] <= 1.0 and 0.0 <= row["auprc"] <= 1.0
         assert 0.0 <= row["tpr"] <= 1.0 and 0.0 <= row["fpr"] <= 1.0 and row["threshold"] is not None
-    # the negative ELBO of a VAE trained on ones (50 steps) already separates other digits
-    assert result["components"]["score"]["auroc"] > 0.8
+    # the negative ELBO of a VAE trained on ones (50 steps) already separates other digits (the primary score's
+    # latent distance needs a trained encoder: benchmarks/one_class.py measures it with the real budget)
+    assert result["components"]["neg_elbo"]["auroc"] > 0.8
     assert result_name(result) == "anomaly-mnist-5k-test-c1-vs-rest-p99"
     json.dumps(result)
 
@@ -69,7 +70,7 @@ def test_end_to_end_one_class(one_class_vae):
 def test_end_to_end_out_of_distribution(one_class_vae, fake_mnist_dir):
     result = evaluate_anomaly(one_class_vae, ood="fashion-mnist", data_dir=str(fake_mnist_dir), percentile=95)
     assert result["counts"] == {"normal": 50, "anomalous": 50}  # class 1 of mnist-5k test vs the fake set
-    assert result["components"]["score"]["auroc"] > 0.9  # uniform noise is far from a digit
+    assert result["components"]["neg_elbo"]["auroc"] > 0.9  # uniform noise is far from a digit
     assert result_name(result) == "anomaly-mnist-5k-test-c1-vs-ood-fashion-mnist-p95"
 
 
@@ -88,7 +89,9 @@ def test_all_class_model_needs_a_class_or_ood(all_class_gan):
     with pytest.raises(GenlabError, match="--normal-class"):
         evaluate_anomaly(all_class_gan)
     result = evaluate_anomaly(all_class_gan, normal_class=3)
-    assert result["counts"] == {"normal": 50, "anomalous": 450} and set(result["components"]) == {"score"}
+    assert result["counts"] == {"normal": 50, "anomalous": 450}
+    assert set(result["components"]) == {"score", "discriminator", "izi_f", "recon_error", "relative_recon_error",
+                                         "latent_distance", "features_distance"}
 
 
 def test_cli_anomaly(one_class_vae, capsys):

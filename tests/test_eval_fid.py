@@ -143,13 +143,18 @@ def test_result_records_every_setting(runs):
     assert again["reference_cached"] and again["values"]["lenet_fd"] == pytest.approx(result["values"]["lenet_fd"], rel=1e-9)
 
 
-def test_reconstructions_need_an_encoder(runs):
+def test_reconstructions_need_an_encoder(runs, tmp_path):
     from eval.fid import compute_fid
+    from export.onnx_export import export_checkpoint
+    from tests.service_fixtures import without_encoder
 
     result = compute_fid(str(runs["vae"]), n=30, of="reconstructions", extractor="lenet", metrics=("fid",), progress=False)
     assert result["of"] == "reconstructions" and result["n"] == result["n_reference"] == 30
+    # a GAN reconstructs through f-AnoGAN's encoder; an export without an encoder graph cannot
+    export_checkpoint(str(runs["gan"]), str(tmp_path / "gan"))
     with pytest.raises(GenlabError, match="encoder"):
-        compute_fid(str(runs["gan"]), n=30, of="reconstructions", extractor="lenet", progress=False)
+        compute_fid(str(without_encoder(tmp_path / "gan", tmp_path / "gan-no-encoder")), n=30, of="reconstructions",
+                    extractor="lenet", progress=False)
 
 
 def test_reference_cache_name_changes_with_every_setting():

@@ -211,7 +211,11 @@ def test_manifest_contents(exported):
     assert read_manifest(exported.out) == json.loads(json.dumps(m))
     assert m["format"] == "genlab-export" and m["format_version"] == FORMAT_VERSION == 1
     assert m["genlab_version"] == __version__ and m["family"] == family and m["name"] == f"genlab-{family}-mnist-5k"
-    assert m["latent"]["dim"] == TINY["latent_dim"] and "N(0, I)" in m["latent"]["prior"]
+    assert m["latent"]["dim"] == TINY["latent_dim"]
+    if exported.model.has_encoder:  # the Gaussian mixture fitted to the training codes, as the checkpoint has it
+        assert m["latent"]["fitted_prior"] == json.loads(json.dumps(ckpt["prior"])) and "mixture" in m["latent"]["prior"]
+    else:
+        assert m["latent"]["fitted_prior"] is None and "N(0, I)" in m["latent"]["prior"]
     assert m["image"] == {"channels": 1, "height": 28, "width": 28, "layout": "NCHW", "pixel_format": "uint8", "value_range": [0, 255]}
 
     names = list(MODELS[family].score_descriptions)
@@ -441,7 +445,7 @@ def test_cli_export_to_the_bentoml_store_and_open_it_by_name(build, tmp_path):
     done = run("-m", "genlab", "export", str(gan.checkpoint), "--out", str(tmp_path / "exp"), "--bento", "tiny-gan", "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
-    assert result["family"] == "gan" and result["graphs"] == ["decoder", "score"] and result["name"] == "tiny-gan"
+    assert result["family"] == "gan" and result["graphs"] == ["decoder", "encoder", "score"] and result["name"] == "tiny-gan"
     assert result["bento_tag"].startswith("tiny-gan:")
     assert all(0 <= d <= 1 for d in result["parity_max_diff"].values())
     read_manifest(tmp_path / "exp")
@@ -462,7 +466,7 @@ def test_cli_export_to_the_bentoml_store_and_open_it_by_name(build, tmp_path):
     opened = run("-c", code)
     assert opened.returncode == 0, opened.stderr[-2000:]
     info = json.loads(opened.stdout)
-    assert info["family"] == "gan" and info["providers"] == {"decoder": "CPUExecutionProvider", "score": "CPUExecutionProvider"}
+    assert info["family"] == "gan" and info["providers"] == {g: "CPUExecutionProvider" for g in ("decoder", "encoder", "score")}
     assert info["shape"] == [3, 1, 28, 28] and info["dtype"] == "uint8" and len(info["score"]) == 3
     assert Path(info["path"]).is_relative_to(tmp_path / "bentoml") and not info["torch"]
 

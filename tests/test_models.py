@@ -42,7 +42,8 @@ def test_loss_decreases_on_fixed_data(family):
     """A few steps on one fixed batch lower the family's main reconstruction / discriminator loss."""
     torch.manual_seed(0)
     model = build_model(tiny_config(family, width=8)).train()
-    optimizers = model.configure_optimizers(2e-3, (0.5, 0.999))
+    # (2e-3 makes the tiny GAN's discriminator win, then lose: too fast to show a trend in 30 steps)
+    optimizers = model.configure_optimizers(1e-3 if family == "gan" else 2e-3, (0.5, 0.999))
     x = seeded_images(32)
     key = {"vae": "loss", "gan": "d_loss", "vaegan": "llike"}[family]
     losses = [model.train_step(x, optimizers)[key].item() for _ in range(30)]

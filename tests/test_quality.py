@@ -59,7 +59,8 @@ def test_best_pt_is_written_on_improvement_only_and_export_prefers_it(tmp_path, 
 
     scripted = iter([7.0, 3.0, 5.0, 4.0])  # epoch 2 is the best
     monkeypatch.setattr(genlab.quality.QualityTracker, "measure",
-                        lambda self, decode: {"fd": next(scripted), "kd": 0.0, "confident": 1.0, "class_entropy": 1.0})
+                        lambda self, decode, latents=None: {"fd": next(scripted) if latents is None else 9.0,  # else: the fitted prior's
+                                                             "kd": 0.0, "confident": 1.0, "class_entropy": 1.0})
     summary = train("vae", dict(TINY), TrainConfig(**SMALL, epochs=4), tmp_path / "r")
     assert summary["best"]["epoch"] == 2 and summary["best"]["quality_fd"] == 3.0
     best, last = load_checkpoint(tmp_path / "r" / "best.pt"), load_checkpoint(tmp_path / "r")
@@ -79,6 +80,9 @@ def test_best_pt_is_written_on_improvement_only_and_export_prefers_it(tmp_path, 
     assert main(["info", str(tmp_path / "r"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["epoch"] == 4 and info["best_checkpoint"]["epoch"] == 2 and info["sample_quality"]["best_fd"] == 3.0
+    # after training: the latent prior fitted to the codes, and its samples measured once for last.pt and best.pt
+    assert best["prior"] is not None and last["prior_quality"]["fd"] == best["prior_quality"]["fd"] == 9.0
+    assert "mixture" in info["latent_prior"]
 
 
 def test_quality_every_0_turns_it_off(tmp_path):

@@ -31,7 +31,7 @@ MAX_UPLOAD = 64 * 1024
 @pytest.fixture(scope="module")
 def client(exports):
     """The service imported fresh with these models and small limits, behind a starlette TestClient."""
-    env = {"GENLAB_MODELS": f"{exports['vaegan']},{exports['gan']}", "GENLAB_MAX_IMAGES": str(MAX_IMAGES),
+    env = {"GENLAB_MODELS": f"{exports['vaegan']},{exports['gan']},{exports['gan-no-encoder']}", "GENLAB_MAX_IMAGES": str(MAX_IMAGES),
            "GENLAB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD)}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -91,13 +91,18 @@ def test_generate_formats_agree(client):
     np.testing.assert_array_equal(arr, decoded)
 
 
-def test_generate_from_explicit_latents_matches_the_seeded_draw(client):
-    z = np.random.default_rng(5).standard_normal((2, 4), dtype=np.float32)
+def test_generate_from_explicit_latents_matches_the_seeded_draw(client, exports):
+    from export.reader import read_export, sample_latents
+
+    prior = read_export(exports["vaegan"]).prior
+    assert prior is not None  # a VAE-GAN's seeded draws come from the mixture fitted to its training codes
+    z = sample_latents(2, 4, seed=5, prior=prior)
     by_seed = client.post("/generate", json={"n": 2, "seed": 5, "format": "array"}).json()["images"]
     by_z = client.post("/generate", json={"z": z.tolist(), "format": "array"}).json()
     assert by_z["seed"] is None and by_z["images"] == by_seed
     hot = client.post("/generate", json={"n": 2, "seed": 5, "temperature": 2.0, "format": "array"}).json()["images"]
-    assert client.post("/generate", json={"z": (2 * z).tolist(), "format": "array"}).json()["images"] == hot
+    z_hot = sample_latents(2, 4, seed=5, temperature=2.0, prior=prior)
+    assert client.post("/generate", json={"z": z_hot.tolist(), "format": "array"}).json()["images"] == hot
 
 
 @pytest.mark.parametrize("payload, status, field", [
@@ -148,7 +153,8 @@ def test_reconstruct_converts_other_sizes_and_modes(client):
 
 
 def test_reconstruct_needs_an_encoder(client):
-    r = client.post("/reconstruct", json={"array": _digits(client, 1), "model": "genlab-gan-mnist-5k"})
+    assert client.post("/reconstruct", json={"array": _digits(client, 1), "model": "genlab-gan-mnist-5k"}).status_code == 200
+    r = client.post("/reconstruct", json={"array": _digits(client, 1), "model": "genlab-gan-no-encoder"})
     assert "no encoder" in _field_error(r, 422, "model")
 
 
@@ -218,26 +224,29 @@ def test_anomaly_threshold_by_percentile_or_raw_value(client, exports):
     low = client.post("/anomaly-score", json={"array": batch, "percentile": 0}).json()
     assert low["threshold_percentile"] == 0 and low["threshold"] == pytest.approx(quantile(cal, "score", 0.0))
     assert [r["is_anomaly"] for r in low["results"]] == [r["score"] > low["threshold"] for r in low["results"]]
-    raw = client.post("/anomaly-score", json={"array": batch, "threshold": -1.0}).json()
+    raw = client.post("/anomaly-score", json={"array": batch, "threshold": -1e9}).json()
     assert raw["threshold_source"] == "request" and raw["threshold_percentile"] is None
     assert all(r["is_anomaly"] for r in raw["results"])
     _field_error(client.post("/anomaly-score", json={"array": batch, "threshold": 1.0, "percentile": 50}), 400, "threshold")
     _field_error(client.post("/anomaly-score", json={"array": batch, "percentile": 101}), 400, "percentile")
 
 
-def test_anomaly_score_for_a_gan_uses_its_discriminator_score(client):
+def test_anomaly_score_for_a_gan_scores_through_its_encoder(client):
     r = client.post("/anomaly-score", json={"array": _digits(client, 2), "model": "genlab-gan-mnist-5k"})
     assert r.status_code == 200, r.text
-    assert set(r.json()["results"][0]["components"]) == {"score"} and "log D(x)" in r.json()["meaning"]
+    assert set(r.json()["results"][0]["components"]) == {"score", "discriminator", "izi_f", "recon_error", "relative_recon_error",
+                                                         "latent_distance", "features_distance"}
+    assert "G(E(image))" in r.json()["meaning"]
 
 
 def test_models_endpoint_lists_models_and_providers(client):
     rows = client.post("/models").json()
-    assert [r["name"] for r in rows] == ["genlab-vaegan-mnist-5k", "genlab-gan-mnist-5k"]
-    assert rows[0]["default"] and not rows[1]["default"] and not rows[1]["has_encoder"]
+    assert [r["name"] for r in rows] == ["genlab-vaegan-mnist-5k", "genlab-gan-mnist-5k", "genlab-gan-no-encoder"]
+    assert rows[0]["default"] and not rows[1]["default"] and rows[1]["has_encoder"] and not rows[2]["has_encoder"]
     assert set(rows[0]["providers"]) == {"decoder", "encoder", "score"}
     assert set(rows[0]["providers"].values()) == {"CPUExecutionProvider"}
     assert rows[0]["manifest"]["image"]["pixel_format"] == "uint8"
+    assert "mixture" in rows[0]["manifest"]["latent"]["prior"] and "fitted_prior" not in rows[0]["manifest"]["latent"]
 
 
 def test_genlab_serve_hashes_each_file_once(client, exports, monkeypatch):
@@ -253,7 +262,7 @@ def test_genlab_serve_hashes_each_file_once(client, exports, monkeypatch):
     hashed: list[str] = []
     monkeypatch.setattr(export.reader, "file_sha256", lambda path: hashed.append(Path(path).name) or file_sha256(path))
     names, verified = verify_models([str(exports["vaegan"]), str(exports["gan"])])
-    onnx_files = sorted(p.name for d in exports.values() for p in d.glob("*.onnx"))
+    onnx_files = sorted(p.name for d in (exports["vaegan"], exports["gan"]) for p in d.glob("*.onnx"))
     assert names == ["genlab-vaegan-mnist-5k", "genlab-gan-mnist-5k"] and sorted(hashed) == onnx_files
     hashed.clear()
     settings = dataclasses.replace(service.runtime.SETTINGS, verified=tuple(verified.items()))
@@ -354,3 +363,37 @@ def test_bentoml_build_packs_the_model_and_no_torch(exports, tmp_path):
     imported = subprocess.run([sys.executable, "-c", code], cwd=bento / "src", capture_output=True, text=True, timeout=120,
                               env={**os.environ, **env, "GENLAB_MODELS": "nothing-needed-at-import"})
     assert imported.returncode == 0, imported.stderr[-3000:]
+
+
+def test_anomaly_score_normalised_score_and_maps(client, exports):
+    from export.reader import open_export
+    from genlab.measures import anomaly_map
+
+    digits = np.array(_digits(client, 3, seed=5), np.uint8)
+    r = client.post("/anomaly-score", json={"array": digits.tolist(), "maps": True, "maps_format": "array"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    exported = open_export(exports["vaegan"])
+    mu, _ = exported.encode(digits)
+    expected_maps = anomaly_map(digits, exported.decode(mu))
+    for i, row in enumerate(body["results"]):
+        assert 0.0 <= row["normalized_score"] <= 1.0
+        assert row["is_anomaly"] == (row["normalized_score"] > 0.5) == (row["score"] > body["threshold"])
+        np.testing.assert_allclose(np.array(row["anomaly_map"]), expected_maps[i], atol=1e-5)
+        assert row["anomaly_map_png_base64"] == ""
+    at_threshold = client.post("/anomaly-score", json={"array": digits[:1].tolist(), "threshold": body["results"][0]["score"]})
+    assert at_threshold.json()["results"][0]["normalized_score"] == pytest.approx(0.5)
+    png = client.post("/anomaly-score", json={"array": digits.tolist(), "maps": True}).json()["results"][0]
+    assert png["anomaly_map"] == []
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(png["anomaly_map_png_base64"])))
+    assert image.size == (28, 28)
+
+
+def test_anomaly_maps_need_an_encoder(client):
+    digit = np.zeros((1, 1, 28, 28), np.uint8).tolist()
+    _field_error(client.post("/anomaly-score", json={"array": digit, "maps": True, "model": "genlab-gan-no-encoder"}), 422, "maps")
+    # a GAN has f-AnoGAN's encoder, so it reconstructs and gives maps
+    r = client.post("/anomaly-score", json={"array": digit, "maps": True, "model": "genlab-gan-mnist-5k"})
+    assert r.status_code == 200 and r.json()["results"][0]["anomaly_map_png_base64"]

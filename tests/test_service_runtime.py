@@ -69,9 +69,9 @@ def test_merged_and_direct_runs_give_the_same_numbers(exports):
 
 
 @pytest.mark.parametrize("batching", [True, False])
-def test_a_gan_runner_has_no_encoder_graph(exports, batching):
+def test_a_runner_without_an_encoder_graph_refuses_to_encode(exports, batching):
     from export.reader import open_export
 
-    runner = Runner(open_export(exports["gan"], providers="cpu"), batching, 16)
+    runner = Runner(open_export(exports["gan-no-encoder"], providers="cpu"), batching, 16)
     with pytest.raises(KeyError):
         asyncio.run(runner.encode(np.zeros((1, 1, 28, 28), np.uint8)))

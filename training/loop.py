@@ -28,8 +28,9 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from genlab import checkpoint
-from genlab.calibration import calibrate
-from genlab.config import ModelConfig, TrainConfig, to_dict
+from genlab.calibration import fit_to_training_data
+from genlab.latents import describe as describe_prior, sample_latents
+from genlab.config import ModelConfig, TrainConfig, resolve_epochs, to_dict
 from genlab.data import ImageData, load_split, native_shape
 from genlab.errors import GenlabError
 from genlab.files import remove_stale_temps
@@ -54,6 +55,7 @@ from training.quality_watch import QualityWatch
 # fields of TrainConfig that --resume may change; the rest come from the checkpoint
 RESUME_OVERRIDABLE = ("epochs", "max_steps", "device", "log_every")
 RECON_IMAGES = 32
+FITTED_KEYS = ("score_fit", "prior", "calibration", "prior_quality")  # checkpoint keys written after training
 
 
 class TrainingDiverged(GenlabError):
@@ -171,6 +173,7 @@ class Trainer:
                 f"{tc.dataset}: {len(self.images)} training images is less than one batch of {tc.batch_size}"
                 + (f" per process ({env.world_size} processes)" if env.enabled else "")
             )
+        self.tc = tc = resolve_epochs(tc, self.batches_per_epoch)
         self.fixed_z = self.model.sample_latents(tc.sample_count, torch.Generator().manual_seed(tc.seed))
         pick = torch.randperm(len(self.val_data), generator=torch.Generator().manual_seed(tc.seed))[:RECON_IMAGES]
         self.recon_images = self.val_data.images[pick.sort().values]  # a fixed, class-mixed set
@@ -179,7 +182,9 @@ class Trainer:
         self.epoch_count = 0
         self.epoch_history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
-        self.calibration = None
+        # what fit_to_training_data gives at the end of training (score_fit, prior, calibration) and the
+        # sample quality measured with that prior; None until then
+        self.fitted: Optional[dict[str, Any]] = None
         self.watch = QualityWatch(self._quality_tracker() if env.is_main and tc.quality_every > 0 else None)
         if state is not None:
             self._restore(state)
@@ -249,7 +254,7 @@ class Trainer:
             "position": {"epoch": self.epoch, "batch": self.batch, "sums": dict(self.epoch_sums), "count": self.epoch_count},
             "metrics": {"epochs": self.epoch_history, "train_seconds": self.train_seconds},
             "quality": self.watch.state_dict(),
-            "calibration": self.calibration,
+            **{key: (self.fitted or {}).get(key) for key in FITTED_KEYS},
         }
 
     def save(self, complete: bool = False, best: bool = False) -> None:
@@ -265,7 +270,7 @@ class Trainer:
         barrier(self.env)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        checkpoint.load_weights(self.model, state["model"], self.mc.family)
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         if self.ema is not None:
@@ -280,7 +285,12 @@ class Trainer:
         self.epoch_sums, self.epoch_count = dict(position["sums"]), position["count"]
         self.epoch_history = list(state["metrics"]["epochs"])
         self.train_seconds = state["metrics"]["train_seconds"]
-        self.calibration = state.get("calibration")
+        if all(state.get(key) is not None for key in ("score_fit", "calibration")):  # older checkpoints lack score_fit
+            try:
+                self.model.score_fit.load(state["score_fit"])
+                self.fitted = {key: state.get(key) for key in FITTED_KEYS}
+            except ValueError:  # fitted for other score definitions (an older genlab): fit again at the end
+                self.fitted = None
         self.watch.load_state_dict(state.get("quality", {}))
         if self.env.is_main:
             self.log.truncate_after(self.step)
@@ -338,11 +348,12 @@ class Trainer:
             bar.set_postfix({**{n: f"{v:.3g}" for n, v in zip(names, values[-1].tolist())}, "img/s": f"{rate:,.0f}"})
 
     @torch.no_grad()
-    def _decode_uint8(self, z: torch.Tensor) -> torch.Tensor:
-        was_training = self.model.training
-        self.model.eval()
-        images = model_to_uint8(self.model.decode(z.to(self.env.device))).cpu()
-        self.model.train(was_training)
+    def _decode_uint8(self, z: torch.Tensor, model: Optional[GenerativeModel] = None) -> torch.Tensor:
+        model = self.model if model is None else model
+        was_training = model.training
+        model.eval()
+        images = model_to_uint8(model.decode(z.to(self.env.device))).cpu()
+        model.train(was_training)
         return images
 
     def _finish_epoch(self) -> bool:
@@ -370,9 +381,9 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         tc, env = self.tc, self.env
-        if self.epoch >= tc.epochs and self.calibration is not None:
+        if self.epoch >= tc.epochs and self.fitted is not None:
             return self.summary(stopped="already complete")
-        self.calibration = None  # weights will change: calibrate again at the end
+        self.fitted = None  # weights will change: fit and calibrate again at the end
         stopped = None
         self.model.train()
         with _stop_on_sigint() as sigint:
@@ -423,22 +434,37 @@ class Trainer:
         if stopped is None:
             if env.is_main:
                 with self._averaged_decoder():
-                    self.calibration = calibrate(self.model, self.val_data.images, env.device, split="val")
+                    self.fitted = self._fit(self.model)
+                    if self.fitted["prior"] is not None:  # samples.png as exports draw them: from the fitted prior
+                        z = sample_latents(tc.sample_count, self.mc.latent_dim, tc.seed, prior=self.fitted["prior"])
+                        save_grid(self._decode_uint8(torch.from_numpy(z)).numpy(), self.run_dir / "samples.png")
                 plot_loss_curves(self.log.read(), self.run_dir / "loss_curves.png", f"{self.mc.family} on {tc.dataset}")
-            self.calibration = gather_objects(env, self.calibration)[0]
+            self.fitted = gather_objects(env, self.fitted)[0]
+            self.model.score_fit.load(self.fitted["score_fit"])
             self.save(complete=True)
             if env.is_main and self.watch.state.best_epoch is not None:
-                self._calibrate_best()
+                self._fit_best()
         return self.summary(stopped)
 
-    def _calibrate_best(self) -> None:
-        """best.pt gets its own anomaly calibration (its weights are not the last ones) and is marked complete."""
+    def _fit(self, model: GenerativeModel, checkpoint_name: str = LAST_CHECKPOINT) -> dict[str, Any]:
+        """:func:`fit_to_training_data`, plus the sample quality of the fitted prior (what exports generate)."""
+        fitted = fit_to_training_data(model, self.train_data.images, self.val_data.images, self.env.device, self.tc.seed)
+        fitted["prior_quality"] = None
+        if fitted["prior"] is not None and self.watch.tracker is not None:
+            latents = sample_latents(self.tc.quality_samples, self.mc.latent_dim, self.tc.seed + 1, prior=fitted["prior"])
+            measured = self.watch.tracker.measure(lambda z: self._decode_uint8(z, model), torch.from_numpy(latents))
+            fitted["prior_quality"] = {"prior": describe_prior(fitted["prior"]), **measured}
+            tqdm.write(f"{checkpoint_name}: samples from the fitted latent prior: {quality_summary(measured)}", file=sys.stderr)
+        return fitted
+
+    def _fit_best(self) -> None:
+        """best.pt gets its own fit and calibration (its weights are not the last ones) and is marked complete."""
         if self.watch.state.best_epoch == self.epoch:  # the last epoch was the best: the same weights
             best = {**checkpoint.load_checkpoint(self.ckpt_path)}
         else:
             best = checkpoint.load_checkpoint(self.best_path)
             model = checkpoint.model_from_checkpoint(best, self.env.device)
-            best["calibration"] = calibrate(model, self.val_data.images, self.env.device, split="val")
+            best.update({key: value for key, value in self._fit(model, BEST_CHECKPOINT).items() if key in FITTED_KEYS})
             best["complete"] = True
         checkpoint.save_checkpoint({k: v for k, v in best.items() if k not in ("format", "format_version", "genlab_version")},
                                    self.best_path)
@@ -457,6 +483,7 @@ class Trainer:
             "train_seconds": round(self.train_seconds, 2),
             "images_per_s": round(images_per_s, 1) if not math.isnan(images_per_s) else None,
             "last_epoch": self.epoch_history[-1] if self.epoch_history else None,
+            "prior_quality": (self.fitted or {}).get("prior_quality"),
             "samples": str(self.run_dir / "samples.png"),
             "max_steps": self.tc.max_steps,
             "best": None if self.watch.state.best_epoch is None else {

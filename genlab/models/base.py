@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.config import ModelConfig
+from genlab.models.scoring import ScoreFit
 from genlab.pixels import model_to_uint8
 
 
@@ -27,10 +28,16 @@ class GenerativeModel(nn.Module):
     default_ema: ClassVar[float] = 0.0  # decay of the decoder-weight average (0: off)
     # name -> meaning of each anomaly-score component; "score" is the primary one
     score_descriptions: ClassVar[dict[str, str]]
+    # the components the primary score combines (each in standard units of held-out normal images)
+    primary_components: ClassVar[tuple[str, ...]]
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+
+    def _init_scoring(self, spaces: dict[str, int]) -> None:
+        """Call once the networks exist: ``spaces`` maps each vector ``score_parts`` returns to its width."""
+        self.score_fit = ScoreFit(spaces, self.primary_components)
 
     # -- training -------------------------------------------------------------------------
     def configure_optimizers(self, lr: float, betas: tuple[float, float]) -> dict[str, torch.optim.Optimizer]:
@@ -70,9 +77,23 @@ class GenerativeModel(nn.Module):
         mu, _ = self.encode(x)
         return self.decode(mu)
 
-    def anomaly_scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Images in [-1, 1] -> {component: [B]}; ``score`` is the primary score."""
+    def score_parts(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Images in [-1, 1] -> scalar components [B] and, for each space of ``score_fit``, vectors [B, D]."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def anomaly_scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Images in [-1, 1] -> {component: [B]}; ``score`` is the primary score.
+
+        A vector part becomes ``<space>_distance`` (:meth:`ScoreFit.distance`); the primary score
+        combines ``primary_components`` (:meth:`ScoreFit.combine`). Both use the statistics
+        :func:`genlab.calibration.fit_scores` fitted on normal images.
+        """
+        components = {
+            name if value.dim() == 1 else f"{name}_distance": value if value.dim() == 1 else self.score_fit.distance(name, value)
+            for name, value in self.score_parts(x).items()
+        }
+        return {"score": self.score_fit.combine(components), **components}
 
     def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         device = next(self.parameters()).device
@@ -84,6 +105,11 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 KL_MEANING = "KL divergence of q(z|x) from the N(0, I) prior, in nats"  # the `kl` score component
+LATENT_DISTANCE_MEANING = ("squared Mahalanobis distance of the posterior mean from the normal training images' "
+                           "posterior means, per latent dimension")
+FEATURES_DISTANCE_MEANING = ("squared distance of the discriminator's features from their mean on the normal training "
+                             "images, in per-feature standard deviations, averaged over features")
+DISCRIMINATOR_MEANING = "-log D(x): the discriminator's negative log-probability that the image is real"
 
 
 def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -114,6 +140,19 @@ def recon_error(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
     """
     diff = (model_to_uint8(x).double() - model_to_uint8(x_rec).double()) / 255.0
     return diff.pow(2).flatten(1).mean(dim=1)
+
+
+RELATIVE_RECON_ERROR_MEANING = (
+    "recon_error divided by the image's mean squared pixel value in [0, 1] units (at least 1e-3): the error per unit "
+    "of ink. Pixel errors grow with the amount of ink, which makes simple images look normal (Serra et al. 2020, "
+    "input complexity); dividing by the image's energy removes that bias")
+MIN_ENERGY = 1e-3
+
+
+def relative_recon_error(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
+    """:data:`RELATIVE_RECON_ERROR_MEANING`, per image [B]; ``x`` and ``x_rec`` in [-1, 1]."""
+    energy = (model_to_uint8(x).double() / 255.0).pow(2).flatten(1).mean(dim=1).clamp_min(MIN_ENERGY)
+    return recon_error(x, x_rec) / energy
 
 
 def bce_logits(logits: torch.Tensor, real: bool) -> torch.Tensor:

@@ -1,8 +1,14 @@
-"""GAN (Goodfellow et al. 2014) with the non-saturating generator loss: Decoder + Discriminator.
+"""GAN (Goodfellow et al. 2014) with the non-saturating generator loss, and f-AnoGAN's encoder
+(Schlegl et al. 2019): Decoder (generator) + Discriminator + Encoder.
 
-Each step makes one discriminator update, then one generator update, each on fresh noise.
-Real and generated images go through the discriminator as separate batches (DCGAN practice,
-so batch norm never mixes them).
+Each step makes one discriminator update, then one generator update, each on fresh noise. Real and
+generated images go through the discriminator as separate batches (DCGAN practice, so batch norm
+never mixes them). Then one encoder update on f-AnoGAN's izi_f loss: the image x is encoded, decoded
+by the generator and compared with x in pixels and in the discriminator's features,
+``mean((x - G(E(x)))^2) + kappa * mean((f(x) - f(G(E(x))))^2)``, with the generator and discriminator
+frozen (eval mode, no gradient to them). f-AnoGAN trains the encoder after the GAN; here it follows
+the generator as it trains, so the loop stays one loop and the encoder matches the final generator.
+The encoder gives the GAN ``/reconstruct``, anomaly maps and the izi_f anomaly score.
 """
 
 from __future__ import annotations
@@ -11,28 +17,64 @@ import torch
 import torch.nn.functional as F
 
 from genlab.config import ModelConfig
-from genlab.models.base import GenerativeModel, bce_logits
-from genlab.models.nets import Decoder, Discriminator, init_weights
+from genlab.measures import RECON_ERROR, RECON_ERROR_MEANING
+from genlab.models.base import (
+    DISCRIMINATOR_MEANING,
+    FEATURES_DISTANCE_MEANING,
+    LATENT_DISTANCE_MEANING,
+    RELATIVE_RECON_ERROR_MEANING,
+    GenerativeModel,
+    bce_logits,
+    recon_error,
+    relative_recon_error,
+)
+from genlab.models.nets import Decoder, Discriminator, Encoder, init_weights
+
+KAPPA = 1.0  # f-AnoGAN's weight of the feature residual
+
+
+def izi_f(x: torch.Tensor, x_rec: torch.Tensor, f_x: torch.Tensor, f_rec: torch.Tensor) -> torch.Tensor:
+    """f-AnoGAN's izi_f residual per image [B]: pixel MSE + KAPPA * discriminator-feature MSE."""
+    pixels = (x - x_rec).pow(2).flatten(1).mean(dim=1)
+    return pixels + KAPPA * (f_x - f_rec).pow(2).mean(dim=1)
 
 
 class GAN(GenerativeModel):
     family = "gan"
-    has_encoder = False
+    has_encoder = True
+    # chosen by benchmarks/one_class.py on the validation split (normal class vs the other classes), every class
+    primary_components = (RECON_ERROR, "relative_recon_error")
     score_descriptions = {
-        "score": "-log D(x): the discriminator's negative log-probability that the image is real",
+        "score": "recon_error and relative_recon_error (of G(E(image))), each in standard units of held-out normal "
+                 "images, averaged",
+        "discriminator": DISCRIMINATOR_MEANING,
+        "izi_f": "f-AnoGAN's anomaly score: pixel MSE + discriminator-feature MSE between the image and G(E(image)), "
+                 "pixels in [-1, 1]",
+        RECON_ERROR: RECON_ERROR_MEANING,
+        "relative_recon_error": RELATIVE_RECON_ERROR_MEANING,
+        "latent_distance": LATENT_DISTANCE_MEANING.replace("posterior mean", "encoder's code"),
+        "features_distance": FEATURES_DISTANCE_MEANING,
     }
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.decoder = Decoder(cfg)
         self.discriminator = Discriminator(cfg)
+        self.encoder = Encoder(cfg)
         init_weights(self)
+        self._init_scoring({"latent": cfg.latent_dim, "features": self.discriminator.feature_dim})
 
     def configure_optimizers(self, lr, betas):
         return {
             "generator": torch.optim.Adam(self.decoder.parameters(), lr=lr, betas=betas),
             "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=betas),
+            "encoder": torch.optim.Adam(self.encoder.parameters(), lr=lr, betas=betas),
         }
+
+    def encode(self, x):
+        """The encoder is deterministic: its code, and a log-variance of 0 that carries no meaning."""
+        z, _ = self.encoder(x)
+        return z, torch.zeros_like(z)
 
     def train_step(self, x, optimizers):
         n = x.shape[0]
@@ -46,14 +88,36 @@ class GAN(GenerativeModel):
         gen_logits, _ = self.discriminator(self.decode(self.sample_latents(n)))
         g_loss = bce_logits(gen_logits, True)
         self.apply_gradients([(optimizers["generator"], g_loss)])
+
+        self.decoder.eval()  # frozen as f-AnoGAN has them: batch norm on running statistics, as when scoring
+        self.discriminator.eval()
+        try:
+            x_rec = self.decode(self.encoder(x)[0])
+            _, f_x = self.discriminator(x)
+            _, f_rec = self.discriminator(x_rec)
+            e_loss = izi_f(x, x_rec, f_x.detach(), f_rec).mean()
+            self.apply_gradients([(optimizers["encoder"], e_loss)])
+        finally:
+            self.decoder.train()
+            self.discriminator.train()
         return {
             "d_loss": d_loss.detach(),
             "g_loss": g_loss.detach(),
+            "e_loss": e_loss.detach(),
             "d_real": torch.sigmoid(real_logits).mean().detach(),
             "d_fake": torch.sigmoid(fake_logits).mean().detach(),
         }
 
-    @torch.no_grad()
-    def anomaly_scores(self, x):
-        logits, _ = self.discriminator(x)
-        return {"score": F.softplus(-logits)}
+    def score_parts(self, x):
+        z, _ = self.encoder(x)
+        x_rec = self.decode(z)
+        logits, f_x = self.discriminator(x)
+        _, f_rec = self.discriminator(x_rec)
+        return {
+            "discriminator": F.softplus(-logits),
+            "izi_f": izi_f(x, x_rec, f_x, f_rec),
+            RECON_ERROR: recon_error(x, x_rec),
+            "relative_recon_error": relative_recon_error(x, x_rec),
+            "latent": z,
+            "features": f_x,
+        }

@@ -107,6 +107,7 @@ class Discriminator(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.body, features = _image_to_features(cfg, nn.LeakyReLU(0.2), norm_first=False)
+        self.feature_dim = features
         if cfg.arch == "conv":  # Larsen et al.: a fully connected layer between Dis_l and the output
             self.head = nn.Sequential(nn.Linear(features, cfg.hidden), nn.LeakyReLU(0.2), nn.Linear(cfg.hidden, 1))
         else:

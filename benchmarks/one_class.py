@@ -1,0 +1,172 @@
+"""One-class anomaly detection over every class: the AUROC of each score, per family and normal class.
+
+For each family (``--families``, default all) and each class K of the dataset (``--classes``, default
+all ten), trains a model on class K of the training split with genlab's one-class defaults
+(``genlab train FAMILY --normal-class K``; ``--steps`` overrides the budget), then scores the test
+split with ``genlab eval anomaly`` (class K normal, every other class anomalous) and records the
+AUROC of the primary ``score`` and of every component. Prints, per family, the primary score's
+AUROC for each class with the mean and minimum, the mean AUROC of every component, and the time
+taken; writes every figure as JSON (``--json-out``).
+
+Nothing here chooses anything: the scores and their fitting are fixed by the model family, fitted
+on normal training and validation images only, and the test anomalies are only ever scored. The
+primary scores were chosen with ``--split val --pairs`` (AUROC on the validation split, where the
+other digits' validation images are the anomalies, for every component and every standardised
+pair of components); the test split reports them.
+
+Targets (issue 11, mnist-5k): best family mean >= 0.97, every family >= 0.93, no class below 0.85.
+
+Run:  .venv/bin/python benchmarks/one_class.py [--dataset mnist-5k] [--families vae gan vaegan]
+      [--classes 0 1 ...] [--steps N] [--out runs/one-class] [--json-out benchmarks/results/one_class.json]
+A run directory that already holds a finished model is evaluated again, not retrained (so an
+interrupted benchmark continues where it stopped); ``--fresh`` retrains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from genlab.families import FAMILY_NAMES  # noqa: E402
+
+
+def combinations(run_dir: Path, dataset: str, k: int, split: str, data_dir: str) -> dict[str, float]:
+    """AUROC on ``split`` of every pair of score components, each standardised on the held-out normal images
+    (the validation images of class K) and averaged: the candidates the primary score was chosen from."""
+    from itertools import combinations as pairs
+
+    from eval.anomaly import AnomalySettings, labelled_images, ranking_metrics
+    from eval.batches import ensure_source
+    from genlab.data import load_split
+
+    source = ensure_source(str(run_dir))
+    normal = source.scores(load_split(dataset, "val", data_dir).only_class(k).images.numpy())
+    images, is_anomaly = labelled_images(AnomalySettings(dataset, k, None, split, data_dir), tuple(source.image_shape))
+    scores = source.scores(images)
+    z = {n: (v - normal[n].mean()) / max(normal[n].std(), 1e-12) for n, v in scores.items() if n != "score"}
+    return {f"{a}+{b}": round(ranking_metrics((z[a] + z[b]) / 2, is_anomaly)["auroc"], 4) for a, b in pairs(z, 2)}
+
+
+def one_run(family: str, dataset: str, k: int, steps: Optional[int], data_dir: str, run_dir: Path,
+            fresh: bool, split: str = "test", with_pairs: bool = False) -> dict[str, Any]:
+    from eval.anomaly import evaluate_anomaly
+    from genlab.checkpoint import load_checkpoint
+    from genlab.config import TrainConfig
+    from genlab.run_dir import LAST_CHECKPOINT
+    from training.loop import resume, train
+
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    started = time.perf_counter()
+    if (run_dir / LAST_CHECKPOINT).exists():
+        summary = resume(family, run_dir)  # finished: only refits and recalibrates if it needs to
+    else:
+        epochs = None  # genlab's one-class default
+        if steps is not None:  # whole epochs of the one class's training images
+            from genlab.data import load_split
+
+            per_epoch = len(load_split(dataset, "train", data_dir).only_class(k)) // TrainConfig.batch_size
+            epochs = -(-steps // per_epoch)
+        tc = TrainConfig(dataset=dataset, data_dir=data_dir, normal_class=k, epochs=epochs, quality_every=0, log_every=50)
+        summary = train(family, {}, tc, run_dir)
+    train_wall = time.perf_counter() - started
+    started = time.perf_counter()
+    result = evaluate_anomaly(str(run_dir), data_dir=data_dir, split=split)
+    ckpt = load_checkpoint(run_dir)
+    return {
+        "split": split,
+        **({"pairs_auroc": combinations(run_dir, dataset, k, split, data_dir)} if with_pairs else {}),
+        "family": family, "dataset": dataset, "normal_class": k, "steps": ckpt["step"],
+        "train_seconds": summary["train_seconds"], "train_wall_seconds": round(train_wall, 1),
+        "eval_seconds": round(time.perf_counter() - started, 1),
+        "counts": result["counts"],
+        "auroc": {name: round(row["auroc"], 4) for name, row in result["components"].items()},
+        "auprc": {name: round(row["auprc"], 4) for name, row in result["components"].items()},
+        "tpr": {name: row["tpr"] for name, row in result["components"].items()},
+        "fpr": {name: row["fpr"] for name, row in result["components"].items()},
+    }
+
+
+def tables(rows: list[dict[str, Any]], classes: list[int]) -> str:
+    lines = ["primary score, AUROC per normal class:", "",
+             "| family | " + " | ".join(map(str, classes)) + " | mean | min |", "|---|" + "---:|" * (len(classes) + 2)]
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    for family in families:
+        by_class = {r["normal_class"]: r["auroc"]["score"] for r in rows if r["family"] == family}
+        values = [by_class[k] for k in classes if k in by_class]
+        cells = [f"{by_class[k]:.3f}" if k in by_class else "" for k in classes]
+        lines.append(f"| {family} | " + " | ".join(cells) + f" | **{sum(values) / len(values):.3f}** | {min(values):.3f} |")
+    lines += ["", "every component, mean (min) AUROC over the classes:", ""]
+    for family in families:
+        family_rows = [r for r in rows if r["family"] == family]
+        names = list(family_rows[0]["auroc"])
+        parts = []
+        for name in names:
+            values = [r["auroc"][name] for r in family_rows]
+            parts.append(f"{name} {sum(values) / len(values):.3f} ({min(values):.3f})")
+        steps = sorted({r["steps"] for r in family_rows})
+        seconds = sum(r["train_seconds"] for r in family_rows)
+        lines.append(f"- {family} ({'/'.join(map(str, steps))} steps, {seconds:.0f} s training): " + ", ".join(parts))
+        if all("pairs_auroc" in r for r in family_rows):
+            means = {p: sum(r["pairs_auroc"][p] for r in family_rows) / len(family_rows) for p in family_rows[0]["pairs_auroc"]}
+            best = sorted(means, key=means.get, reverse=True)[:5]
+            lines.append("  best standardised pairs, mean (min): " + ", ".join(
+                f"{p} {means[p]:.3f} ({min(r['pairs_auroc'][p] for r in family_rows):.3f})" for p in best))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="mnist-5k")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--families", nargs="+", default=list(FAMILY_NAMES), choices=FAMILY_NAMES)
+    parser.add_argument("--classes", nargs="+", type=int, default=list(range(10)))
+    parser.add_argument("--steps", type=int, help="training steps per model (default: genlab's one-class budget)")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "one-class")
+    parser.add_argument("--json-out", type=Path, default=REPO / "benchmarks" / "results" / "one_class.json")
+    parser.add_argument("--fresh", action="store_true", help="retrain models that already exist under --out")
+    parser.add_argument("--split", default="test", choices=["test", "val"],
+                        help="where the AUROC is measured: test (the report) or val (where the primary score was chosen)")
+    parser.add_argument("--pairs", action="store_true",
+                        help="also every pair of standardised components (the candidates; use with --split val)")
+    parser.add_argument("--merge", action="store_true", help="keep the rows of --json-out for families / classes not run now")
+    args = parser.parse_args()
+
+    from genlab.files import atomic_write_bytes
+
+    started = time.perf_counter()
+    rows = []
+    for family in args.families:
+        for k in args.classes:
+            run_dir = args.out / args.dataset / f"{family}-c{k}"
+            row = one_run(family, args.dataset, k, args.steps, args.data_dir, run_dir, args.fresh, args.split, args.pairs)
+            rows.append(row)
+            print(f"{family} class {k}: score AUROC {row['auroc']['score']:.4f} ({row['steps']} steps, "
+                  f"{row['train_seconds']:.0f} s)", file=sys.stderr, flush=True)
+    total = time.perf_counter() - started
+    if args.merge and args.json_out.exists():  # keep the other families' / classes' rows of an earlier invocation
+        fresh = {(r["family"], r["normal_class"]) for r in rows}
+        earlier = json.loads(args.json_out.read_text())
+        rows = [r for r in earlier["rows"] if (r["family"], r["normal_class"]) not in fresh and r["dataset"] == args.dataset] + rows
+        rows.sort(key=lambda r: (FAMILY_NAMES.index(r["family"]), r["normal_class"]))
+    seconds = sum(r["train_seconds"] + r["eval_seconds"] for r in rows)
+    print(f"# one-class {args.dataset}, AUROC on the {args.split} split, {platform.node()}, {time.strftime('%Y-%m-%dT%H:%M:%S')}; this invocation "
+          f"{total / 60:.1f} min; training + evaluation of all {len(rows)} models {seconds / 60:.1f} min")
+    print(tables(rows, sorted({r["normal_class"] for r in rows})))
+    report = {"dataset": args.dataset, "steps": args.steps, "machine": platform.node(),
+              "train_and_eval_seconds": round(seconds, 1), "rows": rows}
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.json_out, (json.dumps(report, indent=1) + "\n").encode())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Fitted anomaly scores, the normalised score, anomaly maps, the fitted latent prior and the one-class budget."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genlab.calibration import fit_to_training_data, score_images
+from genlab.config import ONE_CLASS_STEPS, TrainConfig, resolve_epochs
+from genlab.latents import fit_mixture, sample_latents
+from genlab.measures import anomaly_map, recon_error
+from genlab.models import build_model
+from genlab.pixels import model_to_uint8
+from genlab.thresholds import normalized, quantile
+from tests.conftest import FAMILIES, seeded_images, tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _uint8(n: int, seed: int) -> torch.Tensor:
+    return model_to_uint8(seeded_images(n, seed=seed))
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def fitted(request):
+    torch.manual_seed(0)
+    model = build_model(tiny_config(request.param)).eval()
+    result = fit_to_training_data(model, _uint8(64, 1), _uint8(32, 2), torch.device("cpu"), seed=0)
+    return model, result
+
+
+def test_primary_score_is_the_mean_of_its_standardised_components(fitted):
+    model, result = fitted
+    held_out = score_images(model, _uint8(32, 2), torch.device("cpu"))
+    names = type(model).primary_components
+    z = [(held_out[n].double() - held_out[n].double().mean()) / held_out[n].double().std() for n in names]
+    # standardised on exactly these held-out images: mean 0, and the primary score is the mean of the z-scores
+    # (float32 outputs: an untrained component that is nearly constant loses digits once standardised)
+    torch.testing.assert_close(held_out["score"].double(), torch.stack(z).mean(dim=0), rtol=1e-3, atol=2e-2)
+    assert abs(held_out["score"].double().mean().item()) < 1e-2
+    assert bool(model.score_fit.fitted) and set(result["score_fit"]) == {"primary_components", *dict(model.score_fit.named_buffers())}
+    assert set(result["calibration"]["scores"]) == set(held_out)
+
+
+def test_fitted_distances_are_small_on_normal_data_and_larger_off_it(fitted):
+    model, _ = fitted
+    spaces = [f"{s}_distance" for s in model.score_fit.spaces]
+    normal = score_images(model, _uint8(64, 1), torch.device("cpu"))
+    noise = score_images(model, torch.randint(0, 256, (32, 1, 16, 16), generator=torch.Generator().manual_seed(3),
+                                               dtype=torch.uint8), torch.device("cpu"))
+    for name in spaces:
+        # at most 1 on the images it was fitted to (less where features are constant, or with shrinkage)
+        assert 0.0 < normal[name].mean().item() <= 1.0 + 1e-3, (name, normal[name].mean())
+        assert noise[name].median() > normal[name].median(), name
+
+
+def test_score_fit_survives_the_checkpoint(fitted, tmp_path):
+    from genlab.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from genlab.config import TrainConfig, to_dict
+
+    model, result = fitted
+    save_checkpoint({"family": model.family, "model_config": to_dict(model.cfg), "train_config": to_dict(TrainConfig()),
+                     "data": {}, "model": model.state_dict(), **result}, tmp_path / "last.pt")
+    loaded = model_from_checkpoint(load_checkpoint(tmp_path / "last.pt"))
+    x = seeded_images(5, seed=9)
+    for name, value in model.anomaly_scores(x).items():
+        assert torch.equal(value, loaded.anomaly_scores(x)[name]), name
+
+
+def test_fitted_prior_only_for_families_with_an_encoder(fitted):
+    model, result = fitted
+    assert (result["prior"] is not None) == model.has_encoder
+
+
+def test_normalised_score_is_half_at_the_threshold_and_monotone():
+    rng = np.random.default_rng(0)
+    cal = {"percentiles": [round(0.1 * i, 1) for i in range(1001)],
+           "scores": {"score": np.quantile(rng.normal(size=500), np.linspace(0, 1, 1001)).tolist()}}
+    cut = quantile(cal, "score", 99.0)
+    assert normalized(cal, "score", np.array([cut]), cut)[0] == pytest.approx(0.5)
+    raw = np.sort(rng.normal(scale=3.0, size=2000))
+    out = normalized(cal, "score", raw, cut)
+    assert out.min() >= 0.0 and out.max() <= 1.0 and np.all(np.diff(out) >= 0)
+    assert np.array_equal(out > 0.5, raw > cut)
+
+
+def test_anomaly_map_has_the_image_shape_and_is_zero_for_a_perfect_reconstruction():
+    images = np.random.default_rng(0).integers(0, 256, (3, 1, 8, 8), dtype=np.uint8)
+    assert anomaly_map(images, images).shape == images.shape and not anomaly_map(images, images).any()
+    other = images.copy()
+    other[0, 0, 2, 3] = 255 - other[0, 0, 2, 3]
+    diff = anomaly_map(images, other)
+    assert np.count_nonzero(diff) == 1 and diff.max() <= 1.0
+    np.testing.assert_allclose((diff.astype(np.float64) ** 2).reshape(3, -1).mean(axis=1), recon_error(images, other), rtol=1e-6)
+
+
+def test_fitted_mixture_samples_like_its_codes_and_is_seeded():
+    rng = np.random.default_rng(0)
+    centres = np.array([[4.0, 0.0], [-4.0, 0.0]])
+    codes = centres[rng.integers(0, 2, 2000)] + 0.3 * rng.normal(size=(2000, 2))
+    prior = fit_mixture(codes, seed=0)
+    json.dumps(prior)  # goes into manifests as it is
+    z = sample_latents(4000, 2, seed=5, prior=prior)
+    assert z.dtype == np.float32 and z.shape == (4000, 2)
+    assert np.abs(np.abs(z[:, 0]) - 4.0).mean() < 0.5 and abs((z[:, 0] > 0).mean() - 0.5) < 0.05
+    np.testing.assert_array_equal(z, sample_latents(4000, 2, seed=5, prior=prior))
+    # without a prior: N(0, I), as before
+    np.testing.assert_array_equal(sample_latents(3, 2, seed=1), np.random.default_rng(1).standard_normal((3, 2), dtype=np.float32))
+
+
+def test_one_class_runs_get_a_budget_in_steps():
+    assert resolve_epochs(TrainConfig(normal_class=3), batches_per_epoch=6).epochs == -(-ONE_CLASS_STEPS // 6)
+    assert resolve_epochs(TrainConfig(), batches_per_epoch=62).epochs == 5
+    assert resolve_epochs(TrainConfig(normal_class=3, epochs=2), batches_per_epoch=6).epochs == 2
+
+
+def test_one_class_benchmark_runs_end_to_end(tmp_path):
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "one_class.py"), "--families", "vae", "--classes", "0", "1",
+           "--steps", "6", "--out", str(tmp_path / "runs"), "--json-out", str(out), "--split", "val", "--pairs"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| vae |" in done.stdout and "mean" in done.stdout and "best standardised pairs" in done.stdout
+    report = json.loads(out.read_text())
+    assert [r["normal_class"] for r in report["rows"]] == [0, 1]
+    for row in report["rows"]:
+        assert row["steps"] == 6 and row["counts"] == {"normal": 50, "anomalous": 450} and row["split"] == "val"
+        assert set(row["auroc"]) >= {"score", "relative_recon_error", "latent_distance"}
+        assert all(0.0 <= v <= 1.0 for v in [*row["auroc"].values(), *row["pairs_auroc"].values()])
+        # the primary score is the standardised pair it combines (standardised on the same held-out images)
+        assert row["pairs_auroc"]["relative_recon_error+latent_distance"] == pytest.approx(row["auroc"]["score"], abs=0.01)
