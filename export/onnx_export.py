@@ -41,6 +41,10 @@ from export.reader import FORMAT, FORMAT_VERSION, MANIFEST, ExportedModel, sampl
 PARITY_BATCHES = (1, 5)
 FLOAT_TOLERANCE = 1e-4  # absolute; relative to the value above 1 (scores in nats can be in the hundreds)
 UINT8_TOLERANCE = 1  # grey levels
+# the primary score is in standard units of normal images: where a reconstructed pixel rounds to the other uint8
+# level in ONNX Runtime than in torch (the same tolerance as the decoder's), a component moves by ~1e-8 and,
+# divided by its small spread over normal images, the score by up to ~1e-4
+STANDARDISED_TOLERANCE = 1e-3
 PARITY_SEED = 1234
 
 
@@ -145,7 +149,7 @@ def _export_graph(module: nn.Module, example: torch.Tensor, spec: dict[str, Any]
             raise ExportFailed(f"torch.onnx.export failed for {path.name}: {str(err).splitlines()[0]}") from None
 
 
-def _compare(name: str, torch_out: torch.Tensor, ort_out: np.ndarray) -> dict[str, Any]:
+def _compare(name: str, torch_out: torch.Tensor, ort_out: np.ndarray, standardised: bool = False) -> dict[str, Any]:
     expected = torch_out.cpu().numpy()
     if ort_out.shape != expected.shape or ort_out.dtype != expected.dtype:
         raise ExportFailed(f"{name}: ONNX output is {ort_out.dtype}{list(ort_out.shape)}, torch gives {expected.dtype}{list(expected.shape)}")
@@ -155,7 +159,7 @@ def _compare(name: str, torch_out: torch.Tensor, ort_out: np.ndarray) -> dict[st
     else:
         # absolute below 1, relative above: float32 sums of hundreds of pixels carry ~1e-6 relative error
         scaled = diff / np.maximum(1.0, np.abs(expected.astype(np.float64)))
-        worst, allowed = float(scaled.max(initial=0.0)), FLOAT_TOLERANCE
+        worst, allowed = float(scaled.max(initial=0.0)), STANDARDISED_TOLERANCE if standardised else FLOAT_TOLERANCE
     if not np.isfinite(worst) or worst > allowed:
         raise ExportFailed(f"parity check failed: {name} differs from torch by {worst:.3g} (allowed {allowed:g})")
     return {"max_diff": worst, "max_abs_diff": float(diff.max(initial=0.0)), "tolerance": allowed}
@@ -177,7 +181,8 @@ def check_parity(model: GenerativeModel, directory: Path, manifest: dict[str, An
             expected = expected if isinstance(expected, tuple) else (expected,)
             got = exported.graphs[graph].run(x.numpy())
             for out_spec, value in zip(spec["outputs"], expected):
-                figure = _compare(f"{graph}.onnx output {out_spec['name']} at batch {batch}", value, got[out_spec["name"]])
+                figure = _compare(f"{graph}.onnx output {out_spec['name']} at batch {batch}", value, got[out_spec["name"]],
+                                  standardised=graph == "score" and out_spec["name"] == "score")
                 best = outputs.get(out_spec["name"])
                 if best is None or figure["max_diff"] > best["max_diff"]:
                     outputs[out_spec["name"]] = figure

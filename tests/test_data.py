@@ -21,6 +21,9 @@ def test_mnist5k_splits_are_fixed_disjoint_and_stratified():
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         assert not rows[a] & rows[b], f"{a} and {b} share images"
     assert torch.equal(load_split("mnist-5k", "val").images, splits["val"].images)
+    heldout = load_split("mnist-5k", "heldout")  # what training never sees: val then test
+    assert torch.equal(heldout.images, torch.cat([splits["val"].images, splits["test"].images]))
+    assert torch.equal(heldout.labels, torch.cat([splits["val"].labels, splits["test"].labels]))
 
 
 def test_normal_class_filter():

@@ -98,3 +98,17 @@ def test_every_epoch_logs_the_measures_of_a_real_run(tmp_path):
     for record in epochs:
         assert {"quality_fd", "quality_kd", "quality_confident", "quality_class_entropy", "quality_seconds"} <= set(record)
         assert record["quality_fd"] > 0 and 0 <= record["quality_confident"] <= 1 and 0 <= record["quality_class_entropy"] <= 1
+
+
+def test_best_pt_becomes_the_last_epoch_when_its_fitted_prior_samples_measure_better(tmp_path, monkeypatch, capsys):
+    import genlab.quality
+
+    tracked = iter([7.0, 3.0, 5.0, 4.0])  # N(0, I) draws: epoch 2 is the best
+    prior = iter([5.0, 8.0])  # fitted-prior draws: last.pt's, then best.pt's
+    monkeypatch.setattr(genlab.quality.QualityTracker, "measure", lambda self, decode, latents=None: {
+        "fd": next(tracked) if latents is None else next(prior), "kd": 0.0, "confident": 1.0, "class_entropy": 1.0})
+    summary = train("vae", dict(TINY), TrainConfig(**SMALL, epochs=4), tmp_path / "r")
+    best, last = load_checkpoint(tmp_path / "r" / "best.pt"), load_checkpoint(tmp_path / "r")
+    assert best["epoch"] == last["epoch"] == 4 and best["complete"] and summary["best"]["epoch"] == 4
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
+    assert "best.pt is now epoch 4" in capsys.readouterr().err

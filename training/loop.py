@@ -458,7 +458,10 @@ class Trainer:
         return fitted
 
     def _fit_best(self) -> None:
-        """best.pt gets its own fit and calibration (its weights are not the last ones) and is marked complete."""
+        """best.pt gets its own fit and calibration (its weights are not the last ones) and is marked complete.
+
+        The epoch was chosen on N(0, I) draws, but exports sample the fitted prior: when the last epoch's
+        fitted-prior samples measure strictly better, best.pt becomes the last epoch."""
         if self.watch.state.best_epoch == self.epoch:  # the last epoch was the best: the same weights
             best = {**checkpoint.load_checkpoint(self.ckpt_path)}
         else:
@@ -466,6 +469,14 @@ class Trainer:
             model = checkpoint.model_from_checkpoint(best, self.env.device)
             best.update({key: value for key, value in self._fit(model, BEST_CHECKPOINT).items() if key in FITTED_KEYS})
             best["complete"] = True
+            last_fd = ((self.fitted or {}).get("prior_quality") or {}).get("fd")
+            best_fd = (best.get("prior_quality") or {}).get("fd")
+            if last_fd is not None and best_fd is not None and last_fd < best_fd:
+                tqdm.write(f"{BEST_CHECKPOINT}: the last epoch's fitted-prior samples measure better (fd {last_fd:.4g} vs "
+                           f"{best_fd:.4g} for epoch {best['epoch']}); {BEST_CHECKPOINT} is now epoch {self.epoch}",
+                           file=sys.stderr)
+                best = {**checkpoint.load_checkpoint(self.ckpt_path)}
+                self.watch.state.best_epoch = self.epoch
         checkpoint.save_checkpoint({k: v for k, v in best.items() if k not in ("format", "format_version", "genlab_version")},
                                    self.best_path)
 
