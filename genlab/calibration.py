@@ -1,8 +1,10 @@
 """Anomaly fitting and calibration, on normal images only.
 
-:func:`fit_scores` fits the statistics of the fitted score components (:mod:`genlab.models.scoring`):
-the spaces on the training images, the primary score's standardisation on held-out images.
-:func:`calibrate` then records the distribution of each score on held-out normal images. The checkpoint keeps each score component's quantiles on a 0.1-percentile grid, so a later
+:func:`fit_to_training_data` fits the statistics of the fitted score components
+(:mod:`genlab.models.scoring`: the spaces on the training images, the primary score's
+standardisation on held-out images) and the latent prior (:mod:`genlab.latents`), then
+:func:`calibrate` records the distribution of each score on held-out normal images. The
+checkpoint keeps each score component's quantiles on a 0.1-percentile grid, so a later
 consumer (the service) turns a raw score into its percentile among normal images and uses
 a percentile (default 99) as the anomaly threshold; :mod:`genlab.thresholds` reads it back.
 """

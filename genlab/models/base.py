@@ -87,7 +87,7 @@ class GenerativeModel(nn.Module):
 
         A vector part becomes ``<space>_distance`` (:meth:`ScoreFit.distance`); the primary score
         combines ``primary_components`` (:meth:`ScoreFit.combine`). Both use the statistics
-        :func:`genlab.calibration.fit_scores` fitted on normal images.
+        :func:`genlab.calibration.fit_to_training_data` fitted on normal images.
         """
         components = {
             name if value.dim() == 1 else f"{name}_distance": value if value.dim() == 1 else self.score_fit.distance(name, value)

@@ -2,7 +2,7 @@
 
 A family's ``score_parts`` gives, per image, scalar components ([B]) and vectors ([B, D]) in
 the spaces it names in ``score_spaces`` (the posterior mean, the discriminator's features).
-After training, :func:`genlab.calibration.fit_scores` fits, on normal images only:
+After training, :func:`genlab.calibration.fit_to_training_data` fits, on normal images only:
 
 - for each space, on the training images: the mean and a whitening matrix (Ledoit-Wolf
   shrinkage covariance; a per-dimension scale where the space is too wide for a full matrix),
