@@ -36,7 +36,6 @@ class ExportError(GenlabError):
     """An export directory that is missing, incomplete, tampered with or from a newer genlab."""
 
 
-
 def choose_providers(preference: str | None = None) -> list[str]:
     """ONNX Runtime providers to ask for, best first: CUDA where onnxruntime-gpu sees a GPU, else CPU."""
     import onnxruntime as ort

@@ -29,11 +29,11 @@ from tqdm import tqdm
 
 from genlab import checkpoint
 from genlab.calibration import fit_to_training_data
-from genlab.latents import describe as describe_prior, sample_latents
 from genlab.config import ModelConfig, TrainConfig, resolve_epochs, to_dict
 from genlab.data import ImageData, load_split, native_shape
 from genlab.errors import GenlabError
 from genlab.files import remove_stale_temps
+from genlab.latents import describe as describe_prior, sample_latents
 from genlab.imageio import save_grid
 from genlab.models import GenerativeModel, build_model, model_class
 from genlab.pixels import VALUE_RANGE, model_to_uint8, random_translate, uint8_to_model
@@ -469,7 +469,7 @@ class Trainer:
             model = checkpoint.model_from_checkpoint(best, self.env.device)
             best.update({key: value for key, value in self._fit(model, BEST_CHECKPOINT).items() if key in FITTED_KEYS})
             best["complete"] = True
-            last_fd = ((self.fitted or {}).get("prior_quality") or {}).get("fd")
+            last_fd = (self.fitted["prior_quality"] or {}).get("fd")
             best_fd = (best.get("prior_quality") or {}).get("fd")
             if last_fd is not None and best_fd is not None and last_fd < best_fd:
                 tqdm.write(f"{BEST_CHECKPOINT}: the last epoch's fitted-prior samples measure better (fd {last_fd:.4g} vs "

@@ -89,10 +89,12 @@ class GenerativeModel(nn.Module):
         combines ``primary_components`` (:meth:`ScoreFit.combine`). Both use the statistics
         :func:`genlab.calibration.fit_to_training_data` fitted on normal images.
         """
-        components = {
-            name if value.dim() == 1 else f"{name}_distance": value if value.dim() == 1 else self.score_fit.distance(name, value)
-            for name, value in self.score_parts(x).items()
-        }
+        components = {}
+        for name, value in self.score_parts(x).items():
+            if value.dim() == 1:
+                components[name] = value
+            else:
+                components[f"{name}_distance"] = self.score_fit.distance(name, value)
         return {"score": self.score_fit.combine(components), **components}
 
     def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

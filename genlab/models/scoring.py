@@ -1,7 +1,7 @@
 """Anomaly scores fitted to the normal data: distances in a model's own spaces and the standardised primary score.
 
 A family's ``score_parts`` gives, per image, scalar components ([B]) and vectors ([B, D]) in
-the spaces it names in ``score_spaces`` (the posterior mean, the discriminator's features).
+the spaces it passes to ``GenerativeModel._init_scoring`` (its code, the discriminator's features).
 After training, :func:`genlab.calibration.fit_to_training_data` fits, on normal images only:
 
 - for each space, on the training images: the mean and a whitening matrix (Ledoit-Wolf
