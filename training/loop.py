@@ -261,7 +261,7 @@ class Trainer:
         """Write last.pt (or, with ``best``, best.pt); every rank must call it."""
         payload = self._payload(complete)  # every rank joins the gather inside
         if self.env.enabled:  # data parallelism keeps the weights identical on every rank
-            sums = gather_objects(self.env, sum(float(p.double().sum()) for p in self.model.parameters()))
+            sums = gather_objects(self.env, sum(float(p.detach().double().sum()) for p in self.model.parameters()))
             if max(sums) - min(sums) > 1e-6 * max(1.0, abs(sums[0])):
                 raise RuntimeError(f"ranks' weights diverged (parameter sums {sums}); gradient averaging is broken")
         if self.env.is_main:
@@ -444,6 +444,7 @@ class Trainer:
             self.save(complete=True)
             if env.is_main and self.watch.state.best_epoch is not None:
                 self._fit_best()
+            barrier(env)  # the other ranks wait for the main rank's best.pt, so no rank tears down the group early
         return self.summary(stopped)
 
     def _fit(self, model: GenerativeModel, checkpoint_name: str = LAST_CHECKPOINT) -> dict[str, Any]:
