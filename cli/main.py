@@ -23,7 +23,7 @@ from genlab.run_dir import LAST_CHECKPOINT
 # `genlab train` options -> the TrainConfig field each sets (all default to None: "not typed")
 TRAIN_FLAGS = {
     "--dataset": "dataset", "--data-dir": "data_dir", "--download": "download", "--normal-class": "normal_class",
-    "--translate": "translate", "--epochs": "epochs", "--max-steps": "max_steps", "--batch-size": "batch_size",
+    "--condition-on": "condition_on", "--translate": "translate", "--epochs": "epochs", "--max-steps": "max_steps", "--batch-size": "batch_size",
     "--lr": "lr", "--seed": "seed", "--device": "device", "--log-every": "log_every",
 }
 
@@ -39,7 +39,8 @@ def _resume_changes(args: argparse.Namespace) -> dict[str, Any]:
 
     typed = _typed_train_options(args)
     refused = [flag for flag in typed if TRAIN_FLAGS[flag] not in RESUME_OVERRIDABLE]
-    refused += [flag for flag, value in (("--arch", args.arch), ("--set", args.set)) if value]
+    refused += [flag for flag, value in (("--arch", args.arch), ("--set", args.set), ("--conditional", args.conditional))
+                if value]
     if refused:
         allowed = ", ".join(flag for flag, field in TRAIN_FLAGS.items() if field in RESUME_OVERRIDABLE)
         raise GenlabError(f"{refused[0]} cannot be used with --resume: the run keeps the configuration in its checkpoint "
@@ -58,6 +59,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model_kw, train_kw = split_overrides(parse_overrides(args.set or []))
         if args.arch:
             model_kw["arch"] = args.arch
+        if args.conditional:
+            model_kw["conditional"] = True
         train_kw.update({TRAIN_FLAGS[flag]: value for flag, value in _typed_train_options(args).items()})
         summary = train(args.family, model_kw, TrainConfig(**train_kw), args.out)
     again = f"genlab train {args.family} --out {shlex.quote(args.out)} --resume"
@@ -128,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="Adam learning rate (default: 2e-4; 3e-4 for vaegan)")
     p.add_argument("--arch", choices=("conv", "mlp"), help="network type (default conv)")
     p.add_argument("--normal-class", type=int, metavar="K", help="train on class K only (one-class anomaly setting)")
+    p.add_argument("--conditional", action="store_true", default=None,
+                   help="class-conditional model: conditional VAE, auxiliary-classifier GAN, conditional VAE-GAN; "
+                        "generate asks for a class (the dataset's labels)")
+    p.add_argument("--condition-on", metavar="ATTR",
+                   help="celeba: the binary attribute of list_attr_celeba.txt that labels the images (e.g. Male)")
     p.add_argument("--translate", type=float, metavar="F", help="random shifts of up to F of the image size (e.g. 0.1)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help=DEVICE_HELP)

@@ -5,8 +5,12 @@ inside the graph (the same :mod:`genlab.pixels` functions the training loop uses
 downstream needs torch or any flag:
 
     decoder.onnx   z float32 [B, latent]      -> images uint8 [B, C, H, W]
-    encoder.onnx   images uint8 [B, C, H, W]  -> mu, logvar float32 [B, latent]    (VAE, VAE-GAN)
+    encoder.onnx   images uint8 [B, C, H, W]  -> mu, logvar float32 [B, latent]    (families with an encoder)
     score.onnx     images uint8 [B, C, H, W]  -> one float32 [B] per score component (every family)
+
+A conditional model's graphs also take ``label`` int64 [B] (a class index, listed in the manifest's
+``classes``): the decoder and encoder need it; the score graph takes -1 for "unknown" and then
+scores the image under the class that explains it best, and outputs ``scored_label``, the class used.
 
 Each graph is compared with torch on seeded inputs at two batch sizes before anything is
 published, and the directory appears only complete (written beside the target, then renamed).
@@ -31,12 +35,12 @@ from genlab import __version__
 from genlab.checkpoint import load_checkpoint, model_from_checkpoint
 from genlab.errors import GenlabError
 from genlab.files import file_sha256, publish_directory
-from genlab.latents import describe as describe_prior
+from genlab.latents import balanced_labels, describe as describe_prior
 from genlab.models import GenerativeModel
 from genlab.pixels import model_to_uint8, uint8_to_model
 from genlab.run_dir import checkpoint_file
 
-from export.reader import FORMAT, FORMAT_VERSION, MANIFEST, ExportedModel, sample_latents
+from export.reader import FORMAT, FORMAT_VERSION, MANIFEST, SCORED_LABEL, ExportedModel, sample_latents
 
 PARITY_BATCHES = (1, 5)
 FLOAT_TOLERANCE = 1e-4  # absolute; relative to the value above 1 (scores in nats can be in the hundreds)
@@ -57,8 +61,8 @@ class DecoderGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return model_to_uint8(self.model.decode(z))
+    def forward(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        return model_to_uint8(self.model.decode(z, label))
 
 
 class EncoderGraph(nn.Module):
@@ -66,8 +70,8 @@ class EncoderGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.encode(uint8_to_model(images))
+    def forward(self, images: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode(uint8_to_model(images), label)
 
 
 class ScoreGraph(nn.Module):
@@ -76,14 +80,18 @@ class ScoreGraph(nn.Module):
         self.model = model
         self.names = names
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        scores = self.model.anomaly_scores(uint8_to_model(images))
-        return tuple(scores[name].to(torch.float32) for name in self.names)
+    def forward(self, images: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        x = uint8_to_model(images)
+        if not self.model.conditional:
+            scores = self.model.anomaly_scores(x)
+            return tuple(scores[name].to(torch.float32) for name in self.names)
+        scores = self.model.labelled_scores(x, label)
+        return (*(scores[name].to(torch.float32) for name in self.names), scores["label"])
 
 
 def _score_names(model: GenerativeModel, image_shape: tuple[int, int, int]) -> list[str]:
     with torch.no_grad():
-        return list(model.anomaly_scores(torch.zeros(2, *image_shape)).keys())
+        return [name for name in model.anomaly_scores(torch.zeros(2, *image_shape)) if name != "label"]
 
 
 def _io(name: str, dtype: str, shape: list[Any]) -> dict[str, Any]:
@@ -94,51 +102,60 @@ def graph_specs(model: GenerativeModel, image_shape: tuple[int, int, int], score
     """name -> (module, example input, I/O description) for every graph this family exports."""
     latent = model.cfg.latent_dim
     image_io = _io("images", "uint8", ["batch", *image_shape])
+    label = [_io("label", "int64", ["batch"])] if model.conditional else []  # a conditional model's class index
     specs = {
         "decoder": {
             "module": DecoderGraph(model),
-            "inputs": [_io("z", "float32", ["batch", latent])],
+            "inputs": [_io("z", "float32", ["batch", latent]), *label],
             "outputs": [image_io],
         },
         "score": {
             "module": ScoreGraph(model, score_names),
-            "inputs": [image_io],
-            "outputs": [_io(name, "float32", ["batch"]) for name in score_names],
+            "inputs": [image_io, *label],
+            # the class each image was scored under (the input's name cannot be reused)
+            "outputs": [_io(name, "float32", ["batch"]) for name in score_names] + [_io(SCORED_LABEL, "int64", ["batch"])] * bool(label),
         },
     }
     if model.has_encoder:
         specs["encoder"] = {
             "module": EncoderGraph(model),
-            "inputs": [image_io],
+            "inputs": [image_io, *label],
             "outputs": [_io("mu", "float32", ["batch", latent]), _io("logvar", "float32", ["batch", latent])],
         }
     return specs
 
 
-def _example_input(graph: str, batch: int, latent: int, image_shape: tuple[int, int, int], decoder: DecoderGraph, seed: int) -> torch.Tensor:
-    """Seeded inputs: prior latents for the decoder; half decoded samples, half noise images otherwise."""
+def _example_input(graph: str, batch: int, latent: int, image_shape: tuple[int, int, int], decoder: DecoderGraph,
+                   seed: int) -> tuple[torch.Tensor, ...]:
+    """Seeded inputs: prior latents for the decoder; half decoded samples, half noise images otherwise. A conditional
+    model's get balanced labels too, with every other one unknown (-1) for the score graph."""
     z = torch.from_numpy(sample_latents(batch, latent, seed))
+    classes = decoder.model.num_classes
+    label = (torch.from_numpy(balanced_labels(batch, classes, seed)),) if classes else ()
     if graph == "decoder":
-        return z
+        return (z, *label)
     with torch.no_grad():
-        images = decoder(z)
+        images = decoder(z, *label)
     noise = torch.randint(0, 256, (batch, *image_shape), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
     images[batch // 2 :] = noise[batch // 2 :]
-    return images
+    if graph == "score" and classes:
+        label = (torch.where(torch.arange(batch) % 2 == 1, -1, label[0]),)
+    return (images, *label)
 
 
-def _export_graph(module: nn.Module, example: torch.Tensor, spec: dict[str, Any], path: Path, opset: int | None) -> None:
+def _export_graph(module: nn.Module, example: tuple[torch.Tensor, ...], spec: dict[str, Any], path: Path,
+                  opset: int | None) -> None:
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
                 module,
-                (example,),
+                example,
                 str(path),
                 input_names=[i["name"] for i in spec["inputs"]],
                 output_names=[o["name"] for o in spec["outputs"]],
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=tuple({0: batch} for _ in example),
                 opset_version=opset,
                 external_data=False,
                 dynamo=True,
@@ -177,9 +194,9 @@ def check_parity(model: GenerativeModel, directory: Path, manifest: dict[str, An
         for batch in PARITY_BATCHES:
             x = _example_input(graph, batch, latent, image_shape, decoder, PARITY_SEED + batch)
             with torch.no_grad():
-                expected = spec["module"](x)
+                expected = spec["module"](*x)
             expected = expected if isinstance(expected, tuple) else (expected,)
-            got = exported.graphs[graph].run(x.numpy())
+            got = exported.graphs[graph].run(*(t.numpy() for t in x))
             for out_spec, value in zip(spec["outputs"], expected):
                 figure = _compare(f"{graph}.onnx output {out_spec['name']} at batch {batch}", value, got[out_spec["name"]],
                                   standardised=graph == "score" and out_spec["name"] == "score")
@@ -208,6 +225,7 @@ def build_manifest(ckpt: dict[str, Any], source: Path, name: str, specs: dict[st
         "family": ckpt["family"],
         "latent": {"dim": ckpt["model_config"]["latent_dim"], "prior": describe_prior(ckpt.get("prior")),
                    "fitted_prior": ckpt.get("prior"), "dtype": "float32"},
+        "classes": class_info(ckpt),
         "image": {"channels": data["channels"], "height": data["image_size"], "width": data["image_size"],
                   "layout": "NCHW", "pixel_format": "uint8", "value_range": [0, 255]},
         "graphs": {
@@ -225,6 +243,17 @@ def build_manifest(ckpt: dict[str, Any], source: Path, name: str, specs: dict[st
         },
         "source": {"checkpoint": source.name, "sha256": file_sha256(source), "genlab_version": ckpt.get("genlab_version")},
     }
+
+
+def class_info(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What a client needs to ask a conditional model for a class: whether it is conditional and the class names
+    (label k is names[k]); an unconditional model lists the classes of its training data for people."""
+    mc, data = ckpt["model_config"], ckpt["data"]
+    conditional = bool(mc.get("conditional")) and int(mc.get("num_classes", 0)) > 0
+    names = list(data.get("class_names") or [])
+    if conditional and len(names) != int(mc["num_classes"]):
+        names = [str(k) for k in range(int(mc["num_classes"]))]
+    return {"conditional": conditional, "names": names, "condition_on": data.get("condition_on")}
 
 
 def _is_export(directory: Path) -> bool:

@@ -5,7 +5,8 @@ and usable by anyone: it imports no torch and no training code. Opening checks t
 format version and the sha256 of every file it lists, and names the file that fails.
 
 Pixels are uint8 NCHW at every graph boundary: the decoder emits them, the encoder and the
-score graph take them, and normalisation happens inside the graphs.
+score graph take them, and normalisation happens inside the graphs. A conditional model's graphs
+also take int64 class labels (:attr:`ExportedModel.class_names` names them).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from genlab.latents import sample_latents  # noqa: F401  (the one sampler; expor
 FORMAT = "genlab-export"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+SCORED_LABEL = "scored_label"  # score.onnx output of a conditional model: the class each image was scored under
 PROVIDER_ENV = "GENLAB_ORT_PROVIDER"  # auto (default), cpu or cuda
 
 log = logging.getLogger(__name__)
@@ -71,8 +73,9 @@ class Graph:
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
-    def run(self, array: np.ndarray) -> dict[str, np.ndarray]:
-        values = self.session.run(self.outputs, {self.inputs[0]: array})
+    def run(self, *arrays: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph on its inputs, in the manifest's order."""
+        values = self.session.run(self.outputs, dict(zip(self.inputs, arrays)))
         return dict(zip(self.outputs, values))
 
 
@@ -99,6 +102,31 @@ class ExportedModel:
     def prior(self) -> dict[str, Any] | None:
         """The Gaussian mixture fitted to the training codes (:mod:`genlab.latents`), or None for N(0, I)."""
         return self.manifest["latent"].get("fitted_prior")
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the graphs take a class label (exports from before conditional models never do)."""
+        return bool(self.manifest.get("classes", {}).get("conditional", False))
+
+    @property
+    def class_names(self) -> list[str]:
+        """Label k is class_names[k] (a conditional model's classes; for others, their training data's)."""
+        return list(self.manifest.get("classes", {}).get("names", []))
+
+    def _labels(self, labels: np.ndarray | None, n: int, missing: int | None = None) -> tuple[np.ndarray, ...]:
+        """The extra graph input of a conditional model: int64 labels [n] (``missing`` fills in absent ones)."""
+        if not self.conditional:
+            if labels is not None:
+                raise ExportError(f"{self.name} is not a conditional model; it takes no labels")
+            return ()
+        if labels is None:
+            if missing is None:
+                raise ExportError(f"{self.name} is a conditional model: give a class label per image")
+            labels = np.full(n, missing, np.int64)
+        labels = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
+        if len(labels) != n:
+            raise ExportError(f"{len(labels)} labels for {n} inputs")
+        return (labels,)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -151,20 +179,25 @@ class ExportedModel:
         log.info("opened %s (%s) from %s; providers: %s", self.name, self.family, self.path, self.providers)
         return self
 
-    def decode(self, z: np.ndarray) -> np.ndarray:
-        """float32 latents [B, latent_dim] -> uint8 images [B, C, H, W]."""
-        return self.graphs["decoder"].run(np.ascontiguousarray(z, dtype=np.float32))["images"]
+    def decode(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """float32 latents [B, latent_dim] (and a conditional model's int64 labels [B]) -> uint8 images [B, C, H, W]."""
+        return self.graphs["decoder"].run(np.ascontiguousarray(z, dtype=np.float32), *self._labels(labels, len(z)))["images"]
 
-    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 images [B, C, H, W] -> (mu, logvar), float32 [B, latent_dim]."""
+    def encode(self, images: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images [B, C, H, W] (and a conditional model's labels) -> (mu, logvar), float32 [B, latent_dim]."""
         if not self.has_encoder:
             raise ExportError(f"a {self.family} model has no encoder")
-        out = self.graphs["encoder"].run(np.ascontiguousarray(images, dtype=np.uint8))
+        out = self.graphs["encoder"].run(np.ascontiguousarray(images, dtype=np.uint8), *self._labels(labels, len(images)))
         return out["mu"], out["logvar"]
 
-    def scores(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """uint8 images [B, C, H, W] -> {score component: float32 [B]}; 'score' is the primary one."""
-        return self.graphs["score"].run(np.ascontiguousarray(images, dtype=np.uint8))
+    def scores(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """uint8 images [B, C, H, W] -> {score component: float32 [B]}; 'score' is the primary one. A conditional
+        model scores each image under its label, or where that is -1 (or ``labels`` is None) under the class that
+        explains it best, and adds ``label`` (int64 [B]), the class used."""
+        out = self.graphs["score"].run(np.ascontiguousarray(images, dtype=np.uint8), *self._labels(labels, len(images), -1))
+        if SCORED_LABEL in out:
+            out["label"] = out.pop(SCORED_LABEL)
+        return out
 
     def describe(self) -> dict[str, Any]:
         """The manifest without the bulky calibration quantiles, plus the providers in use."""

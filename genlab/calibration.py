@@ -7,6 +7,9 @@ standardisation on held-out images) and the latent prior (:mod:`genlab.latents`)
 checkpoint keeps each score component's quantiles on a 0.1-percentile grid, so a later
 consumer (the service) turns a raw score into its percentile among normal images and uses
 a percentile (default 99) as the anomaly threshold; :mod:`genlab.thresholds` reads it back.
+
+A conditional model is fitted with each normal image's own label, and calibrated as the service scores
+an image sent without a label: under the class that explains it best (``GenerativeModel.labelled_scores``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import Any
 
 import torch
 
-from genlab.latents import fit_mixture
+from genlab.data import ImageData
+from genlab.latents import fit_class_mixtures, fit_mixture
 from genlab.models import GenerativeModel
 from genlab.pixels import uint8_to_model
 
@@ -24,38 +28,44 @@ PERCENTILES = [round(0.1 * i, 1) for i in range(1001)]
 
 @torch.no_grad()
 def score_images(model: GenerativeModel, images: torch.Tensor, device: torch.device, batch_size: int = 256,
-                 parts: bool = False) -> dict[str, torch.Tensor]:
-    """uint8 images -> {component: [N] scores} in eval mode (``parts``: the unfitted ``score_parts``)."""
+                 parts: bool = False, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """uint8 images -> {component: [N] scores} in eval mode (``parts``: the unfitted ``score_parts``). A conditional
+    model scores each image under its ``labels`` (where given) and adds ``label``, the class it was scored under."""
     was_training = model.training
     model.eval()
     score = model.score_parts if parts else model.anomaly_scores
     out: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch_size):
         x = uint8_to_model(images[start : start + batch_size].to(device))
-        for name, value in score(x).items():
-            out.setdefault(name, []).append(value.float().cpu())
+        y = None if labels is None or not model.conditional else labels[start : start + batch_size].to(device)
+        for name, value in score(x, y).items():
+            out.setdefault(name, []).append(value.cpu() if name == "label" else value.float().cpu())
     model.train(was_training)
     return {name: torch.cat(values) for name, values in out.items()}
 
 
-def fit_to_training_data(model: GenerativeModel, train_images: torch.Tensor, held_out_images: torch.Tensor,
-                         device: torch.device, seed: int) -> dict[str, Any]:
+def fit_to_training_data(model: GenerativeModel, train: ImageData, held_out: ImageData, device: torch.device,
+                         seed: int) -> dict[str, Any]:
     """After training, on normal images only (never on anomalies): the score statistics (``score_fit``), the latent
     prior fitted to the training codes of a family with an encoder (``prior``, :mod:`genlab.latents`), and the
     calibration on the held-out images (``calibration``); each goes into the checkpoint under its key."""
-    train = score_images(model, train_images, device, parts=True)
+    parts = score_images(model, train.images, device, parts=True, labels=train.labels)
     for space in model.score_fit.spaces:
-        model.score_fit.fit_space(space, train[space])
-    model.score_fit.fit_primary(score_images(model, held_out_images, device))
+        model.score_fit.fit_space(space, parts[space])
+    model.score_fit.fit_primary(score_images(model, held_out.images, device, labels=held_out.labels))
     prior = None
-    if model.has_encoder:  # the "latent" part is the posterior mean
-        prior = fit_mixture(train["latent"].numpy(), seed, f"posterior means of the {len(train_images)} training images")
+    if model.has_encoder and model.conditional:  # the "latent" part is the posterior mean
+        prior = fit_class_mixtures(parts["latent"].numpy(), train.labels.numpy(), model.num_classes, seed,
+                                   f"posterior means of the {len(train)} training images, per class")
+    elif model.has_encoder:
+        prior = fit_mixture(parts["latent"].numpy(), seed, f"posterior means of the {len(train)} training images")
     return {"score_fit": model.score_fit.state(), "prior": prior,
-            "calibration": calibrate(model, held_out_images, device, split="val")}
+            "calibration": calibrate(model, held_out.images, device, split="val")}
 
 
 def calibrate(model: GenerativeModel, images: torch.Tensor, device: torch.device, split: str) -> dict[str, Any]:
     scores = score_images(model, images, device)
+    scores.pop("label", None)
     grid = torch.tensor(PERCENTILES, dtype=torch.float64) / 100.0
     return {
         "split": split,

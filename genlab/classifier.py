@@ -42,16 +42,19 @@ def lenet(channels: int, classes: int):
     )
 
 
-def classifier_path(dataset: str, size: int, channels: int, data_dir: str = "data", seed: int = 0) -> Path:
-    """The cached classifier for (dataset, size, channels, seed), trained on first use."""
-    name = cache_name(lenet=f"v{VERSION}", dataset=dataset, size=size, channels=channels, seed=seed)
+def classifier_path(dataset: str, size: int, channels: int, data_dir: str = "data", seed: int = 0,
+                    condition_on: str | None = None) -> Path:
+    """The cached classifier for (dataset, size, channels, seed; CelebA: the attribute it tells apart), trained on first use."""
+    labels = {"condition_on": condition_on} if condition_on else {}
+    name = cache_name(lenet=f"v{VERSION}", dataset=dataset, size=size, channels=channels, seed=seed, **labels)
     path = cache_dir("extractors") / f"{name}.pt"
     if not path.is_file():
-        train_classifier(dataset, size, channels, data_dir, seed, path)
+        train_classifier(dataset, size, channels, data_dir, seed, path, condition_on)
     return path
 
 
-def train_classifier(dataset: str, size: int, channels: int, data_dir: str, seed: int, path: Path) -> dict[str, Any]:
+def train_classifier(dataset: str, size: int, channels: int, data_dir: str, seed: int, path: Path,
+                     condition_on: str | None = None) -> dict[str, Any]:
     """Adam on the train split (at most MAX_TRAIN images) for EPOCHS or MIN_STEPS, whichever is longer; written atomically."""
     import torch
     import torch.nn.functional as F
@@ -61,7 +64,7 @@ def train_classifier(dataset: str, size: int, channels: int, data_dir: str, seed
     from genlab.files import atomic_write_bytes
     from genlab.pixels import uint8_to_model
 
-    train = load_split(dataset, "train", data_dir, image_size=size, channels=channels)
+    train = load_split(dataset, "train", data_dir, image_size=size, channels=channels, condition_on=condition_on)
     classes = int(train.labels.max()) + 1
     if len(set(train.labels.tolist())) < 2:
         raise NoLabels(f"the reference classifier needs labels and {dataset} has a single class")
@@ -85,7 +88,7 @@ def train_classifier(dataset: str, size: int, channels: int, data_dir: str, seed
                     optimizer.step()
                     bar.update(1)
     net.eval()
-    val = load_split(dataset, "val", data_dir, image_size=size, channels=channels)
+    val = load_split(dataset, "val", data_dir, image_size=size, channels=channels, condition_on=condition_on)
     with torch.no_grad():
         accuracy = float((net(uint8_to_model(val.images)).argmax(1) == val.labels).float().mean())
     payload = {"format": "genlab-lenet", "version": VERSION, "dataset": dataset, "image_size": size,

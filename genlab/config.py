@@ -30,6 +30,12 @@ class ModelConfig:
     gamma: float = 1e-2  # vaegan: weight of the feature reconstruction loss in the decoder update
     equilibrium: float = 0.68  # vaegan: target discriminator cross-entropy (about ln 2)
     margin: float = 0.35  # vaegan: how far from equilibrium before D or the GAN term pauses
+    # class-conditional model: the label goes into encoder, decoder and discriminator (genlab.models.nets)
+    conditional: bool = False
+    num_classes: int = 0  # set from the training data's classes for a conditional model
+    # gan, vaegan (conditional): weight of the auxiliary classification loss (AC-GAN); 3 measured better than 1 on
+    # mnist-5k (conditional VAE-GAN, 20 epochs: class fidelity 0.99 vs 0.93 from N(0, I) draws)
+    class_weight: float = 3.0
 
     def __post_init__(self) -> None:
         if self.arch not in ("conv", "mlp"):
@@ -41,8 +47,15 @@ class ModelConfig:
         for name in ("image_size", "latent_dim", "width", "hidden"):
             if getattr(self, name) < 1:
                 raise GenlabError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.gaussian_sigma <= 0 or self.beta < 0 or self.gamma < 0:
-            raise GenlabError("gaussian_sigma must be > 0; beta and gamma must be >= 0")
+        if self.gaussian_sigma <= 0 or self.beta < 0 or self.gamma < 0 or self.class_weight < 0:
+            raise GenlabError("gaussian_sigma must be > 0; beta, gamma and class_weight must be >= 0")
+        if self.num_classes < 0 or (self.conditional and self.num_classes == 1):  # 0: taken from the data when training starts
+            raise GenlabError(f"a conditional model needs at least 2 classes, got {self.num_classes}")
+
+    @property
+    def classes(self) -> int:
+        """The number of labels the networks take: 0 for an unconditional model."""
+        return self.num_classes if self.conditional else 0
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,7 @@ class TrainConfig:
     data_dir: str = "data"
     download: bool = False
     normal_class: Optional[int] = None
+    condition_on: Optional[str] = None  # celeba: the binary attribute that labels the images (e.g. Male)
     translate: float = 0.0  # random shifts of up to this fraction of the image size
     # None: DEFAULT_EPOCHS, or for one-class runs (few images per epoch) enough epochs for ONE_CLASS_STEPS steps
     epochs: Optional[int] = None

@@ -8,9 +8,15 @@ labels; batches are converted to the model's range on the training device
   needs no download); stratified 400 / 50 / 50 images per class for train / val / test.
 - ``mnist``, ``fashion-mnist``, ``cifar10``: the standard files under ``--data-dir``, read by
   torchvision's dataset classes; val is a fixed 10% of the official training set.
-- ``celeba``: torchvision's CelebA files, centre-cropped and resized to 64x64; official splits.
+- ``celeba``: the aligned CelebA images (``img_align_celeba/`` and ``list_eval_partition.txt``, read
+  directly), centre-cropped and resized to 64x64; official splits. Unlabelled (one class) unless
+  ``condition_on`` names a binary attribute of ``list_attr_celeba.txt`` (e.g. ``Male``), which becomes a
+  two-class label (``["not Male", "Male"]``).
 - ``folder:PATH``: PNG / JPEG files found recursively under PATH (first-level subfolders become
   class labels), converted to the requested channels and size; split 90 / 5 / 5.
+
+Class names travel with the data (:attr:`ImageData.class_names`): ``"0".."9"`` for the digits,
+Fashion-MNIST's and CIFAR-10's names, the subfolder names of an image folder.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class ImageData:
     labels: torch.Tensor  # int64 [N]
     dataset: str
     split: str
+    class_names: tuple[str, ...] = ("all",)  # label k is class_names[k]
 
     def __post_init__(self) -> None:
         assert self.images.dtype == torch.uint8 and self.images.ndim == 4
@@ -58,8 +65,12 @@ class ImageData:
     def image_size(self) -> int:
         return int(self.images.shape[2])
 
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
     def select(self, index: torch.Tensor) -> "ImageData":
-        return ImageData(self.images[index], self.labels[index], self.dataset, self.split)
+        return ImageData(self.images[index], self.labels[index], self.dataset, self.split, self.class_names)
 
     def only_class(self, k: int) -> "ImageData":
         keep = torch.nonzero(self.labels == k).flatten()
@@ -74,7 +85,8 @@ class DatasetSpec:
     name: str
     image_size: Optional[int]  # None: chosen by the user (image folders)
     channels: Optional[int]
-    read: Callable[["DatasetSpec", str, str, bool, int, int], tuple[torch.Tensor, torch.Tensor]]
+    # (spec, split, data_dir, download, size, channels, condition_on) -> (uint8 images, int64 labels, class names)
+    read: Callable[["DatasetSpec", str, str, bool, int, int, Optional[str]], tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]]
 
 
 def _share(fraction: float, n: int) -> int:
@@ -114,19 +126,23 @@ def _mnist5k_table() -> np.ndarray:
         return np.loadtxt(f, delimiter=",", dtype=np.uint8)
 
 
-def _read_mnist5k(spec: DatasetSpec, split: str, data_dir: str, download: bool, size: int, channels: int):
+DIGITS = tuple(str(d) for d in range(10))
+
+
+def _read_mnist5k(spec: DatasetSpec, split: str, data_dir: str, download: bool, size: int, channels: int, condition_on):
     table = _mnist5k_table()
     images = torch.from_numpy(table[:, :784].reshape(-1, 1, 28, 28).copy())
     labels = torch.from_numpy(table[:, 784].astype(np.int64))
     index = _seeded_split(len(labels), split, labels, fractions=(0.8, 0.1, 0.1))
-    return images[index], labels[index]
+    return images[index], labels[index], DIGITS
 
 
 _TORCHVISION_FILES = {
     "mnist": ("MNIST/raw", "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"),
     "fashion-mnist": ("FashionMNIST/raw", "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"),
     "cifar10": ("cifar-10-batches-py", "data_batch_1..5, test_batch, batches.meta (from cifar-10-python.tar.gz)"),
-    "celeba": ("celeba", "img_align_celeba/, list_eval_partition.txt, list_attr_celeba.txt, identity_CelebA.txt, list_bbox_celeba.txt, list_landmarks_align_celeba.txt"),
+    "celeba": ("celeba", "img_align_celeba/ (unzipped img_align_celeba.zip), list_eval_partition.txt, and for --condition-on "
+                         "list_attr_celeba.txt"),
 }
 
 
@@ -156,26 +172,77 @@ def _train_val(images: torch.Tensor, labels: torch.Tensor, split: str):
     return images[index], labels[index]
 
 
-def _read_idx(spec: DatasetSpec, split: str, data_dir: str, download: bool, size: int, channels: int):
+def _class_names(ds) -> tuple[str, ...]:
+    """torchvision's class names (MNIST's are "0 - zero"...; genlab calls digits "0".."9")."""
+    names = tuple(str(c) for c in ds.classes)
+    return DIGITS if names and names[0].startswith("0 - ") else names
+
+
+def _read_idx(spec: DatasetSpec, split: str, data_dir: str, download: bool, size: int, channels: int, condition_on):
     ds = _torchvision_dataset(spec.name, data_dir, download, train=split != "test")
     images, labels = ds.data.unsqueeze(1).contiguous(), ds.targets.to(torch.int64)
-    return (images, labels) if split == "test" else _train_val(images, labels, split)
+    images, labels = (images, labels) if split == "test" else _train_val(images, labels, split)
+    return images, labels, _class_names(ds)
 
 
-def _read_cifar(spec: DatasetSpec, split: str, data_dir: str, download: bool, size: int, channels: int):
+def _read_cifar(spec: DatasetSpec, split: str, data_dir: str, download: bool, size: int, channels: int, condition_on):
     ds = _torchvision_dataset(spec.name, data_dir, download, train=split != "test")
     images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
     labels = torch.as_tensor(ds.targets, dtype=torch.int64)
-    return (images, labels) if split == "test" else _train_val(images, labels, split)
+    images, labels = (images, labels) if split == "test" else _train_val(images, labels, split)
+    return images, labels, _class_names(ds)
 
 
-def _read_celeba(spec: DatasetSpec, split: str, data_dir: str, download: bool, size: int, channels: int):
-    ds = _torchvision_dataset(spec.name, data_dir, download, split={"val": "valid"}.get(split, split), target_type=[])
-    images = np.stack([to_array(ds[i][0], channels, size) for i in range(len(ds))])
-    return torch.from_numpy(images), torch.zeros(len(images), dtype=torch.int64)
+CELEBA_SPLITS = {"train": "0", "val": "1", "test": "2"}  # list_eval_partition.txt's codes
 
 
-def _read_folder(spec: DatasetSpec, split: str, data_dir: str, download: bool, size: int, channels: int):
+def _celeba_table(path: Path) -> list[list[str]]:
+    try:
+        return [line.split() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        raise _missing("celeba", str(path.parent.parent)) from None
+
+
+def celeba_attribute(root: Path, attribute: str) -> dict[str, int]:
+    """file name -> 1 where ``attribute`` is present (+1 in list_attr_celeba.txt), else 0."""
+    rows = _celeba_table(root / "list_attr_celeba.txt")
+    names = rows[1] if len(rows) > 1 else []
+    if attribute not in names:
+        raise GenlabError(f"celeba: unknown attribute {attribute!r} for --condition-on; list_attr_celeba.txt has: "
+                          f"{', '.join(names) or 'none'}")
+    column = names.index(attribute) + 1
+    return {row[0]: int(row[column] == "1") for row in rows[2:] if len(row) > column}
+
+
+def _read_celeba(spec: DatasetSpec, split: str, data_dir: str, download: bool, size: int, channels: int, condition_on):
+    """The aligned images of one official split, read directly (torchvision's reader insists on the md5 of every
+    metadata file; genlab needs only the images, the partition and, to condition, the attributes)."""
+    if download:
+        _torchvision_dataset(spec.name, data_dir, download, split="all", target_type=[])
+    root = Path(data_dir) / "celeba"
+    if not (root / "img_align_celeba").is_dir():
+        raise _missing("celeba", data_dir)
+    files = [row[0] for row in _celeba_table(root / "list_eval_partition.txt") if len(row) == 2 and row[1] == CELEBA_SPLITS[split]]
+    labels, names = [0] * len(files), ("all",)
+    if condition_on:
+        present = celeba_attribute(root, condition_on)
+        unlabelled = [f for f in files if f not in present]
+        if unlabelled:
+            raise GenlabError(f"celeba: {unlabelled[0]} has no row in list_attr_celeba.txt")
+        labels, names = [present[f] for f in files], (f"not {condition_on}", condition_on)
+    arrays = []
+    for file in files:
+        try:
+            with Image.open(root / "img_align_celeba" / file) as image:
+                arrays.append(to_array(image, channels, size))
+        except (UnidentifiedImageError, OSError) as err:
+            raise GenlabError(f"celeba: cannot read image {root / 'img_align_celeba' / file} ({err.__class__.__name__})") from None
+    if not arrays:
+        raise GenlabError(f"celeba: split {split!r} is empty in {root / 'list_eval_partition.txt'}")
+    return torch.from_numpy(np.stack(arrays)), torch.tensor(labels, dtype=torch.int64), names
+
+
+def _read_folder(spec: DatasetSpec, split: str, data_dir: str, download: bool, size: int, channels: int, condition_on):
     root = Path(spec.name.split(":", 1)[1]).expanduser()
     if not root.is_dir():
         raise GenlabError(f"folder dataset: {root} is not a directory")
@@ -185,6 +252,7 @@ def _read_folder(spec: DatasetSpec, split: str, data_dir: str, download: bool, s
     # an image's class is its first-level subfolder; images directly under PATH get class 0
     subfolders = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else None for p in files]
     class_index = {c: i for i, c in enumerate(sorted({s for s in subfolders if s is not None}))}
+    names = tuple(class_index) or ("all",)
     labels = torch.tensor([class_index.get(s, 0) for s in subfolders])
     index = _seeded_split(len(files), split)
     arrays = []
@@ -196,7 +264,7 @@ def _read_folder(spec: DatasetSpec, split: str, data_dir: str, download: bool, s
             raise GenlabError(f"folder dataset: cannot read image {files[i]} ({err.__class__.__name__})") from None
     if not arrays:
         raise GenlabError(f"folder dataset: split {split!r} of {root} is empty ({len(files)} images in all)")
-    return torch.from_numpy(np.stack(arrays)), labels[index]
+    return torch.from_numpy(np.stack(arrays)), labels[index], names
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -244,20 +312,25 @@ def load_split(
     download: bool = False,
     image_size: Optional[int] = None,
     channels: Optional[int] = None,
+    condition_on: Optional[str] = None,
 ) -> ImageData:
-    """Read one split of a dataset as uint8, converted to ``channels`` x ``image_size`` if asked."""
+    """Read one split of a dataset as uint8, converted to ``channels`` x ``image_size`` if asked; ``condition_on``
+    (CelebA only) labels each image by one binary attribute."""
     if split not in SPLITS:
         raise GenlabError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if condition_on and name != "celeba":
+        raise GenlabError(f"--condition-on picks a CelebA attribute; {name} has its own class labels")
     if split == "heldout":
-        parts = [load_split(name, s, data_dir, download, image_size, channels) for s in ("val", "test")]
-        return ImageData(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]), name, split)
+        parts = [load_split(name, s, data_dir, download, image_size, channels, condition_on) for s in ("val", "test")]
+        return ImageData(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]), name, split,
+                         parts[0].class_names)
     spec = dataset_spec(name)
     size0, channels0 = native_shape(name)
     size, channels = image_size or size0, channels or channels0
-    images, labels = spec.read(spec, split, data_dir, download, size, channels)
-    data = ImageData(images.contiguous(), labels.to(torch.int64), name, split)
+    images, labels, names = spec.read(spec, split, data_dir, download, size, channels, condition_on)
+    data = ImageData(images.contiguous(), labels.to(torch.int64), name, split, tuple(names))
     if data.channels != channels or data.image_size != size:
-        data = ImageData(_convert(data.images, channels, size), data.labels, name, split)
+        data = ImageData(_convert(data.images, channels, size), data.labels, name, split, data.class_names)
     if len(data) == 0:
         raise GenlabError(f"{name}: split {split!r} is empty")
     return data

@@ -17,8 +17,18 @@ A prior is a JSON-friendly dict (it goes into the checkpoint and the export mani
     scale_tril  [K][D][D]      lower Cholesky factor of each component's covariance
     fitted_on   what it was fitted on, for people
 
+A conditional model's codes still carry some of the class (measured: one mixture over all classes
+drew a "3" code for a requested 7 often enough to drop the conditional VAE-GAN's class fidelity
+from 0.93 to 0.78), so it gets one mixture per class, p(z | y)::
+
+    kind        "per-class-gaussian-mixture"
+    classes     [C] mixtures as above, class k's fitted to the codes of class k
+    fitted_on   what it was fitted on
+
 NumPy only: the export reader, the service and the evaluators all sample through :func:`sample_latents`,
-so a seed gives the same latents from a checkpoint and from its export.
+so a seed gives the same latents from a checkpoint and from its export. A conditional model's
+labels come from :func:`balanced_labels` (every class equally often, seeded) or :func:`class_rows`
+(a grid with one row per class).
 """
 
 from __future__ import annotations
@@ -32,14 +42,25 @@ CODES_PER_PARAMETER_DIM = 4  # at least this many codes per latent dimension for
 
 
 def sample_latents(n: int, latent_dim: int, seed: Optional[int] = None, temperature: float = 1.0,
-                   prior: Optional[dict[str, Any]] = None) -> np.ndarray:
+                   prior: Optional[dict[str, Any]] = None, labels: Optional[np.ndarray] = None) -> np.ndarray:
     """float32 [n, latent_dim] from ``prior`` (N(0, I) when None); the same seed gives the same latents.
 
     ``temperature`` scales the standard-normal noise (around each component's mean, for a mixture).
+    A per-class prior needs the ``labels`` [n] the latents will be decoded with.
     """
     rng = np.random.default_rng(seed)
     if prior is None:
         return rng.standard_normal((n, latent_dim), dtype=np.float32) * np.float32(temperature)
+    if prior.get("kind") == "per-class-gaussian-mixture":
+        if labels is None or len(labels) != n:
+            raise ValueError("a per-class prior needs one label per latent")
+        labels = np.asarray(labels, np.int64)
+        out = np.empty((n, latent_dim), np.float32)
+        for k in np.unique(labels):  # one stream per class, seeded by (seed, class): a label's latents do not
+            where = np.flatnonzero(labels == k)  # depend on which other classes are in the request
+            class_seed = None if seed is None else [seed, int(k)]
+            out[where] = sample_latents(len(where), latent_dim, class_seed, temperature, prior["classes"][int(k)])
+        return out
     weights = np.asarray(prior["weights"], np.float64)
     means = np.asarray(prior["means"], np.float32)
     tril = np.asarray(prior["scale_tril"], np.float32)
@@ -48,6 +69,24 @@ def sample_latents(n: int, latent_dim: int, seed: Optional[int] = None, temperat
     component = rng.choice(len(weights), size=n, p=weights / weights.sum())
     noise = rng.standard_normal((n, latent_dim), dtype=np.float32) * np.float32(temperature)
     return (means[component] + np.einsum("nij,nj->ni", tril[component], noise)).astype(np.float32)
+
+
+LABEL_SEED_OFFSET = 104_729  # labels and latents of one seed come from separate streams
+
+
+def balanced_labels(n: int, classes: int, seed: Optional[int] = None) -> np.ndarray:
+    """int64 [n]: each class n // classes or n // classes + 1 times (which classes get the extra ones, and the order,
+    are seeded); the same seed gives the same labels."""
+    rng = np.random.default_rng(None if seed is None else seed + LABEL_SEED_OFFSET)
+    labels = np.arange(n, dtype=np.int64) % classes
+    rng.shuffle(labels)
+    offset = rng.integers(classes) if classes else 0  # so a small n is not always the first classes
+    return (labels + offset) % classes
+
+
+def class_rows(classes: int, per_class: int) -> np.ndarray:
+    """int64 [classes * per_class]: per_class 0s, then per_class 1s, ...: one grid row per class."""
+    return np.repeat(np.arange(classes, dtype=np.int64), per_class)
 
 
 def fit_mixture(codes: np.ndarray, seed: int = 0, fitted_on: str = "") -> dict[str, Any]:
@@ -67,7 +106,23 @@ def fit_mixture(codes: np.ndarray, seed: int = 0, fitted_on: str = "") -> dict[s
     }
 
 
+def fit_class_mixtures(codes: np.ndarray, labels: np.ndarray, classes: int, seed: int = 0,
+                       fitted_on: str = "") -> dict[str, Any]:
+    """One :func:`fit_mixture` per class, on that class's codes; a class without codes gets N(0, I)'s."""
+    codes, labels = np.asarray(codes, np.float64), np.asarray(labels)
+    dim = codes.shape[1]
+    standard = {"kind": "gaussian-mixture", "weights": [1.0], "means": [[0.0] * dim],
+                "scale_tril": [np.eye(dim).tolist()], "fitted_on": "nothing (no codes of this class)"}
+    mixtures = [fit_mixture(codes[labels == k], seed) if (labels == k).sum() > 1 else standard for k in range(classes)]
+    return {"kind": "per-class-gaussian-mixture", "classes": mixtures,
+            "fitted_on": fitted_on or f"posterior means of {len(codes)} training images, per class"}
+
+
 def describe(prior: Optional[dict[str, Any]]) -> str:
     if prior is None:
         return "standard normal N(0, I)"
+    if prior.get("kind") == "per-class-gaussian-mixture":
+        sizes = sorted({len(m["weights"]) for m in prior["classes"]})
+        return (f"one Gaussian mixture per class ({len(prior['classes'])} classes, "
+                f"{'/'.join(map(str, sizes))} components) fitted to the {prior['fitted_on']}")
     return f"Gaussian mixture of {len(prior['weights'])} components fitted to the {prior['fitted_on']}"

@@ -9,7 +9,9 @@ compares the images with the validation split in the features of :mod:`genlab.cl
   (alone it can be fooled: the classifier is just as sure of pure noise, all in one class; read it
   with the two below);
 - ``class_entropy``: the entropy of the predicted class histogram over log(classes): 1.0 when every
-  class is drawn equally often, lower when samples collapse onto a few classes.
+  class is drawn equally often, lower when samples collapse onto a few classes;
+- ``class_fidelity`` (conditional models, whose samples are drawn for given labels): the share of
+  samples the classifier assigns to the class they were asked for.
 
 The distances come from torch-fidelity's own functions; the reference features are computed
 once per run. The numbers are distances in a small classifier's feature space, for watching a
@@ -26,7 +28,7 @@ import torch
 from genlab.errors import GenlabError
 
 CONFIDENT = 0.9
-METRICS = ("fd", "kd", "confident", "class_entropy")
+METRICS = ("fd", "kd", "confident", "class_entropy")  # and class_fidelity where samples have labels
 
 
 def _distances():
@@ -50,10 +52,15 @@ def _distances():
     return fd, kd
 
 
-class QualityTracker:
-    """Measures ``decode``'s samples of ``latents`` against ``reference`` uint8 images (the validation split)."""
+Decode = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]  # (latents, labels or None) -> uint8 images
 
-    def __init__(self, classifier_file: str, reference: torch.Tensor, latents: torch.Tensor, batch_size: int = 500):
+
+class QualityTracker:
+    """Measures ``decode``'s samples of ``latents`` (for ``labels``, a conditional model's) against ``reference``
+    uint8 images (the validation split)."""
+
+    def __init__(self, classifier_file: str, reference: torch.Tensor, latents: torch.Tensor,
+                 labels: torch.Tensor | None = None, batch_size: int = 500):
         from genlab.classifier import FEATURE_LAYERS, load_classifier
 
         if len(reference) < 2 or len(latents) < 2:
@@ -61,6 +68,7 @@ class QualityTracker:
         self.net, self.info = load_classifier(classifier_file)
         self.features, self.head = self.net[:FEATURE_LAYERS], self.net[FEATURE_LAYERS:]
         self.latents = latents
+        self.labels = labels
         self.batch_size = batch_size
         self.fd, self.kd = _distances()
         self.reference, _ = self._embed(reference)
@@ -77,29 +85,39 @@ class QualityTracker:
         return torch.cat(features), torch.cat(logits)
 
     @torch.no_grad()
-    def measure(self, decode: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor | None = None) -> dict[str, float]:
-        """``decode``: latents -> uint8 images; ``latents``: instead of the fixed ones. Returns every metric in METRICS."""
+    def measure(self, decode: Decode, latents: torch.Tensor | None = None) -> dict[str, float]:
+        """``decode``: (latents, labels) -> uint8 images; ``latents``: instead of the fixed ones (with the same labels).
+        Returns every metric in METRICS, and class_fidelity for labelled samples."""
         latents = self.latents if latents is None else latents
-        images = torch.cat([decode(latents[i : i + self.batch_size]).cpu() for i in range(0, len(latents), self.batch_size)])
+        labels = self.labels
+
+        def chunk(i: int) -> torch.Tensor:
+            return decode(latents[i : i + self.batch_size], None if labels is None else labels[i : i + self.batch_size]).cpu()
+
+        images = torch.cat([chunk(i) for i in range(0, len(latents), self.batch_size)])
         features, logits = self._embed(images)
         probs = logits.softmax(dim=1)
         classes = probs.shape[1]
         histogram = torch.bincount(probs.argmax(dim=1), minlength=classes).double() / len(probs)
         entropy = -(histogram[histogram > 0] * histogram[histogram > 0].log()).sum().item() / math.log(classes)
-        return {
+        measured = {
             "fd": self.fd(features, self.reference),
             "kd": self.kd(features, self.reference),
             "confident": float((probs.max(dim=1).values >= CONFIDENT).double().mean()),
             "class_entropy": float(entropy),
         }
+        if labels is not None:
+            measured["class_fidelity"] = float((probs.argmax(dim=1) == labels.cpu()).double().mean())
+        return measured
 
 
-def classifier_for(dataset: str, data_dir: str, image_size: int, channels: int, seed: int) -> str | None:
+def classifier_for(dataset: str, data_dir: str, image_size: int, channels: int, seed: int,
+                   condition_on: str | None = None) -> str | None:
     """The reference classifier's file for this data, trained on first use; None if the data has no labels."""
     from genlab.classifier import NoLabels, classifier_path
 
     try:
-        return str(classifier_path(dataset, image_size, channels, data_dir, seed))
+        return str(classifier_path(dataset, image_size, channels, data_dir, seed, condition_on))
     except NoLabels:
         return None
 
@@ -108,8 +126,9 @@ def summary(values: dict[str, Any]) -> str:
     """The quality part of the epoch line, e.g. 'quality: fd 12.3, kd 0.021, confident 0.87, classes 0.98'."""
     if not values:
         return ""
-    return (f"quality: fd {values['fd']:.3g}, kd {values['kd']:.3g}, confident {values['confident']:.2f}, "
+    text = (f"quality: fd {values['fd']:.3g}, kd {values['kd']:.3g}, confident {values['confident']:.2f}, "
             f"classes {values['class_entropy']:.2f}")
+    return text + (f", class fidelity {values['class_fidelity']:.3f}" if "class_fidelity" in values else "")
 
 
 __all__ = ["CONFIDENT", "METRICS", "QualityTracker", "classifier_for", "summary"]

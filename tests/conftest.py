@@ -83,6 +83,24 @@ def fake_cifar_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def fake_celeba_dir(tmp_path: Path) -> Path:
+    """CelebA's layout with 12 small images: the aligned images, the official partition (8 / 2 / 2) and an attribute
+    file with two attributes (Male on every other image)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "celeba"
+    (root / "img_align_celeba").mkdir(parents=True)
+    names = [f"{i:06d}.jpg" for i in range(1, 13)]
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(root / "img_align_celeba" / name)
+    (root / "list_eval_partition.txt").write_text("".join(f"{n} {0 if i < 8 else 1 if i < 10 else 2}\n" for i, n in enumerate(names)))
+    rows = [f"{n} {1 if i % 2 else -1} {1 if i % 3 == 0 else -1}" for i, n in enumerate(names)]
+    (root / "list_attr_celeba.txt").write_text("\n".join([str(len(names)), "Male Smiling", *rows]) + "\n")
+    return tmp_path
+
+
+@pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """A user's folder: two class subfolders, PNG and JPEG, mixed modes and sizes."""
     from PIL import Image

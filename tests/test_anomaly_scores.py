@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from genlab.calibration import fit_to_training_data, score_images
+from genlab.data import ImageData
 from genlab.config import ONE_CLASS_STEPS, TrainConfig, resolve_epochs
 from genlab.latents import fit_mixture, sample_latents
 from genlab.measures import anomaly_map, recon_error
@@ -27,11 +28,15 @@ def _uint8(n: int, seed: int) -> torch.Tensor:
     return model_to_uint8(seeded_images(n, seed=seed))
 
 
+def _data(n: int, seed: int, classes: int = 1) -> ImageData:
+    return ImageData(_uint8(n, seed), torch.arange(n) % classes, "blobs", "train", tuple(map(str, range(classes))))
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
 def fitted(request):
     torch.manual_seed(0)
     model = build_model(tiny_config(request.param)).eval()
-    result = fit_to_training_data(model, _uint8(64, 1), _uint8(32, 2), torch.device("cpu"), seed=0)
+    result = fit_to_training_data(model, _data(64, 1), _data(32, 2), torch.device("cpu"), seed=0)
     return model, result
 
 
@@ -135,3 +140,20 @@ def test_one_class_benchmark_runs_end_to_end(tmp_path):
         assert all(0.0 <= v <= 1.0 for v in [*row["auroc"].values(), *row["pairs_auroc"].values()])
         # the primary score is the standardised pair it combines (standardised on the same held-out images)
         assert row["pairs_auroc"]["relative_recon_error+latent_distance"] == pytest.approx(row["auroc"]["score"], abs=0.01)
+
+
+def test_a_conditional_model_is_fitted_per_class_and_calibrated_without_labels():
+    """Each class gets its own latent mixture (p(z | y)); a class's latents depend only on the seed and that
+    class, not on the other labels drawn with them. Calibration scores images as the service does without a label."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config("vae", conditional=True, num_classes=2)).eval()
+    result = fit_to_training_data(model, _data(64, 1, classes=2), _data(32, 2, classes=2), torch.device("cpu"), seed=0)
+    prior = result["prior"]
+    assert prior["kind"] == "per-class-gaussian-mixture" and len(prior["classes"]) == 2
+    labels = np.array([0, 1, 1, 0])
+    z = sample_latents(4, 4, 5, prior=prior, labels=labels)
+    np.testing.assert_array_equal(z, sample_latents(4, 4, 5, prior=prior, labels=labels))
+    np.testing.assert_array_equal(sample_latents(2, 4, 5, prior=prior, labels=np.array([0, 0])), z[[0, 3]])
+    with pytest.raises(ValueError, match="label"):
+        sample_latents(4, 4, 5, prior=prior)
+    assert "label" not in result["calibration"]["scores"] and "score" in result["calibration"]["scores"]

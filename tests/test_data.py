@@ -63,6 +63,30 @@ def test_missing_files_name_what_to_put_where(name, folder, tmp_path):
     assert str(tmp_path / folder) in message and "--download" in message and "\n" not in message
 
 
+def test_class_names_travel_with_the_data(fake_mnist_dir, fake_cifar_dir, image_folder):
+    assert load_split("mnist-5k", "val").class_names == tuple("0123456789")
+    assert load_split("mnist", "test", str(fake_mnist_dir)).class_names == tuple("0123456789")
+    assert load_split("fashion-mnist", "test", str(fake_mnist_dir)).class_names[0] == "T-shirt/top"
+    assert load_split("cifar10", "test", str(fake_cifar_dir)).class_names == tuple(f"c{i}" for i in range(10))
+    assert load_split(f"folder:{image_folder}", "train", image_size=8).class_names == ("cats", "dogs")
+    assert load_split("mnist-5k", "heldout").only_class(3).class_names == tuple("0123456789")
+
+
+def test_celeba_is_read_directly_and_labelled_by_one_attribute(fake_celeba_dir):
+    """--condition-on turns one binary attribute into a two-class label; the files need no md5 (torchvision's
+    reader insists on the md5 of every metadata file, so it cannot read a CelebA copy with one file edited)."""
+    train = load_split("celeba", "train", str(fake_celeba_dir), image_size=16)
+    assert train.images.shape == (8, 3, 16, 16) and train.class_names == ("all",) and not train.labels.any()
+    male = {s: load_split("celeba", s, str(fake_celeba_dir), image_size=16, condition_on="Male") for s in ("train", "val", "test")}
+    assert male["train"].class_names == ("not Male", "Male")
+    assert male["train"].labels.tolist() == [0, 1, 0, 1, 0, 1, 0, 1] and male["test"].labels.tolist() == [0, 1]
+    assert torch.equal(male["train"].images, train.images)
+    with pytest.raises(GenlabError, match="unknown attribute 'Bald'.*Male, Smiling"):
+        load_split("celeba", "train", str(fake_celeba_dir), condition_on="Bald")
+    with pytest.raises(GenlabError, match="CelebA attribute"):
+        load_split("mnist-5k", "train", condition_on="Male")
+
+
 def test_image_folder(image_folder):
     splits = {s: load_split(f"folder:{image_folder}", s, image_size=24, channels=3) for s in ("train", "val", "test")}
     assert sum(len(d) for d in splits.values()) == 25  # 24 images + 1 RGBA; the .txt is ignored

@@ -33,6 +33,8 @@ from genlab.checkpoint import load_checkpoint, model_from_checkpoint, save_check
 from cli.main import main
 from genlab.config import TrainConfig
 from genlab.errors import GenlabError
+from genlab.latents import balanced_labels
+from genlab.pixels import uint8_to_model
 from genlab.models import MODELS
 from tests.conftest import FAMILIES, TINY
 from training.loop import train
@@ -62,9 +64,15 @@ def build(tmp_path_factory):
     built: dict[str, SimpleNamespace] = {}
 
     def get(family: str) -> SimpleNamespace:
+        """``family``, or ``family-conditional``: a conditional model of all ten digits."""
         if family not in built:
             run = root / f"run-{family}"
-            train(family, dict(TINY), TrainConfig(**SMALL), run)
+            name, _, conditional = family.partition("-")
+            if conditional:
+                train(name, {**TINY, "conditional": True}, TrainConfig(**{**SMALL, "normal_class": None, "batch_size": 200,
+                                                                           "quality_every": 0}), run)
+            else:
+                train(family, dict(TINY), TrainConfig(**SMALL), run)
             out = root / f"export-{family}"
             manifest = export_checkpoint(run / "last.pt", out)
             ckpt = load_checkpoint(run / "last.pt")
@@ -164,6 +172,45 @@ def test_graphs_load_and_match_torch_at_several_batch_sizes(exported):
             assert scores[name].shape == (batch,)
             assert_close(scores[name], want_score, f"score {name} at batch {batch}")
             assert_close(scores[name], calibration_scores[name], f"score {name} vs calibration at batch {batch}")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_conditional_graphs_take_labels_and_match_torch(build, family):
+    """decoder and encoder take int64 labels; the score graph takes -1 for an unknown label, scores that image under
+    the class that explains it best and says which (``label``), exactly as the torch model does."""
+    built = build(f"{family}-conditional")
+    model = built.model
+    exp = open_export(built.out, providers="cpu")
+    assert exp.conditional and exp.class_names == list("0123456789")
+    assert built.manifest["classes"] == {"conditional": True, "names": list("0123456789"), "condition_on": None}
+    for graph in ("decoder", "encoder", "score"):
+        assert {"name": "label", "dtype": "int64", "shape": ["batch"]} in built.manifest["graphs"][graph]["inputs"]
+    names = exp.score_names
+    assert "label" not in names
+    for batch in BATCHES:
+        labels = balanced_labels(batch, 10, seed=batch)
+        z = sample_latents(batch, exp.latent_dim, seed=batch, prior=exp.prior, labels=labels)
+        with torch.no_grad():
+            want = DecoderGraph(model)(torch.from_numpy(z), torch.from_numpy(labels))
+        got = exp.decode(z, labels)
+        assert np.abs(got.astype(int) - want.numpy().astype(int)).max() <= 1, f"decoder at batch {batch}"
+        images = torch.from_numpy(got)
+        mu, _ = exp.encode(got, labels)
+        with torch.no_grad():
+            assert_close(mu, EncoderGraph(model)(images, torch.from_numpy(labels))[0], f"encoder mu at batch {batch}")
+        partly = np.where(np.arange(batch) % 2 == 1, -1, labels)
+        scores = exp.scores(got, partly)
+        with torch.no_grad():
+            want_scores = model.anomaly_scores(uint8_to_model(images), torch.from_numpy(partly))
+        np.testing.assert_array_equal(scores["label"], want_scores["label"].numpy())
+        assert (scores["label"][partly >= 0] == partly[partly >= 0]).all()
+        for name in names:
+            np.testing.assert_allclose(scores[name], want_scores[name].float().numpy(), rtol=1e-3, atol=1e-3, err_msg=name)
+        np.testing.assert_array_equal(exp.scores(got)["label"], exp.scores(got, np.full(batch, -1))["label"])
+    with pytest.raises(ExportError, match="conditional model: give a class label"):
+        exp.decode(z)
+    with pytest.raises(ExportError, match="not a conditional model"):
+        open_export(build(family).out, providers="cpu").decode(z, labels)
 
 
 def test_manifest_alone_is_enough_to_sample_from_the_decoder(exported):

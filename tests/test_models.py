@@ -1,4 +1,4 @@
-"""The battery every registered family passes, on tiny configs and seeded data."""
+"""The battery every registered family passes, unconditional and conditional, on tiny configs and seeded data."""
 
 from __future__ import annotations
 
@@ -14,48 +14,77 @@ from genlab.models.vae import VAE
 from tests.conftest import FAMILIES, seeded_images, tiny_config
 
 SHAPES = [("conv", 16, 1), ("conv", 28, 1), ("conv", 32, 3), ("conv", 64, 3), ("mlp", 16, 1), ("mlp", 8, 3)]
+CLASSES = 3  # of the conditional variants
+VARIANTS = [pytest.param(family, conditional, id=f"{family}-{'conditional' if conditional else 'plain'}")
+            for family in FAMILIES for conditional in (False, True)]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+def variant_config(family: str, conditional: bool, *args, **kw):
+    return tiny_config(family, *args, **kw, **({"conditional": True, "num_classes": CLASSES} if conditional else {}))
+
+
+def labels(n: int) -> torch.Tensor:
+    return torch.arange(n) % CLASSES
+
+
+@pytest.mark.parametrize("family,conditional", VARIANTS)
 @pytest.mark.parametrize("arch,size,channels", SHAPES)
-def test_output_shapes(family, arch, size, channels):
+def test_output_shapes(family, conditional, arch, size, channels):
     torch.manual_seed(0)
-    model = build_model(tiny_config(family, arch, size, channels)).eval()
+    model = build_model(variant_config(family, conditional, arch, size, channels)).eval()
     x = seeded_images(3, channels, size)
-    images = model.decode(torch.randn(5, 4))
-    assert images.shape == (5, channels, size, size)
+    y = labels(3) if conditional else None
+    images = model.decode(torch.randn(3, 4), y)
+    assert images.shape == (3, channels, size, size)
     assert images.min() >= -1 and images.max() <= 1
     scores = model.anomaly_scores(x)
-    assert "score" in scores and set(scores) == set(type(model).score_descriptions)
-    assert all(v.shape == (3,) and torch.isfinite(v).all() for v in scores.values())
-    if model.has_encoder:
-        mu, logvar = model.encode(x)
-        assert mu.shape == logvar.shape == (3, 4)
-        assert model.reconstruct(x).shape == x.shape
-    else:
-        with pytest.raises(NotImplementedError):
-            model.encode(x)
+    assert "score" in scores and set(scores) - {"label"} == set(type(model).score_descriptions)
+    assert ("label" in scores) == conditional
+    assert all(v.shape == (3,) and torch.isfinite(v.double()).all() for v in scores.values())
+    mu, logvar = model.encode(x, y)
+    assert mu.shape == logvar.shape == (3, 4)
+    assert model.reconstruct(x, y).shape == x.shape
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_loss_decreases_on_fixed_data(family):
+def test_conditional_networks_use_the_label(family):
+    """The label changes what the decoder draws, and an unknown label is scored under the class that explains the
+    image best: the one with the lowest primary score."""
+    torch.manual_seed(0)
+    model = build_model(variant_config(family, True)).eval()
+    z = torch.randn(1, 4).expand(CLASSES, 4)
+    drawn = model.decode(z, torch.arange(CLASSES))
+    assert not torch.equal(drawn[0], drawn[1])
+    x = seeded_images(4)
+    every = torch.stack([model.anomaly_scores(x, torch.full((4,), k))["score"] for k in range(CLASSES)])
+    searched = model.anomaly_scores(x)
+    assert torch.equal(searched["label"], every.argmin(dim=0))
+    torch.testing.assert_close(searched["score"], every.min(dim=0).values)
+    mixed = model.anomaly_scores(x, torch.tensor([2, -1, 0, -1]))  # given where known, searched where -1
+    assert mixed["label"].tolist() == [2, int(every[:, 1].argmin()), 0, int(every[:, 3].argmin())]
+    with pytest.raises(ValueError, match="class labels"):
+        model.decode(z)
+
+
+@pytest.mark.parametrize("family,conditional", VARIANTS)
+def test_loss_decreases_on_fixed_data(family, conditional):
     """A few steps on one fixed batch lower the family's main reconstruction / discriminator loss."""
     torch.manual_seed(0)
-    model = build_model(tiny_config(family, width=8)).train()
+    model = build_model(variant_config(family, conditional, width=8)).train()
     # (2e-3 makes the tiny GAN's discriminator win, then lose: too fast to show a trend in 30 steps)
     optimizers = model.configure_optimizers(1e-3 if family == "gan" else 2e-3, (0.5, 0.999))
     x = seeded_images(32)
     key = {"vae": "loss", "gan": "d_loss", "vaegan": "llike"}[family]
-    losses = [model.train_step(x, optimizers)[key].item() for _ in range(30)]
+    losses = [model.train_step(x, labels(32), optimizers)[key].item() for _ in range(30)]
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_train_step_updates_every_network(family):
+@pytest.mark.parametrize("family,conditional", VARIANTS)
+def test_train_step_updates_every_network(family, conditional):
     torch.manual_seed(0)
-    model = build_model(tiny_config(family)).train()
+    model = build_model(variant_config(family, conditional)).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    model.train_step(seeded_images(8), model.configure_optimizers(1e-3, (0.5, 0.999)))
+    model.train_step(seeded_images(8), labels(8), model.configure_optimizers(1e-3, (0.5, 0.999)))
     for name in ("encoder", "decoder", "discriminator"):
         if hasattr(model, name):
             changed = [not torch.equal(before[k], v) for k, v in model.state_dict().items() if k.startswith(name) and "weight" in k]
@@ -75,7 +104,7 @@ def test_vaegan_encoder_gets_no_gan_gradient():
 
     optimizers = {name: Capture(getattr(model, name).parameters(), lr=0.0) for name in ("encoder", "decoder", "discriminator")}
     torch.manual_seed(1)
-    model.train_step(x, optimizers)
+    model.train_step(x, labels(8), optimizers)
     # recompute the encoder loss alone with the same noise and compare gradients
     from genlab.models.base import kl_to_standard_normal, reparameterize
     from genlab.models.vaegan import feature_error
@@ -92,12 +121,12 @@ def test_vaegan_encoder_gets_no_gan_gradient():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_save_load_gives_identical_outputs(family, tmp_path):
+@pytest.mark.parametrize("family,conditional", VARIANTS)
+def test_save_load_gives_identical_outputs(family, conditional, tmp_path):
     torch.manual_seed(0)
-    cfg = tiny_config(family)
+    cfg = variant_config(family, conditional)
     model = build_model(cfg)
-    model.train_step(seeded_images(8), model.configure_optimizers(1e-3, (0.5, 0.999)))
+    model.train_step(seeded_images(8), labels(8), model.configure_optimizers(1e-3, (0.5, 0.999)))
     model.eval()
     payload = {
         "family": family, "model_config": to_dict(cfg), "train_config": {}, "data": {},
@@ -106,15 +135,17 @@ def test_save_load_gives_identical_outputs(family, tmp_path):
     save_checkpoint(payload, tmp_path / "m.pt")
     loaded = model_from_checkpoint(load_checkpoint(tmp_path / "m.pt"))
     z, x = torch.randn(4, 4), seeded_images(4)
-    assert torch.equal(model.decode(z), loaded.decode(z))
+    y = labels(4) if conditional else None
+    assert loaded.conditional == conditional
+    assert torch.equal(model.decode(z, y), loaded.decode(z, y))
     for name, value in model.anomaly_scores(x).items():
         assert torch.equal(value, loaded.anomaly_scores(x)[name])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_scores_do_not_depend_on_batch(family):
+@pytest.mark.parametrize("family,conditional", VARIANTS)
+def test_scores_do_not_depend_on_batch(family, conditional):
     torch.manual_seed(0)
-    model = build_model(tiny_config(family)).eval()
+    model = build_model(variant_config(family, conditional)).eval()
     x = seeded_images(10)
     whole = model.anomaly_scores(x)["score"]
     parts = torch.cat([model.anomaly_scores(x[i : i + 3])["score"] for i in range(0, 10, 3)])

@@ -18,11 +18,15 @@ from training.quality_watch import COLLAPSE_EPOCHS, QualityWatch
 SMALL = dict(dataset="mnist-5k", normal_class=1, batch_size=32, log_every=5, sample_count=16, quality_samples=64)
 
 
+CLASSIFIER: list[str] = []  # the file the tracker fixture's classifier is in
+
+
 @pytest.fixture(scope="module")
 def tracker():
     from genlab.quality import QualityTracker, classifier_for
 
     classifier = classifier_for("mnist-5k", "data", 28, 1, seed=0)
+    CLASSIFIER[:] = [classifier]
     return QualityTracker(classifier, load_split("mnist-5k", "val").images, torch.zeros(400, 4))
 
 
@@ -31,7 +35,7 @@ def test_the_measures_tell_real_digits_from_noise_and_from_one_digit(tracker):
     real = train_images[torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))[:400]]
     ones = load_split("mnist-5k", "train").only_class(1).images[:400]
     noise = torch.randint(0, 256, (400, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    r, o, n = (tracker.measure(lambda z, images=images: images[: len(z)]) for images in (real, ones, noise))
+    r, o, n = (tracker.measure(lambda z, y, images=images: images[: len(z)]) for images in (real, ones, noise))
     assert set(r) == {"fd", "kd", "confident", "class_entropy"}
     assert r["fd"] < 0.1 * o["fd"] and r["fd"] < 0.1 * n["fd"]  # real digits are far closer to the validation split
     assert abs(r["kd"]) < 0.05 * min(o["kd"], n["kd"])
@@ -112,3 +116,17 @@ def test_best_pt_becomes_the_last_epoch_when_its_fitted_prior_samples_measure_be
     assert best["epoch"] == last["epoch"] == 4 and best["complete"] and summary["best"]["epoch"] == 4
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
     assert "best.pt is now epoch 4" in capsys.readouterr().err
+
+
+def test_class_fidelity_is_the_share_of_samples_drawn_as_their_label(tracker):
+    """A conditional model's samples are measured against the labels they were drawn for."""
+    from genlab.quality import QualityTracker
+
+    val = load_split("mnist-5k", "val")
+    labelled = QualityTracker(CLASSIFIER[0], val.images,
+                              torch.zeros(len(val), 4), labels=val.labels)
+    right = labelled.measure(lambda z, y: val.images[: len(z)])
+    labelled.labels = (val.labels + 1) % 10
+    wrong = labelled.measure(lambda z, y: val.images[: len(z)])
+    assert right["class_fidelity"] > 0.9 and wrong["class_fidelity"] < 0.1
+    assert "class_fidelity" not in tracker.measure(lambda z, y: val.images[: len(z)])

@@ -79,6 +79,31 @@ def test_resume_matches_an_uninterrupted_run(family, tmp_path):
     assert steps == list(range(1, 25))
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_conditional_run_resumes_exactly_and_records_its_classes(family, tmp_path):
+    """All ten digits with their labels (40 steps of 100 images); the sample grid has one row per class."""
+    conditional = dict(SMALL, normal_class=None, batch_size=100, epochs=1)
+    train(family, {**TINY, "conditional": True}, TrainConfig(**conditional), tmp_path / "straight")
+    train(family, {**TINY, "conditional": True}, TrainConfig(**conditional, max_steps=7), tmp_path / "split")
+    _resume(tmp_path / "split", family, max_steps=None)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["model_config"]["conditional"] and a["model_config"]["num_classes"] == 10
+    assert a["data"]["class_names"] == list("0123456789") and a["prior"]["kind"] == "per-class-gaussian-mixture"
+    assert "quality_class_fidelity" in a["metrics"]["epochs"][-1]
+    from PIL import Image
+
+    with Image.open(tmp_path / "straight" / "samples.png") as grid:
+        assert grid.size == (2 + 8 * 30, 2 + 10 * 30)  # 8 samples of each digit, one row per digit
+
+
+def test_conditional_needs_labels(fake_celeba_dir, tmp_path):
+    with pytest.raises(GenlabError, match="single class.*--condition-on"):
+        train("vae", {**TINY, "conditional": True}, TrainConfig(dataset="celeba", data_dir=str(fake_celeba_dir), batch_size=4,
+                                                                  epochs=1), tmp_path / "run")
+
+
 def test_resume_extends_a_finished_run(tmp_path):
     _train(tmp_path / "r", epochs=1)
     assert _resume(tmp_path / "r")["stopped"] == "already complete"

@@ -33,7 +33,7 @@ from genlab.config import ModelConfig, TrainConfig, resolve_epochs, to_dict
 from genlab.data import ImageData, load_split, native_shape
 from genlab.errors import GenlabError
 from genlab.files import remove_stale_temps
-from genlab.latents import describe as describe_prior, sample_latents
+from genlab.latents import balanced_labels, class_rows, describe as describe_prior, sample_latents
 from genlab.imageio import save_grid
 from genlab.models import GenerativeModel, build_model, model_class
 from genlab.pixels import VALUE_RANGE, model_to_uint8, random_translate, uint8_to_model
@@ -55,6 +55,7 @@ from training.quality_watch import QualityWatch
 # fields of TrainConfig that --resume may change; the rest come from the checkpoint
 RESUME_OVERRIDABLE = ("epochs", "max_steps", "device", "log_every")
 RECON_IMAGES = 32
+GRID_PER_CLASS, GRID_MAX_CLASSES = 8, 16  # a conditional model's sample grid: one row of 8 per class (the first 16)
 FITTED_KEYS = ("score_fit", "prior", "calibration", "prior_quality")  # checkpoint keys written after training
 
 
@@ -155,6 +156,8 @@ class Trainer:
 
         self.train_data = self._load("train")
         self.val_data = self._load("val")
+        if mc.conditional:
+            self.mc = mc = self._conditional_config(mc)
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         self.model: GenerativeModel = build_model(mc).to(env.device)
         self.optimizers = self.model.configure_optimizers(tc.lr, (tc.beta1, tc.beta2))
@@ -167,6 +170,7 @@ class Trainer:
                     if tc.ema else None)
         torch.manual_seed(tc.seed + 7919 * (env.rank + 1))  # per-rank noise streams
         self.images = self.train_data.images.to(env.device)
+        self.labels = self.train_data.labels.to(env.device)
         self.batches_per_epoch = len(self.images) // env.world_size // tc.batch_size
         if self.batches_per_epoch == 0:
             raise GenlabError(
@@ -174,9 +178,14 @@ class Trainer:
                 + (f" per process ({env.world_size} processes)" if env.enabled else "")
             )
         self.tc = tc = resolve_epochs(tc, self.batches_per_epoch)
-        self.fixed_z = self.model.sample_latents(tc.sample_count, torch.Generator().manual_seed(tc.seed))
+        self.fixed_y = None  # a conditional model's grids: one row per class
+        if mc.conditional:
+            self.fixed_y = torch.from_numpy(class_rows(min(mc.num_classes, GRID_MAX_CLASSES), GRID_PER_CLASS))
+        count = tc.sample_count if self.fixed_y is None else len(self.fixed_y)
+        self.fixed_z = self.model.sample_latents(count, torch.Generator().manual_seed(tc.seed))
         pick = torch.randperm(len(self.val_data), generator=torch.Generator().manual_seed(tc.seed))[:RECON_IMAGES]
         self.recon_images = self.val_data.images[pick.sort().values]  # a fixed, class-mixed set
+        self.recon_labels = self.val_data.labels[pick.sort().values]
         self.epoch, self.batch, self.step = 0, 0, 0
         self.epoch_sums: dict[str, float] = {}
         self.epoch_count = 0
@@ -189,19 +198,40 @@ class Trainer:
         if state is not None:
             self._restore(state)
 
+    def _conditional_config(self, mc: ModelConfig) -> ModelConfig:
+        """A conditional model takes the training data's classes (a resumed run must find the same number)."""
+        data = self.train_data
+        if self.tc.normal_class is not None:
+            raise GenlabError("--conditional cannot be combined with --normal-class: a one-class run has a single label")
+        if data.num_classes < 2:
+            hint = " (pick a binary attribute with --condition-on ATTR, e.g. Male)" if data.dataset == "celeba" else ""
+            raise GenlabError(f"--conditional needs class labels, and {data.dataset} has a single class{hint}")
+        if mc.num_classes not in (0, data.num_classes):
+            raise GenlabError(f"the run's model has {mc.num_classes} classes, {data.dataset} now has {data.num_classes}")
+        return dataclasses.replace(mc, num_classes=data.num_classes)
+
     def _quality_tracker(self) -> Optional[QualityTracker]:
-        """Fixed, seeded prior latents measured against the validation split (one-class runs: its class)."""
-        classifier = classifier_for(self.tc.dataset, self.tc.data_dir, self.mc.image_size, self.mc.channels, seed=0)
+        """Fixed, seeded prior latents measured against the validation split (one-class runs: its class); a
+        conditional model's for balanced, seeded labels."""
+        classifier = classifier_for(self.tc.dataset, self.tc.data_dir, self.mc.image_size, self.mc.channels, seed=0,
+                                    condition_on=self.tc.condition_on)
         if classifier is None:
             tqdm.write(f"sample quality: not tracked ({self.tc.dataset} has no class labels for the reference classifier)",
                        file=sys.stderr)
             return None
         latents = self.model.sample_latents(self.tc.quality_samples, torch.Generator().manual_seed(self.tc.seed + 1))
-        return QualityTracker(classifier, self.val_data.images, latents.cpu())
+        labels = self._quality_labels()
+        return QualityTracker(classifier, self.val_data.images, latents.cpu(), labels)
+
+    def _quality_labels(self) -> Optional[torch.Tensor]:
+        if not self.mc.conditional:
+            return None
+        return torch.from_numpy(balanced_labels(self.tc.quality_samples, self.mc.num_classes, self.tc.seed + 1))
 
     # -- data -----------------------------------------------------------------------------
     def _load(self, split: str) -> ImageData:
-        data = load_split(self.tc.dataset, split, self.tc.data_dir, self.tc.download, self.mc.image_size, self.mc.channels)
+        data = load_split(self.tc.dataset, split, self.tc.data_dir, self.tc.download, self.mc.image_size, self.mc.channels,
+                          self.tc.condition_on)
         if self.tc.normal_class is not None:
             data = data.only_class(self.tc.normal_class)
         return data
@@ -210,12 +240,13 @@ class Trainer:
         perm = torch.randperm(len(self.images), generator=_epoch_generator(self.tc.seed, epoch))
         return perm[self.env.rank :: self.env.world_size].to(self.env.device)
 
-    def _batch(self, order: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
+    def _batch(self, order: torch.Tensor, epoch: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         bs = self.tc.batch_size
-        images = self.images[order[b * bs : (b + 1) * bs]]
+        index = order[b * bs : (b + 1) * bs]
+        images = self.images[index]
         if self.tc.translate > 0:  # on uint8, before normalisation
             images = random_translate(images, self.tc.translate, _epoch_generator(self.tc.seed, epoch, b * self.env.world_size + self.env.rank))
-        return uint8_to_model(images)
+        return uint8_to_model(images), self.labels[index]
 
     # -- checkpoint -----------------------------------------------------------------------
     def _rng_state(self) -> dict[str, Any]:
@@ -238,6 +269,8 @@ class Trainer:
                 "value_range": list(VALUE_RANGE),
                 "pixel_format": "uint8",
                 "normal_class": self.tc.normal_class,
+                "class_names": list(self.train_data.class_names),
+                "condition_on": self.tc.condition_on,
                 "translate": self.tc.translate,
                 "num_train": len(self.train_data),
                 "num_val": len(self.val_data),
@@ -313,12 +346,14 @@ class Trainer:
     def _write_grids(self) -> None:
         self.model.eval()
         with self._averaged_decoder():
-            samples = model_to_uint8(self.model.decode(self.fixed_z)).cpu().numpy()
-            save_grid(samples, self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png")
-            save_grid(samples, self.run_dir / "samples.png")
+            samples = self._decode_uint8(self.fixed_z, self.fixed_y).numpy()
+            row = None if self.fixed_y is None else GRID_PER_CLASS
+            save_grid(samples, self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png", row)
+            save_grid(samples, self.run_dir / "samples.png", row)
             if self.model.has_encoder:
                 originals = self.recon_images
-                recon = model_to_uint8(self.model.reconstruct(uint8_to_model(originals.to(self.env.device)))).cpu()
+                y = self.recon_labels.to(self.env.device) if self.mc.conditional else None
+                recon = model_to_uint8(self.model.reconstruct(uint8_to_model(originals.to(self.env.device)), y)).cpu()
                 rows = [t for i in range(0, len(originals), 8) for t in (originals[i : i + 8], recon[i : i + 8])]
                 grid = torch.cat(rows).numpy()
                 save_grid(grid, self.run_dir / "samples" / f"recon_epoch_{self.epoch:03d}.png", nrow=8)
@@ -348,11 +383,11 @@ class Trainer:
             bar.set_postfix({**{n: f"{v:.3g}" for n, v in zip(names, values[-1].tolist())}, "img/s": f"{rate:,.0f}"})
 
     @torch.no_grad()
-    def _decode_uint8(self, z: torch.Tensor, model: Optional[GenerativeModel] = None) -> torch.Tensor:
+    def _decode_uint8(self, z: torch.Tensor, y: Optional[torch.Tensor] = None, model: Optional[GenerativeModel] = None) -> torch.Tensor:
         model = self.model if model is None else model
         was_training = model.training
         model.eval()
-        images = model_to_uint8(model.decode(z.to(self.env.device))).cpu()
+        images = model_to_uint8(model.decode(z.to(self.env.device), None if y is None else y.to(self.env.device))).cpu()
         model.train(was_training)
         return images
 
@@ -397,8 +432,8 @@ class Trainer:
                     if tc.max_steps is not None and self.step >= tc.max_steps:
                         stopped = "max_steps"
                         break
-                    x = self._batch(order, self.epoch, self.batch)
-                    pending.append(self.model.train_step(x, self.optimizers))
+                    x, y = self._batch(order, self.epoch, self.batch)
+                    pending.append(self.model.train_step(x, y, self.optimizers))
                     if self.ema is not None:
                         self.ema.update_parameters(self.model.decoder)
                     self.batch += 1
@@ -436,8 +471,10 @@ class Trainer:
                 with self._averaged_decoder():
                     self.fitted = self._fit(self.model)
                     if self.fitted["prior"] is not None:  # samples.png as exports draw them: from the fitted prior
-                        z = sample_latents(tc.sample_count, self.mc.latent_dim, tc.seed, prior=self.fitted["prior"])
-                        save_grid(self._decode_uint8(torch.from_numpy(z)).numpy(), self.run_dir / "samples.png")
+                        z = sample_latents(len(self.fixed_z), self.mc.latent_dim, tc.seed, prior=self.fitted["prior"],
+                                           labels=None if self.fixed_y is None else self.fixed_y.numpy())
+                        save_grid(self._decode_uint8(torch.from_numpy(z), self.fixed_y).numpy(), self.run_dir / "samples.png",
+                                  None if self.fixed_y is None else GRID_PER_CLASS)
                 plot_loss_curves(self.log.read(), self.run_dir / "loss_curves.png", f"{self.mc.family} on {tc.dataset}")
             self.fitted = gather_objects(env, self.fitted)[0]
             self.model.score_fit.load(self.fitted["score_fit"])
@@ -449,11 +486,13 @@ class Trainer:
 
     def _fit(self, model: GenerativeModel, checkpoint_name: str = LAST_CHECKPOINT) -> dict[str, Any]:
         """:func:`fit_to_training_data`, plus the sample quality of the fitted prior (what exports generate)."""
-        fitted = fit_to_training_data(model, self.train_data.images, self.val_data.images, self.env.device, self.tc.seed)
+        fitted = fit_to_training_data(model, self.train_data, self.val_data, self.env.device, self.tc.seed)
         fitted["prior_quality"] = None
         if fitted["prior"] is not None and self.watch.tracker is not None:
-            latents = sample_latents(self.tc.quality_samples, self.mc.latent_dim, self.tc.seed + 1, prior=fitted["prior"])
-            measured = self.watch.tracker.measure(lambda z: self._decode_uint8(z, model), torch.from_numpy(latents))
+            labels = self.watch.tracker.labels
+            latents = sample_latents(self.tc.quality_samples, self.mc.latent_dim, self.tc.seed + 1, prior=fitted["prior"],
+                                     labels=None if labels is None else labels.numpy())
+            measured = self.watch.tracker.measure(lambda z, y: self._decode_uint8(z, y, model), torch.from_numpy(latents))
             fitted["prior_quality"] = {"prior": describe_prior(fitted["prior"]), **measured}
             tqdm.write(f"{checkpoint_name}: samples from the fitted latent prior: {quality_summary(measured)}", file=sys.stderr)
         return fitted

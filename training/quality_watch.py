@@ -49,7 +49,7 @@ class QualityWatch:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = WatchState(**state)
 
-    def measure(self, decode: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
+    def measure(self, decode: Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]) -> dict[str, float]:
         """The quality of ``decode``'s samples, keys prefixed ``quality_``, with the seconds it took."""
         started = time.perf_counter()
         values = {f"quality_{k}": v for k, v in self.tracker.measure(decode).items()}

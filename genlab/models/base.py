@@ -5,6 +5,11 @@ and its own ``train_step``; the training loop never branches on the family. Scor
 ``anomaly_scores`` are per image, larger = more anomalous, and deterministic in eval mode
 (the posterior mean is used, batch norm uses running statistics), so they do not depend on
 the batch an image arrives in.
+
+A conditional model (``cfg.conditional``) takes the class label ``y`` (int64 [B]) wherever an
+image or a latent goes in. Scoring an image without its label (``y`` None, or -1 for some images)
+scores it under every class and keeps the class with the lowest primary score: the class that
+explains the image best; ``anomaly_scores`` says which (``label``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ class GenerativeModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        self.num_classes = cfg.classes  # 0: unconditional
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
 
     def _init_scoring(self, spaces: dict[str, int]) -> None:
         """Call once the networks exist: ``spaces`` maps each vector ``score_parts`` returns to its width."""
@@ -43,8 +53,9 @@ class GenerativeModel(nn.Module):
     def configure_optimizers(self, lr: float, betas: tuple[float, float]) -> dict[str, torch.optim.Optimizer]:
         raise NotImplementedError
 
-    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
-        """One update on a batch in [-1, 1]; returns detached scalar losses by name."""
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
+        """One update on a batch in [-1, 1] with its labels (used by conditional models); returns detached scalar
+        losses by name."""
         raise NotImplementedError
 
     @staticmethod
@@ -66,40 +77,67 @@ class GenerativeModel(nn.Module):
             optimizer.step()
 
     # -- inference ------------------------------------------------------------------------
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents -> images in [-1, 1]."""
-        return torch.tanh(self.decoder(z))
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (and labels, conditional) -> images in [-1, 1]."""
+        return torch.tanh(self.decoder(z, y))
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(f"{self.family} has no encoder")
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        mu, _ = self.encode(x)
-        return self.decode(mu)
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        mu, _ = self.encode(x, y)
+        return self.decode(mu, y)
 
-    def score_parts(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Images in [-1, 1] -> scalar components [B] and, for each space of ``score_fit``, vectors [B, D]."""
+    def score_parts(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Images in [-1, 1] (and labels, conditional) -> scalar components [B] and, for each space of
+        ``score_fit``, vectors [B, D]."""
         raise NotImplementedError
 
-    @torch.no_grad()
-    def anomaly_scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Images in [-1, 1] -> {component: [B]}; ``score`` is the primary score.
-
-        A vector part becomes ``<space>_distance`` (:meth:`ScoreFit.distance`); the primary score
-        combines ``primary_components`` (:meth:`ScoreFit.combine`). Both use the statistics
-        :func:`genlab.calibration.fit_to_training_data` fitted on normal images.
-        """
+    def _scores(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, torch.Tensor]:
         components = {}
-        for name, value in self.score_parts(x).items():
+        for name, value in self.score_parts(x, y).items():
             if value.dim() == 1:
                 components[name] = value
             else:
                 components[f"{name}_distance"] = self.score_fit.distance(name, value)
         return {"score": self.score_fit.combine(components), **components}
 
+    @torch.no_grad()
+    def anomaly_scores(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Images in [-1, 1] -> {component: [B]}; ``score`` is the primary score.
+
+        A vector part becomes ``<space>_distance`` (:meth:`ScoreFit.distance`); the primary score
+        combines ``primary_components`` (:meth:`ScoreFit.combine`). Both use the statistics
+        :func:`genlab.calibration.fit_to_training_data` fitted on normal images. A conditional model
+        adds ``label`` (int64 [B]): ``y`` where given, else the class found by :meth:`labelled_scores`.
+        """
+        if not self.conditional:
+            return self._scores(x, None)
+        if y is None or bool((y < 0).any()):
+            return self.labelled_scores(x, y)
+        return {**self._scores(x, y), "label": y}
+
+    @torch.no_grad()
+    def labelled_scores(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """A conditional model's scores with the label searched where it is missing (None or -1): every image is
+        scored under each class and keeps the class with the lowest primary score. No branch on the values, so
+        it traces into one ONNX graph."""
+        b, k = x.shape[0], self.num_classes
+        every = self._scores(torch.cat([x] * k), torch.arange(k * b, device=x.device) // b)  # class-major [K * B]
+        best = every["score"].reshape(k, b).argmin(dim=0)
+        label = best if y is None else torch.where(y >= 0, y, best)
+        pick = label * b + torch.arange(b, device=x.device)
+        return {**{name: value[pick] for name, value in every.items()}, "label": label}
+
     def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         device = next(self.parameters()).device
         return torch.randn(n, self.cfg.latent_dim, generator=generator, device="cpu").to(device)
+
+    def random_labels(self, n: int) -> torch.Tensor | None:
+        """Uniform class labels [n] for the generated half of a training step (None for an unconditional model)."""
+        if not self.conditional:
+            return None
+        return torch.randint(0, self.num_classes, (n,), device=next(self.parameters()).device)
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -155,6 +193,14 @@ def relative_recon_error(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
     """:data:`RELATIVE_RECON_ERROR_MEANING`, per image [B]; ``x`` and ``x_rec`` in [-1, 1]."""
     energy = (model_to_uint8(x).double() / 255.0).pow(2).flatten(1).mean(dim=1).clamp_min(MIN_ENERGY)
     return recon_error(x, x_rec) / energy
+
+
+def class_loss(model: GenerativeModel, features: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """AC-GAN's auxiliary loss: cross-entropy of the discriminator's class head on ``features`` against ``y``,
+    times ``class_weight``; 0 for an unconditional model."""
+    if y is None or not model.conditional:
+        return features.new_zeros(())
+    return model.cfg.class_weight * F.cross_entropy(model.discriminator.classify(features), y)
 
 
 def bce_logits(logits: torch.Tensor, real: bool) -> torch.Tensor:

@@ -9,6 +9,15 @@ by the generator and compared with x in pixels and in the discriminator's featur
 frozen (eval mode, no gradient to them). f-AnoGAN trains the encoder after the GAN; here it follows
 the generator as it trains, so the loop stays one loop and the encoder matches the final generator.
 The encoder gives the GAN ``/reconstruct``, anomaly maps and the izi_f anomaly score.
+
+Conditional: the auxiliary-classifier GAN (Odena et al. 2017). The generator takes the label; the
+discriminator's class head learns the real images' labels (``class_weight`` times its cross-entropy
+joins the discriminator's loss), and the generator is also trained to make that head recognise the
+label it was asked for. The discriminator also sees the label through its projection term (Miyato
+and Koyama 2018), so it judges "a real-looking image of this class", not just "a real-looking image".
+The class head learns from real images only: asked to classify the generator's early scrawls as
+well, it would learn to accept them as their labels (AC-GAN's known pull toward easy-to-classify
+samples comes from that term). The encoder is given the label too: E(x, y), G(E(x, y), y).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from genlab.models.base import (
     RELATIVE_RECON_ERROR_MEANING,
     GenerativeModel,
     bce_logits,
+    class_loss,
     recon_error,
     relative_recon_error,
 )
@@ -71,48 +81,55 @@ class GAN(GenerativeModel):
             "encoder": torch.optim.Adam(self.encoder.parameters(), lr=lr, betas=betas),
         }
 
-    def encode(self, x):
+    def encode(self, x, y=None):
         """The encoder is deterministic: its code, and a log-variance of 0 that carries no meaning."""
-        z, _ = self.encoder(x)
+        z, _ = self.encoder(x, y)
         return z, torch.zeros_like(z)
 
-    def train_step(self, x, optimizers):
+    def train_step(self, x, y, optimizers):
         n = x.shape[0]
+        y = y if self.conditional else None
+        y_fake = self.random_labels(n)
         with torch.no_grad():
-            fake = self.decode(self.sample_latents(n))
-        real_logits, _ = self.discriminator(x)
-        fake_logits, _ = self.discriminator(fake)
-        d_loss = bce_logits(real_logits, True) + bce_logits(fake_logits, False)
+            fake = self.decode(self.sample_latents(n), y_fake)
+        real_logits, real_features = self.discriminator(x, y)
+        fake_logits, _ = self.discriminator(fake, y_fake)
+        d_class = class_loss(self, real_features, y)
+        d_loss = bce_logits(real_logits, True) + bce_logits(fake_logits, False) + d_class
         self.apply_gradients([(optimizers["discriminator"], d_loss)])
 
-        gen_logits, _ = self.discriminator(self.decode(self.sample_latents(n)))
-        g_loss = bce_logits(gen_logits, True)
+        y_gen = self.random_labels(n)
+        gen_logits, gen_features = self.discriminator(self.decode(self.sample_latents(n), y_gen), y_gen)
+        g_loss = bce_logits(gen_logits, True) + class_loss(self, gen_features, y_gen)
         self.apply_gradients([(optimizers["generator"], g_loss)])
 
         self.decoder.eval()  # frozen as f-AnoGAN has them: batch norm on running statistics, as when scoring
         self.discriminator.eval()
         try:
-            x_rec = self.decode(self.encoder(x)[0])
-            _, f_x = self.discriminator(x)
-            _, f_rec = self.discriminator(x_rec)
+            x_rec = self.decode(self.encoder(x, y)[0], y)
+            _, f_x = self.discriminator(x, y)
+            _, f_rec = self.discriminator(x_rec, y)
             e_loss = izi_f(x, x_rec, f_x.detach(), f_rec).mean()
             self.apply_gradients([(optimizers["encoder"], e_loss)])
         finally:
             self.decoder.train()
             self.discriminator.train()
-        return {
+        losses = {
             "d_loss": d_loss.detach(),
             "g_loss": g_loss.detach(),
             "e_loss": e_loss.detach(),
             "d_real": torch.sigmoid(real_logits).mean().detach(),
             "d_fake": torch.sigmoid(fake_logits).mean().detach(),
         }
+        if self.conditional:
+            losses["d_class"] = d_class.detach()
+        return losses
 
-    def score_parts(self, x):
-        z, _ = self.encoder(x)
-        x_rec = self.decode(z)
-        logits, f_x = self.discriminator(x)
-        _, f_rec = self.discriminator(x_rec)
+    def score_parts(self, x, y=None):
+        z, _ = self.encoder(x, y)
+        x_rec = self.decode(z, y)
+        logits, f_x = self.discriminator(x, y)
+        _, f_rec = self.discriminator(x_rec, y)
         return {
             "discriminator": F.softplus(-logits),
             "izi_f": izi_f(x, x_rec, f_x, f_rec),

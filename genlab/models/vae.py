@@ -2,6 +2,8 @@
 
 Loss per image: -log p(x | z) + beta * KL(q(z | x) || N(0, I)), both summed over their
 dimensions (so beta keeps its meaning at any image size), averaged over the batch.
+Conditional (Sohn et al. 2015, the conditional VAE): q(z | x, y) and p(x | z, y), the label given
+to encoder and decoder, the same loss.
 """
 
 from __future__ import annotations
@@ -48,20 +50,21 @@ class VAE(GenerativeModel):
     def configure_optimizers(self, lr, betas):
         return {"vae": torch.optim.Adam(self.parameters(), lr=lr, betas=betas)}
 
-    def encode(self, x):
-        return self.encoder(x)
+    def encode(self, x, y=None):
+        return self.encoder(x, y)
 
-    def train_step(self, x, optimizers):
-        mu, logvar = self.encoder(x)
-        nll = pixel_nll(self.decoder(reparameterize(mu, logvar)), x, self.cfg).mean()
+    def train_step(self, x, y, optimizers):
+        y = y if self.conditional else None
+        mu, logvar = self.encoder(x, y)
+        nll = pixel_nll(self.decoder(reparameterize(mu, logvar), y), x, self.cfg).mean()
         kl = kl_to_standard_normal(mu, logvar).mean()
         loss = nll + self.cfg.beta * kl
         self.apply_gradients([(optimizers["vae"], loss)])
         return {"loss": loss.detach(), "nll": nll.detach(), "kl": kl.detach()}
 
-    def score_parts(self, x):
-        mu, logvar = self.encoder(x)
-        logits = self.decoder(mu)
+    def score_parts(self, x, y=None):
+        mu, logvar = self.encoder(x, y)
+        logits = self.decoder(mu, y)
         x_rec = torch.tanh(logits)
         kl = kl_to_standard_normal(mu, logvar)
         return {

@@ -14,6 +14,12 @@ cross-entropy on real and fake images is below ``equilibrium - margin`` (it is w
 decoder drops its GAN term while it is above ``equilibrium + margin`` (it is losing). Either
 side that pauses lets the other catch up, so the two cannot both stall.
 ``--set margin=1e9`` turns this off.
+
+Conditional: the same algorithm with the label given to all three networks: Enc(X, y), Dec(Z, y),
+Dis(X, y) (its projection term), prior images drawn for uniformly random labels y_p. As in the
+auxiliary-classifier GAN (:mod:`genlab.models.gan`), the discriminator's class head learns the real
+images' labels at every step (also while the balancing pauses the real/fake part), and the decoder is also trained to make that head recognise the
+labels of its reconstructed and prior images.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from genlab.models.base import (
     RELATIVE_RECON_ERROR_MEANING,
     GenerativeModel,
     bce_logits,
+    class_loss,
     kl_to_standard_normal,
     recon_error,
     relative_recon_error,
@@ -76,23 +83,28 @@ class VAEGAN(GenerativeModel):
             "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=betas),
         }
 
-    def encode(self, x):
-        return self.encoder(x)
+    def encode(self, x, y=None):
+        return self.encoder(x, y)
 
-    def train_step(self, x, optimizers):
+    def train_step(self, x, y, optimizers):
         n = x.shape[0]
-        mu, logvar = self.encoder(x)
-        x_rec = self.decode(reparameterize(mu, logvar))
-        x_prior = self.decode(self.sample_latents(n))
-        logits, features = self.discriminator(torch.cat([x, x_rec, x_prior]))
+        y = y if self.conditional else None
+        y_prior = self.random_labels(n)
+        mu, logvar = self.encoder(x, y)
+        x_rec = self.decode(reparameterize(mu, logvar), y)
+        x_prior = self.decode(self.sample_latents(n), y_prior)
+        labels = None if y is None else torch.cat([y, y, y_prior])
+        logits, features = self.discriminator(torch.cat([x, x_rec, x_prior]), labels)
         real_logits, rec_logits, prior_logits = logits.split(n)
-        f_x, f_rec, _ = features.split(n)
+        f_x, f_rec, f_prior = features.split(n)
 
         prior_loss = kl_to_standard_normal(mu, logvar).mean()
         llike = feature_error(f_x, f_rec).mean()
         d_real = bce_logits(real_logits, True)
+        d_class = class_loss(self, f_x, y)
         d_loss = d_real + bce_logits(rec_logits, False) + bce_logits(prior_logits, False)
         g_loss = bce_logits(rec_logits, True) + bce_logits(prior_logits, True)
+        g_class = class_loss(self, torch.cat([f_rec, f_prior]), labels[n:] if labels is not None else None)
 
         # Larsen et al.'s equilibrium balancing: pause the discriminator while it wins by a
         # margin, and the decoder's GAN term while it loses by one.
@@ -102,12 +114,12 @@ class VAEGAN(GenerativeModel):
         use_gan = d_mean <= self.cfg.equilibrium + self.cfg.margin
         updates = [
             (optimizers["encoder"], self.cfg.beta * prior_loss + llike),
-            (optimizers["decoder"], self.cfg.gamma * llike + (g_loss if use_gan else 0.0)),
+            (optimizers["decoder"], self.cfg.gamma * llike + (g_loss if use_gan else 0.0) + g_class),
         ]
-        if train_dis:
-            updates.append((optimizers["discriminator"], d_loss))
+        if train_dis or self.conditional:  # the class head keeps learning while the real/fake judgement pauses
+            updates.append((optimizers["discriminator"], (d_loss if train_dis else 0.0) + d_class))
         self.apply_gradients(updates)
-        return {
+        losses = {
             "prior": prior_loss.detach(),
             "llike": llike.detach(),
             "g_loss": g_loss.detach(),
@@ -115,12 +127,15 @@ class VAEGAN(GenerativeModel):
             "d_trained": torch.tensor(float(train_dis)),
             "gan_used": torch.tensor(float(use_gan)),
         }
+        if self.conditional:
+            losses["d_class"] = d_class.detach()
+        return losses
 
-    def score_parts(self, x):
-        mu, logvar = self.encoder(x)
-        x_rec = self.decode(mu)
-        logits, f_x = self.discriminator(x)
-        _, f_rec = self.discriminator(x_rec)
+    def score_parts(self, x, y=None):
+        mu, logvar = self.encoder(x, y)
+        x_rec = self.decode(mu, y)
+        logits, f_x = self.discriminator(x, y)
+        _, f_rec = self.discriminator(x_rec, y)
         return {
             "feature_error": feature_error(f_x, f_rec),
             RECON_ERROR: recon_error(x, x_rec),
