@@ -88,12 +88,13 @@ def measure_loop_wall(family: str, steps: int, device: torch.device) -> float:
 def measure_ceiling(family: str, steps: int, device: torch.device, warmup: int = 5) -> float:
     model, optimizers = fresh_model(family, device)
     x = uint8_to_model(train_images()[:BATCH].to(device))
+    y = torch.zeros(BATCH, dtype=torch.int64, device=device)  # labels: unused by these unconditional models
     for _ in range(warmup):
-        model.train_step(x, optimizers)
+        model.train_step(x, y, optimizers)
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        model.train_step(x, optimizers)
+        model.train_step(x, y, optimizers)
     sync(device)
     return steps * BATCH / (time.perf_counter() - start)
 
@@ -122,8 +123,8 @@ def measure_baseline(family: str, steps: int, device: torch.device) -> float:
     sync(device)
     start = time.perf_counter()
     while done < steps:
-        for x, _ in loader:
-            model.train_step(x.to(device), optimizers)
+        for x, y in loader:
+            model.train_step(x.to(device), y.to(device), optimizers)
             done += 1
             if done == steps:
                 break

@@ -146,7 +146,7 @@ def evaluate_anomaly(
         percentile=float(percentile),
     )
     images, is_anomaly = labelled_images(settings, tuple(source.image_shape))
-    scores = source.scores(images, batch_size, desc="scoring")
+    scores = source.scores(images, batch_size=batch_size, desc="scoring")
     components = scores_to_metrics(scores, is_anomaly, source.calibration, settings.percentile, source.score_descriptions)
     return {
         "evaluation": "anomaly",

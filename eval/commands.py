@@ -52,6 +52,18 @@ def _cmd_translation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_class_fidelity(args: argparse.Namespace) -> int:
+    from eval.class_fidelity import measure, result_name, summary_line
+    from eval.results import save_result
+
+    result = measure(args.model, n=args.n, seed=args.seed, data_dir=args.data_dir, batch_size=args.batch_size,
+                     device=args.device)
+    if args.save:
+        result["saved_to"] = str(save_result(_run_dir_of(args.model), result_name(result), result))
+    print_result(result, args.json, summary_line)
+    return 0
+
+
 def _run_dir_of(model: str) -> str:
     """Results are kept beside the model: its run / export directory, or the checkpoint's folder."""
     from pathlib import Path
@@ -63,7 +75,7 @@ def _run_dir_of(model: str) -> str:
 def _cmd_report(args: argparse.Namespace) -> int:
     from eval.report import ReportSettings, write_report
 
-    settings = ReportSettings(compute=not args.no_compute, data_dir=args.data_dir, n=args.n)
+    settings = ReportSettings(compute=not args.no_compute, data_dir=args.data_dir, n=args.n, fidelity_n=args.fidelity_n)
     result = write_report(args.runs, args.out, settings)
     print_result(result, args.json, lambda r: f"report of {len(r['runs'])} run(s): {r['markdown']} and {r['html']}")
     return 0
@@ -96,8 +108,8 @@ def _cmd_serve_jobs(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    """Add ``eval`` (anomaly, translation, fid, serve-jobs), ``report`` and ``sweep`` to genlab's subcommands."""
-    p = sub.add_parser("eval", help="evaluate a model: FID/KID, anomaly AUROC, translation robustness; the jobs service")
+    """Add ``eval`` (anomaly, translation, fid, class-fidelity, serve-jobs), ``report`` and ``sweep`` to genlab's subcommands."""
+    p = sub.add_parser("eval", help="evaluate a model: FID/KID, class fidelity, anomaly AUROC, translation robustness; the jobs service")
     eval_sub = p.add_subparsers(dest="eval_command", required=True, parser_class=Parser)
 
     a = eval_sub.add_parser("anomaly", help="AUROC / AUPRC and TPR / FPR at the calibrated threshold, per score",
@@ -130,6 +142,20 @@ def register(sub: Any) -> None:
 
     add_fid_parser(eval_sub)
 
+    c = eval_sub.add_parser("class-fidelity", help="conditional models: share of samples classified as the class asked for",
+                            description="Samples for balanced, seeded labels, classified by the reference classifier (the "
+                                        "LeNet genlab trains on the dataset's labels); printed beside that classifier's "
+                                        "accuracy on the test split, the most the share can show.")
+    c.add_argument("model", help="checkpoint, run directory, export directory or BentoML model tag of a conditional model")
+    c.add_argument("--n", type=int, default=1000, help="samples (1000)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the labels and latents")
+    c.add_argument("--data-dir", default="data")
+    c.add_argument("--batch-size", type=int, default=256)
+    c.add_argument("--device", default="auto", help=DEVICE_HELP)
+    c.add_argument("--save", action="store_true", help="keep the result beside the model (RUN_DIR/eval/) for genlab report")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_cmd_class_fidelity)
+
     s = eval_sub.add_parser("serve-jobs", help="serve the evaluation-jobs HTTP service (BentoML tasks)")
     s.add_argument("--port", type=int, default=3001)
     s.add_argument("--models", help="models root the service may evaluate (default: $GENLAB_EVAL_MODELS or ./runs)")
@@ -137,12 +163,14 @@ def register(sub: Any) -> None:
 
     r = sub.add_parser("report", help="write report.md and report.html comparing runs",
                        description="Gathers saved evaluation results (RUN_DIR/eval/*.json) and computes the cheap missing "
-                                   "ones (reconstruction error, translation, anomaly AUROC); FID is never computed here.")
+                                   "ones (reconstruction error, translation, anomaly AUROC; a conditional run's class "
+                                   "fidelity and its grid of samples, one row per class); FID is never computed here.")
     r.add_argument("runs", nargs="+", metavar="RUN_DIR")
     r.add_argument("--out", required=True, metavar="DIR")
     r.add_argument("--no-compute", action="store_true", help="only show saved results")
     r.add_argument("--data-dir", default="data")
     r.add_argument("--n", type=int, default=500, help="held-out images for the translation experiment (500)")
+    r.add_argument("--fidelity-n", type=int, default=1000, help="samples for a conditional run's class fidelity (1000)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=_cmd_report)
 

@@ -42,8 +42,9 @@ class Extractor:
 
 
 def resolve_extractor(choice: str, dataset: str, image_shape: tuple[int, int, int], data_dir: str = "data",
-                      inception_weights: str | None = None, seed: int = 0) -> Extractor:
-    """An extractor choice -> registered torch-fidelity extractor with its weights in place."""
+                      inception_weights: str | None = None, seed: int = 0, condition_on: str | None = None) -> Extractor:
+    """An extractor choice -> registered torch-fidelity extractor with its weights in place (lenet on CelebA:
+    trained to tell ``condition_on`` apart, the only labels CelebA has)."""
     if choice == "inception":
         from eval.inception import resolve_inception_weights
 
@@ -54,7 +55,7 @@ def resolve_extractor(choice: str, dataset: str, image_shape: tuple[int, int, in
         if inception_weights:
             raise GenlabError("--inception-weights applies to --extractor inception only")
         channels, size, _ = image_shape
-        path = classifier_path(dataset, size, channels, data_dir, seed)
+        path = classifier_path(dataset, size, channels, data_dir, seed, condition_on)
         name = register_lenet(dataset)
         return Extractor("lenet", name, str(path), "trained by genlab", f"lenet-{file_digest(path)}", str(FEATURES),
                          "FD (genlab-lenet features)", "lenet_")

@@ -13,6 +13,13 @@ this module only decides what goes in:
 - grey images are replicated to 3 channels; Inception resizes to 299 px with torch-fidelity's
   TF-compatible bilinear path.
 
+A conditional model's samples are drawn for balanced, seeded labels (every class n/K times) and
+compared, pooled, with the reference split as above; its reference split is read with the labels
+the model was trained on (CelebA: ``condition_on``). ``per_class`` adds, for each class k, the
+same metrics between the samples drawn for k and the reference images of class k (all of them, or
+a fixed seeded subset as many as the class's samples); the arrays go to torch-fidelity class by
+class. The result also carries the samples' class fidelity (:mod:`eval.class_fidelity`).
+
 The result names every setting next to the numbers, so numbers computed under different
 settings are never mistaken for one another.
 """
@@ -50,6 +57,7 @@ class FidSettings:
     inception_weights: Optional[str] = None
     data_dir: str = "data"
     progress: bool = True
+    per_class: bool = False  # a conditional model: also the metrics of each class against that class's references
 
     def __post_init__(self) -> None:
         if self.n < 2:
@@ -83,13 +91,16 @@ def reference_subset(count: int, n: int) -> np.ndarray:
 
 
 def reference_cache_name(dataset: str, split: str, image_shape: tuple[int, int, int], extractor_name: str,
-                         weights_identity: str, n: int) -> str:
-    """The cache name of a reference split's features / statistics: one name per set of choices."""
+                         weights_identity: str, n: int, class_name: Optional[str] = None,
+                         condition_on: Optional[str] = None) -> str:
+    """The cache name of a reference split's features / statistics: one name per set of choices (per-class
+    references: also the class, and the attribute that labels CelebA)."""
     from genlab.cache import cache_name
 
     channels, height, width = image_shape
+    labelled = {} if class_name is None else {"by": condition_on or "label", "cls": class_name}
     return cache_name(ref=dataset, split=split, res=f"{height}x{width}", ch=channels, fx=extractor_name,
-                      w=weights_identity, n=n, sub=REFERENCE_SUBSET_SEED)
+                      w=weights_identity, n=n, sub=REFERENCE_SUBSET_SEED, **labelled)
 
 
 def images_to_dataset(images: np.ndarray):
@@ -150,12 +161,36 @@ def kid_subset_size(n1: int, n2: int) -> int:
 def compute_fid(model: str, ref: Optional[str] = None, split: str = "test", n: int = 1000, metrics: tuple[str, ...] = ("fid", "kid"),
                 of: str = "samples", batch_size: int = 64, device: str = "auto", seed: int = 0,
                 extractor: str = "inception", inception_weights: Optional[str] = None, data_dir: str = "data",
-                progress: bool = True) -> dict[str, Any]:
-    """FID (and KID / precision-recall) of MODEL's samples or reconstructions against a reference split."""
+                progress: bool = True, per_class: bool = False) -> dict[str, Any]:
+    """FID (and KID / precision-recall) of MODEL's samples or reconstructions against a reference split; ``per_class``
+    (conditional models): also per class, against that class's reference images."""
     settings = FidSettings(model=str(model), ref=ref, split=split, n=int(n), metrics=tuple(metrics), of=of, batch_size=int(batch_size),
                            device=device, seed=int(seed), extractor=extractor, inception_weights=inception_weights,
-                           data_dir=data_dir, progress=progress)
+                           data_dir=data_dir, progress=progress, per_class=bool(per_class))
     return fid_from_settings(settings)
+
+
+def class_reference(reference_data: Any, k: int, n_generated: int) -> np.ndarray:
+    """The reference images of class k: all of them, or a fixed seeded subset as many as the class's generated images."""
+    of_class = reference_data.images.numpy()[reference_data.labels.numpy() == k]
+    return of_class[reference_subset(len(of_class), n_generated)]
+
+
+def per_class_metrics(images: np.ndarray, labels: np.ndarray, reference_data: Any, class_names: list[str], fx: Any,
+                      s: FidSettings, cuda: bool, reference_cache: Any) -> dict[str, dict[str, Any]]:
+    """{class name: {values, n, n_reference}}: each class's generated images against its own reference images.
+    ``reference_cache(name, n_reference)`` names the cached features of a class's reference."""
+    out = {}
+    for k, name in enumerate(class_names):
+        generated = images[labels == k]
+        reference = class_reference(reference_data, k, len(generated))
+        if min(len(generated), len(reference)) < 2:
+            raise GenlabError(f"per-class metrics need at least 2 images of each class: class {name!r} has {len(generated)} "
+                              f"generated and {len(reference)} reference images (raise --n to at least {2 * len(class_names)})")
+        values = images_to_metrics(generated, reference, fx, s.metrics, s.batch_size, cuda, s.seed,
+                                   reference_cache(name, len(reference)), progress=False)
+        out[name] = {"values": values, "n": len(generated), "n_reference": len(reference)}
+    return out
 
 
 def fid_from_settings(s: FidSettings) -> dict[str, Any]:
@@ -163,39 +198,63 @@ def fid_from_settings(s: FidSettings) -> dict[str, Any]:
     from genlab import __version__
 
     from genlab.cache import cache_dir
+    from eval.class_fidelity import images_to_class_fidelity, require_conditional
     from eval.extractors import resolve_extractor
     from eval.model_source import open_model
 
     source = open_model(s.model, s.device)
+    if s.per_class:
+        require_conditional(source, "--per-class")
+        if s.of == "samples" and s.n < 2 * source.num_classes:
+            raise GenlabError(f"--per-class needs at least 2 samples of each of the {source.num_classes} classes: "
+                              f"--n {2 * source.num_classes} or more, got {s.n}")
     if s.of == "reconstructions" and not source.has_encoder:
         raise GenlabError(f"--of reconstructions needs an encoder; a {source.family} model has none (use --of samples)")
     dataset, split = parse_reference(s.ref, source.dataset, s.split)
     channels, height, width = source.image_shape
-    reference_data = load_split(dataset, split, s.data_dir, image_size=height, channels=channels)
+    condition_on = source.condition_on if dataset == source.dataset else None  # the labels the model was trained on
+    reference_data = load_split(dataset, split, s.data_dir, image_size=height, channels=channels, condition_on=condition_on)
+    same_classes = source.conditional and list(reference_data.class_names) == source.class_names
+    if s.per_class and not same_classes:
+        raise GenlabError(f"--per-class compares each class with the same class of the reference, and {dataset}:{split} has "
+                          f"other classes ({', '.join(reference_data.class_names)}) than the model ({', '.join(source.class_names)})")
     index = reference_subset(len(reference_data), s.n)
     reference = reference_data.images.numpy()[index]
-    fx = resolve_extractor(s.extractor, dataset, source.image_shape, s.data_dir, s.inception_weights)
+    fx = resolve_extractor(s.extractor, dataset, source.image_shape, s.data_dir, s.inception_weights, condition_on=condition_on)
     cache = reference_cache_name(dataset, split, source.image_shape, fx.name, fx.weights_identity, len(reference))
     cached = any(p.name.startswith(f"{cache}-") for p in cache_dir("fid-reference").iterdir())
     cuda = resolve_device(s.device).type == "cuda"  # feature extraction on the model's device
 
     started = time.perf_counter()
     if s.of == "samples":
-        images = source.sample(s.n, s.seed, batch_size=s.batch_size)
-    else:
-        images = source.reconstruct(reference, batch_size=s.batch_size)
+        images, labels = source.sample_labelled(s.n, s.seed, batch_size=s.batch_size)
+    else:  # through each image's own label where the reference has the model's classes (else its best class)
+        labels = reference_data.labels.numpy()[index] if same_classes else None
+        images = source.reconstruct(reference, labels=labels, batch_size=s.batch_size)
     generated = time.perf_counter()
     values = images_to_metrics(images, reference, fx, s.metrics, s.batch_size, cuda, s.seed, cache, s.progress)
+    pooled = time.perf_counter()
+    per_class = None
+    if s.per_class:
+        def class_cache(name: str, n_reference: int) -> str:
+            return reference_cache_name(dataset, split, source.image_shape, fx.name, fx.weights_identity, n_reference,
+                                        class_name=name, condition_on=condition_on)
+
+        per_class = per_class_metrics(images, labels, reference_data, source.class_names, fx, s, cuda, class_cache)
+    fidelity = {}
+    if source.conditional and s.of == "samples":
+        fidelity = images_to_class_fidelity(images, labels, source, s.data_dir)
     finished = time.perf_counter()
 
     import torch_fidelity
 
     n_images = len(images)
+    balanced = source.num_classes if s.of == "samples" else 0
     return {
         "evaluation": "fid",
         "values": values,
         "label": fx.label,
-        "settings": settings_line(fx, n_images, s.seed, f"{dataset}:{split}", len(reference), s.of, source.image_shape),
+        "settings": settings_line(fx, n_images, s.seed, f"{dataset}:{split}", len(reference), s.of, source.image_shape, balanced),
         "model": source.path,
         "kind": source.kind,
         "family": source.family,
@@ -206,6 +265,11 @@ def fid_from_settings(s: FidSettings) -> dict[str, Any]:
         "reference": f"{dataset}:{split}",
         "reference_dataset": dataset,
         "reference_split": split,
+        "reference_condition_on": condition_on,
+        "conditional": source.conditional,
+        "class_names": list(source.class_names) if source.conditional else None,
+        "per_class": per_class,
+        **fidelity,
         "n_reference": len(reference),
         "reference_subset_seed": REFERENCE_SUBSET_SEED if len(reference) < len(reference_data) else None,
         "image_shape": list(source.image_shape),
@@ -224,36 +288,61 @@ def fid_from_settings(s: FidSettings) -> dict[str, Any]:
         "reference_cached": cached,
         "generate_seconds": round(generated - started, 3),
         "seconds": round(finished - started, 3),
-        "images_per_s": round(n_images / max(finished - started, 1e-9), 2),
+        "images_per_s": round(n_images / max(pooled - started, 1e-9), 2),  # generated and measured, pooled
         "model_info": source.info,
         "genlab_version": __version__,
         "torch_fidelity_version": torch_fidelity.__version__,
     }
 
 
-def settings_line(fx, n: int, seed: int, reference: str, n_reference: int, of: str, image_shape) -> str:
-    """Everything a number depends on, in one line: goes next to every number shown."""
+def settings_line(fx, n: int, seed: int, reference: str, n_reference: int, of: str, image_shape, balanced_classes: int = 0) -> str:
+    """Everything a number depends on, in one line: goes next to every number shown (``balanced_classes``: a
+    conditional model's samples, drawn for that many classes equally often)."""
     channels, height, width = image_shape
+    labels = f" balanced over {balanced_classes} classes" if balanced_classes else ""
     # no metric name here: one line serves the FID, KID and PRC columns alike
     return (f"extractor {fx.name} "
-            f"(weights {fx.weights_identity}); {of} n={n} seed={seed} vs {reference} n={n_reference}; "
+            f"(weights {fx.weights_identity}); {of} n={n} seed={seed}{labels} vs {reference} n={n_reference}; "
             f"{height}x{width}x{channels}")
 
 
-def summary_line(result: dict[str, Any]) -> str:
-    """One line: the numbers and the settings they were computed under."""
+def metric_keys(values: dict[str, float]) -> list[str]:
+    """The metrics of a values dict, without their ``_std`` companions."""
+    return [key for key in values if not key.endswith("_std")]
+
+
+def values_text(values: dict[str, float]) -> str:
+    """'fid 12.3, kid 0.01 ± 0.002'."""
     parts = []
-    for key, value in result["values"].items():
-        if key.endswith("_std"):
-            continue
-        std = result["values"].get(f"{key}_std")
-        parts.append(f"{key} {value:.4g}" + (f" ± {std:.2g}" if std is not None else ""))
-    return (f"{', '.join(parts)}  [{result['settings']}; {result['kind']} {result['family']}; "
+    for key in metric_keys(values):
+        std = values.get(f"{key}_std")
+        parts.append(f"{key} {values[key]:.4g}" + (f" ± {std:.2g}" if std is not None else ""))
+    return ", ".join(parts)
+
+
+def per_class_text(per_class: dict[str, dict[str, Any]]) -> str:
+    """'per class fid: 0 20.1, 1 15.2, ...; per class kid: ...': each class's numbers, named."""
+    keys = metric_keys(next(iter(per_class.values()))["values"]) if per_class else []
+    return "; ".join(f"per class {key}: " + ", ".join(f"{name} {row['values'][key]:.4g}" for name, row in per_class.items())
+                     for key in keys)
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    """One line: the numbers (per class and class fidelity, for a conditional model) and the settings they were computed under."""
+    from eval.class_fidelity import fidelity_text
+
+    parts = [values_text(result["values"])]
+    if result.get("per_class"):
+        parts.append(per_class_text(result["per_class"]))
+    if result.get("class_fidelity") is not None:
+        parts.append(fidelity_text(result))
+    return (f"{'; '.join(parts)}  [{result['settings']}; {result['kind']} {result['family']}; "
             f"{result['images_per_s']:.1f} img/s{' (reference cached)' if result['reference_cached'] else ''}]")
 
 
 def result_name(result: dict[str, Any]) -> str:
     """The file name a result is saved under in RUN_DIR/eval/."""
-    return f"fid-{result['extractor']}-{result['reference']}-{result['of']}-n{result['n']}"
+    per_class = "-per-class" if result.get("per_class") else ""
+    return f"fid-{result['extractor']}-{result['reference']}-{result['of']}-n{result['n']}{per_class}"
 
 

@@ -7,6 +7,7 @@ task id, polls its status and fetches the JSON result::
     GET  /anomaly/status?task_id=...                                   -> {"status": "in_progress" | "completed" | "failed"}
     GET  /anomaly/get?task_id=...                                      -> the result (as ``genlab eval anomaly --json``)
     POST /fid/submit      {"model": "vae-3", "reference": "mnist-5k", "n": 500, "extractor": "lenet"}
+                          (a conditional model: "per_class": true adds each class's numbers)
     GET  /models                                                       -> what can be evaluated
 
 Nothing in a request is trusted as a path: the service is started with a fixed models root
@@ -195,12 +196,14 @@ class EvalJobs:
         of: Of = "samples",
         extractor: ExtractorName = "inception",
         seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0,
+        per_class: bool = False,
     ) -> dict[str, Any]:
-        """FID / KID / precision-recall of samples or reconstructions against a registered dataset split."""
+        """FID / KID / precision-recall of samples or reconstructions against a registered dataset split (``per_class``:
+        a conditional model's numbers for each class too)."""
         from eval.fid import compute_fid
 
         return _run(lambda: compute_fid(str(model_path(model)), ref=reference, split=split, n=n, metrics=tuple(dict.fromkeys(metrics)), of=of,
-                                        seed=seed, extractor=extractor, data_dir=_data_dir(), progress=False))
+                                        seed=seed, extractor=extractor, data_dir=_data_dir(), progress=False, per_class=per_class))
 
 
 EvalJobs.add_asgi_middleware(ValidateSubmissions)

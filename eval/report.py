@@ -3,26 +3,31 @@
 A run's identity (family, dataset, learning rate, epochs, training time) comes from its
 checkpoint; its numbers come from the results saved beside it (``RUN_DIR/eval/*.json``).
 The cheap missing ones (reconstruction error and the translation experiment, anomaly AUROC
-of one-class runs) are computed and saved unless ``compute`` is off; FID is never computed
-here. Every metric column is keyed by all the settings that change its number (extractor,
+of one-class runs, a conditional run's class fidelity and its grid of samples with one row per
+class) are computed and saved unless ``compute`` is off; FID is never computed here. Every metric column is keyed by all the settings that change its number (extractor,
 reference, N, seed, split, protocol...), and the header states them, so numbers computed under
 different settings can never share a column.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from genlab.errors import GenlabError
 from genlab.families import FAMILIES
 from genlab.measures import RECON_ERROR
 
-IMAGES = (("samples.png", "samples"), ("reconstructions.png", "reconstructions"), ("loss_curves.png", "loss curves"))
-GROUPS = ("FID / KID", "Reconstruction and translation", "Anomaly detection")
+CLASS_GRID = "eval/samples_by_class.png"  # a conditional run's samples, one row per class (relative to the run)
+GRID_PER_CLASS = 8
+IMAGES = (("samples.png", "samples"), ("reconstructions.png", "reconstructions"), ("loss_curves.png", "loss curves"),
+          (CLASS_GRID, "samples, one row per class"))
+GROUPS = ("FID / KID", "Reconstruction and translation", "Anomaly detection", "Class fidelity")
+CONDITIONAL_GROUPS = (GROUPS[3],)  # shown only when some run is conditional
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class ReportSettings:
     data_dir: str = "data"
     n: int = 500  # held-out images for reconstruction / translation
     translation: bool = True  # the full shift experiment; False: reconstruction error (no shift) only
+    fidelity_n: int = 1000  # samples for a conditional run's class fidelity
 
 
 @dataclass
@@ -70,6 +76,33 @@ def fid_cells(result: dict[str, Any]) -> dict[str, str]:
     return cells
 
 
+def per_class_fid_cells(result: dict[str, Any]) -> dict[str, str]:
+    """A conditional model's per-class numbers: one column per metric, each class named in the cell."""
+    per_class = result.get("per_class") or {}
+    keys = [k for k in (next(iter(per_class.values()))["values"] if per_class else {}) if not k.endswith("_std")]
+    return {f"{key} per class [{result.get('settings', '')}]": ", ".join(f"{name}: {_fmt(row['values'][key])}"
+                                                                        for name, row in per_class.items())
+            for key in keys}
+
+
+def _shares(per_class: dict[str, Any]) -> str:
+    return ", ".join(f"{name}: {'-' if share is None else f'{share:.2f}'}" for name, share in per_class.items())
+
+
+def class_fidelity_cells(result: dict[str, Any]) -> dict[str, str]:
+    """Class fidelity overall and per class, and the classifier's test accuracy beside them (the ceiling); from a
+    class-fidelity result or from the FID result of a conditional model's samples."""
+    classifier = result["classifier"]["identity"]
+    where = f"samples n={result['n']} seed={result['seed']}, balanced labels; classifier {classifier}"
+    test = f"{classifier} on {result['classifier_test_split']}, n={result['classifier_n_test']}"
+    return {
+        f"class fidelity ({where})": f"{result['class_fidelity']:.3f}",
+        f"class fidelity per class ({where})": _shares(result["class_fidelity_per_class"]),
+        f"classifier test accuracy ({test})": f"{result['classifier_test_accuracy']:.3f}",
+        f"classifier test accuracy per class ({test})": _shares(result["classifier_test_accuracy_per_class"]),
+    }
+
+
 def translation_cells(result: dict[str, Any]) -> dict[str, str]:
     s = result["settings"]
     where = f"{s['dataset']}:{s['split']}, n={s['n']}, seed {s['seed']}"
@@ -93,24 +126,31 @@ def anomaly_cells(result: dict[str, Any]) -> dict[str, str]:
     return cells
 
 
-def result_group(result: dict[str, Any]) -> Optional[tuple[str, dict[str, str]]]:
-    """A saved result -> (table group, its cells), or None for results the report does not show."""
+def result_groups(result: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
+    """A saved result -> [(table group, its cells)]: none for results the report does not show, two for the FID
+    result of a conditional model's samples (which carries their class fidelity)."""
     evaluation = result.get("evaluation")
     if evaluation == "anomaly":
-        return GROUPS[2], anomaly_cells(result)
+        return [(GROUPS[2], anomaly_cells(result))]
     if evaluation == "translation":
-        return GROUPS[1], translation_cells(result)
+        return [(GROUPS[1], translation_cells(result))]
+    if evaluation == "class_fidelity":
+        return [(GROUPS[3], class_fidelity_cells(result))]
     if evaluation == "fid":
-        return GROUPS[0], fid_cells(result)
-    return None
+        groups = [(GROUPS[0], {**fid_cells(result), **per_class_fid_cells(result)})]
+        if result.get("class_fidelity") is not None:
+            groups.append((GROUPS[3], class_fidelity_cells(result)))
+        return groups
+    return []
 
 
 # -- one run ---------------------------------------------------------------------------------
 def run_identity(path: Path) -> dict[str, Any]:
+    from export.onnx_export import class_info
     from genlab.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
-    tc, data = ckpt["train_config"], ckpt["data"]
+    tc, data, classes = ckpt["train_config"], ckpt["data"], class_info(ckpt)
     return {
         "family": ckpt["family"],
         "dataset": data.get("dataset"),
@@ -121,6 +161,9 @@ def run_identity(path: Path) -> dict[str, Any]:
         "complete": bool(ckpt.get("complete")),
         "train_seconds": (ckpt.get("metrics") or {}).get("train_seconds"),
         "has_encoder": FAMILIES[ckpt["family"]].has_encoder,
+        "conditional": classes["conditional"],
+        "class_names": classes["names"] if classes["conditional"] else None,
+        "condition_on": classes["condition_on"],
     }
 
 
@@ -140,30 +183,58 @@ def _has_anomaly(results: list[dict[str, Any]], identity: dict[str, Any]) -> boo
     )
 
 
+def _has_class_fidelity(results: list[dict[str, Any]]) -> bool:
+    return any(r.get("class_fidelity") is not None for r in results)
+
+
+def write_class_grid(source: Any, path: Path, per_class: int = GRID_PER_CLASS, seed: int = 0) -> Path:
+    """A conditional model's samples as a grid with one row of ``per_class`` images per class (seeded)."""
+    from genlab.imageio import save_grid
+    from genlab.latents import class_rows
+
+    labels = class_rows(source.num_classes, per_class)
+    save_grid(source.sample(len(labels), seed, labels=labels), path, nrow=per_class)
+    return path
+
+
+def _grid_is_current(path: Path) -> bool:
+    """The run's class grid exists and is newer than its checkpoint (a resumed run gets a new one)."""
+    from genlab.run_dir import checkpoint_file
+
+    grid = path / CLASS_GRID
+    return grid.is_file() and grid.stat().st_mtime >= checkpoint_file(path).stat().st_mtime
+
+
 def compute_missing(path: Path, identity: dict[str, Any], settings: ReportSettings) -> dict[str, str]:
     """Compute and save the cheap results a run lacks; returns {group: note} for what could not be."""
-    from eval import anomaly, translation
+    from eval import anomaly, class_fidelity, translation
+    from eval.batches import ensure_source
     from eval.results import load_results, save_result
 
     results = load_results(path)
     notes: dict[str, str] = {}
     fractions = translation.SHIFTS if settings.translation else (0.0,)
-    source = None
+    source = functools.cache(lambda: ensure_source(path))  # opened once, and only if something is missing
     try:
         if identity["has_encoder"] and not _has_translation(results, identity, settings, fractions):
-            from eval.batches import ensure_source
-
-            source = ensure_source(path)
-            r = translation.evaluate_translation(source, data_dir=settings.data_dir, fractions=fractions, n=settings.n)
+            r = translation.evaluate_translation(source(), data_dir=settings.data_dir, fractions=fractions, n=settings.n)
             save_result(path, translation.result_name(r), r)
     except GenlabError as err:
         notes[GROUPS[1]] = f"not computed: {err}"
     try:
         if identity["normal_class"] is not None and not _has_anomaly(results, identity):
-            r = anomaly.evaluate_anomaly(source or path, data_dir=settings.data_dir)
+            r = anomaly.evaluate_anomaly(source(), data_dir=settings.data_dir)
             save_result(path, anomaly.result_name(r), r)
     except GenlabError as err:
         notes[GROUPS[2]] = f"not computed: {err}"
+    try:
+        if identity["conditional"] and not _has_class_fidelity(results):
+            r = class_fidelity.measure(source(), n=settings.fidelity_n, seed=0, data_dir=settings.data_dir)
+            save_result(path, class_fidelity.result_name(r), r)
+        if identity["conditional"] and not _grid_is_current(path):
+            write_class_grid(source(), path / CLASS_GRID)
+    except GenlabError as err:
+        notes[GROUPS[3]] = f"not computed: {err}"
     return notes
 
 
@@ -175,12 +246,14 @@ def gather_run(path: Path, label: str, settings: ReportSettings) -> RunEntry:
     if settings.compute:
         entry.notes.update(compute_missing(path, identity, settings))
     for result in load_results(path):
-        grouped = result_group(result)
-        if grouped:
-            group, cells = grouped
+        for group, cells in result_groups(result):
             entry.cells.update({(group, header): text for header, text in cells.items()})
     groups_present = {g for g, _ in entry.cells}
-    entry.notes.setdefault(GROUPS[0], f"not computed: run `genlab eval fid {path} --ref {identity['dataset']}`")
+    per_class = " --per-class" if identity["conditional"] else ""
+    entry.notes.setdefault(GROUPS[0], f"not computed: run `genlab eval fid {path} --ref {identity['dataset']}{per_class}`")
+    if not identity["conditional"]:
+        entry.notes.setdefault(GROUPS[3], "n/a: not a conditional model")
+    entry.notes.setdefault(GROUPS[3], f"not computed (report --no-compute): run `genlab eval class-fidelity {path} --save`")
     if not identity["has_encoder"]:
         entry.notes.setdefault(GROUPS[1], "n/a: the model has no encoder")
     if identity["normal_class"] is None:
@@ -198,9 +271,18 @@ IDENTITY_COLUMNS = ("run", "family", "dataset", "lr", "epochs", "steps", "traini
 def identity_row(entry: RunEntry) -> list[str]:
     i = entry.identity
     dataset = i["dataset"] + ("" if i["normal_class"] is None else f" (class {i['normal_class']})")
+    if i["conditional"]:
+        dataset += f" (labels: {i['condition_on']})" if i["condition_on"] else f" ({len(i['class_names'])} classes)"
+    family = i["family"] + (" (conditional)" if i["conditional"] else "")
     seconds = i["train_seconds"]
-    return [entry.label, i["family"], dataset, _fmt(i["lr"], 3), _fmt(i["epochs"]) + ("" if i["complete"] else " (incomplete)"),
+    return [entry.label, family, dataset, _fmt(i["lr"], 3), _fmt(i["epochs"]) + ("" if i["complete"] else " (incomplete)"),
             _fmt(i["steps"]), "-" if seconds is None else f"{seconds:.1f}"]
+
+
+def groups_shown(entries: list[RunEntry]) -> list[str]:
+    """Every group, less the conditional models' own when no run is conditional."""
+    conditional = any(e.identity["conditional"] for e in entries)
+    return [g for g in GROUPS if conditional or g not in CONDITIONAL_GROUPS]
 
 
 def group_table(entries: list[RunEntry], group: str) -> tuple[list[str], list[list[str]]]:
@@ -223,7 +305,7 @@ def _copy_images(entries: list[RunEntry], out: Path) -> dict[str, list[tuple[str
         for file, caption in IMAGES:
             src = entry.path / file
             if src.is_file():
-                rel = f"images/{entry.label}-{file}"
+                rel = f"images/{entry.label}-{Path(file).name}"
                 atomic_write_bytes(out / rel, src.read_bytes())
                 links.setdefault(entry.label, []).append((caption, rel))
     return links
@@ -245,7 +327,7 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 def render(entries: list[RunEntry], links: dict[str, list[tuple[str, str]]]) -> tuple[str, str]:
     """-> (markdown, html) of the same tables and images."""
     tables = [("Runs", list(IDENTITY_COLUMNS), [identity_row(e) for e in entries])]
-    tables += [(group, *group_table(entries, group)) for group in GROUPS]
+    tables += [(group, *group_table(entries, group)) for group in groups_shown(entries)]
     intro = ("Each metric column states the settings it was computed under; numbers under different settings "
              "(extractor, reference, N, seed, protocol) are in different columns.")
     md = ["# genlab report", "", intro, ""]
@@ -296,5 +378,5 @@ def write_report(run_dirs: list[str | os.PathLike], out: str | os.PathLike, sett
         "markdown": str(out / "report.md"),
         "html": str(out / "report.html"),
         "runs": [{"label": e.label, "path": str(e.path), **e.identity} for e in entries],
-        "tables": {group: dict(zip(("header", "rows"), group_table(entries, group))) for group in GROUPS},
+        "tables": {group: dict(zip(("header", "rows"), group_table(entries, group))) for group in groups_shown(entries)},
     }

@@ -77,14 +77,19 @@ def evaluate_translation(
         raise GenlabError(f"the translation experiment needs an encoder model (vae, vaegan); this is a {source.family}")
     settings = TranslationSettings(dataset or source.dataset, split, data_dir, tuple(float(f) for f in fractions), int(n), int(seed))
     channels, size, _ = tuple(source.image_shape)
-    data = load_split(settings.dataset, split, data_dir, image_size=size, channels=channels)
+    own_labels = getattr(source, "conditional", False) and settings.dataset == source.dataset
+    data = load_split(settings.dataset, split, data_dir, image_size=size, channels=channels,
+                      condition_on=source.condition_on if own_labels else None)
     pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[: settings.n].sort().values
     images = data.images[pick]
+    # a conditional model reconstructs its own dataset's images through their labels (elsewhere: its best class)
+    labels = data.labels[pick].numpy() if own_labels else None
     rows = []
     for fraction in settings.fractions:
         shifted, pixels = shift_by_fraction(images, fraction, seed)
         shifted = shifted.numpy()
-        error = recon_error(shifted, source.reconstruct(shifted, batch_size, desc="reconstructing"))
+        reconstructed = source.reconstruct(shifted, labels=labels, batch_size=batch_size, desc="reconstructing")
+        error = recon_error(shifted, reconstructed)
         rows.append({"fraction": fraction, "mean_shift_pixels": pixels, RECON_ERROR: float(error.mean()),
                      f"{RECON_ERROR}_std": float(error.std())})
     base = rows[0][RECON_ERROR] if settings.fractions[0] == 0.0 else None

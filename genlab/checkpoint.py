@@ -10,7 +10,9 @@ A checkpoint is a plain dict of Python scalars, strings, lists, dicts and tensor
     model_config    ModelConfig as a dict (rebuilds the networks with no other input)
     train_config    TrainConfig as a dict (lr resolved)
     data            dataset, split, image_size, channels, value_range, normal_class, translate,
-                    num_train, pixel_format of the training data
+                    num_train, pixel_format, class_names (label k is class_names[k]) and condition_on
+                    (CelebA's attribute) of the training data; model_config says whether the model is
+                    conditional and its num_classes
     seed, epoch, step, complete (True once training finished and calibration ran)
     model           state dict of the unwrapped model (the training weights)
     ema             AveragedModel state dict of the decoder (``module.*``, ``n_averaged``) or None; the
@@ -21,7 +23,8 @@ A checkpoint is a plain dict of Python scalars, strings, lists, dicts and tensor
     metrics         {"epochs": [per-epoch means], "train_seconds": float}
     score_fit       {buffer: tensor}: the anomaly-score statistics fitted on normal images after training
                     (genlab.models.scoring) or None before training ends
-    prior           the latent prior fitted to the training codes (genlab.latents), None for N(0, I)
+    prior           the latent prior fitted to the training codes (genlab.latents; per class for a conditional
+                    model), None for N(0, I)
     prior_quality   sample quality (genlab.quality) of that prior's samples, or None
     calibration     {"split", "n", "percentiles": [0..100 grid], "scores": {name: [quantiles]},
                      "descriptions": {name: meaning}} or None before training ends
@@ -131,6 +134,7 @@ def describe(ckpt: dict[str, Any]) -> dict[str, Any]:
         "family": ckpt["family"],
         "model_config": ckpt["model_config"],
         "parameters": params,
+        "conditional": bool(ckpt["model_config"].get("conditional")),
         "data": ckpt["data"],
         "train_config": ckpt["train_config"],
         "seed": ckpt.get("seed"),

@@ -1,21 +1,32 @@
-"""Request images -> the model's uint8 [N, C, H, W], or a 4xx that names the field.
+"""Request images -> the model's uint8 [N, C, H, W], class labels -> int64 indices, or a 4xx that names the field.
 
 Uploads (PNG, JPEG, or anything else Pillow reads) of any size or mode are converted to the
 model's channels and size the same way the image-folder dataset is (``genlab.imageio.to_array``:
 alpha composited on black, mode converted, centre-cropped to a square, resized). Arrays must
 already have the model's exact shape and integer pixel values 0..255.
+
+Class labels (for conditional models) are resolved by one rule everywhere (:func:`labels_from_request`):
+an int is an index 0..K-1; a string is a class name or, if no name matches and it is a decimal
+integer, an index. A model that is not conditional refuses every label.
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from pydantic import StrictInt, StrictStr
 
 from genlab.imageio import to_array
+
+
+# one class, by index or name: strict, so that JSON true or 7.5 is refused instead of read as 1 or 7
+Label = Union[StrictInt, StrictStr]
+Labels = Optional[Union[Label, list[Label]]]  # one class for every image, or one per image
+CLASSES_SHOWN = 20  # a refusal lists at most this many class names
 
 
 class RequestError(Exception):
@@ -140,3 +151,77 @@ def _image_batch(values: np.ndarray, field: str, shape: tuple[int, int, int], ma
     if values.shape[0] > max_images:
         raise RequestError(field, f"{values.shape[0]} images; the limit is {max_images}", 413)
     return values
+
+
+def labels_from_request(label: Any, n: int, classes: Optional[Sequence[str]], model: str,
+                        field: str = "label") -> Optional[np.ndarray]:
+    """A request's ``label`` (one class for all ``n`` images, or a list of ``n``) -> int64 [n] class indices;
+    None when no label was sent. ``classes``: the model's class names, None for a model that is not conditional
+    (which refuses any label)."""
+    if label is None:
+        return None
+    classes = _conditional_classes(classes, model, field)
+    if not isinstance(label, list):
+        return np.full(n, class_index(label, classes, model, field), np.int64)
+    if len(label) != n:
+        raise RequestError(field, f"{len(label)} labels for {n} images; give one label for all of them or one per image", 422)
+    return np.array([class_index(v, classes, model, f"{field}[{i}]") for i, v in enumerate(label)], np.int64)
+
+
+def class_index(value: Any, classes: Sequence[str], model: str, field: str) -> int:
+    """One class, given by name or index -> its index: a name wins over reading a digit string as an index."""
+    if isinstance(value, str):
+        if value in classes:
+            return list(classes).index(value)
+        if not value.isdecimal():
+            raise RequestError(field, f"unknown class {value[:100]!r}; {_classes_of(model, classes)}", 422)
+        if len(value) > 18:  # no index is this long (and Python refuses int() of thousands of digits)
+            raise _out_of_range(field, f"{value[:20]}...", classes, model)
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise RequestError(field, f"a class is a name or an index, not {type(value).__name__}", 422)
+    if not 0 <= value < len(classes):
+        raise _out_of_range(field, str(value), classes, model)
+    return int(value)
+
+
+def _out_of_range(field: str, index: str, classes: Sequence[str], model: str, low: int = 0) -> RequestError:
+    unknown = " (-1: infer the class)" if low == -1 else ""
+    return RequestError(field, f"class index {index} is out of range {low}..{len(classes) - 1}{unknown}; "
+                               f"{_classes_of(model, classes)}", 422)
+
+
+def optional_file(files: Sequence[Path], field: str) -> Optional[Path]:
+    """An optional file part (declared as a list, which BentoML can parse) -> the one file, or None."""
+    if len(files) > 1:
+        raise RequestError(field, f"{len(files)} files; send at most one")
+    return Path(files[0]) if files else None
+
+
+def labels_from_npy(path: Path, field: str, n: int, classes: Optional[Sequence[str]], model: str, max_bytes: int,
+                    unknown_allowed: bool = False) -> np.ndarray:
+    """A .npy of integer class indices [n] -> int64; with ``unknown_allowed``, -1 marks an image whose class the
+    model should infer (scoring only)."""
+    classes = _conditional_classes(classes, model, field)
+    array = read_npy(path, field, max_bytes)
+    if array.dtype.kind not in "iu":
+        raise RequestError(field, f"dtype {array.dtype}; send integer class indices (int64)", 422)
+    if array.shape != (n,):
+        raise RequestError(field, f"shape {list(array.shape)} does not match [{n}], one label per row", 422)
+    low = -1 if unknown_allowed else 0
+    bad = np.flatnonzero((array < low) | (array >= len(classes)))
+    if len(bad):
+        raise _out_of_range(f"{field}[{bad[0]}]", str(array[bad[0]]), classes, model, low)
+    return array.astype(np.int64)
+
+
+def _conditional_classes(classes: Optional[Sequence[str]], model: str, field: str) -> Sequence[str]:
+    if classes is None:
+        raise RequestError(field, f"{model} is not a conditional model; it takes no class labels", 422)
+    return classes
+
+
+def _classes_of(model: str, classes: Sequence[str]) -> str:
+    shown = ", ".join(classes[:CLASSES_SHOWN])
+    more = f", ... ({len(classes)} in all; see /models)" if len(classes) > CLASSES_SHOWN else ""
+    return f"{model}'s classes: {shown}{more}"

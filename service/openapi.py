@@ -6,10 +6,15 @@ validators and generated clients reject, and it leaves out what genlab's routes 
 
 - ``anyOf: [X, {type: null}]`` -> ``X`` with ``nullable: true``; a numeric ``exclusiveMinimum``
   / ``exclusiveMaximum`` -> ``minimum`` / ``maximum`` with the 3.0 boolean flag;
+- the request and response bodies written inline keep their fields' unions: BentoML keeps only
+  the first option of an ``anyOf`` there (``label``, an int *or* a name *or* a list, would read
+  as an int; ``threshold_percentile``, a number or null, as a number), so those fields are taken
+  from the complete schemas under ``components``;
 - routes that take file uploads also take JSON (without the file fields), and both are described;
 - every status a route answers is listed with its body: 200 with each content type it sends
-  (``/generate``: PNG, .npy or JSON; ``/batch/*``: .npy), and 400, 401 (with an API key), 404,
-  413, 422 and 500 with ``{"error", "field"}`` (BentoML's own ``detail``-string 400 is gone);
+  (``/generate``: PNG, .npy or JSON; ``/batch/*``: .npy) and the ``X-Genlab-*`` headers it sets,
+  and 400, 401 (with an API key), 404, 413, 422 and 500 with ``{"error", "field"}`` (BentoML's own
+  ``detail``-string 400 is gone);
 - the ``model`` field lists the names of the models this server holds;
 - with an API key, a bearer security scheme on every route but the health probes.
 """
@@ -39,13 +44,29 @@ ERROR_STATUSES = {
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 GENERATE_JSON = {
     "type": "object",
-    "required": ["model", "seed", "shape", "images"],
+    "required": ["model", "seed", "shape", "images", "labels", "label_names"],
     "properties": {
         "model": {"type": "string"},
         "seed": {"type": "integer", "nullable": True, "description": "null when explicit latents `z` were decoded"},
         "shape": {"type": "array", "items": {"type": "integer"}, "description": "[n, C, H, W]"},
         "images": {"type": "array", "items": {}, "description": "base64 PNGs (png_list) or uint8 [n, C, H, W] (array)"},
+        "labels": {"type": "array", "items": {"type": "integer"},
+                   "description": "conditional models: the class index of every image (empty otherwise)"},
+        "label_names": {"type": "array", "items": {"type": "string"},
+                        "description": "conditional models: the name of every image's class (empty otherwise)"},
     },
+}
+_TEXT = {"type": "string"}
+HEADERS = {  # what the 200 answers carry besides the body (schemathesis checks them against these)
+    "X-Genlab-Model": {"description": "the model that answered", "schema": _TEXT},
+    "X-Genlab-Seed": {"description": "the seed of what was drawn (empty when nothing was)", "schema": _TEXT},
+    "X-Genlab-Labels": {"description": "conditional models: the class index of every image, comma-separated", "schema": _TEXT},
+    "X-Genlab-Scores": {"description": "the score components, in the order of the table's columns", "schema": _TEXT},
+}
+SUCCESS_HEADERS = {
+    "/generate": ("X-Genlab-Model", "X-Genlab-Seed", "X-Genlab-Labels"),
+    "/batch/decode": ("X-Genlab-Model",),
+    "/batch/score": ("X-Genlab-Model", "X-Genlab-Scores", "X-Genlab-Labels"),
 }
 SUCCESS_CONTENT = {
     "/generate": {"image/png": BINARY, "application/octet-stream": BINARY, "application/json": {"schema": GENERATE_JSON}},
@@ -76,6 +97,25 @@ def _to_openapi_30(node: Any) -> Any:
     return node
 
 
+def _restore_unions(inline: dict[str, Any], component: dict[str, Any] | None) -> None:
+    """Put back, from the complete ``component`` schema, the ``anyOf`` fields BentoML cut to their first option in
+    the ``inline`` copy of a body schema."""
+    properties = inline.get("properties", {})
+    for name, field in (component or {}).get("properties", {}).items():
+        if name in properties and "anyOf" in field:
+            properties[name] = copy.deepcopy(field)
+
+
+def _restore_operation_unions(operation: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """Every inline body of ``operation``: the request's (component ``<api>__Input``) and the JSON answer's (the
+    component its title names)."""
+    request = schemas.get(f"{operation.get('x-bentoml-name')}__Input")
+    for media in operation.get("requestBody", {}).get("content", {}).values():
+        _restore_unions(media.get("schema", {}), request)
+    answer = operation.get("responses", {}).get("200", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    _restore_unions(answer, schemas.get(answer.get("title", "")))
+
+
 def _json_body(multipart: dict[str, Any], file_fields: frozenset[str]) -> dict[str, Any]:
     schema = copy.deepcopy(multipart["schema"])
     for field in file_fields:
@@ -94,7 +134,12 @@ def fix_spec(spec: dict[str, Any], file_fields: dict[str, frozenset[str]], auth:
     whether an API key guards the routes; ``models``: the names this server answers to (the
     ``model`` field's enum).
     """
-    spec = _to_openapi_30(copy.deepcopy(spec))
+    spec = copy.deepcopy(spec)
+    for item in spec.get("paths", {}).values():
+        for operation in item.values():
+            if isinstance(operation, dict):
+                _restore_operation_unions(operation, spec.get("components", {}).get("schemas", {}))
+    spec = _to_openapi_30(spec)
     for schema in spec.get("components", {}).get("schemas", {}).values():
         if "model" in schema.get("properties", {}) and schema.get("title", "").endswith("__Input"):
             schema["properties"]["model"]["enum"] = [*models, None]
@@ -110,7 +155,8 @@ def fix_spec(spec: dict[str, Any], file_fields: dict[str, frozenset[str]], auth:
                 for status, description in ERROR_STATUSES.items():
                     responses[status] = {"description": description, "content": error}
                 if route in SUCCESS_CONTENT:
-                    responses["200"] = {"description": "Successful Response", "content": SUCCESS_CONTENT[route]}
+                    responses["200"] = {"description": "Successful Response", "content": SUCCESS_CONTENT[route],
+                                        "headers": {name: HEADERS[name] for name in SUCCESS_HEADERS[route]}}
                 content = operation.get("requestBody", {}).get("content", {})
                 for media in content.values():
                     model = media.get("schema", {}).get("properties", {}).get("model")

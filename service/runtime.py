@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -41,11 +41,13 @@ def load_model(directory: Path) -> ExportedModel:
 
 
 def warm_up(model: ExportedModel) -> None:
-    """Run every graph once, so that the first requests do not pay for ONNX Runtime's first-run setup."""
-    images = model.decode(np.zeros((2, model.latent_dim), np.float32))
+    """Run every graph once, so that the first requests do not pay for ONNX Runtime's first-run setup (a conditional
+    model's graphs with class 0; its score graph also infers a class, as a request without labels makes it do)."""
+    labels = np.zeros(2, np.int64) if model.conditional else None
+    images = model.decode(np.zeros((2, model.latent_dim), np.float32), labels)
     model.scores(images)
     if model.has_encoder:
-        model.encode(images)
+        model.encode(images, labels)
 
 
 def uses_gpu(model: ExportedModel) -> bool:
@@ -59,78 +61,109 @@ class Merger:
     whatever arrived in the same turn, in a worker thread so the loop keeps accepting requests;
     calls that arrive while it runs wait and then run together as the next batch (up to
     ``max_batch`` images). There is no timer: an idle server adds no latency, a busy one forms
-    batches as large as the time a call takes allows. ``fn`` maps an array [B, ...] to a dict of
-    arrays [B, ...] and must be a pure function of its rows.
+    batches as large as the time a call takes allows. ``fn`` maps arrays [B, ...] (the graph's
+    inputs, e.g. images and their class labels) to a dict of arrays [B, ...] and must be a pure
+    function of its rows. Each input is concatenated with the same input of the other calls, and
+    only calls with the same number of inputs are merged.
     """
 
-    def __init__(self, fn: Callable[[np.ndarray], dict[str, np.ndarray]], max_batch: int):
+    def __init__(self, fn: Callable[..., dict[str, np.ndarray]], max_batch: int):
         self.fn = fn
         self.max_batch = max_batch
-        self.pending: list[tuple[np.ndarray, asyncio.Future]] = []
+        self.pending: list[_Call] = []
         self.running = False
 
-    async def __call__(self, array: np.ndarray) -> dict[str, np.ndarray]:
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append((array, future))
+    async def __call__(self, *inputs: np.ndarray) -> dict[str, np.ndarray]:
+        call = _Call(inputs, asyncio.get_running_loop().create_future())
+        self.pending.append(call)
         if not self.running:
             self.running = True
             asyncio.get_running_loop().create_task(self._drain())
-        return await future
+        return await call.future
+
+    def _next_batch(self) -> list[_Call]:
+        """The oldest pending calls that fit in ``max_batch`` rows (at least one) and take as many inputs as the first."""
+        batch = [self.pending.pop(0)]
+        size = batch[0].rows
+        while self.pending and self.pending[0].arity == batch[0].arity and size + self.pending[0].rows <= self.max_batch:
+            batch.append(self.pending.pop(0))
+            size += batch[-1].rows
+        return batch
 
     async def _drain(self) -> None:
         try:
             while self.pending:
-                batch, size = [], 0
-                while self.pending and (not batch or size + len(self.pending[0][0]) <= self.max_batch):
-                    batch.append(self.pending.pop(0))
-                    size += len(batch[-1][0])
-                inputs = np.concatenate([a for a, _ in batch]) if len(batch) > 1 else batch[0][0]
+                batch = self._next_batch()
+                # input k of the merged call: input k of every call, one after the other
+                inputs = [np.concatenate(same) for same in zip(*(c.inputs for c in batch))] if len(batch) > 1 else batch[0].inputs
                 try:
-                    outputs = await asyncio.to_thread(self.fn, inputs)
+                    outputs = await asyncio.to_thread(self.fn, *inputs)
                 except Exception as err:  # every waiting request gets the error, none hangs
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(err)
+                    for call in batch:
+                        if not call.future.done():
+                            call.future.set_exception(err)
                     continue
                 start = 0
-                for array, future in batch:
-                    end = start + len(array)
-                    if not future.done():
-                        future.set_result({k: v[start:end] for k, v in outputs.items()})
+                for call in batch:
+                    end = start + call.rows
+                    if not call.future.done():
+                        call.future.set_result({k: v[start:end] for k, v in outputs.items()})
                     start = end
         finally:
             self.running = False
 
 
+class _Call(NamedTuple):
+    """One waiting call of a :class:`Merger`: its graph inputs (each [rows, ...]) and the future its caller awaits."""
+
+    inputs: tuple[np.ndarray, ...]
+    future: asyncio.Future
+
+    @property
+    def rows(self) -> int:
+        return len(self.inputs[0])
+
+    @property
+    def arity(self) -> int:
+        return len(self.inputs)
+
+
 class Runner:
-    """One model's graphs for the endpoints: ``await runner.decode(z)``, ``.encode(images)``, ``.scores(images)``."""
+    """One model's graphs for the endpoints: ``await runner.decode(z, labels)``, ``.encode(images, labels)``,
+    ``.scores(images, labels)``; ``labels`` (int64 [B]) only for a conditional model, which needs them to decode and
+    encode. Scoring without labels makes it infer each image's class: the runner passes -1 ("unknown") for those, so
+    such calls merge with calls that give labels."""
 
     def __init__(self, model: ExportedModel, batching: bool, max_batch: int):
         self.model = model
         self.batching = batching
-        graphs: dict[str, Callable[[np.ndarray], dict[str, np.ndarray]]] = {
-            "decode": lambda z: {"images": model.decode(z)},
+        graphs: dict[str, Callable[..., dict[str, np.ndarray]]] = {
+            "decode": lambda *inputs: {"images": model.decode(*inputs)},
             "scores": model.scores,
         }
         if model.has_encoder:
-            graphs["encode"] = lambda images: dict(zip(("mu", "logvar"), model.encode(images)))
+            graphs["encode"] = lambda *inputs: dict(zip(("mu", "logvar"), model.encode(*inputs)))
         self._graphs = graphs
         self._mergers = {name: Merger(fn, max_batch) for name, fn in graphs.items()} if batching else {}
 
-    async def _run(self, graph: str, array: np.ndarray) -> dict[str, np.ndarray]:
+    async def _run(self, graph: str, array: np.ndarray, labels: Optional[np.ndarray]) -> dict[str, np.ndarray]:
+        inputs = (array,) if labels is None else (array, np.ascontiguousarray(labels, dtype=np.int64))
         if self.batching:
-            return await self._mergers[graph](array)
-        return self._graphs[graph](array)
+            return await self._mergers[graph](*inputs)
+        return self._graphs[graph](*inputs)
 
-    async def decode(self, z: np.ndarray) -> np.ndarray:
-        return (await self._run("decode", z))["images"]
+    async def decode(self, z: np.ndarray, labels: Optional[np.ndarray] = None) -> np.ndarray:
+        return (await self._run("decode", z, labels))["images"]
 
-    async def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = await self._run("encode", images)
+    async def encode(self, images: np.ndarray, labels: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        out = await self._run("encode", images, labels)
         return out["mu"], out["logvar"]
 
-    async def scores(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        return await self._run("scores", images)
+    async def scores(self, images: np.ndarray, labels: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+        """Score components; a conditional model's result also has ``label``, the class each image was scored under."""
+        if labels is None and self.model.conditional:
+            labels = np.full(len(images), -1, np.int64)
+        return await self._run("scores", images, labels)
 
 
 def open_runners() -> dict[str, Runner]:

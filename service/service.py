@@ -3,12 +3,18 @@
     bentoml serve service.service:Genlab          (or: genlab serve --model NAME|EXPORT_DIR ...)
 
 Endpoints (all POST):
-    /generate        n, seed, z, temperature, format, model -> PNG grid | base64 PNGs | array | .npy
-    /reconstruct     images (files) or array, model         -> reconstructions, latent means, errors
-    /anomaly-score   images (files) or array, model, percentile | threshold -> per-image scores
-    /batch/decode    z (a .npy file, float32 [N, latent]), model      -> .npy uint8 images [N, C, H, W]
-    /batch/score     images (a .npy file, uint8 [N, C, H, W]), model -> .npy float32 scores [N, components]
-    /models          -> loaded models, manifests and the execution provider of each graph
+    /generate        n, seed, z, temperature, label, format, model -> PNG grid | base64 PNGs | array | .npy
+    /reconstruct     images (files) or array, label, model         -> reconstructions, latent means, errors
+    /anomaly-score   images (files) or array, label, model, percentile | threshold -> per-image scores
+    /batch/decode    z (a .npy file, float32 [N, latent]), labels (.npy), model      -> .npy uint8 images [N, C, H, W]
+    /batch/score     images (a .npy file, uint8 [N, C, H, W]), labels (.npy), model -> .npy float32 scores [N, components]
+    /models          -> loaded models, their classes, manifests and the execution provider of each graph
+
+A conditional model (``genlab train --conditional``) draws, reconstructs and scores each image under a
+class: ``label`` names it (one for all images or one per image, by name or index; see
+:func:`service.inputs.labels_from_request`). Without one, /generate draws balanced seeded labels and
+the image endpoints use the class that explains each image best; every response says which classes
+it used. Other models refuse ``label``.
 
 Each worker process holds the ONNX Runtime sessions and runs them in-process
 (:mod:`service.runtime`); genlab's edge (:mod:`service.edge`) refuses what BentoML would
@@ -36,14 +42,16 @@ from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
-from export.reader import read_export, sample_latents
+from export.reader import ExportedModel, read_export, sample_latents
 from genlab import __version__
 from genlab.families import FAMILIES
 from genlab.imageio import encode_png, tile
+from genlab.latents import balanced_labels
 from genlab.measures import ANOMALY_MAP_MEANING, RECON_ERROR_MEANING, anomaly_map, recon_error
 from genlab.thresholds import DEFAULT_PERCENTILE, normalized, percentile_of, quantile
 from service.edge import Edge
-from service.inputs import RequestError, images_from_npy, images_from_request, latents_from_npy, latents_from_request
+from service.inputs import (Labels, RequestError, images_from_npy, images_from_request, labels_from_npy, labels_from_request,
+                            latents_from_npy, latents_from_request, optional_file)
 from service.openapi import fix_spec
 from service.runtime import Runner, open_runners, resolve_reference
 from service.settings import HEALTH_PATHS, SETTINGS
@@ -51,6 +59,14 @@ from service.settings import HEALTH_PATHS, SETTINGS
 log = logging.getLogger("genlab.service")
 MAX = SETTINGS.max_images
 NPY = "application/octet-stream"
+LABELS_HEADER = "X-Genlab-Labels"  # the class index of every image, comma-separated (conditional models)
+LABEL_HELP = ("conditional models: the class of every image, by name or index (see /models), or a list with one per image; "
+              "other models refuse it")
+# one optional file part, declared as a list: BentoML 1.4.39 cannot build an endpoint with an Optional[Path] argument
+BATCH_LABELS_HELP = "conditional models: at most one .npy file of int64 class indices [N], one per row; other models refuse it"
+LabelSource = Optional[Literal["request", "inferred"]]
+LABEL_SOURCE_HELP = ("'request': the request's `label`; 'inferred': the class that explains the image best (lowest score); "
+                     "null for models that are not conditional")
 
 
 class ModelInfo(BaseModel):
@@ -62,6 +78,8 @@ class ModelInfo(BaseModel):
     image_shape: list[int]
     score_names: list[str]
     providers: dict[str, str]
+    conditional: bool = Field(description="whether the model draws, reconstructs and scores images under a class `label`")
+    classes: list[str] = Field(description="the classes `label` takes, label k being classes[k]; empty unless conditional")
     request_merging: bool = Field(description="whether concurrent requests are merged into one ONNX Runtime call")
     manifest: dict[str, Any]
 
@@ -72,6 +90,10 @@ class Reconstruction(BaseModel):
     images: list[Any] = Field(description="reconstructions as uint8 [N, C, H, W] (format=array; empty otherwise)")
     mu: list[list[float]] = Field(description="posterior means, [N, latent]")
     recon_error: list[float] = Field(description=RECON_ERROR_MEANING)
+    labels: list[int] = Field(default_factory=list, description="conditional models: the class index each image was "
+                                                                "encoded and decoded under (empty otherwise)")
+    label_names: list[str] = Field(default_factory=list, description="the names of those classes (empty otherwise)")
+    label_source: LabelSource = Field(None, description=LABEL_SOURCE_HELP)
 
 
 class ImageScore(BaseModel):
@@ -82,6 +104,10 @@ class ImageScore(BaseModel):
     percentile: Optional[float] = Field(description="percentile of the score among held-out normal images (0-100)")
     is_anomaly: bool = Field(description="score > threshold (equivalently normalized_score > 0.5)")
     components: dict[str, dict[str, Optional[float]]] = Field(description="name -> {value, percentile}")
+    label: Optional[int] = Field(None, description="conditional models: the class index the image was scored under "
+                                                   "(null otherwise)")
+    label_name: Optional[str] = Field(None, description="the name of that class")
+    label_source: LabelSource = Field(None, description=LABEL_SOURCE_HELP)
     anomaly_map_png_base64: str = Field(
         "", description="with maps=true and maps_format=png: the anomaly map as a base64 PNG, uint8 |image - reconstruction| "
                         "(empty otherwise)")
@@ -132,6 +158,31 @@ def _npy(array: np.ndarray, headers: dict[str, str]) -> Response:
     return Response(buffer.getvalue(), media_type=NPY, headers=headers)
 
 
+def _classes(model: ExportedModel) -> Optional[list[str]]:
+    """The class names a request's labels choose from; None for a model that takes no labels."""
+    return model.class_names if model.conditional else None
+
+
+def _label_indices(labels: Optional[np.ndarray]) -> list[int]:
+    return [] if labels is None else labels.tolist()
+
+
+def _label_names(model: ExportedModel, labels: Optional[np.ndarray]) -> list[str]:
+    return [] if labels is None else [model.class_names[k] for k in labels]
+
+
+def _label_source(requested: Optional[np.ndarray], used: Optional[np.ndarray]) -> Optional[str]:
+    return None if used is None else "request" if requested is not None else "inferred"
+
+
+def _labels_header(labels: Optional[np.ndarray]) -> dict[str, str]:
+    return {} if labels is None else {LABELS_HEADER: ",".join(map(str, labels.tolist()))}
+
+
+def _fresh_seed() -> int:
+    return int(np.random.SeedSequence().entropy % 2**63)
+
+
 def model_names() -> list[str]:
     """The names of the models in GENLAB_MODELS, from their manifests (no sessions)."""
     return [read_export(resolve_reference(i), verify=False).name for i in range(len(SETTINGS.models))]
@@ -168,33 +219,47 @@ class Genlab:
         seed: Optional[Annotated[int, Ge(0), Le(2**63 - 1)]] = None,
         z: Optional[list[list[float]]] = None,
         temperature: Annotated[float, Gt(0), Le(10)] = 1.0,
+        label: Annotated[Labels, Field(description=LABEL_HELP)] = None,
         format: Literal["png", "png_list", "array", "npy"] = "png",
         model: Optional[str] = None,
     ) -> Any:  # a PNG, a .npy file or JSON, chosen by `format`
-        """Sample images from the prior (or decode the given latents `z`, which override n, seed and temperature).
+        """Sample images from the prior (or decode the given latents `z`, which override n and temperature).
 
         format: png = one PNG grid (image/png); png_list = JSON list of base64 PNGs; array = JSON uint8
         [n, C, H, W]; npy = the same array as a .npy file. The seed used is returned (JSON field or
-        the X-Genlab-Seed header), so any sample can be drawn again.
+        the X-Genlab-Seed header; empty when nothing was drawn), so any sample can be drawn again.
+
+        Conditional models: `label` is the class of every image (a name or an index, see /models) or a list of
+        one per image (as many as `z` has rows). Without it the labels are drawn, every class equally often, from
+        the seed. The labels used are returned: `labels` and `label_names` in JSON, the X-Genlab-Labels header
+        (comma-separated class indices) with png and npy. Other models refuse `label`.
         """
         try:
             runner = self._runner(model)
             m = runner.model
-            if z is not None:
-                latents = latents_from_request(z, m.latent_dim, MAX)
-            else:
-                seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else seed
-                latents = sample_latents(n, m.latent_dim, seed, temperature, m.prior)
+            latents = None if z is None else latents_from_request(z, m.latent_dim, MAX)
+            rows = n if latents is None else len(latents)
+            labels = labels_from_request(label, rows, _classes(m), m.name)
+            draws_labels = m.conditional and labels is None
+            if latents is not None and not draws_labels:
+                seed = None  # nothing is drawn
+            elif seed is None:
+                seed = _fresh_seed()
+            if draws_labels:
+                labels = balanced_labels(rows, len(m.class_names), seed)
+            if latents is None:
+                latents = sample_latents(n, m.latent_dim, seed, temperature, m.prior, labels=labels)
         except RequestError as err:
             return _error(err)
-        images = await runner.decode(latents)
-        headers = {"X-Genlab-Model": m.name, "X-Genlab-Seed": "" if z is not None else str(seed)}
+        images = await runner.decode(latents, labels)
+        headers = {"X-Genlab-Model": m.name, "X-Genlab-Seed": "" if seed is None else str(seed), **_labels_header(labels)}
         if format == "png":
             return Response(encode_png(tile(images)), media_type="image/png", headers=headers)
         if format == "npy":
             return _npy(images, headers)
-        body: dict[str, Any] = {"model": m.name, "seed": None if z is not None else seed, "shape": list(images.shape)}
+        body: dict[str, Any] = {"model": m.name, "seed": seed, "shape": list(images.shape)}
         body["images"] = _png_base64(images) if format == "png_list" else images.tolist()
+        body["labels"], body["label_names"] = _label_indices(labels), _label_names(m, labels)
         return JSONResponse(body, headers=headers)
 
     @bentoml.api(route="/reconstruct")
@@ -202,25 +267,39 @@ class Genlab:
         self,
         images: list[Path] = [],  # noqa: B006 (pydantic copies defaults)
         array: Optional[list[Any]] = None,
+        label: Annotated[Labels, Field(description=LABEL_HELP)] = None,
         format: Literal["png_list", "array"] = "png_list",
         model: Optional[str] = None,
     ) -> Reconstruction:
         """Reconstruct uploaded images (multipart file parts `images`, PNG/JPEG, any size or mode: converted to the
         model's channels and size) or `array` (JSON, uint8 [N, C, H, W] as nested lists) through encoder mean and
-        decoder. Exactly one of the two: neither or both is a 400 naming `images`."""
+        decoder. Exactly one of the two: neither or both is a 400 naming `images`.
+
+        Conditional models encode and decode each image under a class: `label` (one for all images or a list of one
+        per image, by name or index; a multipart form field or JSON), or without it the class that explains the
+        image best. The response's `labels`, `label_names` and `label_source` say which. Other models refuse
+        `label`."""
         try:
             runner = self._encoder_runner(model)
-            x = images_from_request(images, array, runner.model.image_shape, MAX, SETTINGS.max_upload_bytes, SETTINGS.max_pixels)
+            m = runner.model
+            x = images_from_request(images, array, m.image_shape, MAX, SETTINGS.max_upload_bytes, SETTINGS.max_pixels)
+            requested = labels_from_request(label, len(x), _classes(m), m.name)
         except RequestError as err:
             return _error(err)  # type: ignore[return-value]
-        mu, _ = await runner.encode(x)
-        recon = await runner.decode(np.ascontiguousarray(mu))
+        used = requested
+        if m.conditional and requested is None:  # the class that explains each image best
+            used = (await runner.scores(x))["label"]
+        mu, _ = await runner.encode(x, used)
+        recon = await runner.decode(np.ascontiguousarray(mu), used)
         return Reconstruction(
-            model=runner.model.name,
+            model=m.name,
             images_png_base64=_png_base64(recon) if format == "png_list" else [],
             images=recon.tolist() if format == "array" else [],
             mu=mu.tolist(),
             recon_error=recon_error(x, recon).tolist(),
+            labels=_label_indices(used),
+            label_names=_label_names(m, used),
+            label_source=_label_source(requested, used),
         )
 
     @bentoml.api(route="/anomaly-score")
@@ -230,6 +309,7 @@ class Genlab:
         array: Optional[list[Any]] = None,
         percentile: Optional[Annotated[float, Ge(0), Le(100)]] = None,
         threshold: Optional[float] = None,
+        label: Annotated[Labels, Field(description=LABEL_HELP)] = None,
         maps: bool = False,
         maps_format: Literal["png", "array"] = "png",
         model: Optional[str] = None,
@@ -238,7 +318,11 @@ class Genlab:
         normalised to [0, 1] with the threshold at 0.5, its percentile among held-out normal images, `is_anomaly` =
         score above the threshold, and every component with its percentile. The threshold is the calibrated
         `percentile` (default 99) of the normal scores, or a raw `threshold`. With `maps=true` (models with an
-        encoder), each image also gets a per-pixel anomaly map, |image - reconstruction|, as a PNG or an array."""
+        encoder), each image also gets a per-pixel anomaly map, |image - reconstruction|, as a PNG or an array.
+
+        Conditional models score each image under a class: `label` (one for all images or a list of one per image,
+        by name or index), or without it the class that explains the image best (lowest score). Each result's
+        `label`, `label_name` and `label_source` say which. Other models refuse `label`."""
         try:
             runner = self._runner(model)
             m = runner.model
@@ -253,9 +337,13 @@ class Genlab:
                 raise RequestError("threshold", f"{m.name} has no calibration (its training did not finish); "
                                                 "send a raw 'threshold'", 422)
             x = images_from_request(images, array, m.image_shape, MAX, SETTINGS.max_upload_bytes, SETTINGS.max_pixels)
+            requested = labels_from_request(label, len(x), _classes(m), m.name)
         except RequestError as err:
             return _error(err)  # type: ignore[return-value]
-        scores = {name: v.astype(np.float64) for name, v in (await runner.scores(x)).items()}
+        scores = await runner.scores(x, requested)
+        used = scores.pop("label", None)
+        used_names, source = _label_names(m, used), _label_source(requested, used)
+        scores = {name: v.astype(np.float64) for name, v in scores.items()}
         cal = m.calibration
         if threshold is None:
             threshold_percentile = DEFAULT_PERCENTILE if percentile is None else percentile
@@ -266,8 +354,8 @@ class Genlab:
         norm = normalized(cal, "score", scores["score"], cut) if cal and "score" in cal["scores"] else None
         diff = None
         if maps:
-            mu, _ = await runner.encode(x)
-            diff = anomaly_map(x, await runner.decode(np.ascontiguousarray(mu)))
+            mu, _ = await runner.encode(x, used)
+            diff = anomaly_map(x, await runner.decode(np.ascontiguousarray(mu), used))
         results = [
             ImageScore(
                 score=float(scores["score"][i]),
@@ -281,6 +369,9 @@ class Genlab:
                 anomaly_map_png_base64="" if diff is None or maps_format != "png" else _png_base64(
                     np.rint(diff[i : i + 1] * 255).astype(np.uint8))[0],
                 anomaly_map=[] if diff is None or maps_format != "array" else diff[i].round(5).tolist(),
+                label=None if used is None else int(used[i]),
+                label_name=None if used is None else used_names[i],
+                label_source=source,
             )
             for i in range(len(x))
         ]
@@ -291,34 +382,66 @@ class Genlab:
         )
 
     @bentoml.api(route="/batch/decode")
-    async def batch_decode(self, z: Path, model: Optional[str] = None) -> Any:
+    async def batch_decode(
+        self,
+        z: Path,
+        labels: Annotated[list[Path], Field(description=BATCH_LABELS_HELP)] = [],  # noqa: B006 (see BATCH_LABELS_HELP)
+        model: Optional[str] = None,
+    ) -> Any:
         """Decode latents sent as a .npy file (multipart file part `z`, float32 [N, latent]) into a .npy file
-        of uint8 images [N, C, H, W]: the binary path for machines (no JSON lists of numbers either way)."""
+        of uint8 images [N, C, H, W]: the binary path for machines (no JSON lists of numbers either way).
+
+        Conditional models need `labels` (a file part, .npy of integer class indices [N], one per latent: the classes
+        the latents were drawn for); without it the answer is a 422 naming `labels`, since a latent drawn from one
+        class's prior decoded under another gives no sensible image. Other models refuse `labels`."""
         try:
             runner = self._runner(model)
-            latents = latents_from_npy(z, "z", runner.model.latent_dim, MAX, SETTINGS.max_upload_bytes)
+            m = runner.model
+            latents = latents_from_npy(z, "z", m.latent_dim, MAX, SETTINGS.max_upload_bytes)
+            labels_file = optional_file(labels, "labels")
+            if m.conditional and labels_file is None:
+                raise RequestError("labels", f"{m.name} is a conditional model: send 'labels', a .npy of int64 class "
+                                             f"indices [{len(latents)}], one per latent (classes: see /models)", 422)
+            class_labels = None if labels_file is None else labels_from_npy(
+                labels_file, "labels", len(latents), _classes(m), m.name, SETTINGS.max_upload_bytes)
         except RequestError as err:
             return _error(err)
-        return _npy(await runner.decode(latents), {"X-Genlab-Model": runner.model.name})
+        return _npy(await runner.decode(latents, class_labels), {"X-Genlab-Model": m.name})
 
     @bentoml.api(route="/batch/score")
-    async def batch_score(self, images: Path, model: Optional[str] = None) -> Any:
+    async def batch_score(
+        self,
+        images: Path,
+        labels: Annotated[list[Path], Field(description=BATCH_LABELS_HELP)] = [],  # noqa: B006 (see BATCH_LABELS_HELP)
+        model: Optional[str] = None,
+    ) -> Any:
         """Score images sent as a .npy file (multipart file part `images`, uint8 [N, C, H, W]); returns a .npy file
         of float32 [N, components], one column per score component in the order of the X-Genlab-Scores header
-        (the first is the primary `score`). Thresholds and percentiles: see /anomaly-score and /models."""
+        (the first is the primary `score`). Thresholds and percentiles: see /anomaly-score and /models.
+
+        Conditional models score each image under a class: `labels` (a file part, .npy of integer class indices [N];
+        -1 for an image whose class is unknown), or without it, and where it says -1, the class that explains the
+        image best. The X-Genlab-Labels header lists the class index each image was scored under, comma-separated.
+        Other models refuse `labels`."""
         try:
             runner = self._runner(model)
-            x = images_from_npy(images, "images", runner.model.image_shape, MAX, SETTINGS.max_upload_bytes)
+            m = runner.model
+            x = images_from_npy(images, "images", m.image_shape, MAX, SETTINGS.max_upload_bytes)
+            labels_file = optional_file(labels, "labels")
+            class_labels = None if labels_file is None else labels_from_npy(
+                labels_file, "labels", len(x), _classes(m), m.name, SETTINGS.max_upload_bytes, unknown_allowed=True)
         except RequestError as err:
             return _error(err)
-        scores = await runner.scores(x)
-        names = runner.model.score_names
+        scores = await runner.scores(x, class_labels)
+        names = m.score_names
         table = np.stack([scores[name] for name in names], axis=1).astype(np.float32)
-        return _npy(table, {"X-Genlab-Model": runner.model.name, "X-Genlab-Scores": ",".join(names)})
+        headers = {"X-Genlab-Model": m.name, "X-Genlab-Scores": ",".join(names), **_labels_header(scores.get("label"))}
+        return _npy(table, headers)
 
     @bentoml.api(route="/models")
     async def list_models(self) -> list[ModelInfo]:
-        """The models this server holds (the first is the default), their manifests and execution providers."""
+        """The models this server holds (the first is the default), their classes (what a conditional model's `label`
+        takes), manifests and execution providers."""
         rows = []
         for name, runner in self.runners.items():
             m = runner.model
@@ -327,7 +450,8 @@ class Genlab:
             rows.append(ModelInfo(
                 name=name, family=m.family, default=name == self.default, has_encoder=m.has_encoder,
                 latent_dim=m.latent_dim, image_shape=list(m.image_shape), score_names=m.score_names,
-                providers=m.providers, request_merging=runner.batching, manifest=manifest,
+                providers=m.providers, conditional=m.conditional, classes=_classes(m) or [], request_merging=runner.batching,
+                manifest=manifest,
             ))
         return rows
 

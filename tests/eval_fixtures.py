@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Optional
 
 import pytest
 
@@ -13,10 +14,11 @@ from tests.conftest import TINY
 QUICK = dict(dataset="mnist-5k", batch_size=32, log_every=5, sample_count=16)
 
 
-def train_tiny(out: Path, family: str, **kw) -> Path:
+def train_tiny(out: Path, family: str, model: Optional[dict[str, Any]] = None, **kw) -> Path:
+    """Train a TINY ``family`` model into ``out`` (``model``: more model settings, e.g. conditional=True)."""
     from training.loop import train
 
-    train(family, dict(TINY), TrainConfig(**{**QUICK, **kw}), out)
+    train(family, {**TINY, **(model or {})}, TrainConfig(**{**QUICK, **kw}), out)
     return out
 
 
@@ -30,3 +32,11 @@ def one_class_vae(tmp_path_factory) -> Path:
 def all_class_gan(tmp_path_factory) -> Path:
     """A GAN trained on all mnist-5k classes for a few steps, calibrated."""
     return train_tiny(tmp_path_factory.mktemp("runs") / "gan", "gan", epochs=1, batch_size=200)
+
+
+@pytest.fixture(scope="session")
+def conditional_vaegan(tmp_path_factory) -> Path:
+    """A class-conditional VAE-GAN on the ten mnist-5k digits, a few steps (its samples need not look like digits):
+    per-class prior, calibration and all."""
+    return train_tiny(tmp_path_factory.mktemp("runs") / "vaegan-conditional", "vaegan", {"conditional": True},
+                      epochs=1, batch_size=200)

@@ -23,17 +23,22 @@ def genlab_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProce
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=300)
 
 
+CONDITIONAL_MODEL = "genlab-vaegan-cond"  # the conditional VAE-GAN's export name (the others keep their default names)
+
+
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory) -> dict[str, Path]:
-    """A VAE-GAN and a GAN, one epoch each on mnist-5k at toy width, exported (no BentoML store)."""
+    """A VAE-GAN, a GAN and a class-conditional VAE-GAN (``vaegan-cond``, named genlab-vaegan-cond), one epoch each
+    on mnist-5k at toy width, exported (no BentoML store)."""
     root = tmp_path_factory.mktemp("served")
     out = {}
-    for family in ("vaegan", "gan"):
-        run = genlab_cli("train", family, "--epochs", "1", "--out", str(root / f"run-{family}"), *TINY)
+    for key, family, train_flags, export_flags in (("vaegan", "vaegan", (), ()), ("gan", "gan", (), ()),
+                                                   ("vaegan-cond", "vaegan", ("--conditional",), ("--bento", CONDITIONAL_MODEL))):
+        run = genlab_cli("train", family, *train_flags, "--epochs", "1", "--out", str(root / f"run-{key}"), *TINY)
         assert run.returncode == 0, run.stderr[-2000:]
-        exp = genlab_cli("export", str(root / f"run-{family}"), "--out", str(root / f"export-{family}"), "--no-bento")
+        exp = genlab_cli("export", str(root / f"run-{key}"), "--out", str(root / f"export-{key}"), "--no-bento", *export_flags)
         assert exp.returncode == 0, exp.stderr[-2000:]
-        out[family] = root / f"export-{family}"
+        out[key] = root / f"export-{key}"
     out["gan-no-encoder"] = without_encoder(out["gan"], root / "export-gan-no-encoder")
     return out
 

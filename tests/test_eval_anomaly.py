@@ -9,7 +9,7 @@ import pytest
 
 from eval.anomaly import evaluate_anomaly, ranking_metrics, result_name, scores_to_metrics, threshold_rates
 from genlab.errors import GenlabError
-from tests.eval_fixtures import all_class_gan, one_class_vae  # noqa: F401 (fixtures)
+from tests.eval_fixtures import all_class_gan, conditional_vaegan, one_class_vae  # noqa: F401 (fixtures)
 
 PERCENTILES = [round(0.1 * i, 1) for i in range(1001)]
 
@@ -72,6 +72,13 @@ def test_end_to_end_out_of_distribution(one_class_vae, fake_mnist_dir):
     assert result["counts"] == {"normal": 50, "anomalous": 50}  # class 1 of mnist-5k test vs the fake set
     assert result["components"]["neg_elbo"]["auroc"] > 0.9  # uniform noise is far from a digit
     assert result_name(result) == "anomaly-mnist-5k-test-c1-vs-ood-fashion-mnist-p95"
+
+
+def test_a_conditional_model_scores_unlabelled_images_under_its_best_class(conditional_vaegan, fake_mnist_dir):
+    result = evaluate_anomaly(conditional_vaegan, ood="fashion-mnist", data_dir=str(fake_mnist_dir))
+    assert result["counts"] == {"normal": 500, "anomalous": 50}  # all of mnist-5k test vs the fake set
+    assert "score" in result["components"] and "label" not in result["components"]  # the class used is not a score
+    assert all(0.0 <= row["auroc"] <= 1.0 and row["threshold"] is not None for row in result["components"].values())
 
 
 def test_bad_class_or_dataset_is_one_clear_error(one_class_vae, tmp_path):

@@ -7,6 +7,7 @@ cache), tiny checkpoints, and Inception only on a handful of images.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -17,6 +18,9 @@ import torch
 from genlab.config import TrainConfig
 from genlab.errors import GenlabError
 from tests.conftest import TINY
+from tests.eval_fixtures import conditional_vaegan  # noqa: F401 (fixture)
+
+DIGITS = [str(k) for k in range(10)]
 
 SMALL = dict(dataset="mnist-5k", normal_class=1, batch_size=32, log_every=5, sample_count=16, epochs=1)
 
@@ -220,6 +224,125 @@ def test_checkpoint_and_its_onnx_export_give_the_same_fid(runs, tmp_path):
     fb = compute_fid(str(tmp_path / "export"), n=50, seed=1, extractor="lenet", progress=False)
     assert fb["kind"] == "onnx"
     assert fb["values"]["lenet_fd"] == pytest.approx(fa["values"]["lenet_fd"], rel=1e-3)
+
+
+# -- conditional models ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def conditional_export(conditional_vaegan, tmp_path_factory):
+    from export.onnx_export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("conditional-export") / "export"
+    export_checkpoint(conditional_vaegan / "last.pt", out)
+    return out
+
+
+def test_a_conditional_source_draws_balanced_labels_as_its_export_does(conditional_vaegan, conditional_export):
+    from eval.model_source import open_model
+    from genlab.latents import balanced_labels
+
+    ckpt, onnx = open_model(str(conditional_vaegan)), open_model(str(conditional_export))
+    for source in (ckpt, onnx):
+        assert source.conditional and source.class_names == DIGITS and source.num_classes == 10
+    images, labels = ckpt.sample_labelled(30, seed=1)
+    np.testing.assert_array_equal(labels, balanced_labels(30, 10, 1))
+    onnx_images, onnx_labels = onnx.sample_labelled(30, seed=1)
+    np.testing.assert_array_equal(onnx_labels, labels)
+    assert np.abs(images.astype(int) - onnx_images.astype(int)).max() <= 1
+    # one latent stream per class: a class's samples do not depend on which other classes were asked for
+    sevens = ckpt.sample(3, seed=1, labels=np.full(3, 7))
+    assert np.abs(sevens.astype(int) - images[labels == 7][:3].astype(int)).max() <= 1
+    # scores are score components only; the class each image was scored under comes beside them, and an image
+    # reconstructed without a label goes through that class
+    reference = _reference(8)
+    scores, used = ckpt.labelled_scores(reference)
+    assert "label" not in scores and "score" in scores and "label" not in onnx.scores(reference)
+    assert used.dtype == np.int64 and used.shape == (8,) and ((0 <= used) & (used < 10)).all()
+    np.testing.assert_array_equal(ckpt.reconstruct(reference), ckpt.reconstruct(reference, labels=used))
+    with pytest.raises(GenlabError, match="conditional model: give a class label"):
+        ckpt.decode(ckpt.sample_latents(2, 0, labels=[0, 1]))
+    with pytest.raises(GenlabError, match="label 10 is not a class"):
+        onnx.sample(2, 0, labels=[3, 10])
+
+
+def test_an_unconditional_source_samples_as_before_and_takes_no_labels(runs):
+    from eval.model_source import open_model
+    from genlab.latents import sample_latents
+
+    source = open_model(str(runs["vae"]))
+    assert not source.conditional and source.num_classes == 0
+    np.testing.assert_array_equal(source.sample_latents(5, 3), sample_latents(5, source.latent_dim, 3, prior=source.prior))
+    images, labels = source.sample_labelled(5, 3)
+    assert labels is None and np.array_equal(images, source.sample(5, 3))
+    with pytest.raises(GenlabError, match="takes no class labels"):
+        source.sample(2, 0, labels=[0, 1])
+
+
+def test_pooled_and_per_class_fid_of_a_conditional_model(conditional_vaegan, lenet, capsys):
+    from cli.main import main
+    from eval.fid import class_reference, images_to_metrics, summary_line
+    from eval.model_source import open_model
+    from genlab.data import load_split
+
+    assert main(["eval", "fid", str(conditional_vaegan), "--n", "60", "--extractor", "lenet", "--per-class", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["conditional"] and result["n"] == 60 and "balanced over 10 classes" in result["settings"]
+    assert {"lenet_fd", "lenet_kd"} <= set(result["values"])
+    assert list(result["per_class"]) == DIGITS
+    for row in result["per_class"].values():
+        assert row["n"] == row["n_reference"] == 6 and np.isfinite(row["values"]["lenet_fd"]) and "lenet_kd" in row["values"]
+    # class k's number is its own samples against the reference images of class k, and nothing else
+    images, labels = open_model(str(conditional_vaegan)).sample_labelled(60, 0)
+    test = load_split("mnist-5k", "test")
+    reference = class_reference(test, 3, 6)
+    assert all(any(np.array_equal(r, t) for t in test.images.numpy()[test.labels.numpy() == 3]) for r in reference)
+    expected = images_to_metrics(images[labels == 3], reference, lenet, ("fid",), 64, False, 0, None)
+    assert result["per_class"]["3"]["values"]["lenet_fd"] == pytest.approx(expected["lenet_fd"], rel=1e-5)
+    # class fidelity of the same samples, beside the classifier's own test accuracy
+    assert 0.0 <= result["class_fidelity"] <= 1.0 and list(result["class_fidelity_per_class"]) == DIGITS
+    assert all(0.0 <= share <= 1.0 for share in result["class_fidelity_per_class"].values())
+    assert result["classifier_test_accuracy"] > 0.9 and result["classifier_test_split"] == "mnist-5k:test"
+    line = summary_line(result)
+    assert "\n" not in line and "per class lenet_fd: 0 " in line and ", 9 " in line
+    assert "class fidelity" in line and "classifier test accuracy" in line
+    assert list((conditional_vaegan / "eval").glob("fid-lenet-*-n60-per-class.json"))
+
+
+def test_class_fidelity_counts_the_samples_of_the_class_asked_for(conditional_vaegan, conditional_export):
+    from eval.class_fidelity import agreement_by_class, measure, predict_classes
+    from eval.model_source import open_model
+    from genlab.classifier import load_classifier
+
+    overall, per_class = agreement_by_class(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), ["a", "b", "c", "d"])
+    assert overall == 0.75 and per_class == {"a": 1.0, "b": 1.0, "c": 0.5, "d": None}
+
+    a = measure(conditional_vaegan, n=50, seed=2)
+    b = measure(str(conditional_export), n=50, seed=2)
+    assert (a["kind"], b["kind"]) == ("checkpoint", "onnx") and a["n"] == b["n"] == 50
+    assert a["n_per_class"] == {name: 5 for name in DIGITS}
+    assert b["class_fidelity"] == a["class_fidelity"] and b["class_fidelity_per_class"] == a["class_fidelity_per_class"]
+    assert 0.0 <= a["class_fidelity"] <= 1.0 and list(a["class_fidelity_per_class"]) == DIGITS
+    assert a["classifier_test_accuracy"] == b["classifier_test_accuracy"] > 0.9
+    assert list(a["classifier_test_accuracy_per_class"]) == DIGITS
+    # the share is the classifier's verdict on the very samples drawn for those labels
+    images, labels = open_model(str(conditional_vaegan)).sample_labelled(50, 2)
+    net, _ = load_classifier(a["classifier"]["file"])
+    assert a["class_fidelity"] == pytest.approx(float((predict_classes(net, images) == labels).mean()))
+
+
+def test_per_class_and_class_fidelity_need_a_conditional_model(runs, conditional_vaegan, capsys):
+    from cli.main import main
+    from eval.class_fidelity import measure
+    from eval.fid import compute_fid
+
+    with pytest.raises(GenlabError, match="--per-class needs a conditional model"):
+        compute_fid(str(runs["vae"]), n=20, extractor="lenet", per_class=True)
+    with pytest.raises(GenlabError, match="class fidelity needs a conditional model"):
+        measure(str(runs["vae"]), n=10)
+    with pytest.raises(GenlabError, match="at least 2 samples of each of the 10 classes"):
+        compute_fid(str(conditional_vaegan), n=12, extractor="lenet", per_class=True)
+    assert main(["eval", "fid", str(runs["vae"]), "--per-class", "--n", "20", "--extractor", "lenet", "--no-save"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "conditional" in err[0]
 
 
 # -- Inception weights ----------------------------------------------------------------------------

@@ -104,3 +104,12 @@ def test_a_fid_job_without_a_reference_uses_the_split_it_was_given(client, monke
     task_id = client.post("/fid/submit", json={"model": "vae-1", "split": "val", "n": 10, "extractor": "lenet"}).json()["task_id"]
     assert _wait(client, "fid", task_id) == "completed"
     assert seen["ref"] is None and seen["split"] == "val" and seen["extractor"] == "lenet" and seen["n"] == 10
+    assert seen["per_class"] is False
+
+
+def test_a_per_class_fid_job_on_an_unconditional_model_fails_with_the_reason(client):
+    body = {"model": "vae-1", "n": 20, "extractor": "lenet", "per_class": True}
+    task_id = client.post("/fid/submit", json=body).json()["task_id"]
+    assert _wait(client, "fid", task_id) == "failed"
+    response = client.get("/fid/get", params={"task_id": task_id})
+    assert response.status_code == 400 and "--per-class needs a conditional model" in response.text

@@ -13,7 +13,7 @@ from eval.report import ReportSettings, write_report
 from eval.results import save_result
 from eval.translation import evaluate_translation, shift_by_fraction
 from genlab.errors import GenlabError
-from tests.eval_fixtures import all_class_gan, one_class_vae, train_tiny  # noqa: F401 (fixtures)
+from tests.eval_fixtures import all_class_gan, conditional_vaegan, one_class_vae, train_tiny  # noqa: F401 (fixtures)
 
 
 def test_shifts_are_deterministic_and_of_the_asked_size():
@@ -33,7 +33,7 @@ class Memoriser:
     info = {"family": "vae", "dataset": "mnist-5k"}
     memory = None
 
-    def reconstruct(self, images, batch_size=256, desc=None):  # ModelSource.reconstruct
+    def reconstruct(self, images, labels=None, batch_size=256, desc=None):  # ModelSource.reconstruct
         if self.memory is None:
             self.memory = images.copy()
         return self.memory
@@ -98,6 +98,37 @@ def test_report_tables_images_and_separate_settings(one_class_vae, all_class_gan
         assert (tmp_path / "rep" / "images" / name).stat().st_size > 0
         assert f"(images/{name})" in md and f"src='images/{name}'" in page
     assert len(result["runs"]) == 2
+
+
+def test_report_shows_a_conditional_run_its_class_fidelity_and_a_row_per_class(conditional_vaegan, one_class_vae, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    run = tmp_path / "cvaegan"  # a copy without the results other tests saved beside the shared run
+    shutil.copytree(conditional_vaegan, run, ignore=shutil.ignore_patterns("eval"))
+    write_report([run, one_class_vae], tmp_path / "rep", ReportSettings(n=30, fidelity_n=100))
+    md = (tmp_path / "rep" / "report.md").read_text()
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "| cvaegan | vaegan (conditional) | mnist-5k (10 classes) |" in md and "| vae-1 | vae | mnist-5k (class 1) |" in md
+    # class fidelity computed and saved beside the run, shown with the classifier's test accuracy (its ceiling)
+    (saved,) = (run / "eval").glob("class_fidelity-n100-seed0.json")
+    result = json.loads(saved.read_text())
+    assert 0.0 <= result["class_fidelity"] <= 1.0 and list(result["class_fidelity_per_class"]) == [str(k) for k in range(10)]
+    columns = _columns(md, "Class fidelity")
+    assert any(c.startswith("class fidelity (samples n=100 seed=0") for c in columns)
+    assert any(c.startswith("class fidelity per class (samples n=100") for c in columns)
+    assert any(c.startswith("classifier test accuracy (lenet-") and "mnist-5k:test" in c for c in columns)
+    row = next(line for line in md.split("## Class fidelity", 1)[1].splitlines() if line.startswith("| cvaegan |"))
+    assert f"{result['class_fidelity']:.3f}" in row and "9: " in row
+    assert "n/a: not a conditional model" in md  # the one-class VAE's row
+    # the grid: 8 samples in each of 10 rows, copied beside the report and linked from both files
+    grid = tmp_path / "rep" / "images" / "cvaegan-samples_by_class.png"
+    assert Image.open(grid).size == (2 + 8 * (28 + 2), 2 + 10 * (28 + 2))
+    assert "(images/cvaegan-samples_by_class.png)" in md and "src='images/cvaegan-samples_by_class.png'" in page
+    # a report of unconditional runs only has no class fidelity table
+    write_report([one_class_vae], tmp_path / "rep-1", ReportSettings(compute=False))
+    assert "## Class fidelity" not in (tmp_path / "rep-1" / "report.md").read_text()
 
 
 def test_report_without_compute_says_what_to_run(tmp_path):

@@ -1,7 +1,7 @@
 """The HTTP service: in-process through BentoML's ASGI app, then a real `genlab serve` end to end.
 
 The fixture goes the way a user does: `genlab train` -> `genlab export` (CLI subprocesses) for a
-VAE-GAN and a GAN, tiny networks, one epoch on the embedded MNIST digits.
+VAE-GAN, a GAN and a class-conditional VAE-GAN, tiny networks, one epoch on the embedded MNIST digits.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from PIL import Image
 
 from genlab.errors import GenlabError
 from tests.conftest import bentoml_test_client
+from tests.service_fixtures import CONDITIONAL_MODEL as COND
 from tests.service_fixtures import REPO, TINY, exports, running_server  # noqa: F401 (fixture)
 from tests.service_fixtures import genlab_cli as _genlab
 
@@ -31,7 +32,8 @@ MAX_UPLOAD = 64 * 1024
 @pytest.fixture(scope="module")
 def client(exports):
     """The service imported fresh with these models and small limits, behind a starlette TestClient."""
-    env = {"GENLAB_MODELS": f"{exports['vaegan']},{exports['gan']},{exports['gan-no-encoder']}", "GENLAB_MAX_IMAGES": str(MAX_IMAGES),
+    models = ",".join(str(exports[key]) for key in ("vaegan", "gan", "gan-no-encoder", "vaegan-cond"))
+    env = {"GENLAB_MODELS": models, "GENLAB_MAX_IMAGES": str(MAX_IMAGES),
            "GENLAB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD)}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -241,7 +243,7 @@ def test_anomaly_score_for_a_gan_scores_through_its_encoder(client):
 
 def test_models_endpoint_lists_models_and_providers(client):
     rows = client.post("/models").json()
-    assert [r["name"] for r in rows] == ["genlab-vaegan-mnist-5k", "genlab-gan-mnist-5k", "genlab-gan-no-encoder"]
+    assert [r["name"] for r in rows] == ["genlab-vaegan-mnist-5k", "genlab-gan-mnist-5k", "genlab-gan-no-encoder", COND]
     assert rows[0]["default"] and not rows[1]["default"] and rows[1]["has_encoder"] and not rows[2]["has_encoder"]
     assert set(rows[0]["providers"]) == {"decoder", "encoder", "score"}
     assert set(rows[0]["providers"].values()) == {"CPUExecutionProvider"}
@@ -397,3 +399,232 @@ def test_anomaly_maps_need_an_encoder(client):
     # a GAN has f-AnoGAN's encoder, so it reconstructs and gives maps
     r = client.post("/anomaly-score", json={"array": digit, "maps": True, "model": "genlab-gan-mnist-5k"})
     assert r.status_code == 200 and r.json()["results"][0]["anomaly_map_png_base64"]
+
+
+# -- conditional models: the class label ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def conditional(exports):
+    """The conditional VAE-GAN's export, opened here to compute what the service should answer."""
+    from export.reader import open_export
+
+    return open_export(exports["vaegan-cond"], providers="cpu")
+
+
+def _conditional_draw(client, **payload) -> dict:
+    r = client.post("/generate", json={"model": COND, "format": "array", **payload})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.mark.parametrize("value, classes, index", [
+    (7, [str(k) for k in range(10)], 7),
+    ("7", [str(k) for k in range(10)], 7),
+    ("dog", ["cat", "dog"], 1),
+    ("1", ["cat", "dog"], 1),  # not a name, a decimal integer: an index
+    ("1", ["1", "0"], 0),  # a name wins over reading the string as an index
+])
+def test_a_class_is_a_name_or_an_index(value, classes, index):
+    from service.inputs import class_index
+
+    assert class_index(value, classes, "m", "label") == index
+
+
+@pytest.mark.parametrize("value, message", [
+    ("x", "unknown class 'x'; m's classes: cat, dog"),
+    (2, "class index 2 is out of range 0..1"),
+    ("-1", "unknown class '-1'"),
+    (-1, "class index -1 is out of range"),
+    (True, "not bool"),
+    ("9" * 5000, "class index 99999999999999999999... is out of range"),
+])
+def test_an_unknown_class_is_refused_with_the_classes_listed(value, message):
+    from service.inputs import RequestError, class_index
+
+    with pytest.raises(RequestError, match=message) as err:
+        class_index(value, ["cat", "dog"], "m", "label[3]")
+    assert err.value.field == "label[3]" and err.value.status == 422
+
+
+def test_generate_under_a_label_by_name_index_or_list(client, conditional):
+    from export.reader import sample_latents
+
+    by_name = _conditional_draw(client, n=4, seed=3, label="7")
+    by_index = _conditional_draw(client, n=4, seed=3, label=7)
+    assert by_name == by_index and by_name["labels"] == [7] * 4 and by_name["label_names"] == ["7"] * 4
+    sevens = np.full(4, 7)  # the service's images are the export's: latents from class 7's prior, decoded as 7s
+    z = sample_latents(4, conditional.latent_dim, 3, prior=conditional.prior, labels=sevens)
+    assert by_name["images"] == conditional.decode(z, sevens).tolist()
+    mixed = _conditional_draw(client, n=3, seed=3, label=[7, "3", 0])
+    assert mixed["labels"] == [7, 3, 0] and mixed["label_names"] == ["7", "3", "0"]
+    z = np.random.default_rng(0).standard_normal((2, conditional.latent_dim)).tolist()
+    explicit = _conditional_draw(client, z=z, label=[1, "2"])
+    assert explicit["seed"] is None and explicit["labels"] == [1, 2]
+    assert explicit["images"] == conditional.decode(np.array(z, np.float32), np.array([1, 2])).tolist()
+
+
+def test_generate_without_a_label_draws_balanced_seeded_labels_and_returns_them(client):
+    from genlab.latents import balanced_labels
+
+    a, b, c = (_conditional_draw(client, n=20, seed=seed) for seed in (11, 11, 12))
+    assert a == b and a["images"] != c["images"]
+    assert a["labels"] == balanced_labels(20, 10, 11).tolist() and a["label_names"] == [str(k) for k in a["labels"]]
+    assert np.bincount(a["labels"], minlength=10).tolist() == [2] * 10  # every class equally often
+    assert set(np.bincount(_conditional_draw(client, n=15, seed=1)["labels"], minlength=10)) == {1, 2}
+    for fmt in ("png", "npy"):  # no JSON body: the labels come in a header
+        r = client.post("/generate", json={"model": COND, "n": 20, "seed": 11, "format": fmt})
+        assert r.status_code == 200 and r.headers["x-genlab-labels"] == ",".join(map(str, a["labels"]))
+    npy = np.load(io.BytesIO(client.post("/generate", json={"model": COND, "n": 20, "seed": 11, "format": "npy"}).content))
+    assert npy.tolist() == a["images"]
+    # explicit latents without labels: the labels are drawn from the seed, which is then returned
+    z = np.zeros((3, 4)).tolist()
+    drawn = _conditional_draw(client, z=z, seed=5)
+    assert drawn["seed"] == 5 and drawn["labels"] == balanced_labels(3, 10, 5).tolist()
+    unconditional = client.post("/generate", json={"n": 2, "seed": 1, "format": "array"}).json()
+    assert unconditional["labels"] == [] and unconditional["label_names"] == []
+    assert "x-genlab-labels" not in client.post("/generate", json={"n": 2, "seed": 1}).headers
+
+
+@pytest.mark.parametrize("payload, status, field", [
+    ({"label": "x"}, 422, "label"),
+    ({"label": 10}, 422, "label"),
+    ({"label": -1}, 422, "label"),
+    ({"n": 3, "label": [1, 2]}, 422, "label"),
+    ({"n": 2, "label": [1, "x"]}, 422, "label[1]"),
+    ({"z": [[0.0] * 4] * 2, "label": [1]}, 422, "label"),
+    ({"label": True}, 400, "label"),
+    ({"label": 7.5}, 400, "label"),
+    ({"label": {"class": 7}}, 400, "label"),
+])
+def test_generate_refuses_unknown_labels_naming_the_field(client, payload, status, field):
+    error = _field_error(client.post("/generate", json={"model": COND, **payload}), status, field)
+    if payload.get("label") == "x":
+        assert "unknown class 'x'" in error and "classes: 0, 1, 2" in error
+
+
+@pytest.mark.parametrize("route, model", [("/generate", None), ("/generate", "genlab-gan-mnist-5k"),
+                                          ("/reconstruct", None), ("/anomaly-score", "genlab-gan-mnist-5k")])
+def test_a_model_that_is_not_conditional_refuses_labels(client, route, model):
+    payload = {"label": 7, "model": model} if route == "/generate" else {"label": 7, "model": model, "array": _digits(client, 1)}
+    assert "not a conditional model" in _field_error(client.post(route, json=payload), 422, "label")
+
+
+def test_reconstruct_under_the_requested_or_the_inferred_class(client, conditional):
+    digits = np.array(_conditional_draw(client, n=3, seed=1, label=[1, 4, 7])["images"], np.uint8)
+    best = conditional.scores(digits)["label"]
+    inferred = client.post("/reconstruct", json={"array": digits.tolist(), "model": COND, "format": "array"}).json()
+    assert inferred["labels"] == best.tolist() and inferred["label_source"] == "inferred"
+    assert inferred["label_names"] == [str(k) for k in best]
+    mu, _ = conditional.encode(digits, best)
+    np.testing.assert_allclose(inferred["mu"], mu, atol=1e-6)
+    assert inferred["images"] == conditional.decode(mu, best).tolist()
+
+    given = client.post("/reconstruct", json={"array": digits.tolist(), "model": COND, "label": [1, 4, 7]}).json()
+    assert given["labels"] == [1, 4, 7] and given["label_source"] == "request"
+    np.testing.assert_allclose(given["mu"], conditional.encode(digits, np.array([1, 4, 7]))[0], atol=1e-6)
+    files = [("images", (f"{i}.png", _png(d[0]), "image/png")) for i, d in enumerate(digits)]
+    for form, expected in (("4", [4, 4, 4]), ("[1, 4, 7]", [1, 4, 7])):  # multipart: a form field, one or a JSON list
+        uploaded = client.post("/reconstruct", files=files, data={"label": form, "model": COND})
+        assert uploaded.status_code == 200 and uploaded.json()["labels"] == expected, uploaded.text
+    _field_error(client.post("/reconstruct", files=files, data={"label": "[1, 4]", "model": COND}), 422, "label")
+    unconditional = client.post("/reconstruct", json={"array": digits.tolist()}).json()
+    assert unconditional["labels"] == [] and unconditional["label_source"] is None
+
+
+def test_anomaly_score_under_the_requested_or_the_inferred_class(client, conditional):
+    from genlab.measures import anomaly_map
+
+    digits = np.array(_conditional_draw(client, n=3, seed=2, label=[0, 5, 9])["images"], np.uint8)
+    expected = conditional.scores(digits)
+    inferred = client.post("/anomaly-score", json={"array": digits.tolist(), "model": COND}).json()["results"]
+    assert [r["label"] for r in inferred] == expected["label"].tolist()
+    assert {r["label_source"] for r in inferred} == {"inferred"} and [r["label_name"] for r in inferred] == [
+        str(k) for k in expected["label"]]
+    np.testing.assert_allclose([r["score"] for r in inferred], expected["score"], rtol=1e-6)
+    assert "label" not in inferred[0]["components"]  # the class is not a score component
+
+    files = [("images", (f"{i}.png", _png(d[0]), "image/png")) for i, d in enumerate(digits)]
+    r = client.post("/anomaly-score", files=files, data={"label": "5", "model": COND, "maps": "true", "maps_format": "array"})
+    assert r.status_code == 200, r.text
+    given = r.json()["results"]
+    fives = np.full(3, 5)
+    assert [g["label"] for g in given] == [5, 5, 5] and {g["label_source"] for g in given} == {"request"}
+    np.testing.assert_allclose([g["score"] for g in given], conditional.scores(digits, fives)["score"], rtol=1e-6)
+    maps = anomaly_map(digits, conditional.decode(conditional.encode(digits, fives)[0], fives))
+    np.testing.assert_allclose(np.array([g["anomaly_map"] for g in given]), maps, atol=1e-5)
+    plain = client.post("/anomaly-score", json={"array": digits.tolist()}).json()["results"][0]
+    assert plain["label"] is None and plain["label_name"] is None and plain["label_source"] is None
+
+
+def test_models_lists_the_classes_of_conditional_models(client):
+    rows = {r["name"]: r for r in client.post("/models").json()}
+    assert rows[COND]["conditional"] and rows[COND]["classes"] == [str(k) for k in range(10)]
+    assert rows[COND]["manifest"]["classes"]["conditional"] and "fitted_prior" not in rows[COND]["manifest"]["latent"]
+    assert not rows["genlab-vaegan-mnist-5k"]["conditional"] and rows["genlab-vaegan-mnist-5k"]["classes"] == []
+
+
+def _npy_file(field: str, array: np.ndarray) -> tuple:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return field, (f"{field}.npy", buffer.getvalue(), "application/octet-stream")
+
+
+def test_batch_routes_take_labels_for_conditional_models(client, conditional):
+    from export.reader import sample_latents
+
+    labels = np.array([3, 3, 8], np.int64)
+    z = sample_latents(3, conditional.latent_dim, 0, prior=conditional.prior, labels=labels)
+    missing = client.post("/batch/decode", files=[_npy_file("z", z)], data={"model": COND})
+    assert "conditional model" in _field_error(missing, 422, "labels")
+    decoded = client.post("/batch/decode", files=[_npy_file("z", z), _npy_file("labels", labels)], data={"model": COND})
+    assert decoded.status_code == 200, decoded.text
+    images = np.load(io.BytesIO(decoded.content))
+    np.testing.assert_array_equal(images, conditional.decode(z, labels))
+
+    best = conditional.scores(images)
+    inferred = client.post("/batch/score", files=[_npy_file("images", images)], data={"model": COND})
+    assert inferred.headers["x-genlab-labels"] == ",".join(map(str, best["label"]))
+    table = np.load(io.BytesIO(inferred.content))
+    assert table.shape == (3, len(conditional.score_names))  # the class is a header, not a column
+    np.testing.assert_allclose(table[:, 0], best["score"], rtol=1e-6)
+    partly = np.array([3, -1, 0], np.int64)  # -1: infer that one
+    given = client.post("/batch/score", files=[_npy_file("images", images), _npy_file("labels", partly)], data={"model": COND})
+    expected = conditional.scores(images, partly)
+    assert given.headers["x-genlab-labels"] == ",".join(map(str, expected["label"])) and expected["label"][0] == 3
+    np.testing.assert_allclose(np.load(io.BytesIO(given.content))[:, 0], expected["score"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("route, labels, field", [
+    ("/batch/decode", np.array([1, 2], np.int64), "labels"),  # 2 labels for 3 latents
+    ("/batch/decode", np.array([1.0, 2.0, 3.0]), "labels"),  # not integers
+    ("/batch/decode", np.array([1, 2, 10]), "labels[2]"),
+    ("/batch/decode", np.array([-1, 2, 3]), "labels[0]"),  # -1 (unknown) only where the class can be inferred
+    ("/batch/score", np.array([-2, 2, 3]), "labels[0]"),
+    ("/batch/score", np.zeros((3, 1), np.int64), "labels"),
+])
+def test_bad_batch_labels_are_refused_naming_the_field(client, route, labels, field):
+    data = (_npy_file("z", np.zeros((3, 4), np.float32)) if route == "/batch/decode"
+            else _npy_file("images", np.zeros((3, 1, 28, 28), np.uint8)))
+    _field_error(client.post(route, files=[data, _npy_file("labels", labels)], data={"model": COND}), 422, field)
+
+
+def test_batch_routes_of_other_models_refuse_labels(client):
+    labels = _npy_file("labels", np.zeros(2, np.int64))
+    for route, data in (("/batch/decode", _npy_file("z", np.zeros((2, 4), np.float32))),
+                        ("/batch/score", _npy_file("images", np.zeros((2, 1, 28, 28), np.uint8)))):
+        assert "not a conditional model" in _field_error(client.post(route, files=[data, labels]), 422, "labels")
+    plain = client.post("/batch/score", files=[_npy_file("images", np.zeros((2, 1, 28, 28), np.uint8))])
+    assert plain.status_code == 200 and "x-genlab-labels" not in plain.headers
+
+
+def test_real_server_draws_sixteen_sevens(exports, tmp_path):
+    """The issue's goal, as a newcomer would: serve the conditional export alone, POST {"n": 16, "label": 7}."""
+    import httpx
+
+    with running_server([exports["vaegan-cond"]], tmp_path / "serve.log") as url:
+        grid = httpx.post(f"{url}/generate", json={"n": 16, "label": 7}, timeout=30)
+        assert grid.status_code == 200 and grid.content.startswith(b"\x89PNG")
+        assert grid.headers["x-genlab-labels"] == ",".join(["7"] * 16)
+        listed = httpx.post(f"{url}/generate", json={"n": 16, "label": "7", "format": "png_list"}, timeout=30).json()
+        assert listed["labels"] == [7] * 16 and listed["label_names"] == ["7"] * 16
+        bad = httpx.post(f"{url}/generate", json={"n": 16, "label": "seven"}, timeout=30)
+        assert bad.status_code == 422 and bad.json()["field"] == "label"

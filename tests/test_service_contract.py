@@ -34,7 +34,8 @@ ROUTES = ("/generate", "/reconstruct", "/anomaly-score", "/batch/decode", "/batc
 @pytest.fixture(scope="module")
 def guarded(exports, tmp_path_factory):
     env = {"GENLAB_API_KEY": KEY, "GENLAB_MAX_BODY_BYTES": str(BODY_LIMIT), "GENLAB_MAX_IMAGES": "16"}
-    with running_server([exports["vaegan"], exports["gan"]], tmp_path_factory.mktemp("contract") / "serve.log", env) as url:
+    models = [exports["vaegan"], exports["gan"], exports["vaegan-cond"]]  # the conditional one: `label` is fuzzed too
+    with running_server(models, tmp_path_factory.mktemp("contract") / "serve.log", env) as url:
         yield url
 
 
@@ -74,6 +75,17 @@ def test_the_document_is_valid_openapi_3_0(guarded):
     assert "images" in body["multipart/form-data"]["schema"]["properties"]
     assert "images" not in body["application/json"]["schema"]["properties"] and "array" in body["application/json"]["schema"]["properties"]
     assert spec["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+    for route in ("/generate", "/reconstruct", "/anomaly-score"):  # a conditional model's class, in JSON and in forms
+        for media in spec["paths"][route]["post"]["requestBody"]["content"].values():
+            label = media["schema"]["properties"]["label"]  # an index, a name or a list: BentoML's inline copy kept only int
+            assert [o.get("type") for o in label["anyOf"]] == ["integer", "string", "array"] and label["nullable"], label
+    answer = spec["paths"]["/anomaly-score"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer["properties"]["threshold_percentile"]["nullable"]  # null with a raw threshold
+    for route in ("/batch/decode", "/batch/score"):
+        assert "labels" in spec["paths"][route]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert "X-Genlab-Labels" in spec["paths"]["/generate"]["post"]["responses"]["200"]["headers"]
+    assert {"labels", "label_names"} <= set(spec["paths"]["/generate"]["post"]["responses"]["200"]["content"]["application/json"]
+                                            ["schema"]["properties"])
 
 
 # -- the faults the fuzzer found, and the hostile inputs beside them ---------------------------------------

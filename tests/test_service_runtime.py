@@ -75,3 +75,60 @@ def test_a_runner_without_an_encoder_graph_refuses_to_encode(exports, batching):
     runner = Runner(open_export(exports["gan-no-encoder"], providers="cpu"), batching, 16)
     with pytest.raises(KeyError):
         asyncio.run(runner.encode(np.zeros((1, 1, 28, 28), np.uint8)))
+
+
+def test_the_merger_concatenates_every_input_and_merges_only_calls_with_as_many():
+    calls: list[tuple[int, ...]] = []
+
+    def shift(x: np.ndarray, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        calls.append(tuple(len(a) for a in (x, labels) if a is not None))
+        return {"y": x + (0 if labels is None else labels[:, None]), "label": np.zeros(len(x)) if labels is None else labels}
+
+    async def main():
+        merger = Merger(shift, max_batch=64)
+        with_labels = [(np.full((k, 2), i, np.float32), np.arange(k) + 10 * i) for i, k in enumerate((1, 3, 2))]
+        outputs = await asyncio.gather(*(merger(x, labels) for x, labels in with_labels), merger(np.ones((2, 2), np.float32)))
+        return with_labels, outputs
+
+    with_labels, outputs = asyncio.run(main())
+    for (x, labels), out in zip(with_labels, outputs):  # each caller gets its own rows, computed with its own labels
+        np.testing.assert_array_equal(out["y"], x + labels[:, None])
+        np.testing.assert_array_equal(out["label"], labels)
+    np.testing.assert_array_equal(outputs[-1]["y"], np.ones((2, 2)))
+    assert calls == [(6, 6), (2,)]  # the three labelled calls in one run; the one without labels on its own
+
+
+def test_a_conditional_runner_passes_labels_through_merged_calls(exports):
+    from export.reader import open_export
+
+    model = open_export(exports["vaegan-cond"], providers="cpu")
+    z = np.random.default_rng(0).standard_normal((6, model.latent_dim)).astype(np.float32)
+    labels = np.array([0, 7, 7, 3, 9, 1])
+    images = model.decode(z, labels)
+    # scoring without labels (inferred class), with labels, and with -1 (unknown) merge into one call
+    given = [labels[:2], None, np.array([-1, 9]), None, labels[4:5], labels[5:]]
+    rows = [slice(0, 2), slice(2, 3), slice(3, 5), slice(5, 6), slice(4, 5), slice(5, 6)]
+
+    async def each(runner: Runner):
+        decoded = await asyncio.gather(*(runner.decode(z[i : i + 1], labels[i : i + 1]) for i in range(6)))
+        encoded = await asyncio.gather(*(runner.encode(images[i : i + 1], labels[i : i + 1]) for i in range(6)))
+        scores = await asyncio.gather(*(runner.scores(images[r], g) for r, g in zip(rows, given)))
+        return decoded, encoded, scores
+
+    for batching in (True, False):
+        decoded, encoded, scores = asyncio.run(each(Runner(model, batching, 256)))
+        np.testing.assert_array_equal(np.concatenate(decoded), images)
+        mu = np.concatenate([mu for mu, _ in encoded])
+        np.testing.assert_allclose(mu, model.encode(images, labels)[0], rtol=1e-5, atol=1e-6)
+        for r, g, got in zip(rows, given, scores):
+            expected = model.scores(images[r], g)
+            np.testing.assert_array_equal(got["label"], expected["label"])
+            np.testing.assert_allclose(got["score"], expected["score"], rtol=1e-5, atol=1e-6)
+        assert scores[0]["label"].tolist() == [0, 7]  # the labels given are the classes scored under
+
+
+def test_warm_up_runs_a_conditional_model(exports):
+    from export.reader import open_export
+    from service.runtime import warm_up
+
+    warm_up(open_export(exports["vaegan-cond"], providers="cpu"))

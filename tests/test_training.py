@@ -98,10 +98,14 @@ def test_a_conditional_run_resumes_exactly_and_records_its_classes(family, tmp_p
         assert grid.size == (2 + 8 * 30, 2 + 10 * 30)  # 8 samples of each digit, one row per digit
 
 
-def test_conditional_needs_labels(fake_celeba_dir, tmp_path):
+def test_conditional_celeba_is_labelled_by_the_attribute_and_needs_one(fake_celeba_dir, tmp_path):
+    faces = dict(dataset="celeba", data_dir=str(fake_celeba_dir), batch_size=4, epochs=1, quality_every=0, sample_count=4)
     with pytest.raises(GenlabError, match="single class.*--condition-on"):
-        train("vae", {**TINY, "conditional": True}, TrainConfig(dataset="celeba", data_dir=str(fake_celeba_dir), batch_size=4,
-                                                                  epochs=1), tmp_path / "run")
+        train("vae", {**TINY, "conditional": True}, TrainConfig(**faces), tmp_path / "run")
+    train("gan", {**TINY, "conditional": True, "image_size": 16}, TrainConfig(**faces, condition_on="Male"), tmp_path / "male")
+    ckpt = load_checkpoint(tmp_path / "male")
+    assert ckpt["complete"] and ckpt["model_config"]["num_classes"] == 2
+    assert ckpt["data"]["class_names"] == ["not Male", "Male"] and ckpt["data"]["condition_on"] == "Male"
 
 
 def test_resume_extends_a_finished_run(tmp_path):
@@ -131,9 +135,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     original = VAE.train_step
     calls = {"n": 0}
 
-    def exploding(self, x, optimizers):
+    def exploding(self, x, y, optimizers):
         calls["n"] += 1
-        out = original(self, x, optimizers)
+        out = original(self, x, y, optimizers)
         return {**out, "loss": torch.tensor(float("nan"))} if calls["n"] == 3 else out
 
     monkeypatch.setattr(VAE, "train_step", exploding)
