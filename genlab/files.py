@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 TEMP_SUFFIX = ".tmp"
+_UMASK = os.umask(0o022)  # read once (setting it is the only way to read it) and put back at once
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() would have given the file: mkstemp makes it private (0600)
 
 
 def fsync_directory(path: str | os.PathLike) -> None:
@@ -39,6 +42,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
