@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from genlab.data import ImageData
-from genlab.latents import fit_class_mixtures, fit_mixture
+from genlab.latents import fit_class_mixtures, fit_prior
 from genlab.models import GenerativeModel
 from genlab.pixels import uint8_to_model
 
@@ -58,7 +58,9 @@ def fit_to_training_data(model: GenerativeModel, train: ImageData, held_out: Ima
         prior = fit_class_mixtures(parts["latent"].numpy(), train.labels.numpy(), model.num_classes, seed,
                                    f"posterior means of the {len(train)} training images, per class")
     elif model.has_encoder:
-        prior = fit_mixture(parts["latent"].numpy(), seed, f"posterior means of the {len(train)} training images")
+        held_out_codes = score_images(model, held_out.images, device, parts=True)["latent"].numpy()
+        prior = fit_prior(parts["latent"].numpy(), train.labels.numpy(), held_out_codes, seed,
+                          f"posterior means of the {len(train)} training images")
     return {"score_fit": model.score_fit.state(), "prior": prior,
             "calibration": calibrate(model, held_out.images, device, split="val")}
 

@@ -3,11 +3,13 @@
 An autoencoder's decoder learns from the posterior codes of its training images, and those do not
 fill N(0, I): prior draws that land between them decode to scrawls (the "holes" of the prior).
 Ex-post density estimation (Ghosh et al. 2020, "From variational to deterministic autoencoders",
-sec. 4) fits a density to the posterior means after training and samples from it instead. On
-mnist-5k, after the README's 20 epochs, it turns a VAE-GAN's samples from 57% confidently recognised
-digits (class entropy 0.92, lenet FD 383) into 74% (0.99, FD 61; benchmarks/sample_quality.py).
-Every family has an encoder (the GAN: f-AnoGAN's) and fits one at the end of training; an export
-without a prior samples N(0, I).
+sec. 4) fits a density to the posterior means after training and samples from it instead.
+Every family has an encoder (the GAN: f-AnoGAN's) and fits one at the end of training
+(:func:`fit_prior`); an export without a prior samples N(0, I). Where the training images carry
+classes, the mixture is fitted per class and flattened into one (the model still takes no label)
+when that makes the held-out images' codes likelier, which it did for every family on mnist-5k:
+ten components over ten digits straddle digits, and draws between them decode to scrawls
+(benchmarks/sample_quality.py has the figures).
 
 A prior is a JSON-friendly dict (it goes into the checkpoint and the export manifest)::
 
@@ -116,6 +118,61 @@ def fit_class_mixtures(codes: np.ndarray, labels: np.ndarray, classes: int, seed
     mixtures = [fit_mixture(codes[labels == k], seed) if (labels == k).sum() > 1 else standard for k in range(classes)]
     return {"kind": "per-class-gaussian-mixture", "classes": mixtures,
             "fitted_on": fitted_on or f"posterior means of {len(codes)} training images, per class"}
+
+
+def mixture_log_likelihood(prior: dict[str, Any], codes: np.ndarray) -> float:
+    """The mean log-density of ``codes`` [N, D] under a ``gaussian-mixture`` prior (nats per code)."""
+    from scipy.special import logsumexp
+
+    codes = np.asarray(codes, np.float64)
+    weights = np.asarray(prior["weights"], np.float64)
+    means = np.asarray(prior["means"], np.float64)
+    tril = np.asarray(prior["scale_tril"], np.float64)
+    dim = codes.shape[1]
+    per_component = []
+    for w, mean, lower in zip(weights / weights.sum(), means, tril):
+        white = np.linalg.solve(lower, (codes - mean).T)  # L^-1 (x - mean): a standard normal under the component
+        log_det = np.log(np.abs(np.diag(lower))).sum()
+        per_component.append(np.log(w) - 0.5 * (white**2).sum(axis=0) - log_det - 0.5 * dim * np.log(2 * np.pi))
+    return float(logsumexp(np.stack(per_component), axis=0).mean())
+
+
+def flatten_class_mixtures(per_class: dict[str, Any], class_weights: np.ndarray, fitted_on: str) -> dict[str, Any]:
+    """A per-class prior -> one ``gaussian-mixture`` whose components are every class's, each class weighted by
+    ``class_weights`` (its share of the codes): what an unconditional model, which takes no label, samples."""
+    mixtures = per_class["classes"]
+    share = np.asarray(class_weights, np.float64) / np.sum(class_weights)
+    return {
+        "kind": "gaussian-mixture",
+        "weights": [float(c * w) for c, m in zip(share, mixtures) for w in m["weights"]],
+        "means": [mean for m in mixtures for mean in m["means"]],
+        "scale_tril": [lower for m in mixtures for lower in m["scale_tril"]],
+        "fitted_on": fitted_on,
+    }
+
+
+def fit_prior(codes: np.ndarray, labels: np.ndarray, held_out_codes: np.ndarray, seed: int = 0,
+              fitted_on: str = "") -> dict[str, Any]:
+    """An unconditional model's prior: the mixture, of two candidates, under which the held-out images' codes are
+    most likely (mean log-density; the samples are never looked at).
+
+    - pooled: :func:`fit_mixture` over all the codes;
+    - per class, where the images carry two or more classes: :func:`fit_class_mixtures` flattened into one mixture,
+      each class weighted by its share. The model takes no label; the labels only say where the code clusters are.
+      A mixture of ten components over ten digits lets components straddle two digits, and draws between them
+      decode to scrawls (benchmarks/sample_quality.py).
+    """
+    codes, labels = np.asarray(codes, np.float64), np.asarray(labels)
+    candidates = {"pooled": fit_mixture(codes, seed)}
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) >= 2:
+        index = np.searchsorted(classes, labels)
+        candidates["per class"] = flatten_class_mixtures(fit_class_mixtures(codes, index, len(classes), seed), counts, "")
+    likelihood = {name: mixture_log_likelihood(prior, held_out_codes) for name, prior in candidates.items()}
+    chosen = max(likelihood, key=likelihood.get)
+    where = fitted_on or f"posterior means of {len(codes)} training images"
+    return {**candidates[chosen], "fitted_on": f"{where}{', per class' if chosen == 'per class' else ''}",
+            "held_out_log_likelihood": {name: round(value, 4) for name, value in likelihood.items()}}
 
 
 def describe(prior: Optional[dict[str, Any]]) -> str:

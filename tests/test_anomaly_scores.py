@@ -14,7 +14,7 @@ import torch
 from genlab.calibration import fit_to_training_data, score_images
 from genlab.data import ImageData
 from genlab.config import ONE_CLASS_STEPS, TrainConfig, resolve_epochs
-from genlab.latents import fit_mixture, sample_latents
+from genlab.latents import fit_mixture, fit_prior, mixture_log_likelihood, sample_latents
 from genlab.measures import anomaly_map, recon_error
 from genlab.models import build_model
 from genlab.pixels import model_to_uint8
@@ -117,6 +117,43 @@ def test_fitted_mixture_samples_like_its_codes_and_is_seeded():
     np.testing.assert_array_equal(z, sample_latents(4000, 2, seed=5, prior=prior))
     # without a prior: N(0, I), as before
     np.testing.assert_array_equal(sample_latents(3, 2, seed=1), np.random.default_rng(1).standard_normal((3, 2), dtype=np.float32))
+
+
+def test_mixture_log_likelihood_matches_scipy():
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(1)
+    prior = fit_mixture(rng.normal(size=(600, 3)) * [1.0, 2.0, 0.5] + [0.0, 1.0, 0.0], seed=0)
+    codes = rng.normal(size=(50, 3))
+    reference = logsumexp([np.log(w) + multivariate_normal(m, np.asarray(t) @ np.asarray(t).T).logpdf(codes)
+                           for w, m, t in zip(prior["weights"], prior["means"], prior["scale_tril"])], axis=0).mean()
+    assert mixture_log_likelihood(prior, codes) == pytest.approx(reference, rel=1e-9)
+
+
+def test_an_unconditional_prior_is_the_candidate_the_held_out_codes_find_likelier():
+    """Labelled codes get a per-class candidate (flattened: the model takes no label); the prior kept is the one under
+    which held-out codes are likelier. Codes of a single class get the pooled mixture only."""
+    rng = np.random.default_rng(0)
+
+    def codes(n):  # sixteen thin classes crossing in a star: the pooled mixture's ten components straddle them
+        labels = rng.integers(0, 16, n)
+        angle = labels * np.pi / 16
+        t = rng.normal(size=n) * 3
+        points = np.stack([t * np.cos(angle), t * np.sin(angle)], 1) + 0.02 * rng.normal(size=(n, 2))
+        return points, labels
+
+    train, labels = codes(1600)
+    held_out, _ = codes(400)
+    prior = fit_prior(train, labels + 4, held_out, seed=0)  # any label values: only which images share one counts
+    likelihood = prior["held_out_log_likelihood"]
+    assert set(likelihood) == {"pooled", "per class"} and likelihood["per class"] > likelihood["pooled"]
+    assert prior["kind"] == "gaussian-mixture" and prior["fitted_on"].endswith("per class")
+    assert sum(prior["weights"]) == pytest.approx(1.0) and len(prior["weights"]) == len(prior["means"])
+    assert mixture_log_likelihood(prior, held_out) == pytest.approx(likelihood["per class"], abs=1e-4)
+    assert sample_latents(8, 2, seed=3, prior=prior).shape == (8, 2)  # no labels needed to sample it
+    single = fit_prior(train, np.zeros(len(train), int), held_out, seed=0)
+    assert set(single["held_out_log_likelihood"]) == {"pooled"} and not single["fitted_on"].endswith("per class")
 
 
 def test_one_class_runs_get_a_budget_in_steps():
