@@ -62,8 +62,9 @@ def test_best_pt_is_written_on_improvement_only_and_export_prefers_it(tmp_path, 
     import genlab.quality
 
     scripted = iter([7.0, 3.0, 5.0, 4.0])  # epoch 2 is the best
+    prior = iter([19.0, 9.0])  # the fitted prior's samples: last.pt's, far below best.pt's (more than 2x), then best.pt's
     monkeypatch.setattr(genlab.quality.QualityTracker, "measure",
-                        lambda self, decode, latents=None: {"fd": next(scripted) if latents is None else 9.0,  # else: the fitted prior's
+                        lambda self, decode, latents=None: {"fd": next(scripted) if latents is None else next(prior),
                                                              "kd": 0.0, "confident": 1.0, "class_entropy": 1.0})
     summary = train("vae", dict(TINY), TrainConfig(**SMALL, epochs=4), tmp_path / "r")
     assert summary["best"]["epoch"] == 2 and summary["best"]["quality_fd"] == 3.0
@@ -85,7 +86,7 @@ def test_best_pt_is_written_on_improvement_only_and_export_prefers_it(tmp_path, 
     info = json.loads(capsys.readouterr().out)
     assert info["epoch"] == 4 and info["best_checkpoint"]["epoch"] == 2 and info["sample_quality"]["best_fd"] == 3.0
     # after training: the latent prior fitted to the codes, and its samples measured once for last.pt and best.pt
-    assert best["prior"] is not None and last["prior_quality"]["fd"] == best["prior_quality"]["fd"] == 9.0
+    assert best["prior"] is not None and (last["prior_quality"]["fd"], best["prior_quality"]["fd"]) == (19.0, 9.0)
     assert "mixture" in info["latent_prior"]
 
 
@@ -104,18 +105,21 @@ def test_every_epoch_logs_the_measures_of_a_real_run(tmp_path):
         assert record["quality_fd"] > 0 and 0 <= record["quality_confident"] <= 1 and 0 <= record["quality_class_entropy"] <= 1
 
 
-def test_best_pt_becomes_the_last_epoch_when_its_fitted_prior_samples_measure_better(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("last_fd, verdict", [(5.0, "better than"), (15.0, "within 2x of")])
+def test_best_pt_becomes_the_last_epoch_unless_its_fitted_prior_samples_are_far_below(tmp_path, monkeypatch, capsys,
+                                                                                      last_fd, verdict):
+    """Closer than the collapse factor, lenet FD does not rank checkpoints reliably: the last epoch is kept."""
     import genlab.quality
 
     tracked = iter([7.0, 3.0, 5.0, 4.0])  # N(0, I) draws: epoch 2 is the best
-    prior = iter([5.0, 8.0])  # fitted-prior draws: last.pt's, then best.pt's
+    prior = iter([last_fd, 8.0])  # fitted-prior draws: last.pt's, then best.pt's
     monkeypatch.setattr(genlab.quality.QualityTracker, "measure", lambda self, decode, latents=None: {
         "fd": next(tracked) if latents is None else next(prior), "kd": 0.0, "confident": 1.0, "class_entropy": 1.0})
     summary = train("vae", dict(TINY), TrainConfig(**SMALL, epochs=4), tmp_path / "r")
     best, last = load_checkpoint(tmp_path / "r" / "best.pt"), load_checkpoint(tmp_path / "r")
     assert best["epoch"] == last["epoch"] == 4 and best["complete"] and summary["best"]["epoch"] == 4
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
-    assert "best.pt is now epoch 4" in capsys.readouterr().err
+    assert f"measure {verdict} epoch 2's" in capsys.readouterr().err
 
 
 def test_class_fidelity_is_the_share_of_samples_drawn_as_their_label(tracker):
