@@ -137,7 +137,7 @@ def mixture_log_likelihood(prior: dict[str, Any], codes: np.ndarray) -> float:
     return float(logsumexp(np.stack(per_component), axis=0).mean())
 
 
-def flatten_class_mixtures(per_class: dict[str, Any], class_weights: np.ndarray, fitted_on: str) -> dict[str, Any]:
+def flatten_class_mixtures(per_class: dict[str, Any], class_weights: np.ndarray) -> dict[str, Any]:
     """A per-class prior -> one ``gaussian-mixture`` whose components are every class's, each class weighted by
     ``class_weights`` (its share of the codes): what an unconditional model, which takes no label, samples."""
     mixtures = per_class["classes"]
@@ -147,7 +147,7 @@ def flatten_class_mixtures(per_class: dict[str, Any], class_weights: np.ndarray,
         "weights": [float(c * w) for c, m in zip(share, mixtures) for w in m["weights"]],
         "means": [mean for m in mixtures for mean in m["means"]],
         "scale_tril": [lower for m in mixtures for lower in m["scale_tril"]],
-        "fitted_on": fitted_on,
+        "fitted_on": per_class["fitted_on"],
     }
 
 
@@ -167,7 +167,7 @@ def fit_prior(codes: np.ndarray, labels: np.ndarray, held_out_codes: np.ndarray,
     classes, counts = np.unique(labels, return_counts=True)
     if len(classes) >= 2:
         index = np.searchsorted(classes, labels)
-        candidates["per class"] = flatten_class_mixtures(fit_class_mixtures(codes, index, len(classes), seed), counts, "")
+        candidates["per class"] = flatten_class_mixtures(fit_class_mixtures(codes, index, len(classes), seed), counts)
     likelihood = {name: mixture_log_likelihood(prior, held_out_codes) for name, prior in candidates.items()}
     chosen = max(likelihood, key=likelihood.get)
     where = fitted_on or f"posterior means of {len(codes)} training images"
