@@ -180,3 +180,14 @@ def test_ema_weights_resume_exactly_and_are_what_the_checkpoint_samples_with(tmp
     assert load_checkpoint(tmp_path / "straight")["calibration"] is not None
     with pytest.raises(GenlabError, match="ema must be"):
         TrainConfig(ema=1.0)
+
+
+def test_the_class_loss_weight_is_the_familys_default_and_recorded(tmp_path):
+    """The auxiliary-classifier GAN and the conditional VAE-GAN measured best at different weights (README); the run
+    records the number it used, so a later change of default does not change a resumed run."""
+    from training.loop import new_run_configs
+
+    for family, weight in (("gan", 1.0), ("vaegan", 3.0)):
+        mc, _ = new_run_configs(family, {"conditional": True}, TrainConfig(), tmp_path / family)
+        assert mc.class_weight == weight
+    assert new_run_configs("gan", {"class_weight": 2.5}, TrainConfig(), tmp_path / "set")[0].class_weight == 2.5

@@ -118,6 +118,8 @@ def new_run_configs(family: str, model_overrides: dict[str, Any], tc: TrainConfi
         raise GenlabError(f"{run_dir} already holds a run ({LAST_CHECKPOINT}); pass --resume to continue it or choose another --out")
     size, channels = native_shape(tc.dataset)
     mc = ModelConfig(**{"family": family, "image_size": size, "channels": channels, **model_overrides})
+    if mc.class_weight is None:  # recorded in the checkpoint, so a later default does not change the run
+        mc = dataclasses.replace(mc, class_weight=model_class(family).default_class_weight)
     if tc.lr is None:
         tc = dataclasses.replace(tc, lr=model_class(family).default_lr)
     if tc.ema is None:

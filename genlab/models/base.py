@@ -31,6 +31,8 @@ class GenerativeModel(nn.Module):
     has_encoder: ClassVar[bool]
     default_lr: ClassVar[float] = 2e-4
     default_ema: ClassVar[float] = 0.0  # decay of the decoder-weight average (0: off)
+    # weight of a conditional GAN's / VAE-GAN's auxiliary class loss, where ModelConfig.class_weight is None
+    default_class_weight: ClassVar[float] = 3.0
     # name -> meaning of each anomaly-score component; "score" is the primary one
     score_descriptions: ClassVar[dict[str, str]]
     # the components the primary score combines (each in standard units of held-out normal images)
@@ -40,6 +42,7 @@ class GenerativeModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.num_classes = cfg.classes  # 0: unconditional
+        self.class_weight = self.default_class_weight if cfg.class_weight is None else cfg.class_weight
 
     @property
     def conditional(self) -> bool:
@@ -200,7 +203,7 @@ def class_loss(model: GenerativeModel, features: torch.Tensor, y: torch.Tensor |
     times ``class_weight``; 0 for an unconditional model."""
     if y is None or not model.conditional:
         return features.new_zeros(())
-    return model.cfg.class_weight * F.cross_entropy(model.discriminator.classify(features), y)
+    return model.class_weight * F.cross_entropy(model.discriminator.classify(features), y)
 
 
 def bce_logits(logits: torch.Tensor, real: bool) -> torch.Tensor:
