@@ -126,6 +126,9 @@ def main() -> None:
     parser.add_argument("--json-out", type=Path, default=REPO / "benchmarks" / "results" / "conditional.json")
     parser.add_argument("--fresh", action="store_true", help="train again even where a complete run exists")
     args = parser.parse_args()
+
+    from genlab.files import atomic_write_bytes
+
     started = time.perf_counter()
     rows = []
     for family in args.families:
@@ -145,7 +148,7 @@ def main() -> None:
             "host": platform.node(), "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "minutes": round((time.perf_counter() - started) / 60, 1)}
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    atomic_write_bytes(args.json_out, (json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n").encode())
     print(f"# conditional vs unconditional on {DATASET}, {args.epochs} epochs each; {args.n} samples vs {REFERENCE} "
           f"(Inception KID/FID); {meta['host']}, {meta['when']}, {meta['minutes']} min")
     print(render(rows))

@@ -17,7 +17,7 @@ pair of components); the test split reports them.
 Targets (issue 11, mnist-5k): best family mean >= 0.97, every family >= 0.93, no class below 0.85.
 
 Run:  .venv/bin/python benchmarks/one_class.py [--dataset mnist-5k] [--families vae gan vaegan]
-      [--classes 0 1 ...] [--steps N] [--out runs/one-class] [--json-out benchmarks/results/one_class.json]
+      [--classes 0 1 ...] [--steps N] [--seed S] [--out runs/one-class] [--json-out benchmarks/results/one_class.json]
 A run directory that already holds a finished model is evaluated again, not retrained (so an
 interrupted benchmark continues where it stopped); ``--fresh`` retrains.
 """
@@ -57,7 +57,7 @@ def combinations(run_dir: Path, dataset: str, k: int, split: str, data_dir: str)
 
 
 def one_run(family: str, dataset: str, k: int, steps: Optional[int], data_dir: str, run_dir: Path,
-            fresh: bool, split: str = "test", with_pairs: bool = False) -> dict[str, Any]:
+            fresh: bool, split: str = "test", with_pairs: bool = False, seed: int = 0) -> dict[str, Any]:
     from eval.anomaly import evaluate_anomaly
     from genlab.checkpoint import load_checkpoint
     from genlab.config import TrainConfig
@@ -76,7 +76,8 @@ def one_run(family: str, dataset: str, k: int, steps: Optional[int], data_dir: s
 
             per_epoch = len(load_split(dataset, "train", data_dir).only_class(k)) // TrainConfig.batch_size
             epochs = -(-steps // per_epoch)
-        tc = TrainConfig(dataset=dataset, data_dir=data_dir, normal_class=k, epochs=epochs, quality_every=0, log_every=50)
+        tc = TrainConfig(dataset=dataset, data_dir=data_dir, normal_class=k, epochs=epochs, quality_every=0, log_every=50,
+                         seed=seed)
         summary = train(family, {}, tc, run_dir)
     train_wall = time.perf_counter() - started
     started = time.perf_counter()
@@ -85,7 +86,7 @@ def one_run(family: str, dataset: str, k: int, steps: Optional[int], data_dir: s
     return {
         "split": split,
         **({"pairs_auroc": combinations(run_dir, dataset, k, split, data_dir)} if with_pairs else {}),
-        "family": family, "dataset": dataset, "normal_class": k, "steps": ckpt["step"],
+        "family": family, "dataset": dataset, "normal_class": k, "seed": ckpt["seed"], "steps": ckpt["step"],
         "train_seconds": summary["train_seconds"], "train_wall_seconds": round(train_wall, 1),
         "eval_seconds": round(time.perf_counter() - started, 1),
         "counts": result["counts"],
@@ -131,6 +132,7 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=list(FAMILY_NAMES), choices=FAMILY_NAMES)
     parser.add_argument("--classes", nargs="+", type=int, default=list(range(10)))
     parser.add_argument("--steps", type=int, help="training steps per model (default: genlab's one-class budget)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (runs of another seed get their own directories)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "one-class")
     parser.add_argument("--json-out", type=Path, default=REPO / "benchmarks" / "results" / "one_class.json")
     parser.add_argument("--fresh", action="store_true", help="retrain models that already exist under --out")
@@ -147,8 +149,9 @@ def main() -> None:
     rows = []
     for family in args.families:
         for k in args.classes:
-            run_dir = args.out / args.dataset / f"{family}-c{k}"
-            row = one_run(family, args.dataset, k, args.steps, args.data_dir, run_dir, args.fresh, args.split, args.pairs)
+            run_dir = args.out / args.dataset / (f"{family}-c{k}" + (f"-seed{args.seed}" if args.seed else ""))
+            row = one_run(family, args.dataset, k, args.steps, args.data_dir, run_dir, args.fresh, args.split, args.pairs,
+                          args.seed)
             rows.append(row)
             print(f"{family} class {k}: score AUROC {row['auroc']['score']:.4f} ({row['steps']} steps, "
                   f"{row['train_seconds']:.0f} s)", file=sys.stderr, flush=True)
@@ -162,7 +165,7 @@ def main() -> None:
     print(f"# one-class {args.dataset}, AUROC on the {args.split} split, {platform.node()}, {time.strftime('%Y-%m-%dT%H:%M:%S')}; this invocation "
           f"{total / 60:.1f} min; training + evaluation of all {len(rows)} models {seconds / 60:.1f} min")
     print(tables(rows, sorted({r["normal_class"] for r in rows})))
-    report = {"dataset": args.dataset, "steps": args.steps, "machine": platform.node(),
+    report = {"dataset": args.dataset, "steps": args.steps, "seed": args.seed, "machine": platform.node(),
               "train_and_eval_seconds": round(seconds, 1), "rows": rows}
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.json_out, (json.dumps(report, indent=1) + "\n").encode())

@@ -236,7 +236,7 @@ def test_anomaly_threshold_by_percentile_or_raw_value(client, exports):
 def test_anomaly_score_for_a_gan_scores_through_its_encoder(client):
     r = client.post("/anomaly-score", json={"array": _digits(client, 2), "model": "genlab-gan-mnist-5k"})
     assert r.status_code == 200, r.text
-    assert set(r.json()["results"][0]["components"]) == {"score", "discriminator", "izi_f", "recon_error", "relative_recon_error",
+    assert set(r.json()["results"][0]["components"]) == {"score", "discriminator", "izi_f", "recon_error", "relative_recon_error", "stroke_error",
                                                          "latent_distance", "features_distance"}
     assert "G(E(image))" in r.json()["meaning"]
 

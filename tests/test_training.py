@@ -34,7 +34,7 @@ def test_run_writes_a_self_describing_checkpoint(family, tmp_path):
     assert ckpt["complete"] and ckpt["family"] == family and ckpt["step"] == 24
     assert ckpt["data"] == {**ckpt["data"], "dataset": "mnist-5k", "image_size": 28, "channels": 1,
                             "value_range": [-1.0, 1.0], "normal_class": 1, "translate": 0.1, "num_train": 400}
-    assert ckpt["train_config"]["lr"] == (3e-4 if family == "vaegan" else 2e-4)
+    assert ckpt["train_config"]["lr"] == {"vaegan": 3e-4, "vae": 1e-3}.get(family, 2e-4)  # one-class: the VAE's own
     assert len(ckpt["metrics"]["epochs"]) == 2
     cal = ckpt["calibration"]
     assert cal["n"] == 50 and "score" in cal["scores"]
@@ -191,3 +191,16 @@ def test_the_class_loss_weight_is_the_familys_default_and_recorded(tmp_path):
         mc, _ = new_run_configs(family, {"conditional": True}, TrainConfig(), tmp_path / family)
         assert mc.class_weight == weight
     assert new_run_configs("gan", {"class_weight": 2.5}, TrainConfig(), tmp_path / "set")[0].class_weight == 2.5
+
+
+def test_resuming_a_finished_run_calibrates_score_components_it_lacks(tmp_path):
+    """A run calibrated before a score component existed (an older genlab) gets it on --resume, weights unchanged."""
+    _train(tmp_path / "r", epochs=1)
+    path = tmp_path / "r" / "last.pt"
+    old = load_checkpoint(path)
+    del old["calibration"]["scores"]["stroke_error"]
+    torch.save(old, path)
+    _resume(tmp_path / "r")
+    new = load_checkpoint(path)
+    assert "stroke_error" in new["calibration"]["scores"] and new["step"] == old["step"]
+    assert all(torch.equal(value, old["model"][key]) for key, value in new["model"].items())

@@ -121,7 +121,9 @@ def new_run_configs(family: str, model_overrides: dict[str, Any], tc: TrainConfi
     if mc.class_weight is None:  # recorded in the checkpoint, so a later default does not change the run
         mc = dataclasses.replace(mc, class_weight=model_class(family).default_class_weight)
     if tc.lr is None:
-        tc = dataclasses.replace(tc, lr=model_class(family).default_lr)
+        family_class = model_class(family)
+        one_class_lr = family_class.one_class_lr if tc.normal_class is not None else None
+        tc = dataclasses.replace(tc, lr=one_class_lr or family_class.default_lr)
     if tc.ema is None:
         tc = dataclasses.replace(tc, ema=model_class(family).default_ema)
     return mc, tc
@@ -326,6 +328,8 @@ class Trainer:
                 self.fitted = {key: state.get(key) for key in FITTED_KEYS}
             except ValueError:  # fitted for other score definitions (an older genlab): fit again at the end
                 self.fitted = None
+            if set(type(self.model).score_descriptions) - set(state["calibration"]["scores"]):
+                self.fitted = None  # calibrated before a score component was added: calibrate again at the end
         self.watch.load_state_dict(state.get("quality", {}))
         if self.env.is_main:
             self.log.truncate_after(self.step)

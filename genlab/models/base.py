@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.config import ModelConfig
+from genlab.measures import RECON_ERROR, RECON_ERROR_MEANING
 from genlab.models.scoring import ScoreFit
 from genlab.pixels import model_to_uint8
 
@@ -30,6 +31,8 @@ class GenerativeModel(nn.Module):
     family: ClassVar[str]
     has_encoder: ClassVar[bool]
     default_lr: ClassVar[float] = 2e-4
+    # Adam's learning rate for a one-class run (--normal-class: ONE_CLASS_STEPS steps on one class); None: default_lr
+    one_class_lr: ClassVar[float | None] = None
     default_ema: ClassVar[float] = 0.0  # decay of the decoder-weight average (0: off)
     # weight of a conditional GAN's / VAE-GAN's auxiliary class loss, where ModelConfig.class_weight is None
     default_class_weight: ClassVar[float] = 3.0
@@ -196,6 +199,33 @@ def relative_recon_error(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
     """:data:`RELATIVE_RECON_ERROR_MEANING`, per image [B]; ``x`` and ``x_rec`` in [-1, 1]."""
     energy = (model_to_uint8(x).double() / 255.0).pow(2).flatten(1).mean(dim=1).clamp_min(MIN_ENERGY)
     return recon_error(x, x_rec) / energy
+
+
+STROKE_ERROR_MEANING = (
+    "mean squared difference between the uint8 image and its uint8 reconstruction (pixels scaled to [0, 1]) over only "
+    "the pixels where either of them is brighter than 0.2: the error per pixel of stroke. Averaged over the whole image, "
+    "errors are diluted by the background, more so for thin digits; over the union of both strokes, a reconstruction that "
+    "draws the normal class instead of what the image shows counts its missing and its added strokes alike")
+STROKE_LEVEL = 0.2  # in [0, 1] pixel units; 0.1-0.3 measured alike (benchmarks/one_class.py, validation split)
+
+
+def stroke_error(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
+    """:data:`STROKE_ERROR_MEANING`, per image, float64 [B]; ``x`` and ``x_rec`` in [-1, 1]. 0 for a blank image
+    reconstructed blank; where every pixel is bright (most photographs) it is ``recon_error``."""
+    a, b = model_to_uint8(x).double() / 255.0, model_to_uint8(x_rec).double() / 255.0
+    stroke = ((a > STROKE_LEVEL) | (b > STROKE_LEVEL)).double()
+    return ((a - b).pow(2) * stroke).flatten(1).sum(dim=1) / stroke.flatten(1).sum(dim=1).clamp_min(1.0)
+
+
+PIXEL_ERROR_MEANINGS = {RECON_ERROR: RECON_ERROR_MEANING, "relative_recon_error": RELATIVE_RECON_ERROR_MEANING,
+                        "stroke_error": STROKE_ERROR_MEANING}
+
+
+def pixel_errors(x: torch.Tensor, x_rec: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The score components that compare an image with its reconstruction pixel by pixel (:data:`PIXEL_ERROR_MEANINGS`),
+    the same in every family; ``x`` and ``x_rec`` in [-1, 1]."""
+    return {RECON_ERROR: recon_error(x, x_rec), "relative_recon_error": relative_recon_error(x, x_rec),
+            "stroke_error": stroke_error(x, x_rec)}
 
 
 def class_loss(model: GenerativeModel, features: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:

@@ -26,17 +26,16 @@ import torch
 import torch.nn.functional as F
 
 from genlab.config import ModelConfig
-from genlab.measures import RECON_ERROR, RECON_ERROR_MEANING
+from genlab.measures import RECON_ERROR
 from genlab.models.base import (
     DISCRIMINATOR_MEANING,
     FEATURES_DISTANCE_MEANING,
     LATENT_DISTANCE_MEANING,
-    RELATIVE_RECON_ERROR_MEANING,
+    PIXEL_ERROR_MEANINGS,
     GenerativeModel,
     bce_logits,
     class_loss,
-    recon_error,
-    relative_recon_error,
+    pixel_errors,
 )
 from genlab.models.nets import Decoder, Discriminator, Encoder, init_weights
 
@@ -64,8 +63,7 @@ class GAN(GenerativeModel):
         "discriminator": DISCRIMINATOR_MEANING,
         "izi_f": "f-AnoGAN's anomaly score: pixel MSE + discriminator-feature MSE between the image and G(E(image)), "
                  "pixels in [-1, 1]",
-        RECON_ERROR: RECON_ERROR_MEANING,
-        "relative_recon_error": RELATIVE_RECON_ERROR_MEANING,
+        **PIXEL_ERROR_MEANINGS,
         "latent_distance": LATENT_DISTANCE_MEANING.replace("posterior mean", "encoder's code"),
         "features_distance": FEATURES_DISTANCE_MEANING,
     }
@@ -137,8 +135,7 @@ class GAN(GenerativeModel):
         return {
             "discriminator": F.softplus(-logits),
             "izi_f": izi_f(x, x_rec, f_x, f_rec),
-            RECON_ERROR: recon_error(x, x_rec),
-            "relative_recon_error": relative_recon_error(x, x_rec),
+            **pixel_errors(x, x_rec),
             "latent": z,
             "features": f_x,
         }

@@ -28,19 +28,18 @@ import torch
 import torch.nn.functional as F
 
 from genlab.config import ModelConfig
-from genlab.measures import RECON_ERROR, RECON_ERROR_MEANING
+from genlab.measures import RECON_ERROR
 from genlab.models.base import (
     DISCRIMINATOR_MEANING,
     FEATURES_DISTANCE_MEANING,
     KL_MEANING,
     LATENT_DISTANCE_MEANING,
-    RELATIVE_RECON_ERROR_MEANING,
+    PIXEL_ERROR_MEANINGS,
     GenerativeModel,
     bce_logits,
     class_loss,
     kl_to_standard_normal,
-    recon_error,
-    relative_recon_error,
+    pixel_errors,
     reparameterize,
 )
 from genlab.models.nets import Decoder, Discriminator, Encoder, init_weights
@@ -60,8 +59,7 @@ class VAEGAN(GenerativeModel):
     score_descriptions = {
         "score": "recon_error and relative_recon_error, each in standard units of held-out normal images, averaged",
         "feature_error": "0.5 * squared distance between discriminator features of the image and its reconstruction",
-        RECON_ERROR: RECON_ERROR_MEANING,
-        "relative_recon_error": RELATIVE_RECON_ERROR_MEANING,
+        **PIXEL_ERROR_MEANINGS,
         "kl": KL_MEANING,
         "discriminator": DISCRIMINATOR_MEANING,
         "latent_distance": LATENT_DISTANCE_MEANING,
@@ -138,8 +136,7 @@ class VAEGAN(GenerativeModel):
         _, f_rec = self.discriminator(x_rec, y)
         return {
             "feature_error": feature_error(f_x, f_rec),
-            RECON_ERROR: recon_error(x, x_rec),
-            "relative_recon_error": relative_recon_error(x, x_rec),
+            **pixel_errors(x, x_rec),
             "kl": kl_to_standard_normal(mu, logvar),
             "discriminator": F.softplus(-logits),
             "latent": mu,
