@@ -17,7 +17,7 @@ with one row per digit (``--grids``, default docs/images/).
 Runs that already exist are reused (``--fresh`` trains again); results go to
 ``benchmarks/results/conditional.json``.
 
-Run:  .venv/bin/python benchmarks/conditional.py [--families vaegan gan vae] [--epochs 20] [--n 1000]
+Run:  .venv/bin/python benchmarks/conditional.py [--families vaegan gan vae] [--epochs 20] [--n 1000] [--train-seed S]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ TARGET_FIDELITY = 0.97
 TARGETED = ("vaegan", "gan")  # the families the issue sets the fidelity target for
 
 
-def train_run(family: str, conditional: bool, epochs: int, out: Path, fresh: bool) -> dict[str, Any]:
+def train_run(family: str, conditional: bool, epochs: int, out: Path, fresh: bool, seed: int = 0) -> dict[str, Any]:
     """Train (or reuse a complete run); returns the training time."""
     from genlab.checkpoint import load_checkpoint
     from genlab.config import TrainConfig
@@ -54,10 +54,11 @@ def train_run(family: str, conditional: bool, epochs: int, out: Path, fresh: boo
     if not (out / "last.pt").exists() or not load_checkpoint(out / "last.pt").get("complete"):
         if out.exists():
             shutil.rmtree(out)
-        train(family, {"conditional": True} if conditional else {}, TrainConfig(dataset=DATASET, epochs=epochs), out)
+        train(family, {"conditional": True} if conditional else {}, TrainConfig(dataset=DATASET, epochs=epochs, seed=seed), out)
     ckpt = load_checkpoint(out / "last.pt")
-    if ckpt["epoch"] != epochs:
-        raise SystemExit(f"{out} holds a {ckpt['epoch']}-epoch run, not {epochs}; pass --fresh")
+    if (ckpt["epoch"], ckpt["seed"]) != (epochs, seed):
+        raise SystemExit(f"{out} holds a {ckpt['epoch']}-epoch run of seed {ckpt['seed']}, not {epochs} of seed {seed}; "
+                         f"pass --fresh")
     return {"train_seconds": round(ckpt["metrics"]["train_seconds"], 1)}
 
 
@@ -120,7 +121,9 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=list(FAMILY_NAMES), choices=FAMILY_NAMES)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--n", type=int, default=1000, help="samples per measurement (default 1000)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed of the measurements")
+    parser.add_argument("--train-seed", type=int, default=0,
+                        help="training seed of both models (runs of another seed get their own directories)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "conditional")
     parser.add_argument("--grids", type=Path, default=REPO / "docs" / "images")
     parser.add_argument("--json-out", type=Path, default=REPO / "benchmarks" / "results" / "conditional.json")
@@ -134,8 +137,8 @@ def main() -> None:
     for family in args.families:
         row: dict[str, Any] = {"family": family}
         for kind in ("conditional", "plain"):
-            run_dir = args.out / f"{family}-{kind}"
-            figures = train_run(family, kind == "conditional", args.epochs, run_dir, args.fresh)
+            run_dir = args.out / (f"{family}-{kind}" + (f"-seed{args.train_seed}" if args.train_seed else ""))
+            figures = train_run(family, kind == "conditional", args.epochs, run_dir, args.fresh, args.train_seed)
             export_dir = export_run(run_dir)
             figures.update(kid_figures(export_dir, args.n, args.seed))
             if kind == "conditional":
@@ -145,6 +148,7 @@ def main() -> None:
             print(json.dumps({"family": family, "kind": kind, **figures}), file=sys.stderr, flush=True)
         rows.append(row)
     meta = {"dataset": DATASET, "reference": REFERENCE, "epochs": args.epochs, "n": args.n, "seed": args.seed,
+            "train_seed": args.train_seed,
             "host": platform.node(), "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "minutes": round((time.perf_counter() - started) / 60, 1)}
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
