@@ -39,6 +39,10 @@ Parts (``--parts``, default 1,2,3):
      (target < 5%). BentoML 1.4.39 keeps every request's timeout timer, and with it the request's context,
      alive for ``traffic.timeout`` seconds (genlab sets 10, GENLAB_REQUEST_TIMEOUT_S; BentoML's default is
      60), so RSS climbs for that long under steady load and then levels off: a soak must run well past it.
+  5. Before / after (``--before GIT_REF``; alone unless ``--parts`` is given too): ``genlab serve`` run from a
+     git worktree of GIT_REF (same interpreter and packages) and from this tree, default settings, both up at
+     once, ``--rounds`` rounds alternating between them on /generate n=1 and /anomaly-score at 32 clients:
+     median req/s and the ratio now / before (target >= 0.9x: a change costs no throughput).
 
 Without ``--model``, a default-size VAE-GAN (width 32, latent 32, 28x28x1) is trained for 20 steps and
 exported into a temporary directory (weights do not matter for speed). Machine info (CPUs, load average
@@ -47,7 +51,7 @@ before and after, versions, uvloop/httptools), the command line and the date are
 
 Run (from anywhere; ~5 minutes with the defaults on 2 cores):
     .venv/bin/python benchmarks/serve_load.py [--model EXPORT_DIR] [--duration 4] [--warmup 1] [--rounds 3]
-        [--parts 1,2,3] [--soak SECONDS] [--port 3100] [--keep-logs DIR] [--json]
+        [--parts 1,2,3] [--soak SECONDS] [--before GIT_REF] [--port 3100] [--keep-logs DIR] [--json]
 """
 
 from __future__ import annotations
@@ -163,6 +167,7 @@ class Spec:
     kind: str
     flags: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    tree: Path | None = None  # genlab from this source tree (a checkout of another revision) instead of REPO
 
 
 def genlab(*flags: str) -> Spec:
@@ -181,7 +186,7 @@ def _command(spec: Spec, export: Path, port: int) -> list[str]:
     where = ["--host", "127.0.0.1", "--port", str(port)]
     if spec.kind == "genlab":
         exe = REPO / ".venv" / "bin" / "genlab"
-        base = [str(exe)] if exe.exists() else [sys.executable, "-m", "genlab"]
+        base = [str(exe)] if exe.exists() and spec.tree is None else [sys.executable, "-m", "genlab"]
         return [*base, "serve", "--model", str(export), *where, *spec.flags]
     if spec.kind == "bentoml":
         return [sys.executable, "-m", "bentoml", "serve", "benchmarks.baselines.minimal_bentoml:Minimal", *where]
@@ -213,7 +218,7 @@ class Server:
         env = {k: v for k, v in os.environ.items() if k != "GENLAB_API_KEY"}
         env |= {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", "BASELINE_EXPORT": str(export), **dict(spec.env)}
         self.command = _command(spec, export, port)
-        self.proc = subprocess.Popen(self.command, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+        self.proc = subprocess.Popen(self.command, cwd=spec.tree or REPO, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
 
     def wait_ready(self, timeout: float = 180) -> None:
@@ -615,6 +620,45 @@ def part_soak(bench: Bench, seconds: float) -> dict[str, Any]:
     return out
 
 
+# -- part 5 ---------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def checkout(ref: str, tmp: Path) -> Iterator[Path]:
+    """A detached git worktree of ``ref`` (removed afterwards): genlab as it was at that revision."""
+    tree = tmp / f"tree-{re.sub(r'[^A-Za-z0-9]+', '-', ref)}"
+    subprocess.run(["git", "worktree", "add", "--detach", "--force", str(tree), ref], cwd=REPO, check=True, capture_output=True)
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
+
+
+def part_before_after(bench: Bench, ref: str, rounds: int) -> dict[str, Any]:
+    """``genlab serve`` at ``ref`` and as it is now, default settings, rounds alternating on /generate n=1 and
+    /anomaly-score 1 image at 32 clients; target: now >= 0.9x before on both."""
+    workloads = ("gen1@32", "score@32")
+    with checkout(ref, bench.tmp) as tree:
+        specs = {"before": Spec(f"genlab serve at {ref}", "genlab", tree=tree), "now": Spec("genlab serve (this tree)", "genlab")}
+        runs: dict[str, dict[str, list[dict]]] = {}
+        with bench.serving(*specs.values()) as up:
+            for r in range(rounds):
+                for key, spec in specs.items():
+                    if spec.label in up:
+                        _say(f"  round {r + 1}/{rounds}, {spec.label}:")
+                        for w in workloads:
+                            runs.setdefault(key, {}).setdefault(w, []).append(bench.measure(up[spec.label], w))
+    summary = {key: {w: _summarise(rows) for w, rows in cells.items()} for key, cells in runs.items()}
+    targets = [_target(f"now / before ({ref}), {TITLES[w]}", ("now", summary.get("now", {}).get(w)),
+                       ("before", summary.get("before", {}).get(w, {}).get("req_per_s")), 0.9) for w in workloads]
+    return {"ref": ref, "rounds": rounds, "settings": {k: s.label for k, s in specs.items()}, "summary": summary, "targets": targets}
+
+
+def _render_before_after(part: dict) -> list[str]:
+    rows = [[f"`{part['settings'][key]}`", *(f"{cells[w]['req_per_s']} {cells[w]['rounds']}" for w in ("gen1@32", "score@32"))]
+            for key, cells in part["summary"].items()]
+    return ["", f"## 5. Before / after ({part['rounds']} alternating rounds; req/s median and each round)", "",
+            *_table(["server", TITLES["gen1@32"], TITLES["score@32"]], rows)]
+
+
 # -- output ---------------------------------------------------------------------------------------------------
 def _cell(cell: dict | None) -> str:
     if cell is None:
@@ -640,7 +684,7 @@ def render(result: dict) -> str:
              f"total {m['seconds']} s, of which {m['model_seconds']} s making the model."]
     if "side_by_side" in result:
         lines += _render_side(result["side_by_side"])
-    targets = [t for part in ("side_by_side", "batching", "soak") for t in result.get(part, {}).get("targets", [])]
+    targets = [t for part in ("side_by_side", "batching", "soak", "before_after") for t in result.get(part, {}).get("targets", [])]
     if any(part in result for part in ("side_by_side", "batching", "trim")):
         targets.append(errors_target(result))
     if targets:
@@ -652,6 +696,8 @@ def render(result: dict) -> str:
         lines += _render_trim(result["trim"])
     if "soak" in result:
         lines += _render_soak(result["soak"])
+    if "before_after" in result:
+        lines += _render_before_after(result["before_after"])
     if result.get("not_started"):
         lines += ["", "Servers that did not start or failed their first requests: " + "; ".join(f"`{k}`: {v}" for k, v in result["not_started"].items())]
     return "\n".join(lines)
@@ -707,11 +753,14 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--parts", help="comma-separated parts to run: 1 side by side, 2 batching, 3 trim settings "
                                         "(default 1,2,3; none with --soak)")
     parser.add_argument("--soak", type=float, metavar="SECONDS", help="run the soak test (part 4) for SECONDS")
+    parser.add_argument("--before", metavar="GIT_REF", help="part 5: genlab serve at this revision against this tree, "
+                                                            "alternating rounds (alone unless --parts is given too)")
     parser.add_argument("--port", type=int, default=3100, help="preferred port (a free one is taken if it is busy)")
     parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the servers' logs into DIR")
     parser.add_argument("--json", action="store_true", help="print JSON on stdout (the tables then go to stderr)")
     args = parser.parse_args()
-    args.parts = {p.strip() for p in (args.parts if args.parts is not None else "" if args.soak else "1,2,3").split(",") if p.strip()}
+    default = "" if args.soak or args.before else "1,2,3"
+    args.parts = {p.strip() for p in (args.parts if args.parts is not None else default).split(",") if p.strip()}
     return args
 
 
@@ -750,7 +799,8 @@ def main() -> None:
         parts = {"side_by_side": ("1" in args.parts, lambda: part_side_by_side(bench)),
                  "batching": ("2" in args.parts, lambda: part_batching(bench, args.rounds)),
                  "trim": ("3" in args.parts, lambda: part_trim(bench)),
-                 "soak": (bool(args.soak), lambda: part_soak(bench, args.soak))}
+                 "soak": (bool(args.soak), lambda: part_soak(bench, args.soak)),
+                 "before_after": (bool(args.before), lambda: part_before_after(bench, args.before, args.rounds))}
         for name, (wanted, run) in parts.items():
             if wanted:
                 _say(f"{name.replace('_', ' ')} (load average {_load()})")

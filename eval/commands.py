@@ -97,14 +97,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_serve_jobs(args: argparse.Namespace) -> int:
     import os
-    import subprocess
     import sys
+
+    from eval.jobs_supervisor import serve
 
     env = dict(os.environ)
     if args.models:
         env["GENLAB_EVAL_MODELS"] = args.models
-    command = [sys.executable, "-m", "bentoml", "serve", "eval.jobs_service:EvalJobs", "--port", str(args.port)]
-    return subprocess.call(command, env=env)
+    command = [sys.executable, "-m", "bentoml", "serve", "eval.jobs_service:EvalJobs", "--host", args.host, "--port", str(args.port)]
+    return serve(command, env)
 
 
 def register(sub: Any) -> None:
@@ -157,6 +158,7 @@ def register(sub: Any) -> None:
     c.set_defaults(func=_cmd_class_fidelity)
 
     s = eval_sub.add_parser("serve-jobs", help="serve the evaluation-jobs HTTP service (BentoML tasks)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     s.add_argument("--port", type=int, default=3001)
     s.add_argument("--models", help="models root the service may evaluate (default: $GENLAB_EVAL_MODELS or ./runs)")
     s.set_defaults(func=_cmd_serve_jobs)

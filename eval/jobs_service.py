@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import bentoml
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, ValidationError
 
 from genlab.data import DATASETS, SPLITS
 from genlab.errors import GenlabError
@@ -39,6 +39,7 @@ from eval.fid import METRICS, OF_CHOICES
 
 MODELS_ENV = "GENLAB_EVAL_MODELS"
 MAX_FID_N = 50_000
+MAX_SUBMISSION_BYTES = 64 << 10  # a job's parameters: a few short fields
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -120,15 +121,14 @@ class ValidateSubmissions:
             message = await receive()
             messages.append(message)
             body += message.get("body", b"")
+            if len(body) > MAX_SUBMISSION_BYTES:
+                return await _answer(send, 413, {"error": f"a job submission is at most {MAX_SUBMISSION_BYTES:,} bytes",
+                                                 "field": "body"})
             if message["type"] != "http.request" or not message.get("more_body"):
                 break
         error = _validation_error(api.input_spec, body)
         if error is not None:
-            payload = json.dumps(error).encode()
-            await send({"type": "http.response.start", "status": 400,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
-            await send({"type": "http.response.body", "body": payload})
-            return
+            return await _answer(send, 400, error)
 
         async def replay() -> dict:
             return messages.pop(0) if messages else await receive()
@@ -136,14 +136,21 @@ class ValidateSubmissions:
         await self.app(scope, replay, send)
 
 
+async def _answer(send: Any, status: int, body: dict[str, str]) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
 def _validation_error(spec: Any, body: bytes) -> Optional[dict[str, str]]:
     """None for a valid submission, else ``{"error": message, "field": the first field at fault}``."""
-    from pydantic import ValidationError
-
     try:
-        spec.model_validate(json.loads(body or b"{}"))
-    except json.JSONDecodeError:
-        return {"error": "request body is not JSON", "field": "body"}
+        sent = json.loads(body or b"{}")
+    except (ValueError, RecursionError) as err:  # not JSON, not UTF-8, or nested past the parser's depth
+        return {"error": f"request body is not JSON ({str(err)[:120]})", "field": "body"}
+    try:
+        spec.model_validate(sent)
     except ValidationError as err:
         errors = err.errors()
         where = [".".join(map(str, e["loc"])) or "body" for e in errors]

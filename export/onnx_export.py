@@ -320,8 +320,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, ops
             raise ExportFailed(f"the exporter wrote unexpected files {stray}; weights must be inside the .onnx files")
         manifest = build_manifest(ckpt, source, name, specs, score_names, opset or _opset_of(tmp / "decoder.onnx"),
                                   type(model).score_descriptions)
-        manifest["parity"] = check_parity(model, tmp, manifest, specs, image_shape)
         manifest["files"] = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
+        manifest["parity"] = check_parity(model, tmp, manifest, specs, image_shape)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _publish(tmp, out, overwrite)
     except BaseException:

@@ -11,6 +11,7 @@ also take int64 class labels (:attr:`ExportedModel.class_names` names them).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -22,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from genlab.errors import GenlabError
-from genlab.files import file_sha256
 from genlab.latents import sample_latents  # noqa: F401  (the one sampler; exported here for readers)
 
 FORMAT = "genlab-export"
@@ -158,6 +158,10 @@ class ExportedModel:
     def start_sessions(self, providers: str | None = None, threads: int = 0, spinning: bool = True) -> "ExportedModel":
         """An ONNX Runtime session for every graph the manifest lists, on the best provider available.
 
+        Each graph is read once and its sha256 checked against the manifest before those same bytes go to ONNX
+        Runtime, at every load: a file changed after the export was opened (or between a worker's restarts) is
+        refused, never run.
+
         ``threads`` = intra-op threads (0: one per core). ``spinning=False`` stops idle worker threads
         from spin-waiting after each run: right for a server sharing its cores with request handling,
         at a small cost in single-call latency.
@@ -171,8 +175,9 @@ class ExportedModel:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         for name, spec in self.manifest["graphs"].items():
             file = self.path / spec["file"]
+            graph = verified_bytes(self.path, spec["file"], self.manifest["files"][spec["file"]])
             try:
-                session = ort.InferenceSession(str(file), sess_options=options, providers=wanted)
+                session = ort.InferenceSession(graph, sess_options=options, providers=wanted)
             except Exception as err:  # onnxruntime raises its own exception types for bad files
                 raise ExportError(f"{file}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from None
             self.graphs[name] = Graph(name, session, [i["name"] for i in spec["inputs"]], [o["name"] for o in spec["outputs"]])
@@ -235,15 +240,22 @@ def read_manifest(directory: str | os.PathLike, verify: bool = True) -> dict[str
             raise ExportError(f"{path}: manifest has no {key!r}")
     if verify:
         for name, digest in manifest["files"].items():
-            file = directory / name
-            if Path(name).name != name or not file.is_file():
-                raise ExportError(f"{directory}: {name} is missing")
-            if file_sha256(file) != digest:
-                raise ExportError(f"{file}: sha256 does not match the manifest (file changed or corrupt); export again")
+            verified_bytes(directory, name, digest)
     for graph in manifest["graphs"].values():
         if graph["file"] not in manifest["files"]:
             raise ExportError(f"{path}: graph file {graph['file']} is not listed with a hash")
     return manifest
+
+
+def verified_bytes(directory: Path, name: str, digest: str) -> bytes:
+    """The file ``name`` of an export, read once, whose sha256 is ``digest`` (the manifest's); else an ExportError."""
+    file = directory / name
+    if Path(name).name != name or not file.is_file():
+        raise ExportError(f"{directory}: {name} is missing")
+    data = file.read_bytes()
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise ExportError(f"{file}: sha256 does not match the manifest (file changed or corrupt); export again")
+    return data
 
 
 def resolve(reference: str | os.PathLike) -> Path:

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from genlab.errors import GenlabError
 
 
-def verify_models(references: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Check every export in full (manifest and every file's sha256), once, before any server starts:
-    a problem is one line here rather than a traceback in a worker. Returns the model names and, per
-    verified directory, its manifest's sha256 (the service trusts those directories and re-hashes
-    only their manifests; see ``service.settings.Settings.verified``)."""
-    from export.reader import MANIFEST, read_manifest, resolve
-    from genlab.files import file_sha256
+def verify_models(references: list[str]) -> list[str]:
+    """Check every export in full (manifest and every file's sha256) before any server starts, so that a problem is
+    one line here rather than a traceback in a worker (each worker checks again what it loads). Returns the model
+    names."""
+    from export.reader import read_manifest, resolve
 
     names: list[str] = []
-    verified: dict[str, str] = {}
     for reference in references:
         if "," in reference:
             raise GenlabError(f"--model {reference!r}: give one model per --model flag")
@@ -28,18 +24,17 @@ def verify_models(references: list[str]) -> tuple[list[str], dict[str, str]]:
         if manifest["name"] in names:
             raise GenlabError(f"two models are named {manifest['name']!r}; export one of them with another --bento name")
         names.append(manifest["name"])
-        verified[str(directory.resolve())] = file_sha256(directory / MANIFEST)
-    return names, verified
+    return names
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from service.settings import DEFAULT_MODEL, VERIFIED_ENV
+    from service.settings import DEFAULT_MODEL
 
     references = args.model or [DEFAULT_MODEL]
-    names, verified = verify_models(references)
+    names = verify_models(references)
     if args.workers < 1 or args.ort_threads < 0:
         raise GenlabError("--workers must be >= 1 and --ort-threads >= 0")
-    env = {**os.environ, "GENLAB_MODELS": ",".join(references), VERIFIED_ENV: json.dumps(verified), "BENTOML_DO_NOT_TRACK": "True",
+    env = {**os.environ, "GENLAB_MODELS": ",".join(references), "BENTOML_DO_NOT_TRACK": "True",
            "GENLAB_WORKERS": str(args.workers), "GENLAB_BATCHING": "off" if args.no_batching else args.batching,
            "GENLAB_ACCESS_LOG": "1" if args.access_log else "0", "GENLAB_ORT_THREADS": str(args.ort_threads),
            "OTEL_SDK_DISABLED": os.environ.get("OTEL_SDK_DISABLED", "true")}  # see service/service.py

@@ -7,12 +7,15 @@ In order, for every HTTP request:
 2. **Body limit before parsing.** A body above ``GENLAB_MAX_BODY_BYTES`` is refused with 413 as
    soon as its ``Content-Length`` says so, or while it is received, before a byte of it is
    parsed (BentoML reads and parses whole bodies before validating them).
-3. **Bodies BentoML mishandles** (BentoML 1.4.39): a ``multipart/form-data`` request without a
-   boundary (a 500 in BentoML); a text part, or a JSON or form body that is a URL, where a file is
-   expected (BentoML would *download that URL* server-side: a 500 at best, a request forgery at
-   worst; ``_bentoml_impl/serde.py``); a file field in a JSON body (BentoML would hand the
-   endpoint a server-side ``Path`` the client chose), or in an ``application/x-www-form-urlencoded``
-   body (parsed as multipart, with the same URL download). Each gets a 400 naming the field.
+3. **Bodies read as BentoML will read them, and refused where it would fail or go astray.** Forms
+   (``multipart/form-data``, ``application/x-www-form-urlencoded``) are parsed once here with the
+   parser and rules BentoML's Starlette uses (:mod:`service.forms`): a text value where a file is
+   expected is a 400 naming the field (BentoML would *download that URL* server-side, or read a
+   server path), and so is anything malformed or ambiguous, before BentoML can turn it into a 500.
+   Forms have a bounded number of parts, name length and text size. A JSON body must be an object
+   holding at most ``max_json_values`` values (counted before it is parsed, so no body can make the
+   server build millions of Python objects) and no file field (BentoML would hand the endpoint a
+   server-side ``Path`` the client chose).
 4. **One error shape.** Every 4xx the app answers is ``{"error": message, "field": name}``:
    genlab's own refusals already are; BentoML's validation errors (``{"error", "detail": [...]}``)
    get the first field named in ``detail``; its other 4xx (a JSON *array* in 1.4.39) are rewrapped.
@@ -21,18 +24,18 @@ In order, for every HTTP request:
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
-import re
-from urllib.parse import parse_qsl
 from typing import Any, Awaitable, Callable
 
+from service.forms import FormError, FormLimits, media_parameters, multipart_boundary, multipart_parts, urlencoded_parts
+
+JSON_BYTES_PER_VALUE = 32  # room for a float with all its digits: a JSON body's bytes are bounded with its values
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-_BOUNDARY = re.compile(rb'boundary="?([^";,]+)"?', re.IGNORECASE)
-_DISPOSITION = re.compile(rb'content-disposition:[^\r\n]*?\bname="([^"]*)"([^\r\n]*)', re.IGNORECASE)
 
 
 def error_body(message: str, field: str) -> bytes:
@@ -51,29 +54,6 @@ def _header(scope: Scope, name: bytes) -> bytes:
         if key.lower() == name:
             return value
     return b""
-
-
-def file_part_problem(body: bytes, content_type: bytes, file_fields: frozenset[str]) -> tuple[str, str] | None:
-    """(field, message) when a multipart body is malformed or sends text where a file is expected, else None.
-
-    Reads only the structure and the part headers; the parts themselves are left to BentoML's parser
-    (which answers a malformed body with a 500).
-    """
-    match = _BOUNDARY.search(content_type)
-    if not match:
-        return "Content-Type", "multipart/form-data needs a boundary parameter"
-    pieces = body.split(b"--" + match.group(1))
-    if len(pieces) < 2 or not pieces[-1].startswith(b"--"):
-        return "body", "malformed multipart/form-data: no closing boundary"
-    for part in pieces[1:-1]:
-        head, separator, _ = part.partition(b"\r\n\r\n")
-        disposition = _DISPOSITION.search(head)
-        if not part.startswith(b"\r\n") or not separator or disposition is None:
-            return "body", "malformed multipart/form-data: every part needs a Content-Disposition header with a name"
-        name = disposition.group(1).decode("utf-8", "replace")
-        if name in file_fields and b"filename=" not in disposition.group(2).lower():
-            return name, "must be a file part (with a filename), not a text field"
-    return None
 
 
 def validation_error_to_body(payload: Any) -> bytes:
@@ -98,14 +78,21 @@ class Edge:
 
     def __init__(self, app: Any, api_key: str = "", max_body_bytes: int = 32 << 20,
                  file_fields: dict[str, frozenset[str]] | None = None, openapi: Callable[[dict], dict] | None = None,
-                 open_paths: tuple[str, ...] = ()):
+                 open_paths: tuple[str, ...] = (), json_values: Callable[[], int] = lambda: 1 << 20,
+                 form_limits: FormLimits = FormLimits()):
         self.app = app
         self.api_key = api_key.encode()
         self.max_body_bytes = max_body_bytes
         self.file_fields = file_fields or {}  # route -> the fields that must be file parts
         self.openapi = openapi
         self.open_paths = open_paths
+        self._json_values = json_values  # the most values a JSON body may hold (read from the models on first use)
+        self.form_limits = form_limits
         self._spec: bytes | None = None
+
+    @functools.cached_property
+    def max_json_values(self) -> int:
+        return self._json_values()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -163,24 +150,46 @@ class Edge:
                 return b"".join(chunks)
 
     def _body_problem(self, scope: Scope, path: str, body: bytes) -> tuple[int, str, str] | None:
-        content_type = _header(scope, b"content-type").lower()
-        media = content_type.split(b";")[0].strip()
         file_fields = self.file_fields.get(path)
         if file_fields is None:  # not one of genlab's API routes
             return None
-        if media == b"multipart/form-data":
-            problem = file_part_problem(body, content_type, file_fields)
-            return None if problem is None else (400, *problem)
-        if media == b"application/x-www-form-urlencoded":  # BentoML's own client sends these when no file is attached
-            sent = {key for key, _ in parse_qsl(body.decode("latin-1"), keep_blank_values=True)}
-            for field in sorted(sent & file_fields):
-                return 400, field, "must be a file part of a multipart/form-data body, not a form value"
+        content_type = _header(scope, b"content-type")
+        try:
+            media = media_parameters(content_type)[0] if content_type else b""
+            if media == b"multipart/form-data":
+                parts = multipart_parts(body, multipart_boundary(content_type), self.form_limits)
+            elif media == b"application/x-www-form-urlencoded":  # BentoML's client sends these when no file is attached
+                parts = urlencoded_parts(body, self.form_limits)
+            else:
+                return self._json_problem(body, file_fields)
+        except FormError as err:
+            return err.status, err.field, err.message
+        for part in parts:
+            if part.name in file_fields and not part.is_file:
+                return 400, part.name, "must be a file part (with a filename) of a multipart/form-data body, not a text value"
+        return None
+
+    def _json_problem(self, body: bytes, file_fields: frozenset[str]) -> tuple[int, str, str] | None:
+        """A JSON body must be an object, within the value budget, without file fields."""
+        if not body.strip():
             return None
-        if body.strip() and not body.lstrip().startswith(b"{"):
+        if not body.lstrip().startswith(b"{"):
             return 400, "body", "the request body must be a JSON object (or multipart/form-data for file uploads)"
-        for field in file_fields:  # a JSON "path" would become a server-side Path: files come only as uploads
-            if re.search(rb'"' + re.escape(field.encode()) + rb'"\s*:', body):
-                return 400, field, "files are uploaded as multipart/form-data parts; in JSON send the pixels as 'array'"
+        values = body.count(b",") + 1  # an upper bound on the numbers in it, counted before anything is parsed
+        limit = self.max_json_values
+        if values > limit or len(body) > JSON_BYTES_PER_VALUE * limit + (1 << 20):
+            return 413, "body", (f"the JSON body holds about {values:,} values in {len(body):,} bytes; the limit is {limit:,} "
+                                 "values (send large batches as .npy files to /batch/*)")
+        named = [name for name in file_fields if f'"{name}"'.encode() in body]
+        if not named and b"\\" not in body:
+            return None  # no file field can be in it (not even spelt with escapes): parsing is left to BentoML
+        try:
+            sent = json.loads(body)
+        except (ValueError, RecursionError) as err:
+            return 400, "body", f"not valid JSON ({str(err)[:120]})"
+        for name in sorted(file_fields & set(sent) if isinstance(sent, dict) else ()):
+            # a JSON "path" would become a server-side Path: files come only as uploads
+            return 400, name, "files are uploaded as multipart/form-data parts; in JSON send the pixels as 'array'"
         return None
 
     def _normalising(self, send: Send) -> Send:

@@ -12,9 +12,13 @@ integer, an index. A model that is not conditional refuses every label.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -42,41 +46,73 @@ class RequestError(Exception):
         return {"error": str(self), "field": self.field}
 
 
-def decode_upload(path: Path, field: str, shape: tuple[int, int, int], max_bytes: int, max_pixels: int) -> np.ndarray:
-    """One uploaded file -> uint8 [C, H, W] in the model's shape."""
+@dataclass(frozen=True)
+class UploadLimits:
+    max_images: int = 256  # files per request
+    max_file_bytes: int = 10 << 20  # per file
+    max_pixels: int = 4096 * 4096  # one file, decoded (decompression bombs)
+    max_request_pixels: int = 64 << 20  # all files of one request together, decoded
+
+
+def upload_pixels(path: Path, field: str, limits: UploadLimits) -> int:
+    """One uploaded file's decoded size in pixels, read from its header alone (nothing is decoded)."""
     size = path.stat().st_size
-    if size > max_bytes:
-        raise RequestError(field, f"file is {size:,} bytes; the limit is {max_bytes:,}", 413)
+    if size > limits.max_file_bytes:
+        raise RequestError(field, f"file is {size:,} bytes; the limit is {limits.max_file_bytes:,}", 413)
     if size == 0:
         raise RequestError(field, "file is empty")
+    with _readable(field), Image.open(path) as image:
+        width, height = image.size
+    if width * height > limits.max_pixels:
+        raise RequestError(field, f"image is {width}x{height}; the limit is {limits.max_pixels:,} pixels", 413)
+    return width * height
+
+
+def decode_upload(path: Path, field: str, shape: tuple[int, int, int]) -> np.ndarray:
+    """One uploaded file (its header already checked by :func:`upload_pixels`) -> uint8 [C, H, W] in the model's shape."""
+    with _readable(field), Image.open(path) as image:
+        image.load()
+        return to_array(image, shape[0], shape[1])
+
+
+@contextlib.contextmanager
+def _readable(field: str) -> Iterator[None]:
+    """Pillow's refusals of a file -> a 400 naming the field."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if image.width * image.height > max_pixels:
-                    raise RequestError(field, f"image is {image.width}x{image.height}; the limit is {max_pixels:,} pixels", 413)
-                image.load()
-                return to_array(image, shape[0], shape[1])
-    except RequestError:
-        raise
+            yield
     except UnidentifiedImageError:
         raise RequestError(field, "not an image Pillow can read (send PNG or JPEG)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise RequestError(field, f"broken or truncated image ({err})") from None
 
 
-def images_from_request(files: Sequence[Path] | None, array: Any, shape: tuple[int, int, int], max_images: int,
-                        max_bytes: int, max_pixels: int) -> np.ndarray:
-    """Exactly one of ``images`` (uploads) or ``array`` (nested lists) -> uint8 [N, C, H, W]."""
+def check_image_source(files: Sequence[Path] | None, array: Any) -> None:
+    """Exactly one of ``images`` (uploads) or ``array`` (nested lists)."""
     if files and array is not None:
         raise RequestError("images", "send either image files or 'array', not both")
     if not files and array is None:
         raise RequestError("images", "no images: upload files as 'images' (multipart) or send 'array' (JSON)")
-    if files:
-        if len(files) > max_images:
-            raise RequestError("images", f"{len(files)} images; the limit is {max_images}", 413)
-        return np.stack([decode_upload(Path(f), f"images[{i}]", shape, max_bytes, max_pixels) for i, f in enumerate(files)])
-    return array_to_images(array, "array", shape, max_images)
+
+
+def images_from_uploads(files: Sequence[Path], shape: tuple[int, int, int], limits: UploadLimits,
+                        stop: threading.Event | None = None) -> np.ndarray:
+    """Uploaded files -> uint8 [N, C, H, W]. Every header is checked, and the request's total pixels bounded, before
+    anything is decoded; ``stop`` (set when the request is cancelled) ends the decoding between files."""
+    if len(files) > limits.max_images:
+        raise RequestError("images", f"{len(files)} images; the limit is {limits.max_images}", 413)
+    paths = [Path(f) for f in files]
+    total = sum(upload_pixels(path, f"images[{i}]", limits) for i, path in enumerate(paths))
+    if total > limits.max_request_pixels:
+        raise RequestError("images", f"the images hold {total:,} pixels together; the limit per request is "
+                                     f"{limits.max_request_pixels:,}", 413)
+    decoded = []
+    for i, path in enumerate(paths):
+        if stop is not None and stop.is_set():
+            raise RequestError("images", "the request was cancelled (timed out) while its images were decoded", 503)
+        decoded.append(decode_upload(path, f"images[{i}]", shape))
+    return np.stack(decoded)
 
 
 def array_to_images(array: Any, field: str, shape: tuple[int, int, int], max_images: int) -> np.ndarray:
@@ -85,6 +121,8 @@ def array_to_images(array: Any, field: str, shape: tuple[int, int, int], max_ima
         values = np.asarray(array, dtype=np.float64)
     except (ValueError, TypeError):
         raise RequestError(field, "must be a rectangular nested list of numbers") from None
+    except OverflowError:  # an integer beyond float64's range is no pixel
+        raise RequestError(field, "pixels must be integers 0..255 (uint8)", 422) from None
     values = _image_batch(values, field, shape, max_images)
     if not np.isfinite(values).all() or (values != np.round(values)).any() or values.min() < 0 or values.max() > 255:
         raise RequestError(field, "pixels must be integers 0..255 (uint8)", 422)
@@ -97,6 +135,8 @@ def latents_from_request(z: Any, latent_dim: int, max_images: int) -> np.ndarray
         values = np.asarray(z, dtype=np.float64)
     except (ValueError, TypeError):
         raise RequestError("z", "must be a rectangular list of lists of numbers") from None
+    except OverflowError:
+        raise RequestError("z", "values beyond +-1e4 are not latents of a N(0, I) prior", 422) from None
     return _checked_latents(values, "z", latent_dim, max_images)
 
 
@@ -113,17 +153,24 @@ def _checked_latents(values: np.ndarray, field: str, latent_dim: int, max_images
 
 
 def read_npy(path: Path, field: str, max_bytes: int) -> np.ndarray:
-    """An uploaded .npy file -> its array; never unpickles (``allow_pickle=False``)."""
+    """An uploaded .npy file -> its array; never unpickles, and reads the header first: a file whose header declares
+    more data than it holds is refused before anything is allocated for it."""
     size = Path(path).stat().st_size
     if size > max_bytes:
         raise RequestError(field, f"file is {size:,} bytes; the limit is {max_bytes:,}", 413)
     try:
-        array = np.load(path, allow_pickle=False)
+        with open(path, "rb") as file:
+            version = np.lib.format.read_magic(file)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(file)
+            declared = file.tell() + math.prod(shape) * dtype.itemsize
+            if dtype.hasobject:
+                raise ValueError("it holds Python objects (pickled data), which this service never loads")
+            if declared != size:
+                raise ValueError(f"its header declares shape {list(shape)} of {dtype} ({declared:,} bytes), the file has {size:,}")
+        return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise RequestError(field, f"not a .npy file numpy can read without pickle ({str(err)[:160]})") from None
-    if not isinstance(array, np.ndarray):
-        raise RequestError(field, "send one array saved with numpy.save (.npy), not an .npz archive")
-    return array
+        raise RequestError(field, f"not a .npy file this service reads (save one array with numpy.save): {str(err)[:200]}") from None
 
 
 def latents_from_npy(path: Path, field: str, latent_dim: int, max_images: int, max_bytes: int) -> np.ndarray:

@@ -6,8 +6,10 @@ in-process: a request never crosses to another process. Where merging concurrent
 :class:`Merger` per graph concatenates the inputs of the requests waiting while the previous
 call runs into one ONNX Runtime call, and splits the result. On a CPU a call on 64 images costs
 ~28x one on a single image, so merging gains little and its bookkeeping costs throughput:
-there the graphs are called directly, on the event loop (a single-image call takes ~0.2 ms, less
-than a hop to a thread). ``GENLAB_BATCHING=auto`` (default) picks by the execution provider.
+there the graphs are called directly, a call on up to ``INLINE_ROWS`` images on the event loop
+(it takes less than a hop to a thread) and a larger one in the worker's :class:`WorkPool`, so
+that no call holds the event loop for long. ``GENLAB_BATCHING=auto`` (default) picks by the
+execution provider.
 """
 
 from __future__ import annotations
@@ -20,22 +22,18 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 
 from export.reader import ExportedModel, read_export, resolve
-from service.settings import SETTINGS
+from service.settings import Settings
+from service.work import WorkPool
 
 log = logging.getLogger("genlab.service")
+INLINE_ROWS = 16  # unmerged graph calls on at most this many rows run on the event loop, larger ones in the pool
 
 
-def resolve_reference(index: int) -> Path:
-    """Position ``index`` in GENLAB_MODELS -> its export directory (a tag is looked up in the model store,
-    which inside a built bento is the bento's own)."""
-    return resolve(SETTINGS.models[index])
-
-
-def load_model(directory: Path) -> ExportedModel:
-    """The export's graphs in ONNX Runtime sessions; every file's sha256 is checked unless `genlab serve` just did."""
-    model = read_export(directory, verify=not SETTINGS.already_verified(directory))
+def load_model(directory: Path, settings: Settings) -> ExportedModel:
+    """The export's graphs in ONNX Runtime sessions, each checked against its sha256 as it is loaded."""
+    model = read_export(directory, verify=False)  # start_sessions verifies the bytes it loads
     # no spin-waiting: idle ONNX Runtime threads would take CPU from the request handling
-    model.start_sessions(threads=SETTINGS.ort_threads, spinning=False)
+    model.start_sessions(threads=settings.ort_threads, spinning=False)
     warm_up(model)
     return model
 
@@ -58,7 +56,7 @@ class Merger:
     """Merges concurrent calls of one graph into one call along the batch axis.
 
     A call that finds the merger idle starts a run on the next turn of the event loop, together with
-    whatever arrived in the same turn, in a worker thread so the loop keeps accepting requests;
+    whatever arrived in the same turn, in the work pool so the loop keeps accepting requests;
     calls that arrive while it runs wait and then run together as the next batch (up to
     ``max_batch`` images). There is no timer: an idle server adds no latency, a busy one forms
     batches as large as the time a call takes allows. ``fn`` maps arrays [B, ...] (the graph's
@@ -67,9 +65,10 @@ class Merger:
     only calls with the same number of inputs are merged.
     """
 
-    def __init__(self, fn: Callable[..., dict[str, np.ndarray]], max_batch: int):
+    def __init__(self, fn: Callable[..., dict[str, np.ndarray]], max_batch: int, pool: WorkPool):
         self.fn = fn
         self.max_batch = max_batch
+        self.pool = pool
         self.pending: list[_Call] = []
         self.running = False
 
@@ -97,7 +96,7 @@ class Merger:
                 # input k of the merged call: input k of every call, one after the other
                 inputs = [np.concatenate(same) for same in zip(*(c.inputs for c in batch))] if len(batch) > 1 else batch[0].inputs
                 try:
-                    outputs = await asyncio.to_thread(self.fn, *inputs)
+                    outputs = await self.pool.run(self.fn, *inputs)
                 except Exception as err:  # every waiting request gets the error, none hangs
                     for call in batch:
                         if not call.future.done():
@@ -134,9 +133,10 @@ class Runner:
     encode. Scoring without labels makes it infer each image's class: the runner passes -1 ("unknown") for those, so
     such calls merge with calls that give labels."""
 
-    def __init__(self, model: ExportedModel, batching: bool, max_batch: int):
+    def __init__(self, model: ExportedModel, batching: bool, max_batch: int, pool: WorkPool):
         self.model = model
         self.batching = batching
+        self.pool = pool
         graphs: dict[str, Callable[..., dict[str, np.ndarray]]] = {
             "decode": lambda *inputs: {"images": model.decode(*inputs)},
             "scores": model.scores,
@@ -144,13 +144,15 @@ class Runner:
         if model.has_encoder:
             graphs["encode"] = lambda *inputs: dict(zip(("mu", "logvar"), model.encode(*inputs)))
         self._graphs = graphs
-        self._mergers = {name: Merger(fn, max_batch) for name, fn in graphs.items()} if batching else {}
+        self._mergers = {name: Merger(fn, max_batch, pool) for name, fn in graphs.items()} if batching else {}
 
     async def _run(self, graph: str, array: np.ndarray, labels: Optional[np.ndarray]) -> dict[str, np.ndarray]:
         inputs = (array,) if labels is None else (array, np.ascontiguousarray(labels, dtype=np.int64))
         if self.batching:
             return await self._mergers[graph](*inputs)
-        return self._graphs[graph](*inputs)
+        if len(array) <= INLINE_ROWS:
+            return self._graphs[graph](*inputs)
+        return await self.pool.run(self._graphs[graph], *inputs)
 
     async def decode(self, z: np.ndarray, labels: Optional[np.ndarray] = None) -> np.ndarray:
         return (await self._run("decode", z, labels))["images"]
@@ -166,18 +168,19 @@ class Runner:
         return await self._run("scores", images, labels)
 
 
-def open_runners() -> dict[str, Runner]:
-    """name -> Runner for every model in GENLAB_MODELS, in order (the first is the default)."""
+def open_runners(settings: Settings, pool: WorkPool) -> dict[str, Runner]:
+    """name -> Runner for every model in ``settings.models``, in order (the first is the default); a model tag is looked
+    up in the BentoML model store, which inside a built bento is the bento's own."""
     runners: dict[str, Runner] = {}
-    for i in range(len(SETTINGS.models)):
-        model = load_model(resolve_reference(i))
+    for reference in settings.models:
+        model = load_model(resolve(reference), settings)
         if model.name in runners:
             raise RuntimeError(f"two models are named {model.name!r}; export one with another --bento name")
-        batching = SETTINGS.batching == "on" or (SETTINGS.batching == "auto" and uses_gpu(model))
-        runners[model.name] = Runner(model, batching, SETTINGS.max_batch_size)
+        batching = settings.batching == "on" or (settings.batching == "auto" and uses_gpu(model))
+        runners[model.name] = Runner(model, batching, settings.max_batch_size, pool)
         log.info("genlab: %s (%s) on %s, request merging %s", model.name, model.family,
                  ", ".join(sorted(set(model.providers.values()))), "on" if batching else "off")
     return runners
 
 
-__all__ = ["Merger", "Runner", "load_model", "open_runners", "resolve_reference", "uses_gpu", "warm_up"]
+__all__ = ["INLINE_ROWS", "Merger", "Runner", "load_model", "open_runners", "uses_gpu", "warm_up"]

@@ -42,7 +42,7 @@ from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
-from export.reader import ExportedModel, read_export, sample_latents
+from export.reader import ExportedModel, read_export, resolve, sample_latents
 from genlab import __version__
 from genlab.families import FAMILIES
 from genlab.imageio import encode_png, tile
@@ -50,11 +50,13 @@ from genlab.latents import balanced_labels
 from genlab.measures import ANOMALY_MAP_MEANING, RECON_ERROR_MEANING, anomaly_map, recon_error
 from genlab.thresholds import DEFAULT_PERCENTILE, normalized, percentile_of, quantile
 from service.edge import Edge
-from service.inputs import (Labels, RequestError, images_from_npy, images_from_request, labels_from_npy, labels_from_request,
-                            latents_from_npy, latents_from_request, optional_file)
+from service.forms import FormLimits
+from service.inputs import (Labels, RequestError, array_to_images, check_image_source, images_from_npy, images_from_uploads,
+                            labels_from_npy, labels_from_request, latents_from_npy, latents_from_request, optional_file)
 from service.openapi import fix_spec
-from service.runtime import Runner, open_runners, resolve_reference
+from service.runtime import Runner, open_runners
 from service.settings import HEALTH_PATHS, SETTINGS
+from service.work import WorkPool
 
 log = logging.getLogger("genlab.service")
 MAX = SETTINGS.max_images
@@ -183,16 +185,28 @@ def _fresh_seed() -> int:
     return int(np.random.SeedSequence().entropy % 2**63)
 
 
+def served_models() -> list[ExportedModel]:
+    """The manifests of the models in GENLAB_MODELS (no sessions)."""
+    return [read_export(resolve(reference), verify=False) for reference in SETTINGS.models]
+
+
 def model_names() -> list[str]:
-    """The names of the models in GENLAB_MODELS, from their manifests (no sessions)."""
-    return [read_export(resolve_reference(i), verify=False).name for i in range(len(SETTINGS.models))]
+    return [model.name for model in served_models()]
+
+
+def max_json_values(models: list[ExportedModel]) -> int:
+    """The most values a valid JSON request can hold: a full batch of the largest images (or latents), and room for the
+    other fields."""
+    per_image = max(max(int(np.prod(m.image_shape)), m.latent_dim) for m in models)
+    return SETTINGS.max_images * per_image + 4096
 
 
 class Genlab:
     """The service class; the BentoML decorator, model references and edge are applied below."""
 
     def __init__(self) -> None:
-        self.runners: dict[str, Runner] = open_runners()
+        self.work = WorkPool(SETTINGS.work_threads)
+        self.runners: dict[str, Runner] = open_runners(SETTINGS, self.work)
         self.default = next(iter(self.runners))
         log.info("genlab %s serving %s (default %s)", __version__, ", ".join(self.runners), self.default)
 
@@ -202,6 +216,13 @@ class Genlab:
         if name not in self.runners:
             raise RequestError("model", f"unknown model {name!r}; this server has: {', '.join(self.runners)}", 404)
         return self.runners[name]
+
+    async def _images(self, files: list[Path], array: Optional[list[Any]], model: ExportedModel) -> np.ndarray:
+        """A request's images (uploads, decoded in the work pool, or a JSON array) -> uint8 [N, C, H, W]."""
+        check_image_source(files, array)
+        if files:
+            return await self.work.run_stoppable(images_from_uploads, files, model.image_shape, SETTINGS.upload_limits)
+        return array_to_images(array, "array", model.image_shape, MAX)
 
     def _encoder_runner(self, name: Optional[str]) -> Runner:
         runner = self._runner(name)
@@ -282,7 +303,7 @@ class Genlab:
         try:
             runner = self._encoder_runner(model)
             m = runner.model
-            x = images_from_request(images, array, m.image_shape, MAX, SETTINGS.max_upload_bytes, SETTINGS.max_pixels)
+            x = await self._images(images, array, m)
             requested = labels_from_request(label, len(x), _classes(m), m.name)
         except RequestError as err:
             return _error(err)  # type: ignore[return-value]
@@ -336,7 +357,7 @@ class Genlab:
             if threshold is None and not m.calibration:
                 raise RequestError("threshold", f"{m.name} has no calibration (its training did not finish); "
                                                 "send a raw 'threshold'", 422)
-            x = images_from_request(images, array, m.image_shape, MAX, SETTINGS.max_upload_bytes, SETTINGS.max_pixels)
+            x = await self._images(images, array, m)
             requested = labels_from_request(label, len(x), _classes(m), m.name)
         except RequestError as err:
             return _error(err)  # type: ignore[return-value]
@@ -476,4 +497,6 @@ Genlab.add_asgi_middleware(
     file_fields=FILE_FIELDS,
     openapi=lambda spec: fix_spec(spec, FILE_FIELDS, SETTINGS.api_key != "", model_names()),
     open_paths=HEALTH_PATHS,
+    json_values=lambda: max_json_values(served_models()),
+    form_limits=FormLimits(max_parts=SETTINGS.max_images + 32),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,81 @@ def test_a_per_class_fid_job_on_an_unconditional_model_fails_with_the_reason(cli
     assert _wait(client, "fid", task_id) == "failed"
     response = client.get("/fid/get", params={"task_id": task_id})
     assert response.status_code == 400 and "--per-class needs a conditional model" in response.text
+
+
+@pytest.mark.parametrize("route", ["/anomaly/submit", "/fid/submit"])
+@pytest.mark.parametrize("body, status", [
+    (b'{"model": "vae-\xff"}', 400),  # not UTF-8
+    (b"[" * 20_000 + b"]" * 20_000, 400),  # nested past the JSON parser's depth
+    (b"{" + b" " * (70 << 10) + b"}", 413),
+])
+def test_malformed_submissions_are_answered_at_once(client, route, body, status):
+    response = client.post(route, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status and response.json()["field"] == "body", response.text
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp writes them) listening on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_serve_jobs_binds_loopback_and_a_sigterm_stops_a_running_job(one_class_vae, tmp_path):
+    """A long FID job is running when SIGTERM arrives: the service is gone within 10 s, the job recorded as canceled,
+    and the store is free for the next service (a second one on the same store meanwhile is refused in one line)."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.service_fixtures import REPO, free_port
+
+    root = tmp_path / "models"
+    shutil.copytree(one_class_vae, root / "vae-1")
+    port = free_port()
+    env = {**os.environ, "BENTOML_RESULT_STORE": str(tmp_path / "tasks.db"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "genlab", "eval", "serve-jobs", "--models", str(root), "--port", str(port)]
+    log = open(tmp_path / "jobs.log", "w+")
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.25)
+        assert _listening_addresses(port) == {"0100007F"}, _listening_addresses(port)  # 127.0.0.1 only
+        second = subprocess.run([*command[:-1], str(free_port())], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and "another genlab jobs service is using" in second.stderr, second.stderr
+        job = httpx.post(f"{url}/fid/submit", json={"model": "vae-1", "n": 5000, "extractor": "inception"}, timeout=10)
+        task_id = job.json()["task_id"]
+        time.sleep(2)
+        assert httpx.get(f"{url}/fid/status", params={"task_id": task_id}).json()["status"] == "in_progress"
+        from eval.jobs_supervisor import descendants
+
+        family = descendants(proc.pid)
+        assert len(family) >= 2  # the arbiter and its worker
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        assert time.monotonic() - start < 10 and proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log.seek(0)
+    assert f"stopped job {task_id}" in log.read()
+    with sqlite3.connect(tmp_path / "tasks.db") as db:
+        assert db.execute("SELECT status FROM result WHERE task_id = ?", (task_id,)).fetchone() == ("canceled",)
+    assert not _listening_addresses(port)
+    alive = [pid for pid in family if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
+    assert not alive, alive  # the worker that ran the job is gone too

@@ -251,29 +251,24 @@ def test_models_endpoint_lists_models_and_providers(client):
     assert "mixture" in rows[0]["manifest"]["latent"]["prior"] and "fitted_prior" not in rows[0]["manifest"]["latent"]
 
 
-def test_genlab_serve_hashes_each_file_once(client, exports, monkeypatch):
-    """`genlab serve` checks every file before the server starts; the process that loads the graphs then
-    re-hashes only the manifests it was told are verified, and checks in full anything else."""
-    import dataclasses
+def test_every_load_verifies_the_bytes_it_runs(exports, tmp_path):
+    """`genlab serve` checks every export before the server starts, and every worker checks again each graph it loads
+    (the bytes it hands to ONNX Runtime): a graph changed after the first check is refused, never served."""
+    import shutil
 
-    import export.reader
     import service.runtime
-    from genlab.files import file_sha256
+    from export.reader import ExportError
     from service.commands import verify_models
+    from service.settings import Settings
 
-    hashed: list[str] = []
-    monkeypatch.setattr(export.reader, "file_sha256", lambda path: hashed.append(Path(path).name) or file_sha256(path))
-    names, verified = verify_models([str(exports["vaegan"]), str(exports["gan"])])
-    onnx_files = sorted(p.name for d in (exports["vaegan"], exports["gan"]) for p in d.glob("*.onnx"))
-    assert names == ["genlab-vaegan-mnist-5k", "genlab-gan-mnist-5k"] and sorted(hashed) == onnx_files
-    hashed.clear()
-    settings = dataclasses.replace(service.runtime.SETTINGS, verified=tuple(verified.items()))
-    monkeypatch.setattr(service.runtime, "SETTINGS", settings)
-    model = service.runtime.load_model(exports["vaegan"])
-    assert model.graphs and hashed == []  # trusted: only its manifest was hashed (by the settings check)
-    monkeypatch.setattr(service.runtime, "SETTINGS", dataclasses.replace(settings, verified=()))
-    service.runtime.load_model(exports["vaegan"])  # a directory nobody verified is checked in full
-    assert sorted(hashed) == sorted(p.name for p in exports["vaegan"].glob("*.onnx"))
+    copy = tmp_path / "export"
+    shutil.copytree(exports["vaegan"], copy)
+    assert verify_models([str(copy), str(exports["gan"])]) == ["genlab-vaegan-mnist-5k", "genlab-gan-mnist-5k"]
+    assert service.runtime.load_model(copy, Settings()).graphs
+    decoder = copy / "decoder.onnx"
+    decoder.write_bytes(decoder.read_bytes()[:-1] + bytes([decoder.read_bytes()[-1] ^ 1]))  # one bit, after the check
+    with pytest.raises(ExportError, match="decoder.onnx: sha256 does not match"):
+        service.runtime.load_model(copy, Settings())  # what a respawned worker does
     with pytest.raises(GenlabError, match="two models are named"):
         verify_models([str(exports["gan"]), str(exports["gan"])])
 

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from service.runtime import Merger, Runner
+from service.work import WorkPool
 from tests.service_fixtures import exports  # noqa: F401 (fixture)
+
+POOL = WorkPool(2)
 
 
 def test_the_merger_runs_concurrent_calls_as_one_and_splits_the_result():
@@ -19,7 +22,7 @@ def test_the_merger_runs_concurrent_calls_as_one_and_splits_the_result():
         return {"y": x * 2}
 
     async def main() -> list[dict[str, np.ndarray]]:
-        merger = Merger(double, max_batch=8)
+        merger = Merger(double, max_batch=8, pool=POOL)
         inputs = [np.full((k, 3), i, np.float32) for i, k in enumerate((1, 2, 1, 3, 1, 4))]
         return inputs, await asyncio.gather(*(merger(x) for x in inputs))
 
@@ -37,7 +40,7 @@ def test_a_failed_merged_call_fails_every_waiting_request_and_the_next_ones_stil
         return {"y": x}
 
     async def main():
-        merger = Merger(fragile, max_batch=64)
+        merger = Merger(fragile, max_batch=64, pool=POOL)
         alone = await merger(np.zeros((1, 2)))  # a run of its own
         merged = await asyncio.gather(merger(np.full((1, 2), -1.0)), merger(np.zeros((1, 2))), return_exceptions=True)
         after = await merger(np.ones((1, 2)))
@@ -60,7 +63,7 @@ def test_merged_and_direct_runs_give_the_same_numbers(exports):
         encoded = await asyncio.gather(*(runner.encode(images[i : i + 1]) for i in range(6)))
         return scores, encoded
 
-    merged, direct = asyncio.run(each(Runner(model, True, 256))), asyncio.run(each(Runner(model, False, 256)))
+    merged, direct = asyncio.run(each(Runner(model, True, 256, POOL))), asyncio.run(each(Runner(model, False, 256, POOL)))
     for a, b in zip(merged[0], direct[0]):
         for name in model.score_names:
             np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6)
@@ -72,7 +75,7 @@ def test_merged_and_direct_runs_give_the_same_numbers(exports):
 def test_a_runner_without_an_encoder_graph_refuses_to_encode(exports, batching):
     from export.reader import open_export
 
-    runner = Runner(open_export(exports["gan-no-encoder"], providers="cpu"), batching, 16)
+    runner = Runner(open_export(exports["gan-no-encoder"], providers="cpu"), batching, 16, POOL)
     with pytest.raises(KeyError):
         asyncio.run(runner.encode(np.zeros((1, 1, 28, 28), np.uint8)))
 
@@ -85,7 +88,7 @@ def test_the_merger_concatenates_every_input_and_merges_only_calls_with_as_many(
         return {"y": x + (0 if labels is None else labels[:, None]), "label": np.zeros(len(x)) if labels is None else labels}
 
     async def main():
-        merger = Merger(shift, max_batch=64)
+        merger = Merger(shift, max_batch=64, pool=POOL)
         with_labels = [(np.full((k, 2), i, np.float32), np.arange(k) + 10 * i) for i, k in enumerate((1, 3, 2))]
         outputs = await asyncio.gather(*(merger(x, labels) for x, labels in with_labels), merger(np.ones((2, 2), np.float32)))
         return with_labels, outputs
@@ -116,7 +119,7 @@ def test_a_conditional_runner_passes_labels_through_merged_calls(exports):
         return decoded, encoded, scores
 
     for batching in (True, False):
-        decoded, encoded, scores = asyncio.run(each(Runner(model, batching, 256)))
+        decoded, encoded, scores = asyncio.run(each(Runner(model, batching, 256, POOL)))
         np.testing.assert_array_equal(np.concatenate(decoded), images)
         mu = np.concatenate([mu for mu, _ in encoded])
         np.testing.assert_allclose(mu, model.encode(images, labels)[0], rtol=1e-5, atol=1e-6)
@@ -132,3 +135,38 @@ def test_warm_up_runs_a_conditional_model(exports):
     from service.runtime import warm_up
 
     warm_up(open_export(exports["vaegan-cond"], providers="cpu"))
+
+
+def test_large_unmerged_calls_run_in_the_work_pool_and_small_ones_inline(exports):
+    """A call on more than INLINE_ROWS images leaves the event loop (which keeps running meanwhile)."""
+    import threading
+
+    from export.reader import open_export
+    from service.runtime import INLINE_ROWS
+
+    model = open_export(exports["vaegan"], providers="cpu")
+    runner = Runner(model, False, 256, POOL)
+    threads = []
+    graph = runner._graphs["decode"]
+    runner._graphs["decode"] = lambda *inputs: threads.append(threading.current_thread().name) or graph(*inputs)
+
+    async def main():
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.get_running_loop().create_task(tick())
+        small = await runner.decode(np.zeros((INLINE_ROWS, model.latent_dim), np.float32))
+        before = ticks
+        large = await runner.decode(np.zeros((INLINE_ROWS + 1, model.latent_dim), np.float32))
+        ticker.cancel()
+        return small, large, ticks - before
+
+    small, large, ticks_during_large = asyncio.run(main())
+    assert threads[0] == threading.main_thread().name and threads[1].startswith("genlab-work")
+    assert ticks_during_large > 0  # the loop ran while the large call was in the pool
+    np.testing.assert_array_equal(large[:INLINE_ROWS], small)
