@@ -47,7 +47,7 @@ def train_run(family: str, conditional: bool, epochs: int, out: Path, fresh: boo
     """Train (or reuse a complete run); returns the training time."""
     from genlab.checkpoint import load_checkpoint
     from genlab.config import TrainConfig
-    from training.loop import train
+    from genlab.training.loop import train
 
     if fresh and out.exists():
         shutil.rmtree(out)
@@ -63,14 +63,14 @@ def train_run(family: str, conditional: bool, epochs: int, out: Path, fresh: boo
 
 
 def export_run(run_dir: Path) -> Path:
-    from export.onnx_export import export_checkpoint
+    from genlab.export.onnx_export import export_checkpoint
 
     export_checkpoint(str(run_dir), str(run_dir / "export"), overwrite=True)
     return run_dir / "export"
 
 
 def kid_figures(export_dir: Path, n: int, seed: int) -> dict[str, Any]:
-    from eval.fid import compute_fid
+    from genlab.eval.fid import compute_fid
 
     result = compute_fid(str(export_dir), ref=REFERENCE, n=n, metrics=("fid", "kid"), extractor="inception", seed=seed,
                          progress=False)
@@ -80,7 +80,7 @@ def kid_figures(export_dir: Path, n: int, seed: int) -> dict[str, Any]:
 
 
 def fidelity_figures(export_dir: Path, n: int, seed: int) -> dict[str, Any]:
-    from eval.class_fidelity import measure
+    from genlab.eval.class_fidelity import measure
 
     result = measure(str(export_dir), n=n, seed=seed)
     return {"class_fidelity": result["class_fidelity"], "class_fidelity_per_class": result["class_fidelity_per_class"],
@@ -89,7 +89,7 @@ def fidelity_figures(export_dir: Path, n: int, seed: int) -> dict[str, Any]:
 
 def write_grid(export_dir: Path, path: Path, seed: int) -> None:
     """One row of GRID_PER_CLASS samples per class, from the export's fitted prior: what /generate serves."""
-    from export.reader import open_export
+    from genlab.export.reader import open_export
     from genlab.imageio import save_grid
     from genlab.latents import class_rows, sample_latents
 

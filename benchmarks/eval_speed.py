@@ -33,7 +33,7 @@ CLI_WRAPPER = ("import sys; from genlab.torchvision_fix import import_torchvisio
 
 def tiny_model(folder: Path) -> Path:
     from genlab.config import TrainConfig
-    from training.loop import train
+    from genlab.training.loop import train
 
     train("vae", {"width": 8, "hidden": 32, "latent_dim": 8}, TrainConfig(dataset="mnist-5k", epochs=1, batch_size=64), folder)
     return folder / "last.pt"
@@ -74,9 +74,9 @@ def main() -> int:
     import torch_fidelity
 
     from genlab.cache import cache_dir
-    from eval.extractors import resolve_extractor
-    from eval.fid import compute_fid, parse_reference, reference_subset
-    from eval.model_source import open_model
+    from genlab.eval.extractors import resolve_extractor
+    from genlab.eval.fid import compute_fid, parse_reference, reference_subset
+    from genlab.eval.model_source import open_model
     from genlab.data import load_split
 
     work = Path(tempfile.mkdtemp(prefix="genlab-eval-speed-"))

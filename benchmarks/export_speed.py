@@ -49,12 +49,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.onnx_export import DecoderGraph, EncoderGraph, export_checkpoint
-from export.reader import sample_latents
+from genlab.export.onnx_export import DecoderGraph, EncoderGraph, export_checkpoint
+from genlab.export.reader import sample_latents
 from genlab.checkpoint import model_from_checkpoint
 from genlab.config import TrainConfig
 from genlab.models import MODELS
-from training.loop import train
+from genlab.training.loop import train
 
 LATENCY_BATCH, THROUGHPUT_BATCH = 1, 256
 BLOCK = 20  # latency calls per engine before switching to the other

@@ -44,8 +44,8 @@ def combinations(run_dir: Path, dataset: str, k: int, split: str, data_dir: str)
     (the validation images of class K) and averaged: the candidates the primary score was chosen from."""
     from itertools import combinations as pairs
 
-    from eval.anomaly import AnomalySettings, labelled_images, ranking_metrics
-    from eval.batches import ensure_source
+    from genlab.eval.anomaly import AnomalySettings, labelled_images, ranking_metrics
+    from genlab.eval.batches import ensure_source
     from genlab.data import load_split
 
     source = ensure_source(str(run_dir))
@@ -58,11 +58,11 @@ def combinations(run_dir: Path, dataset: str, k: int, split: str, data_dir: str)
 
 def one_run(family: str, dataset: str, k: int, steps: Optional[int], data_dir: str, run_dir: Path,
             fresh: bool, split: str = "test", with_pairs: bool = False, seed: int = 0) -> dict[str, Any]:
-    from eval.anomaly import evaluate_anomaly
+    from genlab.eval.anomaly import evaluate_anomaly
     from genlab.checkpoint import load_checkpoint
     from genlab.config import TrainConfig
     from genlab.run_dir import LAST_CHECKPOINT
-    from training.loop import resume, train
+    from genlab.training.loop import resume, train
 
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)

@@ -45,7 +45,7 @@ def _variants(texts: list[str]) -> dict[str, list[str]]:
 def run_one(family: str, overrides: list[str], epochs: int, out: Path) -> dict[str, Any]:
     from genlab.config import TrainConfig, parse_overrides, split_overrides
     from genlab.checkpoint import load_checkpoint
-    from training.loop import train
+    from genlab.training.loop import train
 
     model_kw, train_kw = split_overrides(parse_overrides(overrides))
     started = time.perf_counter()
@@ -71,14 +71,14 @@ def run_one(family: str, overrides: list[str], epochs: int, out: Path) -> dict[s
 
 def export_best(run_dir: Path) -> Path:
     """What a user serves: ``genlab export RUN_DIR`` (best.pt where there is one)."""
-    from export.onnx_export import export_checkpoint
+    from genlab.export.onnx_export import export_checkpoint
 
     export_checkpoint(str(run_dir), str(run_dir / "export"), overwrite=True)
     return run_dir / "export"
 
 
 def inception_figures(run_dir: Path, n: int) -> dict[str, Any]:
-    from eval.fid import compute_fid
+    from genlab.eval.fid import compute_fid
 
     result = compute_fid(str(export_best(run_dir)), ref="mnist-5k:heldout", n=n, metrics=("fid", "kid"), extractor="inception", progress=False)
     values = result["values"]

@@ -452,7 +452,7 @@ class Bench:
 
 def inprocess_rate(export: Path, duration: float, warmup: float) -> dict[str, Any]:
     """n=64 decode + np.save of the same latents as /generate n=64 seed 0, in this process, one ONNX Runtime thread."""
-    from export.reader import open_export, sample_latents
+    from genlab.export.reader import open_export, sample_latents
 
     model = open_export(export, providers="cpu", threads=1)
     z = sample_latents(GEN_BIG, model.latent_dim, GEN_BIG_SEED)
@@ -766,7 +766,7 @@ def _parse() -> argparse.Namespace:
 
 def _prepare(bench: Bench) -> dict[str, Any]:
     """Payloads and the in-process reference images; returns the model's description."""
-    from export.reader import open_export, sample_latents
+    from genlab.export.reader import open_export, sample_latents
 
     model = open_export(bench.export, providers="cpu", threads=1)
     digit = model.decode(sample_latents(1, model.latent_dim, 1))

@@ -44,7 +44,7 @@ from genlab.config import ModelConfig, TrainConfig
 from genlab.data import load_split
 from genlab.models import MODELS, build_model, model_class
 from genlab.pixels import uint8_to_model
-from training.loop import train
+from genlab.training.loop import train
 
 DATASET, BATCH = "mnist-5k", 64
 KINDS = ("loop", "loop_wall", "ceiling", "baseline")

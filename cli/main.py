@@ -35,7 +35,7 @@ def _typed_train_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _resume_changes(args: argparse.Namespace) -> dict[str, Any]:
     """With --resume, only the typed RESUME_OVERRIDABLE options override the checkpoint; any other is refused."""
-    from training.loop import RESUME_OVERRIDABLE
+    from genlab.training.loop import RESUME_OVERRIDABLE
 
     typed = _typed_train_options(args)
     refused = [flag for flag in typed if TRAIN_FLAGS[flag] not in RESUME_OVERRIDABLE]
@@ -49,7 +49,7 @@ def _resume_changes(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from training.loop import resume, train
+    from genlab.training.loop import resume, train
 
     if args.resume:
         summary = resume(args.family, args.out, _resume_changes(args))
@@ -86,15 +86,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from genlab.checkpoint import describe, load_checkpoint
-    from genlab.run_dir import BEST_CHECKPOINT
+    target = Path(args.checkpoint)
+    model_name = not target.exists() and "/" not in args.checkpoint and target.suffix != ".pt"
+    if (target / "manifest.json").is_file() or model_name:  # an export directory or a model in the BentoML store
+        from genlab.export.reader import read_export
 
-    info = describe(load_checkpoint(args.checkpoint))
-    best = Path(args.checkpoint) / BEST_CHECKPOINT
-    if best.is_file():  # a run directory: its best checkpoint too
-        described = describe(load_checkpoint(best))
-        info["best_checkpoint"] = {"path": str(best), "epoch": described["epoch"], "step": described["step"],
-                                   "complete": described["complete"], "metrics": described["last_epoch_metrics"]}
+        info = read_export(args.checkpoint).describe()
+    else:
+        info = _checkpoint_info(target)
 
     def text(d: dict[str, Any]) -> str:
         lines = []
@@ -108,6 +107,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     print_result(info, args.json, text)
     return 0
+
+
+def _checkpoint_info(target) -> dict[str, Any]:
+    from genlab.checkpoint import describe, load_checkpoint
+    from genlab.run_dir import BEST_CHECKPOINT
+
+    info = describe(load_checkpoint(target))
+    best = target / BEST_CHECKPOINT
+    if best.is_file():  # a run directory: its best checkpoint too
+        described = describe(load_checkpoint(best))
+        info["best_checkpoint"] = {"path": str(best), "epoch": described["epoch"], "step": described["step"],
+                                   "complete": described["complete"], "metrics": described["last_epoch_metrics"]}
+    return info
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,22 +159,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("info", help="print what a checkpoint holds")
-    p.add_argument("checkpoint", help="a checkpoint file or a run directory (last.pt, and best.pt where there is one)")
+    p = sub.add_parser("info", help="print what a checkpoint or an export holds")
+    p.add_argument("checkpoint", metavar="CHECKPOINT|EXPORT",
+                   help="a checkpoint file, a run directory (last.pt, and best.pt where there is one), an export "
+                        "directory or a model in the BentoML store")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
 
-    from export.commands import register as register_export
+    from genlab.export.commands import register as register_export
 
     register_export(sub)
 
-    from service.commands import register as register_serve
+    from genlab.service.commands import register as register_serve
 
     register_serve(sub)
-    from eval.commands import register as register_eval
+    from genlab.eval.commands import register as register_eval
 
     register_eval(sub)
     return parser
+
+
+# Where each stage's third-party modules come from: a command run without its extra says what to install.
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("torch", "torchvision", "tqdm", "matplotlib", "mlxtend", "torch_fidelity", "sklearn", "scipy"), "train"),
+    **dict.fromkeys(("onnx", "onnxscript"), "export"),
+    **dict.fromkeys(("onnxruntime", "bentoml", "pydantic", "python_multipart", "starlette"), "serve"),
+}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -172,6 +194,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except GenlabError as err:
         print(f"genlab {args.command}: error: {err}", file=sys.stderr)
         return getattr(err, "exit_code", 2)
+    except ModuleNotFoundError as err:
+        extra = EXTRA_OF_MODULE.get((err.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"genlab {args.command}: error: {err.name} is not installed; genlab {args.command} needs the "
+              f"{extra} extra: pip install 'genlab[{extra}]'", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"genlab {args.command}: interrupted", file=sys.stderr)
         return 130

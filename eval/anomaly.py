@@ -134,7 +134,7 @@ def evaluate_anomaly(
     trained on alone (one-class runs). Returns every setting, the counts and, per score
     component, AUROC, AUPRC and the TPR / FPR at the calibrated ``percentile`` threshold.
     """
-    from eval.batches import ensure_source, normal_class_of
+    from genlab.eval.batches import ensure_source, normal_class_of
 
     source = ensure_source(model)
     settings = AnomalySettings(

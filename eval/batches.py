@@ -13,7 +13,7 @@ T = TypeVar("T")
 def ensure_source(model: Any, device: str = "auto") -> Any:
     """A checkpoint / run dir / export dir path -> ModelSource; a ModelSource passes through."""
     if isinstance(model, (str, os.PathLike)):
-        from eval.model_source import open_model
+        from genlab.eval.model_source import open_model
 
         return open_model(model, device=device)
     return model

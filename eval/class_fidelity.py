@@ -102,7 +102,7 @@ def measure(model: Any, n: int = 1000, seed: int = 0, data_dir: str = "data", ba
     """Class fidelity of ``n`` samples for balanced, seeded labels of a conditional model (checkpoint, run dir, export
     dir, BentoML tag or ModelSource). Keys: class_fidelity, class_fidelity_per_class, classifier_test_accuracy,
     classifier_test_accuracy_per_class, n, n_per_class, seed, classifier, ... (see the module docstring)."""
-    from eval.batches import ensure_source
+    from genlab.eval.batches import ensure_source
 
     if int(n) < 1:
         raise GenlabError(f"class fidelity needs at least one sample, got n={n}")

@@ -13,7 +13,7 @@ from genlab.console import Parser, print_result
 from genlab.devices import DEVICE_HELP
 from genlab.families import FAMILY_NAMES
 
-from eval.fid_command import add_parser as add_fid_parser
+from genlab.eval.fid_command import add_parser as add_fid_parser
 
 
 def _float_list(text: str) -> list[float]:
@@ -28,8 +28,8 @@ def _name_list(text: str) -> list[str]:
 
 
 def _cmd_anomaly(args: argparse.Namespace) -> int:
-    from eval.anomaly import evaluate_anomaly, result_name, summary_line
-    from eval.results import save_result
+    from genlab.eval.anomaly import evaluate_anomaly, result_name, summary_line
+    from genlab.eval.results import save_result
 
     result = evaluate_anomaly(args.model, dataset=args.dataset, normal_class=args.normal_class, ood=args.ood,
                               split=args.split, data_dir=args.data_dir, percentile=args.percentile,
@@ -41,8 +41,8 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
 
 
 def _cmd_translation(args: argparse.Namespace) -> int:
-    from eval.results import save_result
-    from eval.translation import evaluate_translation, result_name, summary_line
+    from genlab.eval.results import save_result
+    from genlab.eval.translation import evaluate_translation, result_name, summary_line
 
     result = evaluate_translation(args.model, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
                                   fractions=tuple(args.shifts), n=args.n, seed=args.seed, batch_size=args.batch_size)
@@ -53,8 +53,8 @@ def _cmd_translation(args: argparse.Namespace) -> int:
 
 
 def _cmd_class_fidelity(args: argparse.Namespace) -> int:
-    from eval.class_fidelity import measure, result_name, summary_line
-    from eval.results import save_result
+    from genlab.eval.class_fidelity import measure, result_name, summary_line
+    from genlab.eval.results import save_result
 
     result = measure(args.model, n=args.n, seed=args.seed, data_dir=args.data_dir, batch_size=args.batch_size,
                      device=args.device)
@@ -73,7 +73,7 @@ def _run_dir_of(model: str) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from eval.report import ReportSettings, write_report
+    from genlab.eval.report import ReportSettings, write_report
 
     settings = ReportSettings(compute=not args.no_compute, data_dir=args.data_dir, n=args.n, fidelity_n=args.fidelity_n)
     result = write_report(args.runs, args.out, settings)
@@ -82,7 +82,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from eval.sweep import SweepSettings, run_sweep
+    from genlab.eval.sweep import SweepSettings, run_sweep
 
     settings = SweepSettings(
         families=tuple(args.families), lrs=tuple(args.lrs), dataset=args.dataset, data_dir=args.data_dir,
@@ -99,12 +99,12 @@ def _cmd_serve_jobs(args: argparse.Namespace) -> int:
     import os
     import sys
 
-    from eval.jobs_supervisor import serve
+    from genlab.eval.jobs_supervisor import serve
 
     env = dict(os.environ)
     if args.models:
         env["GENLAB_EVAL_MODELS"] = args.models
-    command = [sys.executable, "-m", "bentoml", "serve", "eval.jobs_service:EvalJobs", "--host", args.host, "--port", str(args.port)]
+    command = [sys.executable, "-m", "bentoml", "serve", "genlab.eval.jobs_service:EvalJobs", "--host", args.host, "--port", str(args.port)]
     return serve(command, env)
 
 

@@ -46,7 +46,7 @@ def resolve_extractor(choice: str, dataset: str, image_shape: tuple[int, int, in
     """An extractor choice -> registered torch-fidelity extractor with its weights in place (lenet on CelebA:
     trained to tell ``condition_on`` apart, the only labels CelebA has)."""
     if choice == "inception":
-        from eval.inception import resolve_inception_weights
+        from genlab.eval.inception import resolve_inception_weights
 
         weights = resolve_inception_weights(inception_weights)
         return Extractor("inception", "inception-v3-compat", weights.path, weights.source, weights.identity, "2048",

@@ -198,9 +198,9 @@ def fid_from_settings(s: FidSettings) -> dict[str, Any]:
     from genlab import __version__
 
     from genlab.cache import cache_dir
-    from eval.class_fidelity import images_to_class_fidelity, require_conditional
-    from eval.extractors import resolve_extractor
-    from eval.model_source import open_model
+    from genlab.eval.class_fidelity import images_to_class_fidelity, require_conditional
+    from genlab.eval.extractors import resolve_extractor
+    from genlab.eval.model_source import open_model
 
     source = open_model(s.model, s.device)
     if s.per_class:
@@ -329,7 +329,7 @@ def per_class_text(per_class: dict[str, dict[str, Any]]) -> str:
 
 def summary_line(result: dict[str, Any]) -> str:
     """One line: the numbers (per class and class fidelity, for a conditional model) and the settings they were computed under."""
-    from eval.class_fidelity import fidelity_text
+    from genlab.eval.class_fidelity import fidelity_text
 
     parts = [values_text(result["values"])]
     if result.get("per_class"):

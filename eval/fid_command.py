@@ -14,8 +14,8 @@ from typing import Any
 
 from genlab.devices import DEVICE_HELP
 
-from eval.extractors import EXTRACTOR_CHOICES
-from eval.fid import METRICS, OF_CHOICES
+from genlab.eval.extractors import EXTRACTOR_CHOICES
+from genlab.eval.fid import METRICS, OF_CHOICES
 
 
 def _metrics(text: str) -> tuple[str, ...]:
@@ -71,8 +71,8 @@ def save_directory(args: argparse.Namespace, result: dict[str, Any]) -> Path | N
 
 
 def run_fid_command(args: argparse.Namespace) -> int:
-    from eval.fid import compute_fid, result_name, summary_line
-    from eval.results import save_result
+    from genlab.eval.fid import compute_fid, result_name, summary_line
+    from genlab.eval.results import save_result
 
     result = compute_fid(args.model, ref=args.ref, n=args.n, metrics=args.metrics, of=args.of,
                          batch_size=args.batch_size, device=args.device, seed=args.seed, extractor=args.extractor,

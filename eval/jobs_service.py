@@ -15,7 +15,7 @@ Nothing in a request is trusted as a path: the service is started with a fixed m
 must be an entry directly under that root (a run directory with a checkpoint or an export
 directory with a manifest); datasets come from genlab's registry only (no ``folder:``).
 A bad request is answered 400 at submit time with ``{"error", "field"}``, as the serving API does. Serve with
-``genlab eval serve-jobs --port 3001`` or ``bentoml serve eval.jobs_service:EvalJobs``.
+``genlab eval serve-jobs --port 3001`` or ``bentoml serve genlab.eval.jobs_service:EvalJobs``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from genlab.errors import GenlabError
 from genlab.run_dir import is_run_dir
 from genlab.thresholds import DEFAULT_PERCENTILE
 
-from eval.extractors import EXTRACTOR_CHOICES
-from eval.fid import METRICS, OF_CHOICES
+from genlab.eval.extractors import EXTRACTOR_CHOICES
+from genlab.eval.fid import METRICS, OF_CHOICES
 
 MODELS_ENV = "GENLAB_EVAL_MODELS"
 MAX_FID_N = 50_000
@@ -187,7 +187,7 @@ class EvalJobs:
         percentile: Annotated[float, Field(ge=0.0, le=100.0)] = DEFAULT_PERCENTILE,
     ) -> dict[str, Any]:
         """AUROC / AUPRC and TPR / FPR at the calibrated threshold per score (one-class or --ood protocol)."""
-        from eval.anomaly import evaluate_anomaly
+        from genlab.eval.anomaly import evaluate_anomaly
 
         return _run(lambda: evaluate_anomaly(str(model_path(model)), dataset=dataset, normal_class=normal_class, ood=ood,
                                              split=split, data_dir=_data_dir(), percentile=percentile))
@@ -207,7 +207,7 @@ class EvalJobs:
     ) -> dict[str, Any]:
         """FID / KID / precision-recall of samples or reconstructions against a registered dataset split (``per_class``:
         a conditional model's numbers for each class too)."""
-        from eval.fid import compute_fid
+        from genlab.eval.fid import compute_fid
 
         return _run(lambda: compute_fid(str(model_path(model)), ref=reference, split=split, n=n, metrics=tuple(dict.fromkeys(metrics)), of=of,
                                         seed=seed, extractor=extractor, data_dir=_data_dir(), progress=False, per_class=per_class))

@@ -26,7 +26,7 @@ from genlab.devices import onnx_providers, resolve_device
 from genlab.errors import GenlabError
 from genlab.run_dir import LAST_CHECKPOINT, checkpoint_file, is_run_dir
 
-from eval.batches import in_batches
+from genlab.eval.batches import in_batches
 
 LABEL_KEY = "label"  # the key under which scores name a conditional model's class (torch and the export reader alike)
 T = TypeVar("T")
@@ -208,7 +208,7 @@ class CheckpointSource(ModelSource):
     kind = "checkpoint"
 
     def __init__(self, path: str | os.PathLike, device: str = "auto"):
-        from export.onnx_export import class_info
+        from genlab.export.onnx_export import class_info
         from genlab.checkpoint import load_checkpoint, model_from_checkpoint
 
         file = checkpoint_file(path)
@@ -266,7 +266,7 @@ class OnnxSource(ModelSource):
     kind = "onnx"
 
     def __init__(self, reference: str | os.PathLike, device: str = "auto"):
-        from export.reader import open_export
+        from genlab.export.reader import open_export
 
         self.export = open_export(reference, providers=onnx_providers(device))
         manifest = self.export.manifest
@@ -296,7 +296,7 @@ class OnnxSource(ModelSource):
 
 def open_model(path: str, device: str = "auto") -> ModelSource:
     """MODEL -> ModelSource: export dir (manifest.json), checkpoint file or run dir, or BentoML tag."""
-    from export.reader import MANIFEST
+    from genlab.export.reader import MANIFEST
 
     candidate = Path(str(path)).expanduser()
     if candidate.is_dir() and (candidate / MANIFEST).is_file():

@@ -146,7 +146,7 @@ def result_groups(result: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
 
 # -- one run ---------------------------------------------------------------------------------
 def run_identity(path: Path) -> dict[str, Any]:
-    from export.onnx_export import class_info
+    from genlab.export.onnx_export import class_info
     from genlab.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
@@ -207,9 +207,9 @@ def _grid_is_current(path: Path) -> bool:
 
 def compute_missing(path: Path, identity: dict[str, Any], settings: ReportSettings) -> dict[str, str]:
     """Compute and save the cheap results a run lacks; returns {group: note} for what could not be."""
-    from eval import anomaly, class_fidelity, translation
-    from eval.batches import ensure_source
-    from eval.results import load_results, save_result
+    from genlab.eval import anomaly, class_fidelity, translation
+    from genlab.eval.batches import ensure_source
+    from genlab.eval.results import load_results, save_result
 
     results = load_results(path)
     notes: dict[str, str] = {}
@@ -239,7 +239,7 @@ def compute_missing(path: Path, identity: dict[str, Any], settings: ReportSettin
 
 
 def gather_run(path: Path, label: str, settings: ReportSettings) -> RunEntry:
-    from eval.results import load_results
+    from genlab.eval.results import load_results
 
     identity = run_identity(path)
     entry = RunEntry(label, path, identity)

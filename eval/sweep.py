@@ -63,7 +63,7 @@ def train_or_resume(family: str, lr: float, settings: SweepSettings, run_dir: Pa
     """Train one run, or resume it from its checkpoint with the sweep's epochs, max steps and device
     (a finished run returns at once; its other settings stay as they were trained)."""
     from genlab.config import parse_overrides, split_overrides
-    from training.loop import resume, train
+    from genlab.training.loop import resume, train
 
     resumed = is_run_dir(run_dir)
     if resumed:
@@ -80,7 +80,7 @@ def train_or_resume(family: str, lr: float, settings: SweepSettings, run_dir: Pa
 
 def run_sweep(settings: SweepSettings, out: str | os.PathLike) -> dict[str, Any]:
     """Train every (family, lr) (resuming what exists), then write OUT/report/ with the cheap evaluations."""
-    from eval.report import ReportSettings, write_report
+    from genlab.eval.report import ReportSettings, write_report
 
     out = Path(out)
     runs = []

@@ -69,7 +69,7 @@ def evaluate_translation(
     ``n`` held-out images are drawn (seeded) from ``dataset`` (default: the model's own);
     the same images and directions are used at every shift.
     """
-    from eval.batches import ensure_source
+    from genlab.eval.batches import ensure_source
     from genlab.data import load_split
 
     source = ensure_source(model)

@@ -8,8 +8,8 @@ from typing import Any
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from genlab.console import print_result
-    from export.onnx_export import default_name, export_checkpoint
-    from export.store import check_name
+    from genlab.export.onnx_export import default_name, export_checkpoint
+    from genlab.export.store import check_name
     from genlab.run_dir import checkpoint_file
 
     if args.bento and not args.no_bento:
@@ -27,7 +27,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         "bento_tag": None,
     }
     if not args.no_bento:
-        from export.store import save_to_store
+        from genlab.export.store import save_to_store
 
         result["bento_tag"] = save_to_store(args.out, args.bento or default_name(manifest["family"], manifest["dataset"]["dataset"]))
 
@@ -43,7 +43,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from genlab.console import print_result
-    from export.store import list_models
+    from genlab.export.store import list_models
 
     def text(rows: list[dict[str, Any]]) -> str:
         if not rows:

@@ -40,7 +40,7 @@ from genlab.models import GenerativeModel
 from genlab.pixels import model_to_uint8, uint8_to_model
 from genlab.run_dir import checkpoint_file
 
-from export.reader import FORMAT, FORMAT_VERSION, MANIFEST, SCORED_LABEL, ExportedModel, sample_latents
+from genlab.export.reader import FORMAT, FORMAT_VERSION, MANIFEST, SCORED_LABEL, ExportedModel, sample_latents
 
 PARITY_BATCHES = (1, 5)
 FLOAT_TOLERANCE = 1e-4  # absolute; relative to the value above 1 (scores in nats can be in the hundreds)

@@ -128,6 +128,21 @@ class ExportedModel:
             raise ExportError(f"{len(labels)} labels for {n} inputs")
         return (labels,)
 
+    def describe(self) -> dict[str, Any]:
+        """What ``genlab info`` prints for an export: what it is, what it was trained on, what it can answer."""
+        m, training = self.manifest, self.manifest["training"]
+        return {
+            "export": str(self.path), "name": self.name, "family": self.family, "format_version": m["format_version"],
+            "genlab_version": m.get("genlab_version"), "created": m.get("created"),
+            "image": "x".join(map(str, self.image_shape)), "latent_dim": self.latent_dim,
+            "prior": m["latent"].get("prior"), "conditional": self.conditional, "classes": self.class_names,
+            "graphs": sorted(m["graphs"]), "scores": m["scores"]["names"],
+            "dataset": m["dataset"].get("dataset"),
+            "training": {"epoch": training.get("epoch"), "step": training.get("step"),
+                         "complete": training.get("complete"), "seed": training.get("seed")},
+            "source": m.get("source", {}),
+        }
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         image = self.manifest["image"]

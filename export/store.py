@@ -15,7 +15,7 @@ from typing import Any
 
 from genlab.errors import GenlabError
 
-from export.reader import open_export, read_manifest
+from genlab.export.reader import open_export, read_manifest
 
 LABEL = "genlab-export"  # label that marks the store entries genlab wrote
 LOADER = open_export.__module__  # the module that opens a stored export (BentoML records it as the model's module)

@@ -4,7 +4,7 @@ This is the one import from the core package up to the command line, allowed by 
 import-linter contract (pyproject.toml).
 """
 
-from cli.main import main
+from genlab.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

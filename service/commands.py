@@ -1,4 +1,4 @@
-"""``genlab serve``: check the models, then run ``bentoml serve service.service:Genlab``."""
+"""``genlab serve``: check the models, then run ``bentoml serve genlab.service.service:Genlab``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def verify_models(references: list[str]) -> list[str]:
     """Check every export in full (manifest and every file's sha256) before any server starts, so that a problem is
     one line here rather than a traceback in a worker (each worker checks again what it loads). Returns the model
     names."""
-    from export.reader import read_manifest, resolve
+    from genlab.export.reader import read_manifest, resolve
 
     names: list[str] = []
     for reference in references:
@@ -28,7 +28,7 @@ def verify_models(references: list[str]) -> list[str]:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from service.settings import DEFAULT_MODEL
+    from genlab.service.settings import DEFAULT_MODEL
 
     references = args.model or [DEFAULT_MODEL]
     names = verify_models(references)
@@ -38,7 +38,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
            "GENLAB_WORKERS": str(args.workers), "GENLAB_BATCHING": "off" if args.no_batching else args.batching,
            "GENLAB_ACCESS_LOG": "1" if args.access_log else "0", "GENLAB_ORT_THREADS": str(args.ort_threads),
            "OTEL_SDK_DISABLED": os.environ.get("OTEL_SDK_DISABLED", "true")}  # see service/service.py
-    command = [sys.executable, "-m", "bentoml", "serve", "service.service:Genlab", "--host", args.host, "--port", str(args.port)]
+    command = [sys.executable, "-m", "bentoml", "serve", "genlab.service.service:Genlab", "--host", args.host, "--port", str(args.port)]
     guarded = ", API key required" if os.environ.get("GENLAB_API_KEY") else ""
     print(f"serving {', '.join(names)} on http://{args.host}:{args.port} ({args.workers} worker(s){guarded}; Ctrl-C stops)",
           file=sys.stderr, flush=True)
@@ -47,7 +47,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from service.settings import BATCHING_CHOICES
+    from genlab.service.settings import BATCHING_CHOICES
 
     p = sub.add_parser("serve", help="serve exported models over HTTP (generate, reconstruct, anomaly-score)",
                        description="Start the BentoML service on one or more exported models; the first is the default. "

@@ -29,7 +29,7 @@ import hmac
 import json
 from typing import Any, Awaitable, Callable
 
-from service.forms import FormError, FormLimits, media_parameters, multipart_boundary, multipart_parts, urlencoded_parts
+from genlab.service.forms import FormError, FormLimits, media_parameters, multipart_boundary, multipart_parts, urlencoded_parts
 
 JSON_BYTES_PER_VALUE = 32  # room for a float with all its digits: a JSON body's bytes are bounded with its values
 Scope = dict[str, Any]

@@ -21,9 +21,9 @@ from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
-from export.reader import ExportedModel, read_export, resolve
-from service.settings import Settings
-from service.work import WorkPool
+from genlab.export.reader import ExportedModel, read_export, resolve
+from genlab.service.settings import Settings
+from genlab.service.work import WorkPool
 
 log = logging.getLogger("genlab.service")
 INLINE_ROWS = 16  # unmerged graph calls on at most this many rows run on the event loop, larger ones in the pool

@@ -1,6 +1,6 @@
 """The genlab HTTP service: generate, reconstruct and anomaly-score over exported ONNX models.
 
-    bentoml serve service.service:Genlab          (or: genlab serve --model NAME|EXPORT_DIR ...)
+    bentoml serve genlab.service.service:Genlab          (or: genlab serve --model NAME|EXPORT_DIR ...)
 
 Endpoints (all POST):
     /generate        n, seed, z, temperature, label, format, model -> PNG grid | base64 PNGs | array | .npy
@@ -42,21 +42,21 @@ from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
-from export.reader import ExportedModel, read_export, resolve, sample_latents
+from genlab.export.reader import ExportedModel, read_export, resolve, sample_latents
 from genlab import __version__
 from genlab.families import FAMILIES
 from genlab.imageio import encode_png, tile
 from genlab.latents import balanced_labels
 from genlab.measures import ANOMALY_MAP_MEANING, RECON_ERROR_MEANING, anomaly_map, recon_error
 from genlab.thresholds import DEFAULT_PERCENTILE, normalized, percentile_of, quantile
-from service.edge import Edge
-from service.forms import FormLimits
-from service.inputs import (Labels, RequestError, array_to_images, check_image_source, images_from_npy, images_from_uploads,
+from genlab.service.edge import Edge
+from genlab.service.forms import FormLimits
+from genlab.service.inputs import (Labels, RequestError, array_to_images, check_image_source, images_from_npy, images_from_uploads,
                             labels_from_npy, labels_from_request, latents_from_npy, latents_from_request, optional_file)
-from service.openapi import fix_spec
-from service.runtime import Runner, open_runners
-from service.settings import HEALTH_PATHS, SETTINGS
-from service.work import WorkPool
+from genlab.service.openapi import fix_spec
+from genlab.service.runtime import Runner, open_runners
+from genlab.service.settings import HEALTH_PATHS, SETTINGS
+from genlab.service.work import WorkPool
 
 log = logging.getLogger("genlab.service")
 MAX = SETTINGS.max_images

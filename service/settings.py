@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from service.inputs import UploadLimits
+from genlab.service.inputs import UploadLimits
 
 DEFAULT_MODEL = "genlab-vaegan-mnist-5k"  # what the quickstart trains and exports
 BATCHING_CHOICES = ("auto", "on", "off")

@@ -134,3 +134,26 @@ def bentoml_test_client(service):
     service.inject_config()  # what service.to_asgi() does first; it would reset the switch below
     BentoMLContainer.api_server_config.metrics.enabled.set(False)
     return TestClient(ServiceAppFactory(service, is_main=True)())
+
+
+@pytest.fixture(scope="session")
+def installed_genlab(tmp_path_factory) -> Path:
+    """genlab as `pip install` lays it out: the wheel setuptools builds from this tree, unpacked into a folder
+    (what site-packages would hold). Built from a copy, so the checkout gains no build/ or egg-info."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = Path(__file__).resolve().parents[1]
+    source, wheels, site = (tmp_path_factory.mktemp(name) for name in ("source", "wheels", "site-packages"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, source / name)
+    for name in ("genlab", "training", "export", "service", "eval", "cli"):
+        shutil.copytree(repo / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                            "--wheel-dir", str(wheels), str(source)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = wheels.glob("genlab-*.whl")
+    zipfile.ZipFile(wheel).extractall(site)
+    return site

@@ -16,7 +16,7 @@ QUICK = dict(dataset="mnist-5k", batch_size=32, log_every=5, sample_count=16)
 
 def train_tiny(out: Path, family: str, model: Optional[dict[str, Any]] = None, **kw) -> Path:
     """Train a TINY ``family`` model into ``out`` (``model``: more model settings, e.g. conditional=True)."""
-    from training.loop import train
+    from genlab.training.loop import train
 
     train(family, {**TINY, **(model or {})}, TrainConfig(**{**QUICK, **kw}), out)
     return out

@@ -65,7 +65,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(models: list[Path], log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> Iterator[str]:
+def running_server(models: list[Path], log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+                   cwd: Path = REPO) -> Iterator[str]:
     """`genlab serve` on a free port until the block ends; yields its URL. On the way out the whole log must be
     free of tracebacks: no request, good or bad, may make a server error."""
     import httpx
@@ -73,7 +74,7 @@ def running_server(models: list[Path], log_path: Path, env: dict[str, str] | Non
     port = free_port()
     command = [sys.executable, "-m", "genlab", "serve", *[a for m in models for a in ("--model", str(m))], "--port", str(port), *args]
     with open(log_path, "w+") as log:
-        proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        proc = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
         url = f"http://127.0.0.1:{port}"
         try:

@@ -182,7 +182,7 @@ def test_stroke_error_is_the_error_per_pixel_of_either_stroke():
 
 def test_one_class_vae_runs_get_their_own_learning_rate(tmp_path):
     """The VAE's one-class lr (measured: 2e-4 leaves it underfit after ONE_CLASS_STEPS); other runs keep the family's."""
-    from training.loop import new_run_configs
+    from genlab.training.loop import new_run_configs
 
     assert new_run_configs("vae", {}, TrainConfig(normal_class=3), tmp_path / "a")[1].lr == 1e-3
     assert new_run_configs("vae", {}, TrainConfig(), tmp_path / "b")[1].lr == 2e-4

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
+from genlab.cli.main import main
 from genlab.families import FAMILY_NAMES
 from genlab.models import MODELS
 

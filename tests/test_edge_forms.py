@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from service.edge import Edge
-from service.forms import FormLimits, json_depth
+from genlab.service.edge import Edge
+from genlab.service.forms import FormLimits, json_depth
 
 ROUTE = "/reconstruct"
 FILE_FIELDS = frozenset({"images"})

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from eval.anomaly import evaluate_anomaly, ranking_metrics, result_name, scores_to_metrics, threshold_rates
+from genlab.eval.anomaly import evaluate_anomaly, ranking_metrics, result_name, scores_to_metrics, threshold_rates
 from genlab.errors import GenlabError
 from tests.eval_fixtures import all_class_gan, conditional_vaegan, one_class_vae  # noqa: F401 (fixtures)
 
@@ -102,7 +102,7 @@ def test_all_class_model_needs_a_class_or_ood(all_class_gan):
 
 
 def test_cli_anomaly(one_class_vae, capsys):
-    from cli.main import main
+    from genlab.cli.main import main
 
     assert main(["eval", "anomaly", str(one_class_vae), "--json", "--save"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -28,13 +28,13 @@ SMALL = dict(dataset="mnist-5k", normal_class=1, batch_size=32, log_every=5, sam
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     """No test reaches for the network: torch-fidelity's download always 'fails'."""
-    import eval.inception as inception
+    import genlab.eval.inception as inception
 
     monkeypatch.setattr(inception, "_download", lambda url, path: None)
 
 
 def _train(out: Path, family: str) -> Path:
-    from training.loop import train
+    from genlab.training.loop import train
 
     train(family, dict(TINY), TrainConfig(**SMALL), out)
     return out / "last.pt"
@@ -48,7 +48,7 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lenet(genlab_cache):
-    from eval.extractors import resolve_extractor
+    from genlab.eval.extractors import resolve_extractor
 
     return resolve_extractor("lenet", "mnist-5k", (1, 28, 28))
 
@@ -60,7 +60,7 @@ def _reference(n: int = 120) -> np.ndarray:
 
 
 def _features(extractor, images: np.ndarray) -> np.ndarray:
-    from eval.extractors import lenet_feature_extractor_class
+    from genlab.eval.extractors import lenet_feature_extractor_class
 
     net = lenet_feature_extractor_class()(extractor.name, [extractor.feature_layer],
                                           feature_extractor_weights_path=extractor.weights_path)
@@ -89,7 +89,7 @@ def _numpy_kid(f1: np.ndarray, f2: np.ndarray) -> float:
 
 # -- numbers --------------------------------------------------------------------------------------
 def test_fid_of_a_set_against_itself_is_zero(lenet):
-    from eval.fid import images_to_metrics
+    from genlab.eval.fid import images_to_metrics
 
     images = _reference(100)
     values = images_to_metrics(images, images.copy(), lenet, ("fid",), 32, False, 0, None)
@@ -99,7 +99,7 @@ def test_fid_of_a_set_against_itself_is_zero(lenet):
 
 
 def test_fid_and_kid_match_a_numpy_scipy_reference(lenet):
-    from eval.fid import images_to_metrics
+    from genlab.eval.fid import images_to_metrics
 
     reference = _reference(120)
     other = np.ascontiguousarray(reference[::-1][:100] // 2 + 40)  # a different, related set
@@ -121,7 +121,7 @@ def _kid_subsets(n1: int, n2: int, size: int, seed: int):
 
 
 def test_result_does_not_depend_on_batch_size(runs):
-    from eval.fid import compute_fid
+    from genlab.eval.fid import compute_fid
 
     a = compute_fid(str(runs["vae"]), n=64, extractor="lenet", batch_size=7, progress=False)
     b = compute_fid(str(runs["vae"]), n=64, extractor="lenet", batch_size=64, progress=False)
@@ -131,7 +131,7 @@ def test_result_does_not_depend_on_batch_size(runs):
 
 
 def test_result_records_every_setting(runs):
-    from eval.fid import compute_fid, summary_line
+    from genlab.eval.fid import compute_fid, summary_line
 
     result = compute_fid(str(runs["vae"].parent), ref="mnist-5k:val", n=40, metrics=("fid", "kid", "prc"),
                          extractor="lenet", seed=3, progress=False)
@@ -148,8 +148,8 @@ def test_result_records_every_setting(runs):
 
 
 def test_reconstructions_need_an_encoder(runs, tmp_path):
-    from eval.fid import compute_fid
-    from export.onnx_export import export_checkpoint
+    from genlab.eval.fid import compute_fid
+    from genlab.export.onnx_export import export_checkpoint
     from tests.service_fixtures import without_encoder
 
     result = compute_fid(str(runs["vae"]), n=30, of="reconstructions", extractor="lenet", metrics=("fid",), progress=False)
@@ -162,7 +162,7 @@ def test_reconstructions_need_an_encoder(runs, tmp_path):
 
 
 def test_reference_cache_name_changes_with_every_setting():
-    from eval.fid import reference_cache_name
+    from genlab.eval.fid import reference_cache_name
 
     base = dict(dataset="mnist-5k", split="test", image_shape=(1, 28, 28), extractor_name="inception-v3-compat",
                 weights_identity="tf2015-fid-helper", n=500)
@@ -178,8 +178,8 @@ def test_reference_cache_name_changes_with_every_setting():
 
 
 def test_bad_inputs_are_one_line_errors(runs, tmp_path):
-    from eval.fid import compute_fid, parse_reference
-    from eval.model_source import open_model
+    from genlab.eval.fid import compute_fid, parse_reference
+    from genlab.eval.model_source import open_model
 
     assert parse_reference(None, "mnist-5k") == ("mnist-5k", "test")
     assert parse_reference("cifar10:train", "x") == ("cifar10", "train")
@@ -194,7 +194,7 @@ def test_bad_inputs_are_one_line_errors(runs, tmp_path):
 
 
 def test_cli_prints_one_summary_line_and_saves_in_the_run(runs, capsys):
-    from cli.main import main
+    from genlab.cli.main import main
 
     assert main(["eval", "fid", str(runs["vae"]), "--n", "20", "--extractor", "lenet", "--metrics", "fid"]) == 0
     out = capsys.readouterr().out.strip()
@@ -205,9 +205,9 @@ def test_cli_prints_one_summary_line_and_saves_in_the_run(runs, capsys):
 
 # -- checkpoint vs export -------------------------------------------------------------------------
 def test_checkpoint_and_its_onnx_export_give_the_same_fid(runs, tmp_path):
-    from eval.fid import compute_fid
-    from eval.model_source import open_model
-    from export.onnx_export import export_checkpoint
+    from genlab.eval.fid import compute_fid
+    from genlab.eval.model_source import open_model
+    from genlab.export.onnx_export import export_checkpoint
 
     export_checkpoint(runs["vae"], tmp_path / "export")
     ckpt, onnx = open_model(str(runs["vae"])), open_model(str(tmp_path / "export"))
@@ -229,7 +229,7 @@ def test_checkpoint_and_its_onnx_export_give_the_same_fid(runs, tmp_path):
 # -- conditional models ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def conditional_export(conditional_vaegan, tmp_path_factory):
-    from export.onnx_export import export_checkpoint
+    from genlab.export.onnx_export import export_checkpoint
 
     out = tmp_path_factory.mktemp("conditional-export") / "export"
     export_checkpoint(conditional_vaegan / "last.pt", out)
@@ -237,7 +237,7 @@ def conditional_export(conditional_vaegan, tmp_path_factory):
 
 
 def test_a_conditional_source_draws_balanced_labels_as_its_export_does(conditional_vaegan, conditional_export):
-    from eval.model_source import open_model
+    from genlab.eval.model_source import open_model
     from genlab.latents import balanced_labels
 
     ckpt, onnx = open_model(str(conditional_vaegan)), open_model(str(conditional_export))
@@ -265,7 +265,7 @@ def test_a_conditional_source_draws_balanced_labels_as_its_export_does(condition
 
 
 def test_an_unconditional_source_samples_as_before_and_takes_no_labels(runs):
-    from eval.model_source import open_model
+    from genlab.eval.model_source import open_model
     from genlab.latents import sample_latents
 
     source = open_model(str(runs["vae"]))
@@ -278,9 +278,9 @@ def test_an_unconditional_source_samples_as_before_and_takes_no_labels(runs):
 
 
 def test_pooled_and_per_class_fid_of_a_conditional_model(conditional_vaegan, lenet, capsys):
-    from cli.main import main
-    from eval.fid import class_reference, images_to_metrics, summary_line
-    from eval.model_source import open_model
+    from genlab.cli.main import main
+    from genlab.eval.fid import class_reference, images_to_metrics, summary_line
+    from genlab.eval.model_source import open_model
     from genlab.data import load_split
 
     assert main(["eval", "fid", str(conditional_vaegan), "--n", "60", "--extractor", "lenet", "--per-class", "--json"]) == 0
@@ -308,8 +308,8 @@ def test_pooled_and_per_class_fid_of_a_conditional_model(conditional_vaegan, len
 
 
 def test_class_fidelity_counts_the_samples_of_the_class_asked_for(conditional_vaegan, conditional_export):
-    from eval.class_fidelity import agreement_by_class, measure, predict_classes
-    from eval.model_source import open_model
+    from genlab.eval.class_fidelity import agreement_by_class, measure, predict_classes
+    from genlab.eval.model_source import open_model
     from genlab.classifier import load_classifier
 
     overall, per_class = agreement_by_class(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), ["a", "b", "c", "d"])
@@ -330,9 +330,9 @@ def test_class_fidelity_counts_the_samples_of_the_class_asked_for(conditional_va
 
 
 def test_per_class_and_class_fidelity_need_a_conditional_model(runs, conditional_vaegan, capsys):
-    from cli.main import main
-    from eval.class_fidelity import measure
-    from eval.fid import compute_fid
+    from genlab.cli.main import main
+    from genlab.eval.class_fidelity import measure
+    from genlab.eval.fid import compute_fid
 
     with pytest.raises(GenlabError, match="--per-class needs a conditional model"):
         compute_fid(str(runs["vae"]), n=20, extractor="lenet", per_class=True)
@@ -347,7 +347,7 @@ def test_per_class_and_class_fidelity_need_a_conditional_model(runs, conditional
 
 # -- Inception weights ----------------------------------------------------------------------------
 def test_converted_offline_weights_match_the_shipped_network(tmp_path, monkeypatch):
-    import eval.inception as inception
+    import genlab.eval.inception as inception
 
     source = inception.fid_helper_torchscript()
     if source is None:
@@ -367,8 +367,8 @@ def test_converted_offline_weights_match_the_shipped_network(tmp_path, monkeypat
 
 
 def test_inception_fid_end_to_end_on_a_few_images(runs, monkeypatch):
-    import eval.inception as inception
-    from eval.fid import compute_fid
+    import genlab.eval.inception as inception
+    from genlab.eval.fid import compute_fid
 
     if inception.fid_helper_torchscript() is None and inception.torch_fidelity_weights(download=False) is None:
         pytest.skip("no Inception weights on this machine")
@@ -379,8 +379,8 @@ def test_inception_fid_end_to_end_on_a_few_images(runs, monkeypatch):
 
 
 def test_missing_weights_give_the_clear_error(tmp_path, monkeypatch, capsys, runs):
-    import eval.inception as inception
-    from cli.main import main
+    import genlab.eval.inception as inception
+    from genlab.cli.main import main
 
     monkeypatch.setenv("GENLAB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))

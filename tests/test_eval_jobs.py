@@ -27,7 +27,7 @@ def client(one_class_vae, tmp_path_factory):
         mp.setenv("GENLAB_EVAL_MODELS", str(root))
         mp.setenv("BENTOML_RESULT_STORE", str(tmp / "tasks.db"))
         Sqlite3Store.init_db(str(tmp / "tasks.db"))
-        from eval.jobs_service import EvalJobs
+        from genlab.eval.jobs_service import EvalJobs
 
         with bentoml_test_client(EvalJobs) as c:
             yield c
@@ -93,7 +93,7 @@ def test_a_job_that_fails_reports_why(client):
 
 def test_a_fid_job_without_a_reference_uses_the_split_it_was_given(client, monkeypatch):
     """The job used to drop `split` when no `reference` was named, so every such job scored the test split."""
-    import eval.fid
+    import genlab.eval.fid
 
     seen = {}
 
@@ -101,7 +101,7 @@ def test_a_fid_job_without_a_reference_uses_the_split_it_was_given(client, monke
         seen.update(kwargs)
         return {"evaluation": "fid"}
 
-    monkeypatch.setattr(eval.fid, "compute_fid", fake_compute_fid)
+    monkeypatch.setattr(genlab.eval.fid, "compute_fid", fake_compute_fid)
     task_id = client.post("/fid/submit", json={"model": "vae-1", "split": "val", "n": 10, "extractor": "lenet"}).json()["task_id"]
     assert _wait(client, "fid", task_id) == "completed"
     assert seen["ref"] is None and seen["split"] == "val" and seen["extractor"] == "lenet" and seen["n"] == 10
@@ -174,7 +174,7 @@ def test_serve_jobs_binds_loopback_and_a_sigterm_stops_a_running_job(one_class_v
         task_id = job.json()["task_id"]
         time.sleep(2)
         assert httpx.get(f"{url}/fid/status", params={"task_id": task_id}).json()["status"] == "in_progress"
-        from eval.jobs_supervisor import descendants
+        from genlab.eval.jobs_supervisor import descendants
 
         family = descendants(proc.pid)
         assert len(family) >= 2  # the arbiter and its worker

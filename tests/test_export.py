@@ -24,20 +24,20 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import export.onnx_export as onnx_export
-from export.onnx_export import DecoderGraph, EncoderGraph, ExportFailed, ScoreGraph, export_checkpoint
-from export.reader import FORMAT_VERSION, ExportError, choose_providers, open_export, read_manifest, sample_latents
+import genlab.export.onnx_export as onnx_export
+from genlab.export.onnx_export import DecoderGraph, EncoderGraph, ExportFailed, ScoreGraph, export_checkpoint
+from genlab.export.reader import FORMAT_VERSION, ExportError, choose_providers, open_export, read_manifest, sample_latents
 from genlab import __version__
 from genlab.calibration import score_images
 from genlab.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from cli.main import main
+from genlab.cli.main import main
 from genlab.config import TrainConfig
 from genlab.errors import GenlabError
 from genlab.latents import balanced_labels
 from genlab.pixels import uint8_to_model
 from genlab.models import MODELS
 from tests.conftest import FAMILIES, TINY
-from training.loop import train
+from genlab.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES = (1, 3, 17)
@@ -342,7 +342,7 @@ def test_a_tampered_onnx_file_is_named(copy_of, graph):
     with pytest.raises(ExportError, match=rf"{graph}\.onnx: sha256 does not match") as err:
         open_export(out)
     assert len(str(err.value).splitlines()) == 1
-    from export.reader import read_export
+    from genlab.export.reader import read_export
 
     # skipping the hashes when the manifest is read does not skip them when the graphs are loaded
     with pytest.raises(ExportError, match=rf"{graph}\.onnx: sha256 does not match"):

@@ -49,7 +49,7 @@ def wrapped(*args, **kwargs):
         os.kill(os.getpid(), getattr(signal, sig))
     return original(*args, **kwargs)
 setattr(owner, name, wrapped)
-from cli.main import main
+from genlab.cli.main import main
 sys.exit(main(argv))
 """
 
@@ -108,7 +108,7 @@ def test_the_printed_resume_command_finishes_the_run(straight, tmp_path):
 @pytest.mark.parametrize("flag, value", [("--lr", "0.1"), ("--dataset", "mnist"), ("--batch-size", "8"), ("--set", "beta=2"),
                                          ("--arch", "mlp"), ("--normal-class", "3")])
 def test_resume_refuses_options_that_would_change_the_run(flag, value, straight, capsys):
-    from cli.main import main
+    from genlab.cli.main import main
 
     before = (straight / "last.pt").read_bytes()
     assert main(["train", "vae", "--out", str(straight), "--resume", flag, value]) == 2
@@ -146,7 +146,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(straight, tmp
 
 # -- export --------------------------------------------------------------------------------------
 def _opens_complete(directory: Path) -> bool:
-    from export.reader import ExportError, open_export
+    from genlab.export.reader import ExportError, open_export
 
     try:
         open_export(directory, providers="cpu")
@@ -156,9 +156,9 @@ def _opens_complete(directory: Path) -> bool:
 
 
 @pytest.mark.parametrize("target, nth, published", [
-    ("export.onnx_export:_check_onnx", 2, False),  # between two graphs
-    pytest.param("export.onnx_export:check_parity", 1, False, marks=pytest.mark.slow),  # graphs written, parity not checked
-    pytest.param("export.onnx_export:build_manifest", 1, False, marks=pytest.mark.slow),  # before the manifest
+    ("genlab.export.onnx_export:_check_onnx", 2, False),  # between two graphs
+    pytest.param("genlab.export.onnx_export:check_parity", 1, False, marks=pytest.mark.slow),  # graphs written, parity not checked
+    pytest.param("genlab.export.onnx_export:build_manifest", 1, False, marks=pytest.mark.slow),  # before the manifest
     ("os:replace", 1, False),  # everything flushed, before the rename that publishes
     ("genlab.files:fsync_directory", 2, True),  # just after that rename
 ])

@@ -12,8 +12,8 @@ from genlab.checkpoint import load_checkpoint
 from genlab.config import TrainConfig
 from genlab.data import load_split
 from tests.conftest import TINY
-from training.loop import train
-from training.quality_watch import COLLAPSE_EPOCHS, QualityWatch
+from genlab.training.loop import train
+from genlab.training.quality_watch import COLLAPSE_EPOCHS, QualityWatch
 
 SMALL = dict(dataset="mnist-5k", normal_class=1, batch_size=32, log_every=5, sample_count=16, quality_samples=64)
 
@@ -75,7 +75,7 @@ def test_best_pt_is_written_on_improvement_only_and_export_prefers_it(tmp_path, 
     assert [r["quality_fd"] for r in records if r["kind"] == "epoch"] == [7.0, 3.0, 5.0, 4.0]
     assert "(best)" in capsys.readouterr().err
 
-    from cli.main import main
+    from genlab.cli.main import main
 
     assert main(["export", str(tmp_path / "r"), "--out", str(tmp_path / "e"), "--no-bento", "--json"]) == 0
     exported = json.loads(capsys.readouterr().out)

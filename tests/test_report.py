@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from eval.report import ReportSettings, write_report
-from eval.results import save_result
-from eval.translation import evaluate_translation, shift_by_fraction
+from genlab.eval.report import ReportSettings, write_report
+from genlab.eval.results import save_result
+from genlab.eval.translation import evaluate_translation, shift_by_fraction
 from genlab.errors import GenlabError
 from tests.eval_fixtures import all_class_gan, conditional_vaegan, one_class_vae, train_tiny  # noqa: F401 (fixtures)
 
@@ -63,7 +63,7 @@ def test_report_tables_images_and_separate_settings(one_class_vae, all_class_gan
     # FID results as eval.fid saves them: two settings (N) for the VAE, another extractor for the GAN
     from types import SimpleNamespace
 
-    from eval.fid import result_name as fid_name, settings_line
+    from genlab.eval.fid import result_name as fid_name, settings_line
 
     inception = SimpleNamespace(label="FID", name="inception-v3-compat", weights_identity="abc123")
     lenet = SimpleNamespace(label="FD (genlab-lenet features)", name="genlab-lenet-mnist-5k", weights_identity="lenet-9f")
@@ -142,7 +142,7 @@ def test_report_without_compute_says_what_to_run(tmp_path):
 
 
 def test_sweep_trains_resumes_and_reports(tmp_path, capsys):
-    from cli.main import main
+    from genlab.cli.main import main
 
     argv = ["sweep", "--families", "vae,gan", "--lrs", "1e-3,2e-3", "--epochs", "1", "--max-steps", "2", "--batch-size", "16",
             "--set", "width=4", "--set", "hidden=16", "--set", "latent_dim=4", "--normal-class", "1",

@@ -37,10 +37,10 @@ def client(exports):
            "GENLAB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD)}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    for name in [m for m in sys.modules if m == "service" or m.startswith("service.")]:
+    for name in [m for m in sys.modules if m == "genlab.service" or m.startswith("genlab.service.")]:
         del sys.modules[name]
     try:
-        service = importlib.import_module("service.service")
+        service = importlib.import_module("genlab.service.service")
         with bentoml_test_client(service.Genlab) as c:
             yield c
     finally:
@@ -94,7 +94,7 @@ def test_generate_formats_agree(client):
 
 
 def test_generate_from_explicit_latents_matches_the_seeded_draw(client, exports):
-    from export.reader import read_export, sample_latents
+    from genlab.export.reader import read_export, sample_latents
 
     prior = read_export(exports["vaegan"]).prior
     assert prior is not None  # a VAE-GAN's seeded draws come from the mixture fitted to its training codes
@@ -195,7 +195,7 @@ def test_no_images_at_all(client):
 
 # -- anomaly-score ---------------------------------------------------------------------------------------
 def test_anomaly_scores_match_the_export_and_the_calibration(client, exports):
-    from export.reader import open_export
+    from genlab.export.reader import open_export
     from genlab.thresholds import percentile_of, quantile
 
     digits = np.array(_digits(client, 5, seed=3), np.uint8)
@@ -218,7 +218,7 @@ def test_anomaly_scores_match_the_export_and_the_calibration(client, exports):
 
 
 def test_anomaly_threshold_by_percentile_or_raw_value(client, exports):
-    from export.reader import read_export
+    from genlab.export.reader import read_export
     from genlab.thresholds import quantile
 
     cal = read_export(exports["vaegan"]).calibration
@@ -256,25 +256,25 @@ def test_every_load_verifies_the_bytes_it_runs(exports, tmp_path):
     (the bytes it hands to ONNX Runtime): a graph changed after the first check is refused, never served."""
     import shutil
 
-    import service.runtime
-    from export.reader import ExportError
-    from service.commands import verify_models
-    from service.settings import Settings
+    import genlab.service.runtime
+    from genlab.export.reader import ExportError
+    from genlab.service.commands import verify_models
+    from genlab.service.settings import Settings
 
     copy = tmp_path / "export"
     shutil.copytree(exports["vaegan"], copy)
     assert verify_models([str(copy), str(exports["gan"])]) == ["genlab-vaegan-mnist-5k", "genlab-gan-mnist-5k"]
-    assert service.runtime.load_model(copy, Settings()).graphs
+    assert genlab.service.runtime.load_model(copy, Settings()).graphs
     decoder = copy / "decoder.onnx"
     decoder.write_bytes(decoder.read_bytes()[:-1] + bytes([decoder.read_bytes()[-1] ^ 1]))  # one bit, after the check
     with pytest.raises(ExportError, match="decoder.onnx: sha256 does not match"):
-        service.runtime.load_model(copy, Settings())  # what a respawned worker does
+        genlab.service.runtime.load_model(copy, Settings())  # what a respawned worker does
     with pytest.raises(GenlabError, match="two models are named"):
         verify_models([str(exports["gan"]), str(exports["gan"])])
 
 
 def test_service_imports_no_torch():
-    code = "import sys, service.service, service.commands; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, genlab.service.service, genlab.service.commands; assert 'torch' not in sys.modules, 'torch imported'"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                        env={**os.environ, "GENLAB_MODELS": "nothing-needed-at-import"})
     assert r.returncode == 0, r.stderr[-2000:]
@@ -353,8 +353,8 @@ def test_bentoml_build_packs_the_model_and_no_torch(exports, tmp_path):
     assert "genlab-vaegan-mnist-5k:" in info and "entry_service: genlab" in info
     assert not any(p.suffix == ".pt" for p in (bento / "src").rglob("*")) and not (bento / "src" / "training").exists()
     # the packed sources are enough to import the service: every project module it loads comes from the bento
-    code = ("import sys, service.service; from pathlib import Path; "
-            "ours = [m for n, m in sys.modules.items() if n.split('.')[0] in ('genlab', 'export', 'service', 'eval', 'training', 'cli')]; "
+    code = ("import sys, genlab.service.service; from pathlib import Path; "
+            "ours = [m for n, m in sys.modules.items() if n.split('.')[0] == 'genlab']; "
             "outside = [m.__name__ for m in ours if not Path(m.__file__).resolve().is_relative_to(Path.cwd().resolve())]; "
             "assert not outside, outside; assert 'torch' not in sys.modules")
     imported = subprocess.run([sys.executable, "-c", code], cwd=bento / "src", capture_output=True, text=True, timeout=120,
@@ -363,7 +363,7 @@ def test_bentoml_build_packs_the_model_and_no_torch(exports, tmp_path):
 
 
 def test_anomaly_score_normalised_score_and_maps(client, exports):
-    from export.reader import open_export
+    from genlab.export.reader import open_export
     from genlab.measures import anomaly_map
 
     digits = np.array(_digits(client, 3, seed=5), np.uint8)
@@ -400,7 +400,7 @@ def test_anomaly_maps_need_an_encoder(client):
 @pytest.fixture(scope="module")
 def conditional(exports):
     """The conditional VAE-GAN's export, opened here to compute what the service should answer."""
-    from export.reader import open_export
+    from genlab.export.reader import open_export
 
     return open_export(exports["vaegan-cond"], providers="cpu")
 
@@ -419,7 +419,7 @@ def _conditional_draw(client, **payload) -> dict:
     ("1", ["1", "0"], 0),  # a name wins over reading the string as an index
 ])
 def test_a_class_is_a_name_or_an_index(value, classes, index):
-    from service.inputs import class_index
+    from genlab.service.inputs import class_index
 
     assert class_index(value, classes, "m", "label") == index
 
@@ -433,7 +433,7 @@ def test_a_class_is_a_name_or_an_index(value, classes, index):
     ("9" * 5000, "class index 99999999999999999999... is out of range"),
 ])
 def test_an_unknown_class_is_refused_with_the_classes_listed(value, message):
-    from service.inputs import RequestError, class_index
+    from genlab.service.inputs import RequestError, class_index
 
     with pytest.raises(RequestError, match=message) as err:
         class_index(value, ["cat", "dog"], "m", "label[3]")
@@ -441,7 +441,7 @@ def test_an_unknown_class_is_refused_with_the_classes_listed(value, message):
 
 
 def test_generate_under_a_label_by_name_index_or_list(client, conditional):
-    from export.reader import sample_latents
+    from genlab.export.reader import sample_latents
 
     by_name = _conditional_draw(client, n=4, seed=3, label="7")
     by_index = _conditional_draw(client, n=4, seed=3, label=7)
@@ -564,7 +564,7 @@ def _npy_file(field: str, array: np.ndarray) -> tuple:
 
 
 def test_batch_routes_take_labels_for_conditional_models(client, conditional):
-    from export.reader import sample_latents
+    from genlab.export.reader import sample_latents
 
     labels = np.array([3, 3, 8], np.int64)
     z = sample_latents(3, conditional.latent_dim, 0, prior=conditional.prior, labels=labels)

@@ -165,7 +165,7 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 def test_batch_routes_take_and_return_npy(guarded, exports):
-    from export.reader import open_export, sample_latents
+    from genlab.export.reader import open_export, sample_latents
 
     exported = open_export(exports["vaegan"], providers="cpu")
     z = sample_latents(5, exported.latent_dim, seed=3)

@@ -7,8 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from service.runtime import Merger, Runner
-from service.work import WorkPool
+from genlab.service.runtime import Merger, Runner
+from genlab.service.work import WorkPool
 from tests.service_fixtures import exports  # noqa: F401 (fixture)
 
 POOL = WorkPool(2)
@@ -53,7 +53,7 @@ def test_a_failed_merged_call_fails_every_waiting_request_and_the_next_ones_stil
 
 
 def test_merged_and_direct_runs_give_the_same_numbers(exports):
-    from export.reader import open_export
+    from genlab.export.reader import open_export
 
     model = open_export(exports["vaegan"], providers="cpu")
     images = model.decode(np.random.default_rng(0).standard_normal((6, model.latent_dim)).astype(np.float32))
@@ -73,7 +73,7 @@ def test_merged_and_direct_runs_give_the_same_numbers(exports):
 
 @pytest.mark.parametrize("batching", [True, False])
 def test_a_runner_without_an_encoder_graph_refuses_to_encode(exports, batching):
-    from export.reader import open_export
+    from genlab.export.reader import open_export
 
     runner = Runner(open_export(exports["gan-no-encoder"], providers="cpu"), batching, 16, POOL)
     with pytest.raises(KeyError):
@@ -102,7 +102,7 @@ def test_the_merger_concatenates_every_input_and_merges_only_calls_with_as_many(
 
 
 def test_a_conditional_runner_passes_labels_through_merged_calls(exports):
-    from export.reader import open_export
+    from genlab.export.reader import open_export
 
     model = open_export(exports["vaegan-cond"], providers="cpu")
     z = np.random.default_rng(0).standard_normal((6, model.latent_dim)).astype(np.float32)
@@ -131,8 +131,8 @@ def test_a_conditional_runner_passes_labels_through_merged_calls(exports):
 
 
 def test_warm_up_runs_a_conditional_model(exports):
-    from export.reader import open_export
-    from service.runtime import warm_up
+    from genlab.export.reader import open_export
+    from genlab.service.runtime import warm_up
 
     warm_up(open_export(exports["vaegan-cond"], providers="cpu"))
 
@@ -141,8 +141,8 @@ def test_large_unmerged_calls_run_in_the_work_pool_and_small_ones_inline(exports
     """A call on more than INLINE_ROWS images leaves the event loop (which keeps running meanwhile)."""
     import threading
 
-    from export.reader import open_export
-    from service.runtime import INLINE_ROWS
+    from genlab.export.reader import open_export
+    from genlab.service.runtime import INLINE_ROWS
 
     model = open_export(exports["vaegan"], providers="cpu")
     runner = Runner(model, False, 256, POOL)

@@ -12,7 +12,7 @@ from genlab.config import TrainConfig
 from genlab.errors import GenlabError
 from genlab.pixels import uint8_to_model
 from tests.conftest import FAMILIES, TINY
-from training.loop import TrainingDiverged, resume, train
+from genlab.training.loop import TrainingDiverged, resume, train
 
 # one digit class of mnist-5k: 400 train / 50 val images, 12 steps per epoch at batch 32
 SMALL = dict(dataset="mnist-5k", normal_class=1, batch_size=32, log_every=5, sample_count=16)
@@ -185,7 +185,7 @@ def test_ema_weights_resume_exactly_and_are_what_the_checkpoint_samples_with(tmp
 def test_the_class_loss_weight_is_the_familys_default_and_recorded(tmp_path):
     """The auxiliary-classifier GAN and the conditional VAE-GAN measured best at different weights (README); the run
     records the number it used, so a later change of default does not change a resumed run."""
-    from training.loop import new_run_configs
+    from genlab.training.loop import new_run_configs
 
     for family, weight in (("gan", 1.0), ("vaegan", 3.0)):
         mc, _ = new_run_configs(family, {"conditional": True}, TrainConfig(), tmp_path / family)

@@ -39,7 +39,7 @@ from genlab.models import GenerativeModel, build_model, model_class
 from genlab.pixels import VALUE_RANGE, model_to_uint8, random_translate, uint8_to_model
 from genlab.quality import QualityTracker, classifier_for, summary as quality_summary
 from genlab.run_dir import BEST_CHECKPOINT, LAST_CHECKPOINT
-from training.distributed import (
+from genlab.training.distributed import (
     DistEnv,
     average_gradients_before_step,
     barrier,
@@ -48,9 +48,9 @@ from training.distributed import (
     init_distributed,
     shutdown,
 )
-from training.metrics_log import MetricsLog
-from training.plots import plot_loss_curves
-from training.quality_watch import COLLAPSE_FACTOR, QualityWatch
+from genlab.training.metrics_log import MetricsLog
+from genlab.training.plots import plot_loss_curves
+from genlab.training.quality_watch import COLLAPSE_FACTOR, QualityWatch
 
 # fields of TrainConfig that --resume may change; the rest come from the checkpoint
 RESUME_OVERRIDABLE = ("epochs", "max_steps", "device", "log_every")

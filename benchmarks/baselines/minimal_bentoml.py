@@ -20,7 +20,7 @@ import bentoml
 import numpy as np
 from starlette.responses import Response
 
-from export.reader import open_export, sample_latents
+from genlab.export.reader import open_export, sample_latents
 
 
 # no access log and no Prometheus metrics: the least per-request work BentoML does

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from export.reader import open_export, sample_latents
+from genlab.export.reader import open_export, sample_latents
 
 
 async def generate(request: Request) -> Response:
