@@ -45,20 +45,27 @@ TARGETED = ("vaegan", "gan")  # the families the issue sets the fidelity target 
 
 def train_run(family: str, conditional: bool, epochs: int, out: Path, fresh: bool, seed: int = 0) -> dict[str, Any]:
     """Train (or reuse a complete run); returns the training time."""
+    from genlab.training.loop import train
+
     from genlab.checkpoint import load_checkpoint
     from genlab.config import TrainConfig
-    from genlab.training.loop import train
 
     if fresh and out.exists():
         shutil.rmtree(out)
     if not (out / "last.pt").exists() or not load_checkpoint(out / "last.pt").get("complete"):
         if out.exists():
             shutil.rmtree(out)
-        train(family, {"conditional": True} if conditional else {}, TrainConfig(dataset=DATASET, epochs=epochs, seed=seed), out)
+        train(
+            family,
+            {"conditional": True} if conditional else {},
+            TrainConfig(dataset=DATASET, epochs=epochs, seed=seed),
+            out,
+        )
     ckpt = load_checkpoint(out / "last.pt")
     if (ckpt["epoch"], ckpt["seed"]) != (epochs, seed):
-        raise SystemExit(f"{out} holds a {ckpt['epoch']}-epoch run of seed {ckpt['seed']}, not {epochs} of seed {seed}; "
-                         f"pass --fresh")
+        raise SystemExit(
+            f"{out} holds a {ckpt['epoch']}-epoch run of seed {ckpt['seed']}, not {epochs} of seed {seed}; pass --fresh"
+        )
     return {"train_seconds": round(ckpt["metrics"]["train_seconds"], 1)}
 
 
@@ -72,24 +79,34 @@ def export_run(run_dir: Path) -> Path:
 def kid_figures(export_dir: Path, n: int, seed: int) -> dict[str, Any]:
     from genlab.eval.fid import compute_fid
 
-    result = compute_fid(str(export_dir), ref=REFERENCE, n=n, metrics=("fid", "kid"), extractor="inception", seed=seed,
-                         progress=False)
+    result = compute_fid(
+        str(export_dir), ref=REFERENCE, n=n, metrics=("fid", "kid"), extractor="inception", seed=seed, progress=False
+    )
     values = result["values"]
-    return {"kid": values.get("kid"), "kid_std": values.get("kid_std"), "fid": values.get("fid"),
-            "n": result["n"], "n_reference": result["n_reference"]}
+    return {
+        "kid": values.get("kid"),
+        "kid_std": values.get("kid_std"),
+        "fid": values.get("fid"),
+        "n": result["n"],
+        "n_reference": result["n_reference"],
+    }
 
 
 def fidelity_figures(export_dir: Path, n: int, seed: int) -> dict[str, Any]:
     from genlab.eval.class_fidelity import measure
 
     result = measure(str(export_dir), n=n, seed=seed)
-    return {"class_fidelity": result["class_fidelity"], "class_fidelity_per_class": result["class_fidelity_per_class"],
-            "classifier_test_accuracy": result["classifier_test_accuracy"]}
+    return {
+        "class_fidelity": result["class_fidelity"],
+        "class_fidelity_per_class": result["class_fidelity_per_class"],
+        "classifier_test_accuracy": result["classifier_test_accuracy"],
+    }
 
 
 def write_grid(export_dir: Path, path: Path, seed: int) -> None:
     """One row of GRID_PER_CLASS samples per class, from the export's fitted prior: what /generate serves."""
     from genlab.export.reader import open_export
+
     from genlab.imageio import save_grid
     from genlab.latents import class_rows, sample_latents
 
@@ -101,9 +118,11 @@ def write_grid(export_dir: Path, path: Path, seed: int) -> None:
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    lines = ["| family | class fidelity (conditional) | classifier test accuracy | pooled KID conditional | "
-             "pooled KID unconditional | KID ratio | FID conditional | FID unconditional | targets |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| family | class fidelity (conditional) | classifier test accuracy | pooled KID conditional | "
+        "pooled KID unconditional | KID ratio | FID conditional | FID unconditional | targets |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         c, u = r["conditional"], r["plain"]
         ratio = c["kid"] / u["kid"] if u["kid"] else float("nan")
@@ -111,8 +130,10 @@ def render(rows: list[dict[str, Any]]) -> str:
         if r["family"] in TARGETED:
             verdict.append(f"fidelity {'met' if c['class_fidelity'] >= TARGET_FIDELITY else 'missed'}")
         verdict.append(f"KID {'met' if c['kid'] <= u['kid'] else 'missed'}")
-        lines.append(f"| {r['family']} | {c['class_fidelity']:.3f} | {c['classifier_test_accuracy']:.3f} | {c['kid']:.4f} | "
-                     f"{u['kid']:.4f} | {ratio:.2f} | {c['fid']:.1f} | {u['fid']:.1f} | {', '.join(verdict)} |")
+        lines.append(
+            f"| {r['family']} | {c['class_fidelity']:.3f} | {c['classifier_test_accuracy']:.3f} | {c['kid']:.4f} | "
+            f"{u['kid']:.4f} | {ratio:.2f} | {c['fid']:.1f} | {u['fid']:.1f} | {', '.join(verdict)} |"
+        )
     return "\n".join(lines)
 
 
@@ -122,8 +143,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--n", type=int, default=1000, help="samples per measurement (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed of the measurements")
-    parser.add_argument("--train-seed", type=int, default=0,
-                        help="training seed of both models (runs of another seed get their own directories)")
+    parser.add_argument(
+        "--train-seed",
+        type=int,
+        default=0,
+        help="training seed of both models (runs of another seed get their own directories)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "conditional")
     parser.add_argument("--grids", type=Path, default=REPO / "docs" / "images")
     parser.add_argument("--json-out", type=Path, default=REPO / "benchmarks" / "results" / "conditional.json")
@@ -147,14 +172,23 @@ def main() -> None:
             row[kind] = figures
             print(json.dumps({"family": family, "kind": kind, **figures}), file=sys.stderr, flush=True)
         rows.append(row)
-    meta = {"dataset": DATASET, "reference": REFERENCE, "epochs": args.epochs, "n": args.n, "seed": args.seed,
-            "train_seed": args.train_seed,
-            "host": platform.node(), "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "minutes": round((time.perf_counter() - started) / 60, 1)}
+    meta = {
+        "dataset": DATASET,
+        "reference": REFERENCE,
+        "epochs": args.epochs,
+        "n": args.n,
+        "seed": args.seed,
+        "train_seed": args.train_seed,
+        "host": platform.node(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "minutes": round((time.perf_counter() - started) / 60, 1),
+    }
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.json_out, (json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n").encode())
-    print(f"# conditional vs unconditional on {DATASET}, {args.epochs} epochs each; {args.n} samples vs {REFERENCE} "
-          f"(Inception KID/FID); {meta['host']}, {meta['when']}, {meta['minutes']} min")
+    print(
+        f"# conditional vs unconditional on {DATASET}, {args.epochs} epochs each; {args.n} samples vs {REFERENCE} "
+        f"(Inception KID/FID); {meta['host']}, {meta['when']}, {meta['minutes']} min"
+    )
     print(render(rows))
 
 

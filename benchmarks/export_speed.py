@@ -42,19 +42,20 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import torch
-
 from genlab.export.onnx_export import DecoderGraph, EncoderGraph, export_checkpoint
 from genlab.export.reader import sample_latents
+from genlab.training.loop import train
+
 from genlab.checkpoint import model_from_checkpoint
 from genlab.config import TrainConfig
 from genlab.models import MODELS
-from genlab.training.loop import train
 
 LATENCY_BATCH, THROUGHPUT_BATCH = 1, 256
 BLOCK = 20  # latency calls per engine before switching to the other
@@ -108,7 +109,9 @@ def interleaved(fns: dict[str, Callable[[], Any]], calls: int, block: int, warmu
     return times
 
 
-def bench_graph(family: str, graph: str, model: torch.nn.Module, path: Path, args: argparse.Namespace, device: str) -> dict[str, Any]:
+def bench_graph(
+    family: str, graph: str, model: torch.nn.Module, path: Path, args: argparse.Namespace, device: str
+) -> dict[str, Any]:
     latent = model.cfg.latent_dim
     module = (DecoderGraph if graph == "decoder" else EncoderGraph)(model)
     provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
@@ -133,20 +136,32 @@ def bench_graph(family: str, graph: str, model: torch.nn.Module, path: Path, arg
     want = check["torch"]()
     want = [t.cpu().numpy() for t in (want if isinstance(want, tuple) else (want,))]
     for w, g in zip(want, check["ort"]()):
-        assert np.abs(w.astype(np.float64) - g.astype(np.float64)).max() <= 1.0 + 1e-3, f"{family} {graph}: ort != torch"
+        assert np.abs(w.astype(np.float64) - g.astype(np.float64)).max() <= 1.0 + 1e-3, (
+            f"{family} {graph}: ort != torch"
+        )
 
     lat = interleaved(engines(LATENCY_BATCH), args.runs, BLOCK, warmup=args.warmup)
     thr = interleaved(engines(THROUGHPUT_BATCH), args.repeats, 1, warmup=2)
     torch_ms, ort_ms = (1e3 * statistics.median(lat[e]) for e in ("torch", "ort"))
     torch_ips, ort_ips = (THROUGHPUT_BATCH / statistics.median(thr[e]) for e in ("torch", "ort"))
     return {
-        "family": family, "graph": graph, "device": device, "ort_provider": session.get_providers()[0],
-        "torch_b1_ms": torch_ms, "ort_b1_ms": ort_ms, "b1_speedup": torch_ms / ort_ms,
-        "torch_b256_img_s": torch_ips, "ort_b256_img_s": ort_ips, "b256_speedup": ort_ips / torch_ips,
-        "b1_runs": args.runs, "b256_repeats": args.repeats,
+        "family": family,
+        "graph": graph,
+        "device": device,
+        "ort_provider": session.get_providers()[0],
+        "torch_b1_ms": torch_ms,
+        "ort_b1_ms": ort_ms,
+        "b1_speedup": torch_ms / ort_ms,
+        "torch_b256_img_s": torch_ips,
+        "ort_b256_img_s": ort_ips,
+        "b256_speedup": ort_ips / torch_ips,
+        "b1_runs": args.runs,
+        "b256_repeats": args.repeats,
         # spread, to tell a quiet measurement from a contended one
-        "torch_b1_ms_quartiles": quartiles(lat["torch"], 1e3), "ort_b1_ms_quartiles": quartiles(lat["ort"], 1e3),
-        "torch_b256_s_min_max": [min(thr["torch"]), max(thr["torch"])], "ort_b256_s_min_max": [min(thr["ort"]), max(thr["ort"])],
+        "torch_b1_ms_quartiles": quartiles(lat["torch"], 1e3),
+        "ort_b1_ms_quartiles": quartiles(lat["ort"], 1e3),
+        "torch_b256_s_min_max": [min(thr["torch"]), max(thr["torch"])],
+        "ort_b256_s_min_max": [min(thr["ort"]), max(thr["ort"])],
     }
 
 
@@ -156,23 +171,33 @@ def quartiles(values: list[float], scale: float) -> list[float]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| family | graph | device | torch b1 ms | ort b1 ms | speedup | torch b256 img/s | ort b256 img/s | speedup |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| family | graph | device | torch b1 ms | ort b1 ms | speedup | torch b256 img/s | ort b256 img/s | speedup |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['family']} | {r['graph']} | {r['device']} | {r['torch_b1_ms']:.3f} | {r['ort_b1_ms']:.3f} | "
-                     f"{r['b1_speedup']:.2f}x | {r['torch_b256_img_s']:,.0f} | {r['ort_b256_img_s']:,.0f} | {r['b256_speedup']:.2f}x |")
+        lines.append(
+            f"| {r['family']} | {r['graph']} | {r['device']} | {r['torch_b1_ms']:.3f} | {r['ort_b1_ms']:.3f} | "
+            f"{r['b1_speedup']:.2f}x | {r['torch_b256_img_s']:,.0f} | {r['ort_b256_img_s']:,.0f} | {r['b256_speedup']:.2f}x |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--families", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads for both torch and ONNX Runtime (default 2)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="intra-op threads for both torch and ONNX Runtime (default 2)"
+    )
     parser.add_argument("--runs", type=int, default=200, help="timed batch-1 calls per engine (median reported)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed batch-1 calls per engine first")
     parser.add_argument("--repeats", type=int, default=7, help="timed batch-256 calls per engine (median reported)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                        help="cuda: add CUDA rows (torch on the GPU, ORT CUDAExecutionProvider) where available")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="cuda: add CUDA rows (torch on the GPU, ORT CUDAExecutionProvider) where available",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args()
 
@@ -184,8 +209,10 @@ def main() -> None:
         if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers():
             devices.append("cuda")
         else:
-            skipped = ("CUDA rows skipped: torch.cuda.is_available()=%s, ORT providers=%s"
-                       % (torch.cuda.is_available(), ort.get_available_providers()))
+            skipped = "CUDA rows skipped: torch.cuda.is_available()=%s, ORT providers=%s" % (
+                torch.cuda.is_available(),
+                ort.get_available_providers(),
+            )
 
     load_before = os.getloadavg()
     started = time.perf_counter()
@@ -198,25 +225,35 @@ def main() -> None:
                 for graph in ("decoder", "encoder"):
                     if graph == "encoder" and not MODELS[family].has_encoder:
                         continue
-                    rows.append(bench_graph(family, graph, model, Path(tmp) / f"export-{family}" / f"{graph}.onnx", args, device))
+                    rows.append(
+                        bench_graph(
+                            family, graph, model, Path(tmp) / f"export-{family}" / f"{graph}.onnx", args, device
+                        )
+                    )
     load_after = os.getloadavg()
 
     meta = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or platform.platform()})",
-        "threads": args.threads, "torch": torch.__version__, "onnxruntime": ort.__version__,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
         "model": "default conv (width 32, latent 32, 28x28x1)",
-        "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
-        "seconds": round(time.perf_counter() - started, 1), "cuda": skipped or ("measured" if "cuda" in devices else "not asked"),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in load_after],
+        "seconds": round(time.perf_counter() - started, 1),
+        "cuda": skipped or ("measured" if "cuda" in devices else "not asked"),
     }
     if args.json:
         print(json.dumps({"meta": meta, "rows": rows}, indent=2))
         return
     print(table(rows))
     print()
-    print(f"{meta['date']}; {meta['machine']}; threads {args.threads} for both; torch {meta['torch']}, onnxruntime {meta['onnxruntime']}; "
-          f"batch 1: median of {args.runs} calls, batch 256: median of {args.repeats}; "
-          f"load average (1/5/15 min) before {meta['loadavg_before']}, after {meta['loadavg_after']}; {meta['seconds']} s")
+    print(
+        f"{meta['date']}; {meta['machine']}; threads {args.threads} for both; torch {meta['torch']}, onnxruntime {meta['onnxruntime']}; "
+        f"batch 1: median of {args.runs} calls, batch 256: median of {args.repeats}; "
+        f"load average (1/5/15 min) before {meta['loadavg_before']}, after {meta['loadavg_after']}; {meta['seconds']} s"
+    )
     if skipped:
         print(skipped)
 

@@ -33,15 +33,26 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.serve_load import (Bench, Spec, _free_port, _machine, _make_model, _ms, _prepare, _say, _table,  # noqa: E402
-                                   checkout)
+from benchmarks.serve_load import (
+    Bench,
+    Spec,
+    _free_port,
+    _machine,
+    _make_model,
+    _ms,
+    _prepare,
+    _say,
+    _table,  # noqa: E402
+    checkout,
+)
 
 
 def blank_png(side: int) -> bytes:
@@ -49,8 +60,12 @@ def blank_png(side: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes((side + 1) * side), 9))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(bytes((side + 1) * side), 9))
+        + chunk(b"IEND", b"")
+    )
 
 
 UPLOADS = {"flood: 256 x 4096x4096 PNG": (256, 4096), "budget: 16 x 2048x2048 PNG": (16, 2048)}
@@ -87,8 +102,10 @@ def liveness(url: str, count: int, side: int, seconds: float, extra: dict[str, A
     statuses: dict[str, int] = {}
     for status, _ in uploads:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
-    return {"livez": {"n": len(probes), "p50_ms": _ms(probes, 50), "p99_ms": _ms(probes, 99), "max_ms": _ms(probes, 100)},
-            "uploads": {"n": len(uploads), "statuses": statuses, "p50_ms": _ms([t for _, t in uploads], 50)}}
+    return {
+        "livez": {"n": len(probes), "p50_ms": _ms(probes, 50), "p99_ms": _ms(probes, 99), "max_ms": _ms(probes, 100)},
+        "uploads": {"n": len(uploads), "statuses": statuses, "p50_ms": _ms([t for _, t in uploads], 50)},
+    }
 
 
 def peak_rss(server: Any, send: Callable[[], list[int]]) -> tuple[float, list[int]]:
@@ -117,19 +134,35 @@ def memory(server: Any, image_shape: tuple[int, ...], extra: dict[str, Any], max
     def four(body: bytes) -> Callable[[], list[int]]:
         def send() -> list[int]:
             with httpx.Client(timeout=300) as client, concurrent.futures.ThreadPoolExecutor(4) as pool:
-                post = lambda _: client.post(f"{server.url}/anomaly-score", content=body,  # noqa: E731
-                                             headers={"content-type": "application/json"}).status_code
+                post = lambda _: (
+                    client.post(
+                        f"{server.url}/anomaly-score",
+                        content=body,  # noqa: E731
+                        headers={"content-type": "application/json"},
+                    ).status_code
+                )
                 return list(pool.map(post, range(4)))
+
         return send
 
     time.sleep(1)
     idle = round(server.rss_kib() / 1024, 1)
     hostile_peak, hostile_statuses = peak_rss(server, four(hostile))
     valid_peak, valid_statuses = peak_rss(server, four(valid))
-    return {"idle_mib": idle, "hostile_30mib_json": {"peak_mib": hostile_peak, "ratio": round(hostile_peak / idle, 2),
-                                                     "statuses": hostile_statuses},
-            "valid_full_batch_json": {"bytes": len(valid), "peak_mib": valid_peak, "ratio": round(valid_peak / idle, 2),
-                                      "statuses": valid_statuses}}
+    return {
+        "idle_mib": idle,
+        "hostile_30mib_json": {
+            "peak_mib": hostile_peak,
+            "ratio": round(hostile_peak / idle, 2),
+            "statuses": hostile_statuses,
+        },
+        "valid_full_batch_json": {
+            "bytes": len(valid),
+            "peak_mib": valid_peak,
+            "ratio": round(valid_peak / idle, 2),
+            "statuses": valid_statuses,
+        },
+    }
 
 
 def measure(bench: Bench, spec: Spec, image_shape: tuple[int, ...], seconds: float) -> dict[str, Any]:
@@ -148,24 +181,55 @@ def measure(bench: Bench, spec: Spec, image_shape: tuple[int, ...], seconds: flo
 
 def render(result: dict[str, Any]) -> str:
     m = result["meta"]
-    lines = [f"# genlab serve under hostile uploads ({m['date']})", "", f"Command: `{m['command']}`", "",
-             f"Machine: {m['host']}, {m['cpus']} CPUs; model {result['model']}; {result['seconds']} s per upload kind, "
-             "two upload clients back to back, /livez every 50 ms.", "", "## 1. /livez while uploads are processed", ""]
+    lines = [
+        f"# genlab serve under hostile uploads ({m['date']})",
+        "",
+        f"Command: `{m['command']}`",
+        "",
+        f"Machine: {m['host']}, {m['cpus']} CPUs; model {result['model']}; {result['seconds']} s per upload kind, "
+        "two upload clients back to back, /livez every 50 ms.",
+        "",
+        "## 1. /livez while uploads are processed",
+        "",
+    ]
     rows = []
     for label, res in result["servers"].items():
         for name in UPLOADS:
             cell = res.get(name)
             if cell:
                 live, up = cell["livez"], cell["uploads"]
-                rows.append([f"`{label}`", name, live["n"], live["p50_ms"], live["p99_ms"], live["max_ms"], up["n"],
-                             json.dumps(up["statuses"]), up["p50_ms"]])
-    lines += _table(["server", "uploads", "probes", "p50 ms", "p99 ms", "max ms", "uploads done", "statuses", "upload p50 ms"], rows)
+                rows.append(
+                    [
+                        f"`{label}`",
+                        name,
+                        live["n"],
+                        live["p50_ms"],
+                        live["p99_ms"],
+                        live["max_ms"],
+                        up["n"],
+                        json.dumps(up["statuses"]),
+                        up["p50_ms"],
+                    ]
+                )
+    lines += _table(
+        ["server", "uploads", "probes", "p50 ms", "p99 ms", "max ms", "uploads done", "statuses", "upload p50 ms"], rows
+    )
     lines += ["", "## 2. Worker RSS, four concurrent bodies", ""]
-    rows = [[f"`{label}`", r["memory"]["idle_mib"], f"{r['memory']['hostile_30mib_json']['peak_mib']} "
-             f"({r['memory']['hostile_30mib_json']['ratio']}x) {r['memory']['hostile_30mib_json']['statuses']}",
-             f"{r['memory']['valid_full_batch_json']['peak_mib']} ({r['memory']['valid_full_batch_json']['ratio']}x) "
-             f"{r['memory']['valid_full_batch_json']['statuses']}"] for label, r in result["servers"].items() if "memory" in r]
-    lines += _table(["server", "idle MiB", "peak MiB, 30 MiB JSON bodies (statuses)", "peak MiB, full valid batches"], rows)
+    rows = [
+        [
+            f"`{label}`",
+            r["memory"]["idle_mib"],
+            f"{r['memory']['hostile_30mib_json']['peak_mib']} "
+            f"({r['memory']['hostile_30mib_json']['ratio']}x) {r['memory']['hostile_30mib_json']['statuses']}",
+            f"{r['memory']['valid_full_batch_json']['peak_mib']} ({r['memory']['valid_full_batch_json']['ratio']}x) "
+            f"{r['memory']['valid_full_batch_json']['statuses']}",
+        ]
+        for label, r in result["servers"].items()
+        if "memory" in r
+    ]
+    lines += _table(
+        ["server", "idle MiB", "peak MiB, 30 MiB JSON bodies (statuses)", "peak MiB, full valid batches"], rows
+    )
     return "\n".join(lines)
 
 
@@ -186,10 +250,20 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             specs = [Spec("genlab serve (this tree)", "genlab")]
             if args.before:
-                specs.insert(0, Spec(f"genlab serve at {args.before}", "genlab", tree=stack.enter_context(checkout(args.before, tmp))))
+                specs.insert(
+                    0,
+                    Spec(
+                        f"genlab serve at {args.before}", "genlab", tree=stack.enter_context(checkout(args.before, tmp))
+                    ),
+                )
             for spec in specs:
                 servers[spec.label] = measure(bench, spec, tuple(model["image_shape"]), args.seconds)
-    result = {"meta": meta, "model": f"{model['name']} {model['image_shape']}", "seconds": args.seconds, "servers": servers}
+    result = {
+        "meta": meta,
+        "model": f"{model['name']} {model['image_shape']}",
+        "seconds": args.seconds,
+        "servers": servers,
+    }
     print(json.dumps(result, indent=2) if args.json else render(result))
 
 

@@ -31,7 +31,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -46,6 +46,7 @@ def combinations(run_dir: Path, dataset: str, k: int, split: str, data_dir: str)
 
     from genlab.eval.anomaly import AnomalySettings, labelled_images, ranking_metrics
     from genlab.eval.batches import ensure_source
+
     from genlab.data import load_split
 
     source = ensure_source(str(run_dir))
@@ -56,13 +57,24 @@ def combinations(run_dir: Path, dataset: str, k: int, split: str, data_dir: str)
     return {f"{a}+{b}": round(ranking_metrics((z[a] + z[b]) / 2, is_anomaly)["auroc"], 4) for a, b in pairs(z, 2)}
 
 
-def one_run(family: str, dataset: str, k: int, steps: Optional[int], data_dir: str, run_dir: Path,
-            fresh: bool, split: str = "test", with_pairs: bool = False, seed: int = 0) -> dict[str, Any]:
+def one_run(
+    family: str,
+    dataset: str,
+    k: int,
+    steps: int | None,
+    data_dir: str,
+    run_dir: Path,
+    fresh: bool,
+    split: str = "test",
+    with_pairs: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
     from genlab.eval.anomaly import evaluate_anomaly
+    from genlab.training.loop import resume, train
+
     from genlab.checkpoint import load_checkpoint
     from genlab.config import TrainConfig
     from genlab.run_dir import LAST_CHECKPOINT
-    from genlab.training.loop import resume, train
 
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -76,8 +88,9 @@ def one_run(family: str, dataset: str, k: int, steps: Optional[int], data_dir: s
 
             per_epoch = len(load_split(dataset, "train", data_dir).only_class(k)) // TrainConfig.batch_size
             epochs = -(-steps // per_epoch)
-        tc = TrainConfig(dataset=dataset, data_dir=data_dir, normal_class=k, epochs=epochs, quality_every=0, log_every=50,
-                         seed=seed)
+        tc = TrainConfig(
+            dataset=dataset, data_dir=data_dir, normal_class=k, epochs=epochs, quality_every=0, log_every=50, seed=seed
+        )
         summary = train(family, {}, tc, run_dir)
     train_wall = time.perf_counter() - started
     started = time.perf_counter()
@@ -86,8 +99,13 @@ def one_run(family: str, dataset: str, k: int, steps: Optional[int], data_dir: s
     return {
         "split": split,
         **({"pairs_auroc": combinations(run_dir, dataset, k, split, data_dir)} if with_pairs else {}),
-        "family": family, "dataset": dataset, "normal_class": k, "seed": ckpt["seed"], "steps": ckpt["step"],
-        "train_seconds": summary["train_seconds"], "train_wall_seconds": round(train_wall, 1),
+        "family": family,
+        "dataset": dataset,
+        "normal_class": k,
+        "seed": ckpt["seed"],
+        "steps": ckpt["step"],
+        "train_seconds": summary["train_seconds"],
+        "train_wall_seconds": round(train_wall, 1),
         "eval_seconds": round(time.perf_counter() - started, 1),
         "counts": result["counts"],
         "auroc": {name: round(row["auroc"], 4) for name, row in result["components"].items()},
@@ -98,14 +116,20 @@ def one_run(family: str, dataset: str, k: int, steps: Optional[int], data_dir: s
 
 
 def tables(rows: list[dict[str, Any]], classes: list[int]) -> str:
-    lines = ["primary score, AUROC per normal class:", "",
-             "| family | " + " | ".join(map(str, classes)) + " | mean | min |", "|---|" + "---:|" * (len(classes) + 2)]
+    lines = [
+        "primary score, AUROC per normal class:",
+        "",
+        "| family | " + " | ".join(map(str, classes)) + " | mean | min |",
+        "|---|" + "---:|" * (len(classes) + 2),
+    ]
     families = list(dict.fromkeys(r["family"] for r in rows))
     for family in families:
         by_class = {r["normal_class"]: r["auroc"]["score"] for r in rows if r["family"] == family}
         values = [by_class[k] for k in classes if k in by_class]
         cells = [f"{by_class[k]:.3f}" if k in by_class else "" for k in classes]
-        lines.append(f"| {family} | " + " | ".join(cells) + f" | **{sum(values) / len(values):.3f}** | {min(values):.3f} |")
+        lines.append(
+            f"| {family} | " + " | ".join(cells) + f" | **{sum(values) / len(values):.3f}** | {min(values):.3f} |"
+        )
     lines += ["", "every component, mean (min) AUROC over the classes:", ""]
     for family in families:
         family_rows = [r for r in rows if r["family"] == family]
@@ -118,10 +142,15 @@ def tables(rows: list[dict[str, Any]], classes: list[int]) -> str:
         seconds = sum(r["train_seconds"] for r in family_rows)
         lines.append(f"- {family} ({'/'.join(map(str, steps))} steps, {seconds:.0f} s training): " + ", ".join(parts))
         if all("pairs_auroc" in r for r in family_rows):
-            means = {p: sum(r["pairs_auroc"][p] for r in family_rows) / len(family_rows) for p in family_rows[0]["pairs_auroc"]}
+            means = {
+                p: sum(r["pairs_auroc"][p] for r in family_rows) / len(family_rows)
+                for p in family_rows[0]["pairs_auroc"]
+            }
             best = sorted(means, key=means.get, reverse=True)[:5]
-            lines.append("  best standardised pairs, mean (min): " + ", ".join(
-                f"{p} {means[p]:.3f} ({min(r['pairs_auroc'][p] for r in family_rows):.3f})" for p in best))
+            lines.append(
+                "  best standardised pairs, mean (min): "
+                + ", ".join(f"{p} {means[p]:.3f} ({min(r['pairs_auroc'][p] for r in family_rows):.3f})" for p in best)
+            )
     return "\n".join(lines)
 
 
@@ -132,15 +161,26 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=list(FAMILY_NAMES), choices=FAMILY_NAMES)
     parser.add_argument("--classes", nargs="+", type=int, default=list(range(10)))
     parser.add_argument("--steps", type=int, help="training steps per model (default: genlab's one-class budget)")
-    parser.add_argument("--seed", type=int, default=0, help="training seed (runs of another seed get their own directories)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="training seed (runs of another seed get their own directories)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "one-class")
     parser.add_argument("--json-out", type=Path, default=REPO / "benchmarks" / "results" / "one_class.json")
     parser.add_argument("--fresh", action="store_true", help="retrain models that already exist under --out")
-    parser.add_argument("--split", default="test", choices=["test", "val"],
-                        help="where the AUROC is measured: test (the report) or val (where the primary score was chosen)")
-    parser.add_argument("--pairs", action="store_true",
-                        help="also every pair of standardised components (the candidates; use with --split val)")
-    parser.add_argument("--merge", action="store_true", help="keep the rows of --json-out for families / classes not run now")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "val"],
+        help="where the AUROC is measured: test (the report) or val (where the primary score was chosen)",
+    )
+    parser.add_argument(
+        "--pairs",
+        action="store_true",
+        help="also every pair of standardised components (the candidates; use with --split val)",
+    )
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the rows of --json-out for families / classes not run now"
+    )
     args = parser.parse_args()
 
     from genlab.files import atomic_write_bytes
@@ -150,23 +190,47 @@ def main() -> None:
     for family in args.families:
         for k in args.classes:
             run_dir = args.out / args.dataset / (f"{family}-c{k}" + (f"-seed{args.seed}" if args.seed else ""))
-            row = one_run(family, args.dataset, k, args.steps, args.data_dir, run_dir, args.fresh, args.split, args.pairs,
-                          args.seed)
+            row = one_run(
+                family,
+                args.dataset,
+                k,
+                args.steps,
+                args.data_dir,
+                run_dir,
+                args.fresh,
+                args.split,
+                args.pairs,
+                args.seed,
+            )
             rows.append(row)
-            print(f"{family} class {k}: score AUROC {row['auroc']['score']:.4f} ({row['steps']} steps, "
-                  f"{row['train_seconds']:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"{family} class {k}: score AUROC {row['auroc']['score']:.4f} ({row['steps']} steps, "
+                f"{row['train_seconds']:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     total = time.perf_counter() - started
     if args.merge and args.json_out.exists():  # keep the other families' / classes' rows of an earlier invocation
         fresh = {(r["family"], r["normal_class"]) for r in rows}
         earlier = json.loads(args.json_out.read_text())
-        rows = [r for r in earlier["rows"] if (r["family"], r["normal_class"]) not in fresh and r["dataset"] == args.dataset] + rows
+        rows = [
+            r for r in earlier["rows"] if (r["family"], r["normal_class"]) not in fresh and r["dataset"] == args.dataset
+        ] + rows
         rows.sort(key=lambda r: (FAMILY_NAMES.index(r["family"]), r["normal_class"]))
     seconds = sum(r["train_seconds"] + r["eval_seconds"] for r in rows)
-    print(f"# one-class {args.dataset}, AUROC on the {args.split} split, {platform.node()}, {time.strftime('%Y-%m-%dT%H:%M:%S')}; this invocation "
-          f"{total / 60:.1f} min; training + evaluation of all {len(rows)} models {seconds / 60:.1f} min")
+    print(
+        f"# one-class {args.dataset}, AUROC on the {args.split} split, {platform.node()}, {time.strftime('%Y-%m-%dT%H:%M:%S')}; this invocation "
+        f"{total / 60:.1f} min; training + evaluation of all {len(rows)} models {seconds / 60:.1f} min"
+    )
     print(tables(rows, sorted({r["normal_class"] for r in rows})))
-    report = {"dataset": args.dataset, "steps": args.steps, "seed": args.seed, "machine": platform.node(),
-              "train_and_eval_seconds": round(seconds, 1), "rows": rows}
+    report = {
+        "dataset": args.dataset,
+        "steps": args.steps,
+        "seed": args.seed,
+        "machine": platform.node(),
+        "train_and_eval_seconds": round(seconds, 1),
+        "rows": rows,
+    }
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.json_out, (json.dumps(report, indent=1) + "\n").encode())
 

@@ -43,9 +43,10 @@ def _variants(texts: list[str]) -> dict[str, list[str]]:
 
 
 def run_one(family: str, overrides: list[str], epochs: int, out: Path) -> dict[str, Any]:
-    from genlab.config import TrainConfig, parse_overrides, split_overrides
-    from genlab.checkpoint import load_checkpoint
     from genlab.training.loop import train
+
+    from genlab.checkpoint import load_checkpoint
+    from genlab.config import TrainConfig, parse_overrides, split_overrides
 
     model_kw, train_kw = split_overrides(parse_overrides(overrides))
     started = time.perf_counter()
@@ -56,15 +57,24 @@ def run_one(family: str, overrides: list[str], epochs: int, out: Path) -> dict[s
     tracking = sum(e.get("quality_seconds", 0.0) for e in epochs_log)
     prior = summary.get("prior_quality") or {}
     return {
-        "family": family, "overrides": overrides, "epochs": epochs,
-        "confident": last.get("quality_confident"), "class_entropy": last.get("quality_class_entropy"),
-        "lenet_fd": last.get("quality_fd"), "lenet_kd": last.get("quality_kd"),
+        "family": family,
+        "overrides": overrides,
+        "epochs": epochs,
+        "confident": last.get("quality_confident"),
+        "class_entropy": last.get("quality_class_entropy"),
+        "lenet_fd": last.get("quality_fd"),
+        "lenet_kd": last.get("quality_kd"),
         # what exports generate: samples of the latent prior fitted after training (families with an encoder)
-        "prior_confident": prior.get("confident"), "prior_class_entropy": prior.get("class_entropy"),
-        "prior_lenet_fd": prior.get("fd"), "prior_lenet_kd": prior.get("kd"),
-        "best_epoch": (summary["best"] or {}).get("epoch"), "best_lenet_fd": (summary["best"] or {}).get("quality_fd"),
-        "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1),
-        "tracking_seconds": round(tracking, 2), "tracking_share": round(tracking / max(summary["train_seconds"], 1e-9), 4),
+        "prior_confident": prior.get("confident"),
+        "prior_class_entropy": prior.get("class_entropy"),
+        "prior_lenet_fd": prior.get("fd"),
+        "prior_lenet_kd": prior.get("kd"),
+        "best_epoch": (summary["best"] or {}).get("epoch"),
+        "best_lenet_fd": (summary["best"] or {}).get("quality_fd"),
+        "train_seconds": summary["train_seconds"],
+        "wall_seconds": round(wall, 1),
+        "tracking_seconds": round(tracking, 2),
+        "tracking_share": round(tracking / max(summary["train_seconds"], 1e-9), 4),
         "run_dir": str(out),
     }
 
@@ -80,15 +90,39 @@ def export_best(run_dir: Path) -> Path:
 def inception_figures(run_dir: Path, n: int) -> dict[str, Any]:
     from genlab.eval.fid import compute_fid
 
-    result = compute_fid(str(export_best(run_dir)), ref="mnist-5k:heldout", n=n, metrics=("fid", "kid"), extractor="inception", progress=False)
+    result = compute_fid(
+        str(export_best(run_dir)),
+        ref="mnist-5k:heldout",
+        n=n,
+        metrics=("fid", "kid"),
+        extractor="inception",
+        progress=False,
+    )
     values = result["values"]
-    return {"inception_fid": values.get("fid"), "inception_kid": values.get("kid"), "inception_n": result["n"],
-            "inception_n_reference": result["n_reference"]}
+    return {
+        "inception_fid": values.get("fid"),
+        "inception_kid": values.get("kid"),
+        "inception_n": result["n"],
+        "inception_n_reference": result["n_reference"],
+    }
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    cols = ["family", "variant", "confident", "class_entropy", "lenet_fd", "prior_confident", "prior_class_entropy",
-            "prior_lenet_fd", "best_epoch", "train_seconds", "tracking_share", "inception_kid", "inception_fid"]
+    cols = [
+        "family",
+        "variant",
+        "confident",
+        "class_entropy",
+        "lenet_fd",
+        "prior_confident",
+        "prior_class_entropy",
+        "prior_lenet_fd",
+        "best_epoch",
+        "train_seconds",
+        "tracking_share",
+        "inception_kid",
+        "inception_fid",
+    ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = []
@@ -104,7 +138,9 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=list(FAMILY_NAMES), choices=FAMILY_NAMES)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE,...")
-    parser.add_argument("--inception", type=int, default=0, metavar="N", help="Inception FID/KID with N samples (0: skip)")
+    parser.add_argument(
+        "--inception", type=int, default=0, metavar="N", help="Inception FID/KID with N samples (0: skip)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "sample-quality")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -121,7 +157,9 @@ def main() -> None:
             print(json.dumps(row), file=sys.stderr, flush=True)
     import platform
 
-    print(f"# sample quality on mnist-5k, {args.epochs} epochs; {platform.node()}, {time.strftime('%Y-%m-%dT%H:%M:%S')}")
+    print(
+        f"# sample quality on mnist-5k, {args.epochs} epochs; {platform.node()}, {time.strftime('%Y-%m-%dT%H:%M:%S')}"
+    )
     print(json.dumps(rows, indent=2) if args.json else render(rows))
 
 

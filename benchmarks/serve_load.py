@@ -77,10 +77,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -98,14 +99,20 @@ WORKLOADS: dict[str, tuple[str, str, int]] = {
     "score@1": ("anomaly-score", "score", 1),
     "score@32": ("anomaly-score", "score", MANY),
 }
-TITLES = {"gen1@1": "/generate n=1, 1 client", "gen1@32": f"/generate n=1, {MANY} clients",
-          "gen64@1": f"/generate n={GEN_BIG}, 1 client", "score@1": "/anomaly-score 1 image, 1 client",
-          "score@32": f"/anomaly-score 1 image, {MANY} clients"}
+TITLES = {
+    "gen1@1": "/generate n=1, 1 client",
+    "gen1@32": f"/generate n=1, {MANY} clients",
+    "gen64@1": f"/generate n={GEN_BIG}, 1 client",
+    "score@1": "/anomaly-score 1 image, 1 client",
+    "score@32": f"/anomaly-score 1 image, {MANY} clients",
+}
 SOAK_CLIENTS, RSS_EVERY_S = 64, 5.0
 
 
 # -- the client process ---------------------------------------------------------------------------------------
-def _drive(base: str, requests: list[tuple[str, bytes]], clients: int, duration: float, warmup: float) -> dict[str, Any]:
+def _drive(
+    base: str, requests: list[tuple[str, bytes]], clients: int, duration: float, warmup: float
+) -> dict[str, Any]:
     """Runs in the client process: ``clients`` coroutines POST JSON bodies to ``base + route`` in a closed loop,
     each cycling through ``requests`` (from its own offset), for ``warmup`` seconds not counted, then
     ``duration`` seconds counted."""
@@ -116,8 +123,9 @@ def _drive(base: str, requests: list[tuple[str, bytes]], clients: int, duration:
     return uvloop.run(_drive_async(base, requests, clients, duration, warmup))
 
 
-async def _drive_async(base: str, requests: list[tuple[str, bytes]], clients: int, duration: float,
-                       warmup: float) -> dict[str, Any]:
+async def _drive_async(
+    base: str, requests: list[tuple[str, bytes]], clients: int, duration: float, warmup: float
+) -> dict[str, Any]:
     import aiohttp
 
     headers = {"content-type": "application/json"}
@@ -175,8 +183,11 @@ def genlab(*flags: str) -> Spec:
 
 
 def minimal_bentoml(workers: int) -> Spec:
-    return Spec(f"minimal BentoML, {workers} worker{'s' if workers > 1 else ''}", "bentoml",
-                env=(("BASELINE_WORKERS", str(workers)),))
+    return Spec(
+        f"minimal BentoML, {workers} worker{'s' if workers > 1 else ''}",
+        "bentoml",
+        env=(("BASELINE_WORKERS", str(workers)),),
+    )
 
 
 STARLETTE = Spec("plain Starlette (uvicorn)", "starlette")
@@ -210,16 +221,29 @@ class Server:
         self.spec, self.port = spec, port
         self.url = f"http://127.0.0.1:{port}"
         Server.started += 1
-        self.log_path = tmp / f"serve-{Server.started:02d}-{re.sub(r'[^a-z0-9]+', '-', spec.label.lower()).strip('-')}.log"
+        self.log_path = (
+            tmp / f"serve-{Server.started:02d}-{re.sub(r'[^a-z0-9]+', '-', spec.label.lower()).strip('-')}.log"
+        )
         self.log = open(self.log_path, "w+")
         # its own BENTOML_HOME: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it starts
         home = tmp / f"bentoml-home-{port}"
         home.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k != "GENLAB_API_KEY"}
-        env |= {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", "BASELINE_EXPORT": str(export), **dict(spec.env)}
+        env |= {
+            "BENTOML_HOME": str(home),
+            "BENTOML_DO_NOT_TRACK": "True",
+            "BASELINE_EXPORT": str(export),
+            **dict(spec.env),
+        }
         self.command = _command(spec, export, port)
-        self.proc = subprocess.Popen(self.command, cwd=spec.tree or REPO, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command,
+            cwd=spec.tree or REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
     def wait_ready(self, timeout: float = 180) -> None:
         end = time.monotonic() + timeout
@@ -227,8 +251,11 @@ class Server:
             if self.proc.poll() is not None:
                 log = self.tail()
                 bad = re.search(r"unrecognized arguments: (.*)|invalid choice: (.*)", log)
-                reason = (f"flag not accepted: {(bad.group(1) or bad.group(2)).strip()}" if bad
-                          else f"exited with status {self.proc.returncode}")
+                reason = (
+                    f"flag not accepted: {(bad.group(1) or bad.group(2)).strip()}"
+                    if bad
+                    else f"exited with status {self.proc.returncode}"
+                )
                 raise ServerError(reason, log)
             try:
                 with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
@@ -315,7 +342,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _post(url: str, payload: dict) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"content-type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"content-type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as r:
             return r.status, r.read()
@@ -327,8 +356,10 @@ def _make_model(tmp: Path) -> Path:
     exe = REPO / ".venv" / "bin" / "genlab"
     base = [str(exe)] if exe.exists() else [sys.executable, "-m", "genlab"]
     _say("training a default-size vaegan for 20 steps and exporting it ...")
-    for args in (["train", "vaegan", "--max-steps", "20", "--epochs", "1", "--out", str(tmp / "run")],
-                 ["export", str(tmp / "run"), "--out", str(tmp / "export"), "--no-bento"]):
+    for args in (
+        ["train", "vaegan", "--max-steps", "20", "--epochs", "1", "--out", str(tmp / "run")],
+        ["export", str(tmp / "run"), "--out", str(tmp / "export"), "--no-bento"],
+    ):
         r = subprocess.run(base + args, cwd=REPO, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"genlab {' '.join(args)} failed:\n{r.stderr[-3000:]}")
@@ -347,9 +378,13 @@ def _machine() -> dict[str, Any]:
 
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]), "host": platform.node(), "cpus": os.cpu_count(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
         "python": platform.python_version(),
-        "versions": {name: version(name) for name in ("bentoml", "onnxruntime", "uvicorn", "starlette", "aiohttp", "numpy")},
+        "versions": {
+            name: version(name) for name in ("bentoml", "onnxruntime", "uvicorn", "starlette", "aiohttp", "numpy")
+        },
         "importable": {name: importlib.util.find_spec(name) is not None for name in ("uvloop", "httptools")},
     }
 
@@ -394,8 +429,11 @@ class Bench:
 
     def _finish(self, server: Server) -> None:
         server.stop()
-        hits = [line for line in server.log_path.read_text(errors="replace").splitlines()
-                if re.search(r"Traceback|Error|Exception|retrying| 50[0-9] |timed? ?out", line, re.IGNORECASE)]
+        hits = [
+            line
+            for line in server.log_path.read_text(errors="replace").splitlines()
+            if re.search(r"Traceback|Error|Exception|retrying| 50[0-9] |timed? ?out", line, re.IGNORECASE)
+        ]
         if hits:
             self.log_problems.setdefault(server.spec.label, []).extend(hits[-20:])
         if self.keep_logs:
@@ -432,8 +470,9 @@ class Bench:
             raise ServerError(f"/anomaly-score answered {status}: {data[:300]!r}", server.tail())
         json.loads(data)
 
-    def drive(self, server: Server, payloads: list[tuple[str, str]], clients: int, duration: float,
-              warmup: float) -> concurrent.futures.Future:
+    def drive(
+        self, server: Server, payloads: list[tuple[str, str]], clients: int, duration: float, warmup: float
+    ) -> concurrent.futures.Future:
         """The client process against one server; ``payloads`` = [(route, payload name)], cycled."""
         requests = [(f"/{route}", json.dumps(self.body(server.spec, name)).encode()) for route, name in payloads]
         return self.pool.submit(_drive, server.url, requests, clients, duration, warmup)
@@ -443,10 +482,19 @@ class Bench:
         load = _load()
         res = self.drive(server, [(route, payload)], clients, self.duration, self.warmup).result()
         lat, wall = res["latencies"], res["wall"]
-        row = {"requests": len(lat), "errors": sum(res["errors"].values()), "error_kinds": res["errors"],
-               "req_per_s": round(len(lat) / wall, 1), "p50_ms": _ms(lat, 50), "p99_ms": _ms(lat, 99), "loadavg": load[0]}
+        row = {
+            "requests": len(lat),
+            "errors": sum(res["errors"].values()),
+            "error_kinds": res["errors"],
+            "req_per_s": round(len(lat) / wall, 1),
+            "p50_ms": _ms(lat, 50),
+            "p99_ms": _ms(lat, 99),
+            "loadavg": load[0],
+        }
         err = f"  errors {row['error_kinds']}" if row["errors"] else ""
-        _say(f"    {TITLES[workload]:34s} {row['req_per_s']:8.1f} req/s  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms{err}")
+        _say(
+            f"    {TITLES[workload]:34s} {row['req_per_s']:8.1f} req/s  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms{err}"
+        )
         return row
 
 
@@ -487,13 +535,17 @@ def part_side_by_side(bench: Bench) -> dict[str, Any]:
 
 def _best(rows: dict[str, dict], kind: str, workload: str) -> tuple[str | None, dict | None]:
     """The server of ``kind`` with the most req/s on ``workload``."""
-    cells = [(label, cells[workload]) for label, cells in rows.items()
-             if next(s for s in SIDE_BY_SIDE if s.label == label).kind == kind]
+    cells = [
+        (label, cells[workload])
+        for label, cells in rows.items()
+        if next(s for s in SIDE_BY_SIDE if s.label == label).kind == kind
+    ]
     return max(cells, key=lambda c: c[1]["req_per_s"], default=(None, None))
 
 
-def _target(name: str, ours: tuple[str | None, dict | None], theirs: tuple[str | None, float | None],
-            required: float) -> dict[str, Any]:
+def _target(
+    name: str, ours: tuple[str | None, dict | None], theirs: tuple[str | None, float | None], required: float
+) -> dict[str, Any]:
     label, cell = ours
     ratio = _ratio(cell and cell["req_per_s"], theirs[1])
     verdict = "n/a" if ratio is None else "PASS" if ratio >= required and not cell["errors"] else "FAIL"
@@ -507,13 +559,31 @@ def side_by_side_targets(rows: dict[str, dict], inproc: dict) -> list[dict[str, 
     targets = []
     for w in WORKLOADS:
         other = _best(rows, "bentoml", w)
-        targets.append(_target(f"genlab / minimal BentoML, {TITLES[w]}", _best(rows, "genlab", w),
-                               (other[0], other[1] and other[1]["req_per_s"]), 0.9))
+        targets.append(
+            _target(
+                f"genlab / minimal BentoML, {TITLES[w]}",
+                _best(rows, "genlab", w),
+                (other[0], other[1] and other[1]["req_per_s"]),
+                0.9,
+            )
+        )
     floor = rows.get(STARLETTE.label, {}).get("gen1@32")
-    targets.append(_target(f"genlab / Starlette, {TITLES['gen1@32']}", _best(rows, "genlab", "gen1@32"),
-                           (STARLETTE.label, floor and floor["req_per_s"]), 0.4))
-    targets.append(_target(f"genlab / in-process ONNX Runtime, {TITLES['gen64@1']}", _best(rows, "genlab", "gen64@1"),
-                           ("decode + np.save, 1 thread", inproc["calls_per_s"]), 0.6))
+    targets.append(
+        _target(
+            f"genlab / Starlette, {TITLES['gen1@32']}",
+            _best(rows, "genlab", "gen1@32"),
+            (STARLETTE.label, floor and floor["req_per_s"]),
+            0.4,
+        )
+    )
+    targets.append(
+        _target(
+            f"genlab / in-process ONNX Runtime, {TITLES['gen64@1']}",
+            _best(rows, "genlab", "gen64@1"),
+            ("decode + np.save, 1 thread", inproc["calls_per_s"]),
+            0.6,
+        )
+    )
     return targets
 
 
@@ -527,9 +597,14 @@ def errors_target(result: dict[str, Any]) -> dict[str, Any]:
         errors |= {f"--batching {key}, {TITLES['score@32']}": summary["error_kinds"]} if summary["errors"] else {}
     count = sum(sum(kinds.values()) for kinds in errors.values())
     missing = result.get("not_started", {})
-    return {"target": "no errors, every server started (parts 1-3)", "ratio": count, "required": "0",
-            "verdict": "FAIL" if errors or missing else "PASS",
-            "detail": (json.dumps(errors) if errors else "none") + (f"; not started: {', '.join(missing)}" if missing else "")}
+    return {
+        "target": "no errors, every server started (parts 1-3)",
+        "ratio": count,
+        "required": "0",
+        "verdict": "FAIL" if errors or missing else "PASS",
+        "detail": (json.dumps(errors) if errors else "none")
+        + (f"; not started: {', '.join(missing)}" if missing else ""),
+    }
 
 
 # -- part 2 ---------------------------------------------------------------------------------------------------
@@ -545,20 +620,36 @@ def part_batching(bench: Bench, rounds: int) -> dict[str, Any]:
     summary = {key: _summarise(rows) for key, rows in runs.items()}
     rate = {key: s["req_per_s"] for key, s in summary.items()}
     spread = max((s["spread_pct"] for s in summary.values()), default=None)
-    target = _target(f"genlab default / --batching off, {TITLES['score@32']}", ("default", summary.get("default")),
-                     ("--batching off", rate.get("off")), 1.0)
+    target = _target(
+        f"genlab default / --batching off, {TITLES['score@32']}",
+        ("default", summary.get("default")),
+        ("--batching off", rate.get("off")),
+        1.0,
+    )
     target["detail"] += f"; round-to-round spread up to {spread}%" if spread is not None else ""
-    return {"workload": "score@32", "rounds": rounds, "settings": {k: s.label for k, s in specs.items()}, "summary": summary,
-            "ratio_on_vs_off": _ratio(rate.get("on"), rate.get("off")),
-            "ratio_default_vs_off": _ratio(rate.get("default"), rate.get("off")), "targets": [target]}
+    return {
+        "workload": "score@32",
+        "rounds": rounds,
+        "settings": {k: s.label for k, s in specs.items()},
+        "summary": summary,
+        "ratio_on_vs_off": _ratio(rate.get("on"), rate.get("off")),
+        "ratio_default_vs_off": _ratio(rate.get("default"), rate.get("off")),
+        "targets": [target],
+    }
 
 
 def _summarise(rows: list[dict]) -> dict[str, Any]:
     rates = [r["req_per_s"] for r in rows]
     med = statistics.median(rates)
-    return {"req_per_s": round(med, 1), "rounds": rates, "spread_pct": round((max(rates) - min(rates)) / med * 100, 1) if med else None,
-            "p50_ms": statistics.median(r["p50_ms"] or 0 for r in rows), "p99_ms": statistics.median(r["p99_ms"] or 0 for r in rows),
-            "errors": sum(r["errors"] for r in rows), "error_kinds": _merge_counts([r["error_kinds"] for r in rows])}
+    return {
+        "req_per_s": round(med, 1),
+        "rounds": rates,
+        "spread_pct": round((max(rates) - min(rates)) / med * 100, 1) if med else None,
+        "p50_ms": statistics.median(r["p50_ms"] or 0 for r in rows),
+        "p99_ms": statistics.median(r["p99_ms"] or 0 for r in rows),
+        "errors": sum(r["errors"] for r in rows),
+        "error_kinds": _merge_counts([r["error_kinds"] for r in rows]),
+    }
 
 
 def _merge_counts(counts: list[dict[str, int]]) -> dict[str, int]:
@@ -577,22 +668,38 @@ def part_trim(bench: Bench) -> dict[str, Any]:
             if spec.label in up:
                 rows[spec.label] = {w: bench.measure(up[spec.label], w) for w in ("gen1@32", "score@32")}
     default = rows.get(genlab().label, {})
-    ratios = {label: {w: _ratio(cell["req_per_s"], default.get(w, {}).get("req_per_s")) for w, cell in cells.items()}
-              for label, cells in rows.items()}
+    ratios = {
+        label: {w: _ratio(cell["req_per_s"], default.get(w, {}).get("req_per_s")) for w, cell in cells.items()}
+        for label, cells in rows.items()
+    }
     return {"rows": rows, "ratio_to_default": ratios}
 
 
 # -- part 4 ---------------------------------------------------------------------------------------------------
 def part_soak(bench: Bench, seconds: float) -> dict[str, Any]:
-    mix = {("generate", "gen1"): "/generate n=1 npy", ("anomaly-score", "score"): "/anomaly-score 1 image",
-           ("reconstruct", "recon"): "/reconstruct 1 image"}
+    mix = {
+        ("generate", "gen1"): "/generate n=1 npy",
+        ("anomaly-score", "score"): "/anomaly-score 1 image",
+        ("reconstruct", "recon"): "/reconstruct 1 image",
+    }
     warm_s = max(20.0, 0.1 * seconds)
     with bench.serving(genlab()) as up:
         server = up.get(genlab().label)
         if server is None:
             reason = bench.failures.get(genlab().label)
-            return {"seconds": seconds, "failed": reason, "targets": [
-                {"target": "soak: server started", "ratio": None, "required": "-", "verdict": "FAIL", "detail": reason}]}
+            return {
+                "seconds": seconds,
+                "failed": reason,
+                "targets": [
+                    {
+                        "target": "soak: server started",
+                        "ratio": None,
+                        "required": "-",
+                        "verdict": "FAIL",
+                        "detail": reason,
+                    }
+                ],
+            }
         load0, t0 = _load(), time.monotonic()
         future = bench.drive(server, list(mix), SOAK_CLIENTS, seconds, 0.0)
         samples = [(0.0, server.rss_kib())]
@@ -605,17 +712,41 @@ def part_soak(bench: Bench, seconds: float) -> dict[str, Any]:
     end = samples[-1][1]
     growth = round((end - warm) / warm * 100, 2) if warm else None
     errors = sum(res["errors"].values())
-    out = {"seconds": seconds, "clients": SOAK_CLIENTS, "mix": list(mix.values()), "requests": len(lat),
-           "req_per_s": round(len(lat) / wall, 1), "p50_ms": _ms(lat, 50), "p99_ms": _ms(lat, 99), "errors": errors,
-           "error_kinds": res["errors"], "rss_mib": {"after_warmup": round(warm / 1024, 1), "end": round(end / 1024, 1),
-                                                     "warmup_s": warm_s, "growth_pct": growth},
-           "rss_samples_mib": [(t, round(kib / 1024, 1)) for t, kib in samples], "loadavg_before": load0, "loadavg_after": _load()}
+    out = {
+        "seconds": seconds,
+        "clients": SOAK_CLIENTS,
+        "mix": list(mix.values()),
+        "requests": len(lat),
+        "req_per_s": round(len(lat) / wall, 1),
+        "p50_ms": _ms(lat, 50),
+        "p99_ms": _ms(lat, 99),
+        "errors": errors,
+        "error_kinds": res["errors"],
+        "rss_mib": {
+            "after_warmup": round(warm / 1024, 1),
+            "end": round(end / 1024, 1),
+            "warmup_s": warm_s,
+            "growth_pct": growth,
+        },
+        "rss_samples_mib": [(t, round(kib / 1024, 1)) for t, kib in samples],
+        "loadavg_before": load0,
+        "loadavg_after": _load(),
+    }
     out["targets"] = [
-        {"target": "soak: no errors", "ratio": errors, "required": "0", "verdict": "PASS" if errors == 0 else "FAIL",
-         "detail": json.dumps(res["errors"]) if errors else f"{len(lat)} requests"},
-        {"target": f"soak: RSS growth after {warm_s:.0f} s warm-up, %", "ratio": growth, "required": "< 5",
-         "verdict": "n/a" if growth is None else "PASS" if growth < 5 else "FAIL",
-         "detail": f"{out['rss_mib']['after_warmup']} -> {out['rss_mib']['end']} MiB"},
+        {
+            "target": "soak: no errors",
+            "ratio": errors,
+            "required": "0",
+            "verdict": "PASS" if errors == 0 else "FAIL",
+            "detail": json.dumps(res["errors"]) if errors else f"{len(lat)} requests",
+        },
+        {
+            "target": f"soak: RSS growth after {warm_s:.0f} s warm-up, %",
+            "ratio": growth,
+            "required": "< 5",
+            "verdict": "n/a" if growth is None else "PASS" if growth < 5 else "FAIL",
+            "detail": f"{out['rss_mib']['after_warmup']} -> {out['rss_mib']['end']} MiB",
+        },
     ]
     return out
 
@@ -625,7 +756,9 @@ def part_soak(bench: Bench, seconds: float) -> dict[str, Any]:
 def checkout(ref: str, tmp: Path) -> Iterator[Path]:
     """A detached git worktree of ``ref`` (removed afterwards): genlab as it was at that revision."""
     tree = tmp / f"tree-{re.sub(r'[^A-Za-z0-9]+', '-', ref)}"
-    subprocess.run(["git", "worktree", "add", "--detach", "--force", str(tree), ref], cwd=REPO, check=True, capture_output=True)
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", "--force", str(tree), ref], cwd=REPO, check=True, capture_output=True
+    )
     try:
         yield tree
     finally:
@@ -637,7 +770,10 @@ def part_before_after(bench: Bench, ref: str, rounds: int) -> dict[str, Any]:
     /anomaly-score 1 image at 32 clients; target: now >= 0.9x before on both."""
     workloads = ("gen1@32", "score@32")
     with checkout(ref, bench.tmp) as tree:
-        specs = {"before": Spec(f"genlab serve at {ref}", "genlab", tree=tree), "now": Spec("genlab serve (this tree)", "genlab")}
+        specs = {
+            "before": Spec(f"genlab serve at {ref}", "genlab", tree=tree),
+            "now": Spec("genlab serve (this tree)", "genlab"),
+        }
         runs: dict[str, dict[str, list[dict]]] = {}
         with bench.serving(*specs.values()) as up:
             for r in range(rounds):
@@ -647,16 +783,38 @@ def part_before_after(bench: Bench, ref: str, rounds: int) -> dict[str, Any]:
                         for w in workloads:
                             runs.setdefault(key, {}).setdefault(w, []).append(bench.measure(up[spec.label], w))
     summary = {key: {w: _summarise(rows) for w, rows in cells.items()} for key, cells in runs.items()}
-    targets = [_target(f"now / before ({ref}), {TITLES[w]}", ("now", summary.get("now", {}).get(w)),
-                       ("before", summary.get("before", {}).get(w, {}).get("req_per_s")), 0.9) for w in workloads]
-    return {"ref": ref, "rounds": rounds, "settings": {k: s.label for k, s in specs.items()}, "summary": summary, "targets": targets}
+    targets = [
+        _target(
+            f"now / before ({ref}), {TITLES[w]}",
+            ("now", summary.get("now", {}).get(w)),
+            ("before", summary.get("before", {}).get(w, {}).get("req_per_s")),
+            0.9,
+        )
+        for w in workloads
+    ]
+    return {
+        "ref": ref,
+        "rounds": rounds,
+        "settings": {k: s.label for k, s in specs.items()},
+        "summary": summary,
+        "targets": targets,
+    }
 
 
 def _render_before_after(part: dict) -> list[str]:
-    rows = [[f"`{part['settings'][key]}`", *(f"{cells[w]['req_per_s']} {cells[w]['rounds']}" for w in ("gen1@32", "score@32"))]
-            for key, cells in part["summary"].items()]
-    return ["", f"## 5. Before / after ({part['rounds']} alternating rounds; req/s median and each round)", "",
-            *_table(["server", TITLES["gen1@32"], TITLES["score@32"]], rows)]
+    rows = [
+        [
+            f"`{part['settings'][key]}`",
+            *(f"{cells[w]['req_per_s']} {cells[w]['rounds']}" for w in ("gen1@32", "score@32")),
+        ]
+        for key, cells in part["summary"].items()
+    ]
+    return [
+        "",
+        f"## 5. Before / after ({part['rounds']} alternating rounds; req/s median and each round)",
+        "",
+        *_table(["server", TITLES["gen1@32"], TITLES["score@32"]], rows),
+    ]
 
 
 # -- output ---------------------------------------------------------------------------------------------------
@@ -667,29 +825,52 @@ def _cell(cell: dict | None) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(map(str, r)) + " |" for r in rows),
+    ]
 
 
 def render(result: dict) -> str:
     m = result["meta"]
-    lines = [f"# genlab serve vs baselines ({m['date']})", "",
-             f"Command: `{m['command']}`", "",
-             f"Machine: {m['host']}, {m['cpus']} CPUs; load average (1/5/15 min) before {m['loadavg_start']}, after "
-             f"{m['loadavg_end']}; Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-             + "; importable: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["importable"].items()) + ".", "",
-             f"Model: {m['model']['name']} ({m['model']['family']}, {m['model']['image_shape']}, latent {m['model']['latent_dim']}) "
-             f"from {m['model']['path']}. "
-             + (f"{m['warmup']} s warm-up + {m['duration']} s measured per cell. " if m["parts"] else "")
-             + f"One client process (asyncio{' + uvloop' if m['importable']['uvloop'] else ''} + aiohttp, closed loop); "
-             f"total {m['seconds']} s, of which {m['model_seconds']} s making the model."]
+    lines = [
+        f"# genlab serve vs baselines ({m['date']})",
+        "",
+        f"Command: `{m['command']}`",
+        "",
+        f"Machine: {m['host']}, {m['cpus']} CPUs; load average (1/5/15 min) before {m['loadavg_start']}, after "
+        f"{m['loadavg_end']}; Python {m['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+        + "; importable: "
+        + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["importable"].items())
+        + ".",
+        "",
+        f"Model: {m['model']['name']} ({m['model']['family']}, {m['model']['image_shape']}, latent {m['model']['latent_dim']}) "
+        f"from {m['model']['path']}. "
+        + (f"{m['warmup']} s warm-up + {m['duration']} s measured per cell. " if m["parts"] else "")
+        + f"One client process (asyncio{' + uvloop' if m['importable']['uvloop'] else ''} + aiohttp, closed loop); "
+        f"total {m['seconds']} s, of which {m['model_seconds']} s making the model.",
+    ]
     if "side_by_side" in result:
         lines += _render_side(result["side_by_side"])
-    targets = [t for part in ("side_by_side", "batching", "soak", "before_after") for t in result.get(part, {}).get("targets", [])]
+    targets = [
+        t
+        for part in ("side_by_side", "batching", "soak", "before_after")
+        for t in result.get(part, {}).get("targets", [])
+    ]
     if any(part in result for part in ("side_by_side", "batching", "trim")):
         targets.append(errors_target(result))
     if targets:
-        lines += ["", "## Targets", "", *_table(["target", "measured", "required", "verdict", "detail"],
-                                              [[t["target"], t["ratio"], t["required"], f"**{t['verdict']}**", t["detail"]] for t in targets])]
+        lines += [
+            "",
+            "## Targets",
+            "",
+            *_table(
+                ["target", "measured", "required", "verdict", "detail"],
+                [[t["target"], t["ratio"], t["required"], f"**{t['verdict']}**", t["detail"]] for t in targets],
+            ),
+        ]
     if "batching" in result:
         lines += _render_batching(result["batching"])
     if "trim" in result:
@@ -699,48 +880,102 @@ def render(result: dict) -> str:
     if "before_after" in result:
         lines += _render_before_after(result["before_after"])
     if result.get("not_started"):
-        lines += ["", "Servers that did not start or failed their first requests: " + "; ".join(f"`{k}`: {v}" for k, v in result["not_started"].items())]
+        lines += [
+            "",
+            "Servers that did not start or failed their first requests: "
+            + "; ".join(f"`{k}`: {v}" for k, v in result["not_started"].items()),
+        ]
     return "\n".join(lines)
 
 
 def _render_side(part: dict) -> list[str]:
-    rows = [[f"`{spec.label}`", *(_cell(part["rows"].get(spec.label, {}).get(w)) for w in WORKLOADS)] for spec in SIDE_BY_SIDE]
+    rows = [
+        [f"`{spec.label}`", *(_cell(part["rows"].get(spec.label, {}).get(w)) for w in WORKLOADS)]
+        for spec in SIDE_BY_SIDE
+    ]
     inproc = part["inprocess_gen64"]
-    rows.append(["in-process ONNX Runtime (1 thread), decode + np.save", *("" for _ in range(2)),
-                 f"{inproc['calls_per_s']:.1f}", "", ""])
+    rows.append(
+        [
+            "in-process ONNX Runtime (1 thread), decode + np.save",
+            *("" for _ in range(2)),
+            f"{inproc['calls_per_s']:.1f}",
+            "",
+            "",
+        ]
+    )
     return ["", "## 1. Side by side (req/s; errors in brackets)", "", *_table(["server", *TITLES.values()], rows)]
 
 
 def _render_batching(part: dict) -> list[str]:
-    rows = [[f"`{part['settings'][k]}`", s["req_per_s"], s["rounds"], s["p50_ms"], s["p99_ms"], s["errors"]]
-            for k, s in part["summary"].items()]
-    return ["", f"## 2. Adaptive batching on vs off, {TITLES[part['workload']]} ({part['rounds']} alternating rounds)", "",
-            *_table(["server", "req/s (median)", "rounds", "p50 ms", "p99 ms", "errors"], rows), "",
-            f"Ratio on / off: **{part['ratio_on_vs_off']}**; default / off: **{part['ratio_default_vs_off']}** (target >= 1.0)."]
+    rows = [
+        [f"`{part['settings'][k]}`", s["req_per_s"], s["rounds"], s["p50_ms"], s["p99_ms"], s["errors"]]
+        for k, s in part["summary"].items()
+    ]
+    return [
+        "",
+        f"## 2. Adaptive batching on vs off, {TITLES[part['workload']]} ({part['rounds']} alternating rounds)",
+        "",
+        *_table(["server", "req/s (median)", "rounds", "p50 ms", "p99 ms", "errors"], rows),
+        "",
+        f"Ratio on / off: **{part['ratio_on_vs_off']}**; default / off: **{part['ratio_default_vs_off']}** (target >= 1.0).",
+    ]
 
 
 def _render_trim(part: dict) -> list[str]:
     ratios = part["ratio_to_default"]
-    rows = [[f"`{label}`", *(f"{_cell(cells[w])} ({ratios[label][w] or '-'}x)" for w in ("gen1@32", "score@32"))]
-            for label, cells in part["rows"].items()]
-    return ["", "## 3. Trim settings, one at a time (req/s, ratio to the default)", "",
-            *_table(["server", TITLES["gen1@32"], TITLES["score@32"]], rows)]
+    rows = [
+        [f"`{label}`", *(f"{_cell(cells[w])} ({ratios[label][w] or '-'}x)" for w in ("gen1@32", "score@32"))]
+        for label, cells in part["rows"].items()
+    ]
+    return [
+        "",
+        "## 3. Trim settings, one at a time (req/s, ratio to the default)",
+        "",
+        *_table(["server", TITLES["gen1@32"], TITLES["score@32"]], rows),
+    ]
 
 
 def _render_soak(part: dict) -> list[str]:
     if "failed" in part:
         return ["", f"## 4. Soak: the server did not start ({part['failed']})"]
     rss = part["rss_mib"]
-    return ["", f"## 4. Soak: `genlab serve`, {part['clients']} clients cycling {', '.join(part['mix'])} for {part['seconds']} s", "",
-            *_table(["requests", "req/s", "p50 ms", "p99 ms", "errors", f"RSS after {rss['warmup_s']:.0f} s", "RSS at end", "growth"],
-                    [[part["requests"], part["req_per_s"], part["p50_ms"], part["p99_ms"],
-                      f"{part['errors']} {part['error_kinds'] or ''}".strip(), f"{rss['after_warmup']} MiB", f"{rss['end']} MiB",
-                      f"{rss['growth_pct']}%"]]), "",
-            "RSS every 5 s (s, MiB): " + ", ".join(f"{t:g}: {v}" for t, v in part["rss_samples_mib"])
-            + f"; load average before {part['loadavg_before']}, after {part['loadavg_after']}.", "",
-            "Note: BentoML 1.4.39's TimeoutMiddleware arms a timer per request that is never cancelled; it keeps the "
-            "request's context (OpenTelemetry span included) alive for `traffic.timeout` seconds (60 by default), so "
-            "under steady load RSS climbs for that long, then levels off. Soak well past the timeout to tell that from a leak."]
+    return [
+        "",
+        f"## 4. Soak: `genlab serve`, {part['clients']} clients cycling {', '.join(part['mix'])} for {part['seconds']} s",
+        "",
+        *_table(
+            [
+                "requests",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "errors",
+                f"RSS after {rss['warmup_s']:.0f} s",
+                "RSS at end",
+                "growth",
+            ],
+            [
+                [
+                    part["requests"],
+                    part["req_per_s"],
+                    part["p50_ms"],
+                    part["p99_ms"],
+                    f"{part['errors']} {part['error_kinds'] or ''}".strip(),
+                    f"{rss['after_warmup']} MiB",
+                    f"{rss['end']} MiB",
+                    f"{rss['growth_pct']}%",
+                ]
+            ],
+        ),
+        "",
+        "RSS every 5 s (s, MiB): "
+        + ", ".join(f"{t:g}: {v}" for t, v in part["rss_samples_mib"])
+        + f"; load average before {part['loadavg_before']}, after {part['loadavg_after']}.",
+        "",
+        "Note: BentoML 1.4.39's TimeoutMiddleware arms a timer per request that is never cancelled; it keeps the "
+        "request's context (OpenTelemetry span included) alive for `traffic.timeout` seconds (60 by default), so "
+        "under steady load RSS climbs for that long, then levels off. Soak well past the timeout to tell that from a leak.",
+    ]
 
 
 # -- main -----------------------------------------------------------------------------------------------------
@@ -748,13 +983,22 @@ def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, help="export directory (default: train and export a default-size vaegan)")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per cell (default 4)")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up before each cell, not counted (default 1)")
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="seconds of warm-up before each cell, not counted (default 1)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of part 2 (default 3)")
-    parser.add_argument("--parts", help="comma-separated parts to run: 1 side by side, 2 batching, 3 trim settings "
-                                        "(default 1,2,3; none with --soak)")
+    parser.add_argument(
+        "--parts",
+        help="comma-separated parts to run: 1 side by side, 2 batching, 3 trim settings "
+        "(default 1,2,3; none with --soak)",
+    )
     parser.add_argument("--soak", type=float, metavar="SECONDS", help="run the soak test (part 4) for SECONDS")
-    parser.add_argument("--before", metavar="GIT_REF", help="part 5: genlab serve at this revision against this tree, "
-                                                            "alternating rounds (alone unless --parts is given too)")
+    parser.add_argument(
+        "--before",
+        metavar="GIT_REF",
+        help="part 5: genlab serve at this revision against this tree, "
+        "alternating rounds (alone unless --parts is given too)",
+    )
     parser.add_argument("--port", type=int, default=3100, help="preferred port (a free one is taken if it is busy)")
     parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the servers' logs into DIR")
     parser.add_argument("--json", action="store_true", help="print JSON on stdout (the tables then go to stderr)")
@@ -778,8 +1022,14 @@ def _prepare(bench: Bench) -> dict[str, Any]:
         "recon": {"array": digit.tolist(), "format": "array"},
         "raw_threshold": not model.calibration,
     }
-    return {"name": model.name, "family": model.family, "image_shape": list(model.image_shape),
-            "latent_dim": model.latent_dim, "calibrated": bool(model.calibration), "path": str(bench.export)}
+    return {
+        "name": model.name,
+        "family": model.family,
+        "image_shape": list(model.image_shape),
+        "latent_dim": model.latent_dim,
+        "calibrated": bool(model.calibration),
+        "path": str(bench.export),
+    }
 
 
 def main() -> None:
@@ -787,8 +1037,10 @@ def main() -> None:
     started, meta = time.perf_counter(), _machine()
     meta |= {"loadavg_start": _load(), "duration": args.duration, "warmup": args.warmup, "parts": sorted(args.parts)}
     result: dict[str, Any] = {"meta": meta}
-    with tempfile.TemporaryDirectory(prefix="genlab-serve-load-") as tmp_name, \
-            concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with (
+        tempfile.TemporaryDirectory(prefix="genlab-serve-load-") as tmp_name,
+        concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool,
+    ):
         tmp = Path(tmp_name)
         t0 = time.perf_counter()
         export = args.model or _make_model(tmp)
@@ -796,11 +1048,13 @@ def main() -> None:
         bench = Bench(export, tmp, pool, args.port, args.duration, args.warmup, keep_logs=args.keep_logs)
         meta["model"] = _prepare(bench)
         pool.submit(time.sleep, 0).result()  # the client process starts now, not during a measurement
-        parts = {"side_by_side": ("1" in args.parts, lambda: part_side_by_side(bench)),
-                 "batching": ("2" in args.parts, lambda: part_batching(bench, args.rounds)),
-                 "trim": ("3" in args.parts, lambda: part_trim(bench)),
-                 "soak": (bool(args.soak), lambda: part_soak(bench, args.soak)),
-                 "before_after": (bool(args.before), lambda: part_before_after(bench, args.before, args.rounds))}
+        parts = {
+            "side_by_side": ("1" in args.parts, lambda: part_side_by_side(bench)),
+            "batching": ("2" in args.parts, lambda: part_batching(bench, args.rounds)),
+            "trim": ("3" in args.parts, lambda: part_trim(bench)),
+            "soak": (bool(args.soak), lambda: part_soak(bench, args.soak)),
+            "before_after": (bool(args.before), lambda: part_before_after(bench, args.before, args.rounds)),
+        }
         for name, (wanted, run) in parts.items():
             if wanted:
                 _say(f"{name.replace('_', ' ')} (load average {_load()})")

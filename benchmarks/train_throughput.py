@@ -36,21 +36,21 @@ import os
 import statistics
 import tempfile
 import time
-from functools import lru_cache
+from functools import cache
 
 import torch
+from genlab.training.loop import train
 
 from genlab.config import ModelConfig, TrainConfig
 from genlab.data import load_split
 from genlab.models import MODELS, build_model, model_class
 from genlab.pixels import uint8_to_model
-from genlab.training.loop import train
 
 DATASET, BATCH = "mnist-5k", 64
 KINDS = ("loop", "loop_wall", "ceiling", "baseline")
 
 
-@lru_cache(maxsize=None)
+@cache
 def train_images() -> torch.Tensor:
     return load_split(DATASET, "train").images  # uint8 [4000, 1, 28, 28]
 
@@ -67,8 +67,15 @@ def fresh_model(family: str, device: torch.device):
 
 
 def run_train(family: str, device: torch.device, epochs: int, max_steps: int | None) -> tuple[dict, float]:
-    tc = TrainConfig(dataset=DATASET, epochs=epochs, max_steps=max_steps, batch_size=BATCH, sample_count=16,
-                     log_every=10, device=device.type)
+    tc = TrainConfig(
+        dataset=DATASET,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=BATCH,
+        sample_count=16,
+        log_every=10,
+        device=device.type,
+    )
     with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stderr(io.StringIO()):  # hide tqdm
         start = time.perf_counter()
         summary = train(family, {}, tc, run_dir)
@@ -100,8 +107,9 @@ def measure_ceiling(family: str, steps: int, device: torch.device, warmup: int =
 
 
 def measure_baseline(family: str, steps: int, device: torch.device) -> float:
-    from genlab.torchvision_fix import import_torchvision
     from PIL import Image
+
+    from genlab.torchvision_fix import import_torchvision
 
     tv = import_torchvision()
     T = tv.transforms
@@ -132,18 +140,28 @@ def measure_baseline(family: str, steps: int, device: torch.device) -> float:
     return steps * BATCH / (time.perf_counter() - start)
 
 
-MEASURE = {"loop": measure_loop, "loop_wall": measure_loop_wall, "ceiling": measure_ceiling, "baseline": measure_baseline}
+MEASURE = {
+    "loop": measure_loop,
+    "loop_wall": measure_loop_wall,
+    "ceiling": measure_ceiling,
+    "baseline": measure_baseline,
+}
 
 
 def bench(family: str, steps: int, repeats: int, device: torch.device) -> dict:
     samples: dict[str, list[float]] = {k: [] for k in KINDS}
     measure_ceiling(family, 2, device)  # discarded: process-level warm-up (allocator, kernels) off repeat 0
     for r in range(repeats):
-        for kind in KINDS[r % len(KINDS):] + KINDS[: r % len(KINDS)]:  # rotate the order
+        for kind in KINDS[r % len(KINDS) :] + KINDS[: r % len(KINDS)]:  # rotate the order
             samples[kind].append(MEASURE[kind](family, steps, device))
     med = {k: statistics.median(v) for k, v in samples.items()}
-    return {"family": family, **med, "loop/ceiling": med["loop"] / med["ceiling"],
-            "loop/baseline": med["loop"] / med["baseline"], "samples": samples}
+    return {
+        "family": family,
+        **med,
+        "loop/ceiling": med["loop"] / med["ceiling"],
+        "loop/baseline": med["loop"] / med["baseline"],
+        "samples": samples,
+    }
 
 
 def main() -> None:
@@ -152,30 +170,47 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads for all measurements (default: CPU count; 1 is steadier on a busy CPU)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads for all measurements (default: CPU count; 1 is steadier on a busy CPU)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)  # the same for all measurements
-    header = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
-              "date": datetime.datetime.now().isoformat(timespec="seconds"), "batch": BATCH, "dataset": DATASET,
-              "steps": args.steps, "repeats": args.repeats}
+    header = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "batch": BATCH,
+        "dataset": DATASET,
+        "steps": args.steps,
+        "repeats": args.repeats,
+    }
     results = [bench(f, args.steps, args.repeats, device) for f in args.families]
     if args.json:
         print(json.dumps({**header, "results": results}, indent=2))
         return
-    print(f"# torch {header['torch']}, threads {header['threads']}, device {device}, {header['date']}; "
-          f"{DATASET}, batch {BATCH}, median of {args.repeats} x {args.steps} steps")
-    print("| family | loop img/s | loop incl. checkpoint/grids img/s | ceiling img/s | baseline img/s "
-          "| loop/ceiling | loop/baseline |")
+    print(
+        f"# torch {header['torch']}, threads {header['threads']}, device {device}, {header['date']}; "
+        f"{DATASET}, batch {BATCH}, median of {args.repeats} x {args.steps} steps"
+    )
+    print(
+        "| family | loop img/s | loop incl. checkpoint/grids img/s | ceiling img/s | baseline img/s "
+        "| loop/ceiling | loop/baseline |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         lc, lb = r["loop/ceiling"], r["loop/baseline"]
-        print(f"| {r['family']} | {r['loop']:.0f} | {r['loop_wall']:.0f} | {r['ceiling']:.0f} | {r['baseline']:.0f} "
-              f"| {lc:.2f} {'PASS' if lc >= 0.9 else 'MISS'} | {lb:.2f} {'PASS' if lb >= 1.5 else 'MISS'} |")
+        print(
+            f"| {r['family']} | {r['loop']:.0f} | {r['loop_wall']:.0f} | {r['ceiling']:.0f} | {r['baseline']:.0f} "
+            f"| {lc:.2f} {'PASS' if lc >= 0.9 else 'MISS'} | {lb:.2f} {'PASS' if lb >= 1.5 else 'MISS'} |"
+        )
 
 
 if __name__ == "__main__":

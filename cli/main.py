@@ -12,7 +12,8 @@ import json
 import os
 import shlex
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from genlab.console import Parser, print_result
 from genlab.devices import DEVICE_HELP
@@ -22,9 +23,19 @@ from genlab.run_dir import LAST_CHECKPOINT
 
 # `genlab train` options -> the TrainConfig field each sets (all default to None: "not typed")
 TRAIN_FLAGS = {
-    "--dataset": "dataset", "--data-dir": "data_dir", "--download": "download", "--normal-class": "normal_class",
-    "--condition-on": "condition_on", "--translate": "translate", "--epochs": "epochs", "--max-steps": "max_steps", "--batch-size": "batch_size",
-    "--lr": "lr", "--seed": "seed", "--device": "device", "--log-every": "log_every",
+    "--dataset": "dataset",
+    "--data-dir": "data_dir",
+    "--download": "download",
+    "--normal-class": "normal_class",
+    "--condition-on": "condition_on",
+    "--translate": "translate",
+    "--epochs": "epochs",
+    "--max-steps": "max_steps",
+    "--batch-size": "batch_size",
+    "--lr": "lr",
+    "--seed": "seed",
+    "--device": "device",
+    "--log-every": "log_every",
 }
 
 
@@ -39,12 +50,17 @@ def _resume_changes(args: argparse.Namespace) -> dict[str, Any]:
 
     typed = _typed_train_options(args)
     refused = [flag for flag in typed if TRAIN_FLAGS[flag] not in RESUME_OVERRIDABLE]
-    refused += [flag for flag, value in (("--arch", args.arch), ("--set", args.set), ("--conditional", args.conditional))
-                if value]
+    refused += [
+        flag
+        for flag, value in (("--arch", args.arch), ("--set", args.set), ("--conditional", args.conditional))
+        if value
+    ]
     if refused:
         allowed = ", ".join(flag for flag, field in TRAIN_FLAGS.items() if field in RESUME_OVERRIDABLE)
-        raise GenlabError(f"{refused[0]} cannot be used with --resume: the run keeps the configuration in its checkpoint "
-                          f"(only {allowed} may change); drop {refused[0]}, or start a new run with another --out")
+        raise GenlabError(
+            f"{refused[0]} cannot be used with --resume: the run keeps the configuration in its checkpoint "
+            f"(only {allowed} may change); drop {refused[0]}, or start a new run with another --out"
+        )
     return {TRAIN_FLAGS[flag]: value for flag, value in typed.items()}
 
 
@@ -65,15 +81,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
         summary = train(args.family, model_kw, TrainConfig(**train_kw), args.out)
     again = f"genlab train {args.family} --out {shlex.quote(args.out)} --resume"
     if summary["stopped"] == "interrupted":
-        print(f"interrupted at step {summary['step']}; checkpoint saved to {summary['checkpoint']}; "
-              f"continue with: {again}", file=sys.stderr)
+        print(
+            f"interrupted at step {summary['step']}; checkpoint saved to {summary['checkpoint']}; "
+            f"continue with: {again}",
+            file=sys.stderr,
+        )
         return 130
 
     def text(s: dict[str, Any]) -> str:
         state = "complete" if s["stopped"] is None else s["stopped"].replace("_", " ")
         rate = f", {s['images_per_s']:,.0f} img/s" if s["images_per_s"] else ""
-        line = (f"{s['family']} on {s['dataset']}: {state} at epoch {s['epoch']}/{s['epochs']}, step {s['step']} "
-                f"({s['train_seconds']:.1f} s{rate}); checkpoint {s['checkpoint']}; samples {s['samples']}")
+        line = (
+            f"{s['family']} on {s['dataset']}: {state} at epoch {s['epoch']}/{s['epochs']}, step {s['step']} "
+            f"({s['train_seconds']:.1f} s{rate}); checkpoint {s['checkpoint']}; samples {s['samples']}"
+        )
         if s["stopped"] == "max_steps":
             line += f"; to go on: {again} --max-steps N (N > {s['max_steps']})"
         return line
@@ -117,8 +138,13 @@ def _checkpoint_info(target) -> dict[str, Any]:
     best = target / BEST_CHECKPOINT
     if best.is_file():  # a run directory: its best checkpoint too
         described = describe(load_checkpoint(best))
-        info["best_checkpoint"] = {"path": str(best), "epoch": described["epoch"], "step": described["step"],
-                                   "complete": described["complete"], "metrics": described["last_epoch_metrics"]}
+        info["best_checkpoint"] = {
+            "path": str(best),
+            "epoch": described["epoch"],
+            "step": described["step"],
+            "complete": described["complete"],
+            "metrics": described["last_epoch_metrics"],
+        }
     return info
 
 
@@ -129,13 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"genlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    p = sub.add_parser("train", help=f"train a model family into RUN_DIR/{LAST_CHECKPOINT}",
-                       description="Train VAE, GAN or VAE-GAN. Config keys not given as flags can be set with --set key=value "
-                                   "(e.g. --set latent_dim=64 --set beta=0.5 --set gamma=0.01).")
+    p = sub.add_parser(
+        "train",
+        help=f"train a model family into RUN_DIR/{LAST_CHECKPOINT}",
+        description="Train VAE, GAN or VAE-GAN. Config keys not given as flags can be set with --set key=value "
+        "(e.g. --set latent_dim=64 --set beta=0.5 --set gamma=0.01).",
+    )
     p.add_argument("family", choices=FAMILY_NAMES, help="; ".join(f"{f.name}: {f.summary}" for f in FAMILIES.values()))
-    p.add_argument("--dataset", help="mnist-5k (default, embedded), mnist, fashion-mnist, cifar10, celeba, or folder:PATH")
+    p.add_argument(
+        "--dataset", help="mnist-5k (default, embedded), mnist, fashion-mnist, cifar10, celeba, or folder:PATH"
+    )
     p.add_argument("--data-dir", help="where the standard dataset files are (default: ./data)")
-    p.add_argument("--download", action="store_true", default=None, help="download missing dataset files (connected machines)")
+    p.add_argument(
+        "--download", action="store_true", default=None, help="download missing dataset files (connected machines)"
+    )
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (checkpoint, metrics, sample grids)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after this many steps")
@@ -143,26 +176,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="Adam learning rate (default: 2e-4; 3e-4 for vaegan)")
     p.add_argument("--arch", choices=("conv", "mlp"), help="network type (default conv)")
     p.add_argument("--normal-class", type=int, metavar="K", help="train on class K only (one-class anomaly setting)")
-    p.add_argument("--conditional", action="store_true", default=None,
-                   help="class-conditional model: conditional VAE, auxiliary-classifier GAN, conditional VAE-GAN; "
-                        "generate asks for a class (the dataset's labels)")
-    p.add_argument("--condition-on", metavar="ATTR",
-                   help="celeba: the binary attribute of list_attr_celeba.txt that labels the images (e.g. Male)")
+    p.add_argument(
+        "--conditional",
+        action="store_true",
+        default=None,
+        help="class-conditional model: conditional VAE, auxiliary-classifier GAN, conditional VAE-GAN; "
+        "generate asks for a class (the dataset's labels)",
+    )
+    p.add_argument(
+        "--condition-on",
+        metavar="ATTR",
+        help="celeba: the binary attribute of list_attr_celeba.txt that labels the images (e.g. Male)",
+    )
     p.add_argument("--translate", type=float, metavar="F", help="random shifts of up to F of the image size (e.g. 0.1)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help=DEVICE_HELP)
-    p.add_argument("--log-every", type=int, metavar="STEPS", help="steps between progress / metrics flushes (default 10)")
+    p.add_argument(
+        "--log-every", type=int, metavar="STEPS", help="steps between progress / metrics flushes (default 10)"
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any model or training config field")
-    p.add_argument("--resume", action="store_true",
-                   help=f"continue RUN_DIR/{LAST_CHECKPOINT} exactly where it stopped, with its own configuration; "
-                        "only --epochs, --max-steps, --device and --log-every may change")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue RUN_DIR/{LAST_CHECKPOINT} exactly where it stopped, with its own configuration; "
+        "only --epochs, --max-steps, --device and --log-every may change",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("info", help="print what a checkpoint or an export holds")
-    p.add_argument("checkpoint", metavar="CHECKPOINT|EXPORT",
-                   help="a checkpoint file, a run directory (last.pt, and best.pt where there is one), an export "
-                        "directory or a model in the BentoML store")
+    p.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT|EXPORT",
+        help="a checkpoint file, a run directory (last.pt, and best.pt where there is one), an export "
+        "directory or a model in the BentoML store",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
 
@@ -181,13 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Where each stage's third-party modules come from: a command run without its extra says what to install.
 EXTRA_OF_MODULE = {
-    **dict.fromkeys(("torch", "torchvision", "tqdm", "matplotlib", "mlxtend", "torch_fidelity", "sklearn", "scipy"), "train"),
+    **dict.fromkeys(
+        ("torch", "torchvision", "tqdm", "matplotlib", "mlxtend", "torch_fidelity", "sklearn", "scipy"), "train"
+    ),
     **dict.fromkeys(("onnx", "onnxscript"), "export"),
     **dict.fromkeys(("onnxruntime", "bentoml", "pydantic", "python_multipart", "starlette"), "serve"),
 }
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -198,8 +248,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         extra = EXTRA_OF_MODULE.get((err.name or "").partition(".")[0])
         if extra is None:
             raise
-        print(f"genlab {args.command}: error: {err.name} is not installed; genlab {args.command} needs the "
-              f"{extra} extra: pip install 'genlab[{extra}]'", file=sys.stderr)
+        print(
+            f"genlab {args.command}: error: {err.name} is not installed; genlab {args.command} needs the "
+            f"{extra} extra: pip install 'genlab[{extra}]'",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"genlab {args.command}: interrupted", file=sys.stderr)

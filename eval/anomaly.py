@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -27,8 +27,8 @@ from genlab.thresholds import DEFAULT_PERCENTILE, quantile
 @dataclass(frozen=True)
 class AnomalySettings:
     dataset: str
-    normal_class: Optional[int]
-    ood: Optional[str]
+    normal_class: int | None
+    ood: str | None
     split: str = "test"
     data_dir: str = "data"
     percentile: float = DEFAULT_PERCENTILE
@@ -55,7 +55,10 @@ def ranking_metrics(scores: np.ndarray, is_anomaly: np.ndarray) -> dict[str, flo
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     scores = np.nan_to_num(np.asarray(scores, np.float64), nan=np.inf, posinf=np.finfo(np.float64).max)
-    return {"auroc": float(roc_auc_score(is_anomaly, scores)), "auprc": float(average_precision_score(is_anomaly, scores))}
+    return {
+        "auroc": float(roc_auc_score(is_anomaly, scores)),
+        "auprc": float(average_precision_score(is_anomaly, scores)),
+    }
 
 
 def threshold_rates(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float) -> dict[str, float]:
@@ -68,9 +71,9 @@ def threshold_rates(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float
 def scores_to_metrics(
     scores: dict[str, np.ndarray],
     is_anomaly: np.ndarray,
-    calibration: Optional[dict[str, Any]],
+    calibration: dict[str, Any] | None,
     percentile: float,
-    descriptions: Optional[dict[str, str]] = None,
+    descriptions: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """{component: scores} -> {component: auroc, auprc, threshold, tpr, fpr, meaning}."""
     out: dict[str, dict[str, Any]] = {}
@@ -113,16 +116,18 @@ def labelled_images(settings: AnomalySettings, image_shape: tuple[int, int, int]
         images = np.concatenate([normal.images.numpy(), other.images.numpy()])
         is_anomaly = np.concatenate([np.zeros(len(normal), bool), np.ones(len(other), bool)])
     if is_anomaly.all() or not is_anomaly.any():
-        raise GenlabError(f"{settings.protocol}: needs both normal and anomalous images ({len(images)} images, "
-                          f"{int(is_anomaly.sum())} anomalous)")
+        raise GenlabError(
+            f"{settings.protocol}: needs both normal and anomalous images ({len(images)} images, "
+            f"{int(is_anomaly.sum())} anomalous)"
+        )
     return images, is_anomaly
 
 
 def evaluate_anomaly(
     model: Any,
-    dataset: Optional[str] = None,
-    normal_class: Optional[int] = None,
-    ood: Optional[str] = None,
+    dataset: str | None = None,
+    normal_class: int | None = None,
+    ood: str | None = None,
     split: str = "test",
     data_dir: str = "data",
     percentile: float = DEFAULT_PERCENTILE,
@@ -147,7 +152,9 @@ def evaluate_anomaly(
     )
     images, is_anomaly = labelled_images(settings, tuple(source.image_shape))
     scores = source.scores(images, batch_size=batch_size, desc="scoring")
-    components = scores_to_metrics(scores, is_anomaly, source.calibration, settings.percentile, source.score_descriptions)
+    components = scores_to_metrics(
+        scores, is_anomaly, source.calibration, settings.percentile, source.score_descriptions
+    )
     return {
         "evaluation": "anomaly",
         "settings": dataclasses.asdict(settings),
@@ -169,10 +176,15 @@ def result_name(result: dict[str, Any]) -> str:
 
 def summary_line(result: dict[str, Any]) -> str:
     """One line per component for the terminal."""
-    lines = [f"anomaly {result['protocol']} ({result['counts']['normal']} normal, {result['counts']['anomalous']} anomalous):"]
+    lines = [
+        f"anomaly {result['protocol']} ({result['counts']['normal']} normal, {result['counts']['anomalous']} anomalous):"
+    ]
     p = result["settings"]["percentile"]
     for name, row in result["components"].items():
-        at = (f"; at p{p:g} threshold {row['threshold']:.4g}: TPR {row['tpr']:.3f}, FPR {row['fpr']:.3f}"
-              if row["threshold"] is not None else "; no calibration")
+        at = (
+            f"; at p{p:g} threshold {row['threshold']:.4g}: TPR {row['tpr']:.3f}, FPR {row['fpr']:.3f}"
+            if row["threshold"] is not None
+            else "; no calibration"
+        )
         lines.append(f"  {name}: AUROC {row['auroc']:.4f}, AUPRC {row['auprc']:.4f}{at}")
     return "\n".join(lines)

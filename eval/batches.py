@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from genlab.errors import GenlabError
 
@@ -27,7 +28,7 @@ def normal_class_of(source: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def in_batches(fn: Callable[[Any], T], inputs: Any, batch_size: int, desc: Optional[str] = None) -> list[T]:
+def in_batches(fn: Callable[[Any], T], inputs: Any, batch_size: int, desc: str | None = None) -> list[T]:
     """Apply ``fn`` to consecutive slices of ``inputs``; the list of outputs. ``desc`` shows a progress bar."""
     from tqdm import tqdm
 

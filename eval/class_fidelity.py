@@ -28,8 +28,10 @@ BATCH = 500
 def require_conditional(source: Any, what: str) -> None:
     """One line for the user when ``what`` needs class labels and the model takes none."""
     if not source.conditional:
-        raise GenlabError(f"{what} needs a conditional model (genlab train ... --conditional); "
-                          f"{source.path} is an unconditional {source.family}")
+        raise GenlabError(
+            f"{what} needs a conditional model (genlab train ... --conditional); "
+            f"{source.path} is an unconditional {source.family}"
+        )
 
 
 def classifier_for_source(source: Any, data_dir: str = "data") -> tuple[Any, dict[str, Any]]:
@@ -45,8 +47,10 @@ def classifier_for_source(source: Any, data_dir: str = "data") -> tuple[Any, dic
         raise GenlabError(f"class fidelity: {err}") from None
     net, info = load_classifier(path)
     if int(info["classes"]) != source.num_classes:
-        raise GenlabError(f"class fidelity: the reference classifier of {source.dataset} tells {info['classes']} classes "
-                          f"apart, the model {source.num_classes}")
+        raise GenlabError(
+            f"class fidelity: the reference classifier of {source.dataset} tells {info['classes']} classes "
+            f"apart, the model {source.num_classes}"
+        )
     return net, {**info, "file": str(path), "identity": f"lenet-{file_digest(path)}"}
 
 
@@ -57,16 +61,22 @@ def predict_classes(net: Any, images: np.ndarray, batch_size: int = BATCH) -> np
     from genlab.pixels import uint8_to_model
 
     with torch.no_grad():
-        parts = [net(uint8_to_model(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))).argmax(1)
-                 for i in range(0, len(images), batch_size)]
+        parts = [
+            net(uint8_to_model(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))).argmax(1)
+            for i in range(0, len(images), batch_size)
+        ]
     return torch.cat(parts).numpy().astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
-def agreement_by_class(predicted: np.ndarray, wanted: np.ndarray, class_names: list[str]) -> tuple[float, dict[str, float | None]]:
+def agreement_by_class(
+    predicted: np.ndarray, wanted: np.ndarray, class_names: list[str]
+) -> tuple[float, dict[str, float | None]]:
     """(share of ``predicted == wanted``, the same share within each wanted class; None for a class never wanted)."""
     predicted, wanted = np.asarray(predicted), np.asarray(wanted)
     hit = predicted == wanted
-    per_class = {name: (float(hit[wanted == k].mean()) if (wanted == k).any() else None) for k, name in enumerate(class_names)}
+    per_class = {
+        name: (float(hit[wanted == k].mean()) if (wanted == k).any() else None) for k, name in enumerate(class_names)
+    }
     return float(hit.mean()) if len(hit) else float("nan"), per_class
 
 
@@ -75,13 +85,23 @@ def classifier_test_accuracy(net: Any, source: Any, data_dir: str = "data") -> d
     from genlab.data import load_split
 
     channels, size, _ = source.image_shape
-    test = load_split(source.dataset, "test", data_dir, image_size=size, channels=channels, condition_on=source.condition_on)
-    overall, per_class = agreement_by_class(predict_classes(net, test.images.numpy()), test.labels.numpy(), source.class_names)
-    return {"classifier_test_accuracy": overall, "classifier_test_accuracy_per_class": per_class,
-            "classifier_test_split": f"{source.dataset}:test", "classifier_n_test": len(test)}
+    test = load_split(
+        source.dataset, "test", data_dir, image_size=size, channels=channels, condition_on=source.condition_on
+    )
+    overall, per_class = agreement_by_class(
+        predict_classes(net, test.images.numpy()), test.labels.numpy(), source.class_names
+    )
+    return {
+        "classifier_test_accuracy": overall,
+        "classifier_test_accuracy_per_class": per_class,
+        "classifier_test_split": f"{source.dataset}:test",
+        "classifier_n_test": len(test),
+    }
 
 
-def images_to_class_fidelity(images: np.ndarray, labels: np.ndarray, source: Any, data_dir: str = "data") -> dict[str, Any]:
+def images_to_class_fidelity(
+    images: np.ndarray, labels: np.ndarray, source: Any, data_dir: str = "data"
+) -> dict[str, Any]:
     """A conditional model's samples and the labels they were drawn for -> class fidelity (overall, per class) with
     the classifier's test accuracy beside it and the classifier named."""
     require_conditional(source, "class fidelity")
@@ -92,13 +112,20 @@ def images_to_class_fidelity(images: np.ndarray, labels: np.ndarray, source: Any
         "class_fidelity_per_class": per_class,
         **classifier_test_accuracy(net, source, data_dir),
         "n_per_class": {name: int((np.asarray(labels) == k).sum()) for k, name in enumerate(source.class_names)},
-        "classifier": {"identity": info["identity"], "file": info["file"], "dataset": info["dataset"],
-                       "condition_on": source.condition_on, "seed": info["seed"], "val_accuracy": info.get("val_accuracy")},
+        "classifier": {
+            "identity": info["identity"],
+            "file": info["file"],
+            "dataset": info["dataset"],
+            "condition_on": source.condition_on,
+            "seed": info["seed"],
+            "val_accuracy": info.get("val_accuracy"),
+        },
     }
 
 
-def measure(model: Any, n: int = 1000, seed: int = 0, data_dir: str = "data", batch_size: int = 256,
-            device: str = "auto") -> dict[str, Any]:
+def measure(
+    model: Any, n: int = 1000, seed: int = 0, data_dir: str = "data", batch_size: int = 256, device: str = "auto"
+) -> dict[str, Any]:
     """Class fidelity of ``n`` samples for balanced, seeded labels of a conditional model (checkpoint, run dir, export
     dir, BentoML tag or ModelSource). Keys: class_fidelity, class_fidelity_per_class, classifier_test_accuracy,
     classifier_test_accuracy_per_class, n, n_per_class, seed, classifier, ... (see the module docstring)."""
@@ -137,11 +164,15 @@ def _shares(per_class: dict[str, float | None]) -> str:
 
 def fidelity_text(result: dict[str, Any]) -> str:
     """'class fidelity 0.93 (per class 0 0.95, ...; classifier test accuracy 0.98)': the share and its ceiling."""
-    return (f"class fidelity {result['class_fidelity']:.3f} (per class {_shares(result['class_fidelity_per_class'])}; "
-            f"classifier test accuracy {result['classifier_test_accuracy']:.3f} on {result['classifier_test_split']})")
+    return (
+        f"class fidelity {result['class_fidelity']:.3f} (per class {_shares(result['class_fidelity_per_class'])}; "
+        f"classifier test accuracy {result['classifier_test_accuracy']:.3f} on {result['classifier_test_split']})"
+    )
 
 
 def summary_line(result: dict[str, Any]) -> str:
     """One line: the shares, the ceiling and what they were measured on."""
-    return (f"{fidelity_text(result)}  [samples n={result['n']} seed={result['seed']}, balanced labels; "
-            f"classifier {result['classifier']['identity']}; {result['kind']} {result['family']}]")
+    return (
+        f"{fidelity_text(result)}  [samples n={result['n']} seed={result['seed']}, balanced labels; "
+        f"classifier {result['classifier']['identity']}; {result['kind']} {result['family']}]"
+    )

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from genlab.eval.fid_command import add_parser as add_fid_parser
+
 from genlab.console import Parser, print_result
 from genlab.devices import DEVICE_HELP
 from genlab.families import FAMILY_NAMES
-
-from genlab.eval.fid_command import add_parser as add_fid_parser
 
 
 def _float_list(text: str) -> list[float]:
@@ -31,9 +31,16 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     from genlab.eval.anomaly import evaluate_anomaly, result_name, summary_line
     from genlab.eval.results import save_result
 
-    result = evaluate_anomaly(args.model, dataset=args.dataset, normal_class=args.normal_class, ood=args.ood,
-                              split=args.split, data_dir=args.data_dir, percentile=args.percentile,
-                              batch_size=args.batch_size)
+    result = evaluate_anomaly(
+        args.model,
+        dataset=args.dataset,
+        normal_class=args.normal_class,
+        ood=args.ood,
+        split=args.split,
+        data_dir=args.data_dir,
+        percentile=args.percentile,
+        batch_size=args.batch_size,
+    )
     if args.save:
         result["saved_to"] = str(save_result(_run_dir_of(args.model), result_name(result), result))
     print_result(result, args.json, summary_line)
@@ -44,8 +51,16 @@ def _cmd_translation(args: argparse.Namespace) -> int:
     from genlab.eval.results import save_result
     from genlab.eval.translation import evaluate_translation, result_name, summary_line
 
-    result = evaluate_translation(args.model, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
-                                  fractions=tuple(args.shifts), n=args.n, seed=args.seed, batch_size=args.batch_size)
+    result = evaluate_translation(
+        args.model,
+        dataset=args.dataset,
+        split=args.split,
+        data_dir=args.data_dir,
+        fractions=tuple(args.shifts),
+        n=args.n,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
     if args.save:
         result["saved_to"] = str(save_result(_run_dir_of(args.model), result_name(result), result))
     print_result(result, args.json, summary_line)
@@ -56,8 +71,9 @@ def _cmd_class_fidelity(args: argparse.Namespace) -> int:
     from genlab.eval.class_fidelity import measure, result_name, summary_line
     from genlab.eval.results import save_result
 
-    result = measure(args.model, n=args.n, seed=args.seed, data_dir=args.data_dir, batch_size=args.batch_size,
-                     device=args.device)
+    result = measure(
+        args.model, n=args.n, seed=args.seed, data_dir=args.data_dir, batch_size=args.batch_size, device=args.device
+    )
     if args.save:
         result["saved_to"] = str(save_result(_run_dir_of(args.model), result_name(result), result))
     print_result(result, args.json, summary_line)
@@ -85,13 +101,24 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from genlab.eval.sweep import SweepSettings, run_sweep
 
     settings = SweepSettings(
-        families=tuple(args.families), lrs=tuple(args.lrs), dataset=args.dataset, data_dir=args.data_dir,
-        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, seed=args.seed,
-        normal_class=args.normal_class, overrides=tuple(args.set or ()), device=args.device,
-        translate_experiment=args.translate_experiment, n=args.n,
+        families=tuple(args.families),
+        lrs=tuple(args.lrs),
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        normal_class=args.normal_class,
+        overrides=tuple(args.set or ()),
+        device=args.device,
+        translate_experiment=args.translate_experiment,
+        n=args.n,
     )
     result = run_sweep(settings, args.out)
-    print_result(result, args.json, lambda r: f"sweep of {len(r['runs'])} run(s) in {r['out']}; report {r['report']['markdown']}")
+    print_result(
+        result, args.json, lambda r: f"sweep of {len(r['runs'])} run(s) in {r['out']}; report {r['report']['markdown']}"
+    )
     return 0
 
 
@@ -104,36 +131,62 @@ def _cmd_serve_jobs(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.models:
         env["GENLAB_EVAL_MODELS"] = args.models
-    command = [sys.executable, "-m", "bentoml", "serve", "genlab.eval.jobs_service:EvalJobs", "--host", args.host, "--port", str(args.port)]
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "genlab.eval.jobs_service:EvalJobs",
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     return serve(command, env)
 
 
 def register(sub: Any) -> None:
     """Add ``eval`` (anomaly, translation, fid, class-fidelity, serve-jobs), ``report`` and ``sweep`` to genlab's subcommands."""
-    p = sub.add_parser("eval", help="evaluate a model: FID/KID, class fidelity, anomaly AUROC, translation robustness; the jobs service")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model: FID/KID, class fidelity, anomaly AUROC, translation robustness; the jobs service",
+    )
     eval_sub = p.add_subparsers(dest="eval_command", required=True, parser_class=Parser)
 
-    a = eval_sub.add_parser("anomaly", help="AUROC / AUPRC and TPR / FPR at the calibrated threshold, per score",
-                            description="One-class protocol (normal = class K of the test split, anomalies = the other "
-                                        "classes) or --ood DATASET (anomalies = that dataset's test split).")
+    a = eval_sub.add_parser(
+        "anomaly",
+        help="AUROC / AUPRC and TPR / FPR at the calibrated threshold, per score",
+        description="One-class protocol (normal = class K of the test split, anomalies = the other "
+        "classes) or --ood DATASET (anomalies = that dataset's test split).",
+    )
     a.add_argument("model", help="checkpoint, run directory or ONNX export directory")
     a.add_argument("--dataset", help="dataset of the normal images (default: the model's)")
-    a.add_argument("--normal-class", type=int, metavar="K", help="normal class (default: the class a one-class run was trained on)")
+    a.add_argument(
+        "--normal-class", type=int, metavar="K", help="normal class (default: the class a one-class run was trained on)"
+    )
     a.add_argument("--ood", metavar="DATASET", help="score this dataset's test split as the anomalies")
     a.add_argument("--split", default="test", choices=("train", "val", "test"))
     a.add_argument("--data-dir", default="data")
-    a.add_argument("--percentile", type=float, default=99.0, help="calibrated threshold, percentile of normal scores (99)")
+    a.add_argument(
+        "--percentile", type=float, default=99.0, help="calibrated threshold, percentile of normal scores (99)"
+    )
     a.add_argument("--batch-size", type=int, default=256)
-    a.add_argument("--save", action="store_true", help="keep the result beside the model (RUN_DIR/eval/) for genlab report")
+    a.add_argument(
+        "--save", action="store_true", help="keep the result beside the model (RUN_DIR/eval/) for genlab report"
+    )
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=_cmd_anomaly)
 
-    t = eval_sub.add_parser("translation", help="reconstruction error of held-out images shifted by 0..10%% (VAE, VAE-GAN)")
+    t = eval_sub.add_parser(
+        "translation", help="reconstruction error of held-out images shifted by 0..10%% (VAE, VAE-GAN)"
+    )
     t.add_argument("model", help="checkpoint, run directory or ONNX export directory of an encoder model")
     t.add_argument("--dataset", help="default: the model's")
     t.add_argument("--split", default="test", choices=("train", "val", "test"))
     t.add_argument("--data-dir", default="data")
-    t.add_argument("--shifts", type=_float_list, default=[0.0, 0.025, 0.05, 0.075, 0.1], help="fractions of the image size")
+    t.add_argument(
+        "--shifts", type=_float_list, default=[0.0, 0.025, 0.05, 0.075, 0.1], help="fractions of the image size"
+    )
     t.add_argument("--n", type=int, default=500, help="held-out images (500)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--batch-size", type=int, default=256)
@@ -143,17 +196,24 @@ def register(sub: Any) -> None:
 
     add_fid_parser(eval_sub)
 
-    c = eval_sub.add_parser("class-fidelity", help="conditional models: share of samples classified as the class asked for",
-                            description="Samples for balanced, seeded labels, classified by the reference classifier (the "
-                                        "LeNet genlab trains on the dataset's labels); printed beside that classifier's "
-                                        "accuracy on the test split, the most the share can show.")
-    c.add_argument("model", help="checkpoint, run directory, export directory or BentoML model tag of a conditional model")
+    c = eval_sub.add_parser(
+        "class-fidelity",
+        help="conditional models: share of samples classified as the class asked for",
+        description="Samples for balanced, seeded labels, classified by the reference classifier (the "
+        "LeNet genlab trains on the dataset's labels); printed beside that classifier's "
+        "accuracy on the test split, the most the share can show.",
+    )
+    c.add_argument(
+        "model", help="checkpoint, run directory, export directory or BentoML model tag of a conditional model"
+    )
     c.add_argument("--n", type=int, default=1000, help="samples (1000)")
     c.add_argument("--seed", type=int, default=0, help="seed of the labels and latents")
     c.add_argument("--data-dir", default="data")
     c.add_argument("--batch-size", type=int, default=256)
     c.add_argument("--device", default="auto", help=DEVICE_HELP)
-    c.add_argument("--save", action="store_true", help="keep the result beside the model (RUN_DIR/eval/) for genlab report")
+    c.add_argument(
+        "--save", action="store_true", help="keep the result beside the model (RUN_DIR/eval/) for genlab report"
+    )
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_cmd_class_fidelity)
 
@@ -163,10 +223,13 @@ def register(sub: Any) -> None:
     s.add_argument("--models", help="models root the service may evaluate (default: $GENLAB_EVAL_MODELS or ./runs)")
     s.set_defaults(func=_cmd_serve_jobs)
 
-    r = sub.add_parser("report", help="write report.md and report.html comparing runs",
-                       description="Gathers saved evaluation results (RUN_DIR/eval/*.json) and computes the cheap missing "
-                                   "ones (reconstruction error, translation, anomaly AUROC; a conditional run's class "
-                                   "fidelity and its grid of samples, one row per class); FID is never computed here.")
+    r = sub.add_parser(
+        "report",
+        help="write report.md and report.html comparing runs",
+        description="Gathers saved evaluation results (RUN_DIR/eval/*.json) and computes the cheap missing "
+        "ones (reconstruction error, translation, anomaly AUROC; a conditional run's class "
+        "fidelity and its grid of samples, one row per class); FID is never computed here.",
+    )
     r.add_argument("runs", nargs="+", metavar="RUN_DIR")
     r.add_argument("--out", required=True, metavar="DIR")
     r.add_argument("--no-compute", action="store_true", help="only show saved results")
@@ -176,9 +239,12 @@ def register(sub: Any) -> None:
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=_cmd_report)
 
-    w = sub.add_parser("sweep", help="learning-rate sweep over model families, then the report",
-                       description="Trains each (family, lr) into OUT/<family>-lr<lr>/ (finished runs are kept, interrupted "
-                                   "ones resumed), runs the cheap evaluations and writes OUT/report/.")
+    w = sub.add_parser(
+        "sweep",
+        help="learning-rate sweep over model families, then the report",
+        description="Trains each (family, lr) into OUT/<family>-lr<lr>/ (finished runs are kept, interrupted "
+        "ones resumed), runs the cheap evaluations and writes OUT/report/.",
+    )
     w.add_argument("--families", type=_name_list, default=list(FAMILY_NAMES), help=f"default {','.join(FAMILY_NAMES)}")
     w.add_argument("--lrs", type=_float_list, default=[1.5e-4, 3e-4, 6e-4])
     w.add_argument("--dataset", default="mnist-5k")
@@ -187,11 +253,16 @@ def register(sub: Any) -> None:
     w.add_argument("--max-steps", type=int)
     w.add_argument("--batch-size", type=int)
     w.add_argument("--seed", type=int, default=0)
-    w.add_argument("--normal-class", type=int, metavar="K", help="train one-class runs (adds anomaly AUROC to the report)")
+    w.add_argument(
+        "--normal-class", type=int, metavar="K", help="train one-class runs (adds anomaly AUROC to the report)"
+    )
     w.add_argument("--device", default="auto", help=DEVICE_HELP)
     w.add_argument("--set", action="append", metavar="KEY=VALUE", help="passed to every run (see genlab train --help)")
-    w.add_argument("--translate-experiment", action="store_true",
-                   help="also measure reconstruction error on inputs shifted by 2.5..10%% (VAE, VAE-GAN)")
+    w.add_argument(
+        "--translate-experiment",
+        action="store_true",
+        help="also measure reconstruction error on inputs shifted by 2.5..10%% (VAE, VAE-GAN)",
+    )
     w.add_argument("--n", type=int, default=500, help="held-out images for reconstruction error (500)")
     w.add_argument("--out", required=True, metavar="DIR")
     w.add_argument("--json", action="store_true")

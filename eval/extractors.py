@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from genlab.errors import GenlabError
-
 from genlab.cache import file_digest
 from genlab.classifier import FEATURE_LAYERS, FEATURES, classifier_path, load_classifier
+from genlab.errors import GenlabError
 
 EXTRACTOR_CHOICES = ("inception", "lenet")
 
@@ -34,31 +33,50 @@ class Extractor:
 
     def metric_key(self, metric: str) -> str:
         """torch-fidelity's metric names -> ours: fid / kid for Inception, lenet_fd / lenet_kd otherwise."""
-        short = {"frechet_inception_distance": "fid", "kernel_inception_distance_mean": "kid",
-                 "kernel_inception_distance_std": "kid_std"}.get(metric, metric)
+        short = {
+            "frechet_inception_distance": "fid",
+            "kernel_inception_distance_mean": "kid",
+            "kernel_inception_distance_std": "kid_std",
+        }.get(metric, metric)
         if not self.key_prefix:
             return short
         return self.key_prefix + short.replace("fid", "fd").replace("kid", "kd")
 
 
-def resolve_extractor(choice: str, dataset: str, image_shape: tuple[int, int, int], data_dir: str = "data",
-                      inception_weights: str | None = None, seed: int = 0, condition_on: str | None = None) -> Extractor:
+def resolve_extractor(
+    choice: str,
+    dataset: str,
+    image_shape: tuple[int, int, int],
+    data_dir: str = "data",
+    inception_weights: str | None = None,
+    seed: int = 0,
+    condition_on: str | None = None,
+) -> Extractor:
     """An extractor choice -> registered torch-fidelity extractor with its weights in place (lenet on CelebA:
     trained to tell ``condition_on`` apart, the only labels CelebA has)."""
     if choice == "inception":
         from genlab.eval.inception import resolve_inception_weights
 
         weights = resolve_inception_weights(inception_weights)
-        return Extractor("inception", "inception-v3-compat", weights.path, weights.source, weights.identity, "2048",
-                         "FID", "")
+        return Extractor(
+            "inception", "inception-v3-compat", weights.path, weights.source, weights.identity, "2048", "FID", ""
+        )
     if choice == "lenet":
         if inception_weights:
             raise GenlabError("--inception-weights applies to --extractor inception only")
         channels, size, _ = image_shape
         path = classifier_path(dataset, size, channels, data_dir, seed, condition_on)
         name = register_lenet(dataset)
-        return Extractor("lenet", name, str(path), "trained by genlab", f"lenet-{file_digest(path)}", str(FEATURES),
-                         "FD (genlab-lenet features)", "lenet_")
+        return Extractor(
+            "lenet",
+            name,
+            str(path),
+            "trained by genlab",
+            f"lenet-{file_digest(path)}",
+            str(FEATURES),
+            "FD (genlab-lenet features)",
+            "lenet_",
+        )
     raise GenlabError(f"unknown extractor {choice!r}; choose one of {', '.join(EXTRACTOR_CHOICES)}")
 
 
@@ -109,7 +127,9 @@ def lenet_feature_extractor_class():
             self.eval()
 
         def forward(self, x):
-            vassert(torch.is_tensor(x) and x.dtype == torch.uint8, "Expecting image as torch.Tensor with dtype=torch.uint8")
+            vassert(
+                torch.is_tensor(x) and x.dtype == torch.uint8, "Expecting image as torch.Tensor with dtype=torch.uint8"
+            )
             vassert(x.dim() == 4 and x.shape[1] == 3, f"Input is not Bx3xHxW: {x.shape}")
             x = uint8_to_model(x)
             if self.channels == 1:  # grey images arrive replicated to 3 channels

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +45,7 @@ KID_SUBSET_SIZE = 1000
 @dataclass(frozen=True)
 class FidSettings:
     model: str
-    ref: Optional[str] = None  # DATASET[:split]; default: the model's dataset
+    ref: str | None = None  # DATASET[:split]; default: the model's dataset
     split: str = "test"  # the reference split where ``ref`` names none
     n: int = 1000
     metrics: tuple[str, ...] = ("fid", "kid")
@@ -54,7 +54,7 @@ class FidSettings:
     device: str = "auto"
     seed: int = 0
     extractor: str = "inception"
-    inception_weights: Optional[str] = None
+    inception_weights: str | None = None
     data_dir: str = "data"
     progress: bool = True
     per_class: bool = False  # a conditional model: also the metrics of each class against that class's references
@@ -71,7 +71,7 @@ class FidSettings:
             raise GenlabError(f"--of must be one of {', '.join(OF_CHOICES)}, got {self.of!r}")
 
 
-def parse_reference(ref: Optional[str], default_dataset: str, default_split: str = "test") -> tuple[str, str]:
+def parse_reference(ref: str | None, default_dataset: str, default_split: str = "test") -> tuple[str, str]:
     """'DATASET[:split]' -> (dataset, split); 'folder:PATH[:split]' keeps its path; no split: ``default_split``."""
     from genlab.data import SPLITS
 
@@ -90,17 +90,33 @@ def reference_subset(count: int, n: int) -> np.ndarray:
     return np.sort(np.random.default_rng(REFERENCE_SUBSET_SEED).permutation(count)[:n])
 
 
-def reference_cache_name(dataset: str, split: str, image_shape: tuple[int, int, int], extractor_name: str,
-                         weights_identity: str, n: int, class_name: Optional[str] = None,
-                         condition_on: Optional[str] = None) -> str:
+def reference_cache_name(
+    dataset: str,
+    split: str,
+    image_shape: tuple[int, int, int],
+    extractor_name: str,
+    weights_identity: str,
+    n: int,
+    class_name: str | None = None,
+    condition_on: str | None = None,
+) -> str:
     """The cache name of a reference split's features / statistics: one name per set of choices (per-class
     references: also the class, and the attribute that labels CelebA)."""
     from genlab.cache import cache_name
 
     channels, height, width = image_shape
     labelled = {} if class_name is None else {"by": condition_on or "label", "cls": class_name}
-    return cache_name(ref=dataset, split=split, res=f"{height}x{width}", ch=channels, fx=extractor_name,
-                      w=weights_identity, n=n, sub=REFERENCE_SUBSET_SEED, **labelled)
+    return cache_name(
+        ref=dataset,
+        split=split,
+        res=f"{height}x{width}",
+        ch=channels,
+        fx=extractor_name,
+        w=weights_identity,
+        n=n,
+        sub=REFERENCE_SUBSET_SEED,
+        **labelled,
+    )
 
 
 def images_to_dataset(images: np.ndarray):
@@ -122,9 +138,17 @@ def images_to_dataset(images: np.ndarray):
     return UInt8Images(images)
 
 
-def images_to_metrics(images: np.ndarray, reference: np.ndarray, extractor, metrics: tuple[str, ...],
-                      batch_size: int, cuda: bool, seed: int, reference_cache: Optional[str],
-                      progress: bool = False) -> dict[str, float]:
+def images_to_metrics(
+    images: np.ndarray,
+    reference: np.ndarray,
+    extractor,
+    metrics: tuple[str, ...],
+    batch_size: int,
+    cuda: bool,
+    seed: int,
+    reference_cache: str | None,
+    progress: bool = False,
+) -> dict[str, float]:
     """Two uint8 image sets -> {our metric key: value} through torch-fidelity's calculate_metrics."""
     from genlab.torchvision_fix import import_torchvision
 
@@ -134,14 +158,26 @@ def images_to_metrics(images: np.ndarray, reference: np.ndarray, extractor, metr
     from genlab.cache import cache_dir
 
     kwargs: dict[str, Any] = dict(
-        input1=images_to_dataset(images), input2=images_to_dataset(reference), cuda=cuda, batch_size=batch_size,
-        fid="fid" in metrics, kid="kid" in metrics, prc="prc" in metrics,
-        feature_extractor=extractor.name, feature_extractor_weights_path=extractor.weights_path,
-        feature_layer_fid=extractor.feature_layer, feature_layer_kid=extractor.feature_layer,
+        input1=images_to_dataset(images),
+        input2=images_to_dataset(reference),
+        cuda=cuda,
+        batch_size=batch_size,
+        fid="fid" in metrics,
+        kid="kid" in metrics,
+        prc="prc" in metrics,
+        feature_extractor=extractor.name,
+        feature_extractor_weights_path=extractor.weights_path,
+        feature_layer_fid=extractor.feature_layer,
+        feature_layer_kid=extractor.feature_layer,
         feature_layer_prc=extractor.feature_layer,
-        kid_subsets=KID_SUBSETS, kid_subset_size=kid_subset_size(len(images), len(reference)),
-        rng_seed=seed, save_cpu_ram=True, verbose=progress, samples_shuffle=False,
-        cache=reference_cache is not None, cache_root=str(cache_dir("fid-reference")),
+        kid_subsets=KID_SUBSETS,
+        kid_subset_size=kid_subset_size(len(images), len(reference)),
+        rng_seed=seed,
+        save_cpu_ram=True,
+        verbose=progress,
+        samples_shuffle=False,
+        cache=reference_cache is not None,
+        cache_root=str(cache_dir("fid-reference")),
         input2_cache_name=reference_cache,
     )
     try:
@@ -158,15 +194,40 @@ def kid_subset_size(n1: int, n2: int) -> int:
     return min(KID_SUBSET_SIZE, n1, n2)
 
 
-def compute_fid(model: str, ref: Optional[str] = None, split: str = "test", n: int = 1000, metrics: tuple[str, ...] = ("fid", "kid"),
-                of: str = "samples", batch_size: int = 64, device: str = "auto", seed: int = 0,
-                extractor: str = "inception", inception_weights: Optional[str] = None, data_dir: str = "data",
-                progress: bool = True, per_class: bool = False) -> dict[str, Any]:
+def compute_fid(
+    model: str,
+    ref: str | None = None,
+    split: str = "test",
+    n: int = 1000,
+    metrics: tuple[str, ...] = ("fid", "kid"),
+    of: str = "samples",
+    batch_size: int = 64,
+    device: str = "auto",
+    seed: int = 0,
+    extractor: str = "inception",
+    inception_weights: str | None = None,
+    data_dir: str = "data",
+    progress: bool = True,
+    per_class: bool = False,
+) -> dict[str, Any]:
     """FID (and KID / precision-recall) of MODEL's samples or reconstructions against a reference split; ``per_class``
     (conditional models): also per class, against that class's reference images."""
-    settings = FidSettings(model=str(model), ref=ref, split=split, n=int(n), metrics=tuple(metrics), of=of, batch_size=int(batch_size),
-                           device=device, seed=int(seed), extractor=extractor, inception_weights=inception_weights,
-                           data_dir=data_dir, progress=progress, per_class=bool(per_class))
+    settings = FidSettings(
+        model=str(model),
+        ref=ref,
+        split=split,
+        n=int(n),
+        metrics=tuple(metrics),
+        of=of,
+        batch_size=int(batch_size),
+        device=device,
+        seed=int(seed),
+        extractor=extractor,
+        inception_weights=inception_weights,
+        data_dir=data_dir,
+        progress=progress,
+        per_class=bool(per_class),
+    )
     return fid_from_settings(settings)
 
 
@@ -176,8 +237,16 @@ def class_reference(reference_data: Any, k: int, n_generated: int) -> np.ndarray
     return of_class[reference_subset(len(of_class), n_generated)]
 
 
-def per_class_metrics(images: np.ndarray, labels: np.ndarray, reference_data: Any, class_names: list[str], fx: Any,
-                      s: FidSettings, cuda: bool, reference_cache: Any) -> dict[str, dict[str, Any]]:
+def per_class_metrics(
+    images: np.ndarray,
+    labels: np.ndarray,
+    reference_data: Any,
+    class_names: list[str],
+    fx: Any,
+    s: FidSettings,
+    cuda: bool,
+    reference_cache: Any,
+) -> dict[str, dict[str, Any]]:
     """{class name: {values, n, n_reference}}: each class's generated images against its own reference images.
     ``reference_cache(name, n_reference)`` names the cached features of a class's reference."""
     out = {}
@@ -185,42 +254,61 @@ def per_class_metrics(images: np.ndarray, labels: np.ndarray, reference_data: An
         generated = images[labels == k]
         reference = class_reference(reference_data, k, len(generated))
         if min(len(generated), len(reference)) < 2:
-            raise GenlabError(f"per-class metrics need at least 2 images of each class: class {name!r} has {len(generated)} "
-                              f"generated and {len(reference)} reference images (raise --n to at least {2 * len(class_names)})")
-        values = images_to_metrics(generated, reference, fx, s.metrics, s.batch_size, cuda, s.seed,
-                                   reference_cache(name, len(reference)), progress=False)
+            raise GenlabError(
+                f"per-class metrics need at least 2 images of each class: class {name!r} has {len(generated)} "
+                f"generated and {len(reference)} reference images (raise --n to at least {2 * len(class_names)})"
+            )
+        values = images_to_metrics(
+            generated,
+            reference,
+            fx,
+            s.metrics,
+            s.batch_size,
+            cuda,
+            s.seed,
+            reference_cache(name, len(reference)),
+            progress=False,
+        )
         out[name] = {"values": values, "n": len(generated), "n_reference": len(reference)}
     return out
 
 
 def fid_from_settings(s: FidSettings) -> dict[str, Any]:
-    from genlab.data import load_split
-    from genlab import __version__
-
-    from genlab.cache import cache_dir
     from genlab.eval.class_fidelity import images_to_class_fidelity, require_conditional
     from genlab.eval.extractors import resolve_extractor
     from genlab.eval.model_source import open_model
+
+    from genlab import __version__
+    from genlab.cache import cache_dir
+    from genlab.data import load_split
 
     source = open_model(s.model, s.device)
     if s.per_class:
         require_conditional(source, "--per-class")
         if s.of == "samples" and s.n < 2 * source.num_classes:
-            raise GenlabError(f"--per-class needs at least 2 samples of each of the {source.num_classes} classes: "
-                              f"--n {2 * source.num_classes} or more, got {s.n}")
+            raise GenlabError(
+                f"--per-class needs at least 2 samples of each of the {source.num_classes} classes: "
+                f"--n {2 * source.num_classes} or more, got {s.n}"
+            )
     if s.of == "reconstructions" and not source.has_encoder:
         raise GenlabError(f"--of reconstructions needs an encoder; a {source.family} model has none (use --of samples)")
     dataset, split = parse_reference(s.ref, source.dataset, s.split)
     channels, height, width = source.image_shape
     condition_on = source.condition_on if dataset == source.dataset else None  # the labels the model was trained on
-    reference_data = load_split(dataset, split, s.data_dir, image_size=height, channels=channels, condition_on=condition_on)
+    reference_data = load_split(
+        dataset, split, s.data_dir, image_size=height, channels=channels, condition_on=condition_on
+    )
     same_classes = source.conditional and list(reference_data.class_names) == source.class_names
     if s.per_class and not same_classes:
-        raise GenlabError(f"--per-class compares each class with the same class of the reference, and {dataset}:{split} has "
-                          f"other classes ({', '.join(reference_data.class_names)}) than the model ({', '.join(source.class_names)})")
+        raise GenlabError(
+            f"--per-class compares each class with the same class of the reference, and {dataset}:{split} has "
+            f"other classes ({', '.join(reference_data.class_names)}) than the model ({', '.join(source.class_names)})"
+        )
     index = reference_subset(len(reference_data), s.n)
     reference = reference_data.images.numpy()[index]
-    fx = resolve_extractor(s.extractor, dataset, source.image_shape, s.data_dir, s.inception_weights, condition_on=condition_on)
+    fx = resolve_extractor(
+        s.extractor, dataset, source.image_shape, s.data_dir, s.inception_weights, condition_on=condition_on
+    )
     cache = reference_cache_name(dataset, split, source.image_shape, fx.name, fx.weights_identity, len(reference))
     cached = any(p.name.startswith(f"{cache}-") for p in cache_dir("fid-reference").iterdir())
     cuda = resolve_device(s.device).type == "cuda"  # feature extraction on the model's device
@@ -236,9 +324,18 @@ def fid_from_settings(s: FidSettings) -> dict[str, Any]:
     pooled = time.perf_counter()
     per_class = None
     if s.per_class:
+
         def class_cache(name: str, n_reference: int) -> str:
-            return reference_cache_name(dataset, split, source.image_shape, fx.name, fx.weights_identity, n_reference,
-                                        class_name=name, condition_on=condition_on)
+            return reference_cache_name(
+                dataset,
+                split,
+                source.image_shape,
+                fx.name,
+                fx.weights_identity,
+                n_reference,
+                class_name=name,
+                condition_on=condition_on,
+            )
 
         per_class = per_class_metrics(images, labels, reference_data, source.class_names, fx, s, cuda, class_cache)
     fidelity = {}
@@ -254,7 +351,9 @@ def fid_from_settings(s: FidSettings) -> dict[str, Any]:
         "evaluation": "fid",
         "values": values,
         "label": fx.label,
-        "settings": settings_line(fx, n_images, s.seed, f"{dataset}:{split}", len(reference), s.of, source.image_shape, balanced),
+        "settings": settings_line(
+            fx, n_images, s.seed, f"{dataset}:{split}", len(reference), s.of, source.image_shape, balanced
+        ),
         "model": source.path,
         "kind": source.kind,
         "family": source.family,
@@ -295,15 +394,19 @@ def fid_from_settings(s: FidSettings) -> dict[str, Any]:
     }
 
 
-def settings_line(fx, n: int, seed: int, reference: str, n_reference: int, of: str, image_shape, balanced_classes: int = 0) -> str:
+def settings_line(
+    fx, n: int, seed: int, reference: str, n_reference: int, of: str, image_shape, balanced_classes: int = 0
+) -> str:
     """Everything a number depends on, in one line: goes next to every number shown (``balanced_classes``: a
     conditional model's samples, drawn for that many classes equally often)."""
     channels, height, width = image_shape
     labels = f" balanced over {balanced_classes} classes" if balanced_classes else ""
     # no metric name here: one line serves the FID, KID and PRC columns alike
-    return (f"extractor {fx.name} "
-            f"(weights {fx.weights_identity}); {of} n={n} seed={seed}{labels} vs {reference} n={n_reference}; "
-            f"{height}x{width}x{channels}")
+    return (
+        f"extractor {fx.name} "
+        f"(weights {fx.weights_identity}); {of} n={n} seed={seed}{labels} vs {reference} n={n_reference}; "
+        f"{height}x{width}x{channels}"
+    )
 
 
 def metric_keys(values: dict[str, float]) -> list[str]:
@@ -323,8 +426,10 @@ def values_text(values: dict[str, float]) -> str:
 def per_class_text(per_class: dict[str, dict[str, Any]]) -> str:
     """'per class fid: 0 20.1, 1 15.2, ...; per class kid: ...': each class's numbers, named."""
     keys = metric_keys(next(iter(per_class.values()))["values"]) if per_class else []
-    return "; ".join(f"per class {key}: " + ", ".join(f"{name} {row['values'][key]:.4g}" for name, row in per_class.items())
-                     for key in keys)
+    return "; ".join(
+        f"per class {key}: " + ", ".join(f"{name} {row['values'][key]:.4g}" for name, row in per_class.items())
+        for key in keys
+    )
 
 
 def summary_line(result: dict[str, Any]) -> str:
@@ -336,13 +441,13 @@ def summary_line(result: dict[str, Any]) -> str:
         parts.append(per_class_text(result["per_class"]))
     if result.get("class_fidelity") is not None:
         parts.append(fidelity_text(result))
-    return (f"{'; '.join(parts)}  [{result['settings']}; {result['kind']} {result['family']}; "
-            f"{result['images_per_s']:.1f} img/s{' (reference cached)' if result['reference_cached'] else ''}]")
+    return (
+        f"{'; '.join(parts)}  [{result['settings']}; {result['kind']} {result['family']}; "
+        f"{result['images_per_s']:.1f} img/s{' (reference cached)' if result['reference_cached'] else ''}]"
+    )
 
 
 def result_name(result: dict[str, Any]) -> str:
     """The file name a result is saved under in RUN_DIR/eval/."""
     per_class = "-per-class" if result.get("per_class") else ""
     return f"fid-{result['extractor']}-{result['reference']}-{result['of']}-n{result['n']}{per_class}"
-
-

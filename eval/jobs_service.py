@@ -24,18 +24,17 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import bentoml
+from genlab.eval.extractors import EXTRACTOR_CHOICES
+from genlab.eval.fid import METRICS, OF_CHOICES
 from pydantic import AfterValidator, Field, ValidationError
 
 from genlab.data import DATASETS, SPLITS
 from genlab.errors import GenlabError
 from genlab.run_dir import is_run_dir
 from genlab.thresholds import DEFAULT_PERCENTILE
-
-from genlab.eval.extractors import EXTRACTOR_CHOICES
-from genlab.eval.fid import METRICS, OF_CHOICES
 
 MODELS_ENV = "GENLAB_EVAL_MODELS"
 MAX_FID_N = 50_000
@@ -47,7 +46,7 @@ def models_root() -> Path:
     return Path(os.environ.get(MODELS_ENV, "runs")).resolve()
 
 
-def available_models(root: Optional[Path] = None) -> dict[str, dict[str, str]]:
+def available_models(root: Path | None = None) -> dict[str, dict[str, str]]:
     """Entries directly under the models root that can be evaluated: {name: {kind, family?}}."""
     root = root or models_root()
     found: dict[str, dict[str, str]] = {}
@@ -78,7 +77,9 @@ def _known_model(name: str) -> str:
     return name
 
 
-ModelName = Annotated[str, Field(min_length=1, max_length=128, description="a name from GET /models"), AfterValidator(_known_model)]
+ModelName = Annotated[
+    str, Field(min_length=1, max_length=128, description="a name from GET /models"), AfterValidator(_known_model)
+]
 DatasetName = Literal[tuple(DATASETS)]  # type: ignore[valid-type]  # the registry; never a folder path
 Split = Literal[SPLITS]  # type: ignore[valid-type]
 Metric = Literal[METRICS]  # type: ignore[valid-type]
@@ -122,8 +123,9 @@ class ValidateSubmissions:
             messages.append(message)
             body += message.get("body", b"")
             if len(body) > MAX_SUBMISSION_BYTES:
-                return await _answer(send, 413, {"error": f"a job submission is at most {MAX_SUBMISSION_BYTES:,} bytes",
-                                                 "field": "body"})
+                return await _answer(
+                    send, 413, {"error": f"a job submission is at most {MAX_SUBMISSION_BYTES:,} bytes", "field": "body"}
+                )
             if message["type"] != "http.request" or not message.get("more_body"):
                 break
         error = _validation_error(api.input_spec, body)
@@ -138,12 +140,17 @@ class ValidateSubmissions:
 
 async def _answer(send: Any, status: int, body: dict[str, str]) -> None:
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
-def _validation_error(spec: Any, body: bytes) -> Optional[dict[str, str]]:
+def _validation_error(spec: Any, body: bytes) -> dict[str, str] | None:
     """None for a valid submission, else ``{"error": message, "field": the first field at fault}``."""
     try:
         sent = json.loads(body or b"{}")
@@ -154,7 +161,9 @@ def _validation_error(spec: Any, body: bytes) -> Optional[dict[str, str]]:
     except ValidationError as err:
         errors = err.errors()
         where = [".".join(map(str, e["loc"])) or "body" for e in errors]
-        field = str(errors[0]["loc"][0]) if errors[0]["loc"] else "body"  # the request field, e.g. metrics for metrics.1
+        field = (
+            str(errors[0]["loc"][0]) if errors[0]["loc"] else "body"
+        )  # the request field, e.g. metrics for metrics.1
         return {"error": "; ".join(f"{w}: {e['msg']}" for w, e in zip(where, errors)), "field": field}
     return None
 
@@ -180,23 +189,32 @@ class EvalJobs:
     def anomaly(
         self,
         model: ModelName,
-        dataset: Optional[DatasetName] = None,
-        normal_class: Annotated[Optional[int], Field(ge=0, le=10_000)] = None,
-        ood: Optional[DatasetName] = None,
+        dataset: DatasetName | None = None,
+        normal_class: Annotated[int | None, Field(ge=0, le=10_000)] = None,
+        ood: DatasetName | None = None,
         split: Split = "test",
         percentile: Annotated[float, Field(ge=0.0, le=100.0)] = DEFAULT_PERCENTILE,
     ) -> dict[str, Any]:
         """AUROC / AUPRC and TPR / FPR at the calibrated threshold per score (one-class or --ood protocol)."""
         from genlab.eval.anomaly import evaluate_anomaly
 
-        return _run(lambda: evaluate_anomaly(str(model_path(model)), dataset=dataset, normal_class=normal_class, ood=ood,
-                                             split=split, data_dir=_data_dir(), percentile=percentile))
+        return _run(
+            lambda: evaluate_anomaly(
+                str(model_path(model)),
+                dataset=dataset,
+                normal_class=normal_class,
+                ood=ood,
+                split=split,
+                data_dir=_data_dir(),
+                percentile=percentile,
+            )
+        )
 
     @bentoml.task(route="/fid")
     def fid(
         self,
         model: ModelName,
-        reference: Optional[DatasetName] = None,
+        reference: DatasetName | None = None,
         split: Split = "test",
         n: Annotated[int, Field(ge=2, le=MAX_FID_N)] = 1000,
         metrics: Annotated[list[Metric], Field(min_length=1, max_length=3)] = ["fid", "kid"],  # noqa: B006
@@ -209,8 +227,21 @@ class EvalJobs:
         a conditional model's numbers for each class too)."""
         from genlab.eval.fid import compute_fid
 
-        return _run(lambda: compute_fid(str(model_path(model)), ref=reference, split=split, n=n, metrics=tuple(dict.fromkeys(metrics)), of=of,
-                                        seed=seed, extractor=extractor, data_dir=_data_dir(), progress=False, per_class=per_class))
+        return _run(
+            lambda: compute_fid(
+                str(model_path(model)),
+                ref=reference,
+                split=split,
+                n=n,
+                metrics=tuple(dict.fromkeys(metrics)),
+                of=of,
+                seed=seed,
+                extractor=extractor,
+                data_dir=_data_dir(),
+                progress=False,
+                per_class=per_class,
+            )
+        )
 
 
 EvalJobs.add_asgi_middleware(ValidateSubmissions)

@@ -20,8 +20,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from genlab.errors import GenlabError
 
@@ -43,8 +44,9 @@ def exclusive(store: Path) -> Iterator[IO[str]]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise GenlabError(f"another genlab jobs service is using {store}; stop it, or give this one its own "
-                              "BENTOML_RESULT_STORE") from None
+            raise GenlabError(
+                f"another genlab jobs service is using {store}; stop it, or give this one its own BENTOML_RESULT_STORE"
+            ) from None
         yield lock
 
 
@@ -54,8 +56,10 @@ def cancel_running_jobs(store: Path) -> list[tuple[str, str]]:
         return []
     with contextlib.closing(sqlite3.connect(store, timeout=10)) as db, db:
         running = db.execute("SELECT task_id, name FROM result WHERE status = 'in_progress'").fetchall()
-        db.execute("UPDATE result SET status = 'canceled', completed_at = ? WHERE status = 'in_progress'",
-                   (datetime.datetime.now(tz=datetime.timezone.utc),))
+        db.execute(
+            "UPDATE result SET status = 'canceled', completed_at = ? WHERE status = 'in_progress'",
+            (datetime.datetime.now(tz=datetime.timezone.utc),),
+        )
     return running
 
 
@@ -109,5 +113,9 @@ def serve(command: list[str], env: dict[str, str], grace_s: float = STOP_GRACE_S
                     os.kill(pid, signal.SIGKILL)
             server.wait()
         for task_id, name in cancel_running_jobs(store):
-            print(f"genlab: stopped job {task_id} ({name}): the jobs service shut down while it ran", file=sys.stderr, flush=True)
+            print(
+                f"genlab: stopped job {task_id} ({name}): the jobs service shut down while it ran",
+                file=sys.stderr,
+                flush=True,
+            )
         return 0 if stop_requested else server.returncode

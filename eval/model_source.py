@@ -17,16 +17,16 @@ as before.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
+from genlab.eval.batches import in_batches
 
 from genlab.devices import onnx_providers, resolve_device
 from genlab.errors import GenlabError
 from genlab.run_dir import LAST_CHECKPOINT, checkpoint_file, is_run_dir
-
-from genlab.eval.batches import in_batches
 
 LABEL_KEY = "label"  # the key under which scores name a conditional model's class (torch and the export reader alike)
 T = TypeVar("T")
@@ -90,19 +90,24 @@ class ModelSource:
             raise GenlabError(f"latents must have shape [n, {self.latent_dim}], got {list(z.shape)}")
         return self._decode_batch(z, self._check_labels(labels, len(z), required=True))
 
-    def sample_labelled(self, n: int, seed: int, labels: Any = None, batch_size: int = 256,
-                        desc: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    def sample_labelled(
+        self, n: int, seed: int, labels: Any = None, batch_size: int = 256, desc: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """(uint8 [n, C, H, W], the labels they were drawn for or None): decode(sample_latents(n, seed)) in batches."""
         labels = self.sample_labels(n, seed, labels)
         z = self.sample_latents(n, seed, labels)
         images = self._images(self._paired_batches(self.decode, z, labels, batch_size, desc))
         return images, labels
 
-    def sample(self, n: int, seed: int, batch_size: int = 256, desc: str | None = None, labels: Any = None) -> np.ndarray:
+    def sample(
+        self, n: int, seed: int, batch_size: int = 256, desc: str | None = None, labels: Any = None
+    ) -> np.ndarray:
         """uint8 [n, C, H, W] = decode(sample_latents(n, seed)), decoded in batches (see :meth:`sample_labelled`)."""
         return self.sample_labelled(n, seed, labels, batch_size, desc)[0]
 
-    def reconstruct(self, images: np.ndarray, labels: Any = None, batch_size: int = 256, desc: str | None = None) -> np.ndarray:
+    def reconstruct(
+        self, images: np.ndarray, labels: Any = None, batch_size: int = 256, desc: str | None = None
+    ) -> np.ndarray:
         """uint8 images -> uint8 reconstructions through the posterior mean; a conditional model's through each image's
         label, or where none is given the class it is scored under (the class that explains it best)."""
         if not self.has_encoder:
@@ -113,13 +118,16 @@ class ModelSource:
             labels = self.labelled_scores(images, batch_size=batch_size, desc=desc)[1]
         return self._images(self._paired_batches(self._reconstruct_batch, images, labels, batch_size, desc))
 
-    def scores(self, images: np.ndarray, labels: Any = None, batch_size: int = 256, desc: str | None = None) -> dict[str, np.ndarray]:
+    def scores(
+        self, images: np.ndarray, labels: Any = None, batch_size: int = 256, desc: str | None = None
+    ) -> dict[str, np.ndarray]:
         """uint8 images -> {component: float64 [N]}: the same scores the service returns (score components only: a
         conditional model's class is :meth:`labelled_scores`'s)."""
         return self.labelled_scores(images, labels, batch_size, desc)[0]
 
-    def labelled_scores(self, images: np.ndarray, labels: Any = None, batch_size: int = 256,
-                        desc: str | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    def labelled_scores(
+        self, images: np.ndarray, labels: Any = None, batch_size: int = 256, desc: str | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """({component: float64 [N]}, the int64 class each image was scored under, or None when unconditional). A
         conditional model scores an image under its label, or where that is -1 (or ``labels`` is None) under the
         class that explains it best."""
@@ -127,25 +135,41 @@ class ModelSource:
         labels = self._check_labels(labels, len(images), unknown_allowed=True)
         parts = self._paired_batches(self._scores_batch, images, labels, batch_size, desc)
         names = list(parts[0]) if parts else list(self.score_descriptions)
-        joined = {name: np.concatenate([np.asarray(p[name]).reshape(-1) for p in parts]) if parts else np.zeros(0)
-                  for name in names}
+        joined = {
+            name: np.concatenate([np.asarray(p[name]).reshape(-1) for p in parts]) if parts else np.zeros(0)
+            for name in names
+        }
         used = joined.pop(LABEL_KEY, None)
         scores = {name: value.astype(np.float64) for name, value in joined.items()}
         return scores, None if used is None else used.astype(np.int64)
 
-    def _paired_batches(self, fn: Callable[[np.ndarray, np.ndarray | None], T], inputs: np.ndarray,
-                        labels: np.ndarray | None, batch_size: int, desc: str | None) -> list[T]:
+    def _paired_batches(
+        self,
+        fn: Callable[[np.ndarray, np.ndarray | None], T],
+        inputs: np.ndarray,
+        labels: np.ndarray | None,
+        batch_size: int,
+        desc: str | None,
+    ) -> list[T]:
         """``fn(inputs[i:j], labels[i:j])`` over consecutive batches (labels None stays None)."""
-        return in_batches(lambda index: fn(inputs[index], None if labels is None else labels[index]),
-                          np.arange(len(inputs)), batch_size, desc)
+        return in_batches(
+            lambda index: fn(inputs[index], None if labels is None else labels[index]),
+            np.arange(len(inputs)),
+            batch_size,
+            desc,
+        )
 
-    def _check_labels(self, labels: Any, n: int, required: bool = False, unknown_allowed: bool = False) -> np.ndarray | None:
+    def _check_labels(
+        self, labels: Any, n: int, required: bool = False, unknown_allowed: bool = False
+    ) -> np.ndarray | None:
         """int64 [n] class labels within the model's classes (-1 too where ``unknown_allowed``), or None; one line
         when they do not fit the model."""
         if labels is None:
             if required and self.conditional:
-                raise GenlabError(f"{self.path} is a conditional model: give a class label per latent "
-                                  f"(0..{self.num_classes - 1}: {', '.join(self.class_names)})")
+                raise GenlabError(
+                    f"{self.path} is a conditional model: give a class label per latent "
+                    f"(0..{self.num_classes - 1}: {', '.join(self.class_names)})"
+                )
             return None
         if not self.conditional:
             raise GenlabError(f"{self.path} is not a conditional model; it takes no class labels")
@@ -155,8 +179,10 @@ class ModelSource:
         low = -1 if unknown_allowed else 0
         bad = array[(array < low) | (array >= self.num_classes)]
         if bad.size:
-            raise GenlabError(f"label {int(bad[0])} is not a class of this model (0..{self.num_classes - 1}"
-                              f"{', or -1 for unknown' if unknown_allowed else ''})")
+            raise GenlabError(
+                f"label {int(bad[0])} is not a class of this model (0..{self.num_classes - 1}"
+                f"{', or -1 for unknown' if unknown_allowed else ''})"
+            )
         return np.ascontiguousarray(array, dtype=np.int64)
 
     def _check_images(self, images: Any) -> np.ndarray:
@@ -176,8 +202,9 @@ class ModelSource:
         return f"<ModelSource {self.kind} {self.family} on {self.dataset} from {self.path}>"
 
 
-def _describe(source: ModelSource, data: dict[str, Any], classes: dict[str, Any], epoch: Any, step: Any,
-              metrics: dict[str, Any]) -> None:
+def _describe(
+    source: ModelSource, data: dict[str, Any], classes: dict[str, Any], epoch: Any, step: Any, metrics: dict[str, Any]
+) -> None:
     """Fill the descriptive attributes both kinds share from a checkpoint's ``data`` dict and the classes dict
     (:func:`export.onnx_export.class_info`, the manifest's ``classes``)."""
     source.dataset = str(data.get("dataset"))
@@ -209,6 +236,7 @@ class CheckpointSource(ModelSource):
 
     def __init__(self, path: str | os.PathLike, device: str = "auto"):
         from genlab.export.onnx_export import class_info
+
         from genlab.checkpoint import load_checkpoint, model_from_checkpoint
 
         file = checkpoint_file(path)
@@ -256,7 +284,9 @@ class CheckpointSource(ModelSource):
         from genlab.calibration import score_images
 
         given = None if labels is None else torch.from_numpy(labels)
-        scores = score_images(self.model, torch.from_numpy(images), self.device, batch_size=max(1, len(images)), labels=given)
+        scores = score_images(
+            self.model, torch.from_numpy(images), self.device, batch_size=max(1, len(images)), labels=given
+        )
         return {name: value.numpy() for name, value in scores.items()}
 
 
@@ -279,8 +309,14 @@ class OnnxSource(ModelSource):
         self.prior = self.export.prior
         self.score_descriptions = dict(manifest.get("scores", {}).get("descriptions", {}))
         training = manifest.get("training", {})
-        _describe(self, manifest.get("dataset", {}), manifest.get("classes", {}), training.get("epoch"), training.get("step"),
-                  training.get("metrics", {}))
+        _describe(
+            self,
+            manifest.get("dataset", {}),
+            manifest.get("classes", {}),
+            training.get("epoch"),
+            training.get("step"),
+            training.get("metrics", {}),
+        )
         self.info["providers"] = self.export.providers
 
     def _decode_batch(self, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
@@ -304,7 +340,9 @@ def open_model(path: str, device: str = "auto") -> ModelSource:
     if candidate.is_file() or is_run_dir(candidate):
         return CheckpointSource(candidate, device)
     if candidate.is_dir():
-        raise GenlabError(f"{candidate}: neither a run directory ({LAST_CHECKPOINT}) nor an export directory ({MANIFEST})")
+        raise GenlabError(
+            f"{candidate}: neither a run directory ({LAST_CHECKPOINT}) nor an export directory ({MANIFEST})"
+        )
     if ":" in str(path) or "/" not in str(path):  # maybe a BentoML model tag
         try:
             return OnnxSource(str(path), device)

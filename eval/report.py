@@ -24,8 +24,12 @@ from genlab.measures import RECON_ERROR
 
 CLASS_GRID = "eval/samples_by_class.png"  # a conditional run's samples, one row per class (relative to the run)
 GRID_PER_CLASS = 8
-IMAGES = (("samples.png", "samples"), ("reconstructions.png", "reconstructions"), ("loss_curves.png", "loss curves"),
-          (CLASS_GRID, "samples, one row per class"))
+IMAGES = (
+    ("samples.png", "samples"),
+    ("reconstructions.png", "reconstructions"),
+    ("loss_curves.png", "loss curves"),
+    (CLASS_GRID, "samples, one row per class"),
+)
 GROUPS = ("FID / KID", "Reconstruction and translation", "Anomaly detection", "Class fidelity")
 CONDITIONAL_GROUPS = (GROUPS[3],)  # shown only when some run is conditional
 
@@ -80,9 +84,12 @@ def per_class_fid_cells(result: dict[str, Any]) -> dict[str, str]:
     """A conditional model's per-class numbers: one column per metric, each class named in the cell."""
     per_class = result.get("per_class") or {}
     keys = [k for k in (next(iter(per_class.values()))["values"] if per_class else {}) if not k.endswith("_std")]
-    return {f"{key} per class [{result.get('settings', '')}]": ", ".join(f"{name}: {_fmt(row['values'][key])}"
-                                                                        for name, row in per_class.items())
-            for key in keys}
+    return {
+        f"{key} per class [{result.get('settings', '')}]": ", ".join(
+            f"{name}: {_fmt(row['values'][key])}" for name, row in per_class.items()
+        )
+        for key in keys
+    }
 
 
 def _shares(per_class: dict[str, Any]) -> str:
@@ -111,7 +118,9 @@ def translation_cells(result: dict[str, Any]) -> dict[str, str]:
         name = f"{RECON_ERROR}, no shift" if row["fraction"] == 0 else f"{RECON_ERROR}, shift {row['fraction']:.1%}"
         cells[f"{name} ({where})"] = _fmt(row[RECON_ERROR])
     if result.get("worst_over_unshifted") is not None and len(result["shifts"]) > 1:
-        cells[f"{RECON_ERROR} ratio {result['shifts'][-1]['fraction']:.1%} / no shift ({where})"] = f"{result['worst_over_unshifted']:.2f}"
+        cells[f"{RECON_ERROR} ratio {result['shifts'][-1]['fraction']:.1%} / no shift ({where})"] = (
+            f"{result['worst_over_unshifted']:.2f}"
+        )
     return cells
 
 
@@ -147,6 +156,7 @@ def result_groups(result: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
 # -- one run ---------------------------------------------------------------------------------
 def run_identity(path: Path) -> dict[str, Any]:
     from genlab.export.onnx_export import class_info
+
     from genlab.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
@@ -167,18 +177,26 @@ def run_identity(path: Path) -> dict[str, Any]:
     }
 
 
-def _has_translation(results: list[dict[str, Any]], identity: dict[str, Any], settings: ReportSettings, fractions) -> bool:
+def _has_translation(
+    results: list[dict[str, Any]], identity: dict[str, Any], settings: ReportSettings, fractions
+) -> bool:
     return any(
-        r.get("evaluation") == "translation" and r["settings"]["dataset"] == identity["dataset"] and r["settings"]["split"] == "test"
-        and set(fractions) <= set(r["settings"]["fractions"]) and r["settings"]["n"] <= settings.n
+        r.get("evaluation") == "translation"
+        and r["settings"]["dataset"] == identity["dataset"]
+        and r["settings"]["split"] == "test"
+        and set(fractions) <= set(r["settings"]["fractions"])
+        and r["settings"]["n"] <= settings.n
         for r in results
     )
 
 
 def _has_anomaly(results: list[dict[str, Any]], identity: dict[str, Any]) -> bool:
     return any(
-        r.get("evaluation") == "anomaly" and r["settings"]["dataset"] == identity["dataset"] and r["settings"]["ood"] is None
-        and r["settings"]["normal_class"] == identity["normal_class"] and r["settings"]["split"] == "test"
+        r.get("evaluation") == "anomaly"
+        and r["settings"]["dataset"] == identity["dataset"]
+        and r["settings"]["ood"] is None
+        and r["settings"]["normal_class"] == identity["normal_class"]
+        and r["settings"]["split"] == "test"
         for r in results
     )
 
@@ -217,7 +235,9 @@ def compute_missing(path: Path, identity: dict[str, Any], settings: ReportSettin
     source = functools.cache(lambda: ensure_source(path))  # opened once, and only if something is missing
     try:
         if identity["has_encoder"] and not _has_translation(results, identity, settings, fractions):
-            r = translation.evaluate_translation(source(), data_dir=settings.data_dir, fractions=fractions, n=settings.n)
+            r = translation.evaluate_translation(
+                source(), data_dir=settings.data_dir, fractions=fractions, n=settings.n
+            )
             save_result(path, translation.result_name(r), r)
     except GenlabError as err:
         notes[GROUPS[1]] = f"not computed: {err}"
@@ -250,14 +270,20 @@ def gather_run(path: Path, label: str, settings: ReportSettings) -> RunEntry:
             entry.cells.update({(group, header): text for header, text in cells.items()})
     groups_present = {g for g, _ in entry.cells}
     per_class = " --per-class" if identity["conditional"] else ""
-    entry.notes.setdefault(GROUPS[0], f"not computed: run `genlab eval fid {path} --ref {identity['dataset']}{per_class}`")
+    entry.notes.setdefault(
+        GROUPS[0], f"not computed: run `genlab eval fid {path} --ref {identity['dataset']}{per_class}`"
+    )
     if not identity["conditional"]:
         entry.notes.setdefault(GROUPS[3], "n/a: not a conditional model")
-    entry.notes.setdefault(GROUPS[3], f"not computed (report --no-compute): run `genlab eval class-fidelity {path} --save`")
+    entry.notes.setdefault(
+        GROUPS[3], f"not computed (report --no-compute): run `genlab eval class-fidelity {path} --save`"
+    )
     if not identity["has_encoder"]:
         entry.notes.setdefault(GROUPS[1], "n/a: the model has no encoder")
     if identity["normal_class"] is None:
-        entry.notes.setdefault(GROUPS[2], f"trained on all classes: run `genlab eval anomaly {path} --normal-class K` or `--ood DATASET`")
+        entry.notes.setdefault(
+            GROUPS[2], f"trained on all classes: run `genlab eval anomaly {path} --normal-class K` or `--ood DATASET`"
+        )
     entry.notes.setdefault(GROUPS[1], "not computed (report --no-compute): run `genlab eval translation`")
     entry.notes.setdefault(GROUPS[2], "not computed (report --no-compute): run `genlab eval anomaly`")
     entry.notes = {g: note for g, note in entry.notes.items() if g not in groups_present}
@@ -275,8 +301,15 @@ def identity_row(entry: RunEntry) -> list[str]:
         dataset += f" (labels: {i['condition_on']})" if i["condition_on"] else f" ({len(i['class_names'])} classes)"
     family = i["family"] + (" (conditional)" if i["conditional"] else "")
     seconds = i["train_seconds"]
-    return [entry.label, family, dataset, _fmt(i["lr"], 3), _fmt(i["epochs"]) + ("" if i["complete"] else " (incomplete)"),
-            _fmt(i["steps"]), "-" if seconds is None else f"{seconds:.1f}"]
+    return [
+        entry.label,
+        family,
+        dataset,
+        _fmt(i["lr"], 3),
+        _fmt(i["epochs"]) + ("" if i["complete"] else " (incomplete)"),
+        _fmt(i["steps"]),
+        "-" if seconds is None else f"{seconds:.1f}",
+    ]
 
 
 def groups_shown(entries: list[RunEntry]) -> list[str]:
@@ -328,13 +361,18 @@ def render(entries: list[RunEntry], links: dict[str, list[tuple[str, str]]]) -> 
     """-> (markdown, html) of the same tables and images."""
     tables = [("Runs", list(IDENTITY_COLUMNS), [identity_row(e) for e in entries])]
     tables += [(group, *group_table(entries, group)) for group in groups_shown(entries)]
-    intro = ("Each metric column states the settings it was computed under; numbers under different settings "
-             "(extractor, reference, N, seed, protocol) are in different columns.")
+    intro = (
+        "Each metric column states the settings it was computed under; numbers under different settings "
+        "(extractor, reference, N, seed, protocol) are in different columns."
+    )
     md = ["# genlab report", "", intro, ""]
-    page = ["<!doctype html><html><head><meta charset='utf-8'><title>genlab report</title>",
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
-            "td,th{border:1px solid #bbb;padding:4px 8px;font-size:90%}img{max-width:32%;margin-right:1%}</style></head><body>",
-            "<h1>genlab report</h1>", f"<p>{html.escape(intro)}</p>"]
+    page = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>genlab report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
+        "td,th{border:1px solid #bbb;padding:4px 8px;font-size:90%}img{max-width:32%;margin-right:1%}</style></head><body>",
+        "<h1>genlab report</h1>",
+        f"<p>{html.escape(intro)}</p>",
+    ]
     for title, header, rows in tables:
         md += [f"## {title}", "", _md_table(header, rows), ""]
         page += [f"<h2>{html.escape(title)}</h2>", _html_table(header, rows)]
@@ -345,7 +383,9 @@ def render(entries: list[RunEntry], links: dict[str, list[tuple[str, str]]]) -> 
         page.append(f"<h3>{html.escape(entry.label)}</h3><p>")
         for caption, rel in links.get(entry.label, []):
             md.append(f"![{entry.label} {caption}]({rel})")
-            page.append(f"<img src='{html.escape(rel)}' alt='{html.escape(entry.label + ' ' + caption)}' title='{html.escape(caption)}'>")
+            page.append(
+                f"<img src='{html.escape(rel)}' alt='{html.escape(entry.label + ' ' + caption)}' title='{html.escape(caption)}'>"
+            )
         page.append("</p>")
     page.append("</body></html>")
     return "\n".join(md) + "\n", "\n".join(page) + "\n"
@@ -362,7 +402,9 @@ def _labels(paths: list[Path]) -> list[str]:
     return labels
 
 
-def write_report(run_dirs: list[str | os.PathLike], out: str | os.PathLike, settings: ReportSettings = ReportSettings()) -> dict[str, Any]:
+def write_report(
+    run_dirs: list[str | os.PathLike], out: str | os.PathLike, settings: ReportSettings = ReportSettings()
+) -> dict[str, Any]:
     """Gather (and, if asked, compute the cheap missing) results of runs; write OUT/report.md and OUT/report.html."""
     from genlab.files import atomic_write_bytes
 
@@ -378,5 +420,7 @@ def write_report(run_dirs: list[str | os.PathLike], out: str | os.PathLike, sett
         "markdown": str(out / "report.md"),
         "html": str(out / "report.html"),
         "runs": [{"label": e.label, "path": str(e.path), **e.identity} for e in entries],
-        "tables": {group: dict(zip(("header", "rows"), group_table(entries, group))) for group in groups_shown(entries)},
+        "tables": {
+            group: dict(zip(("header", "rows"), group_table(entries, group))) for group in groups_shown(entries)
+        },
     }

@@ -11,7 +11,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from genlab.errors import GenlabError
 from genlab.families import FAMILY_NAMES
@@ -25,10 +25,10 @@ class SweepSettings:
     dataset: str = "mnist-5k"
     data_dir: str = "data"
     epochs: int = 5
-    max_steps: Optional[int] = None
-    batch_size: Optional[int] = None
+    max_steps: int | None = None
+    batch_size: int | None = None
     seed: int = 0
-    normal_class: Optional[int] = None
+    normal_class: int | None = None
     overrides: tuple[str, ...] = ()  # key=value, as genlab train --set
     device: str = "auto"
     translate_experiment: bool = False
@@ -37,7 +37,9 @@ class SweepSettings:
     def __post_init__(self) -> None:
         unknown = [f for f in self.families if f not in FAMILY_NAMES]
         if not self.families or unknown:
-            raise GenlabError(f"--families: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(FAMILY_NAMES)}")
+            raise GenlabError(
+                f"--families: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(FAMILY_NAMES)}"
+            )
         if not self.lrs or any(lr <= 0 for lr in self.lrs):
             raise GenlabError(f"--lrs must be positive numbers, got {list(self.lrs)}")
 
@@ -52,9 +54,17 @@ def train_config_for(settings: SweepSettings, lr: float):
     from genlab.config import TrainConfig, parse_overrides, split_overrides
 
     _, train_kw = split_overrides(parse_overrides(list(settings.overrides)))
-    flags = {"dataset": settings.dataset, "data_dir": settings.data_dir, "epochs": settings.epochs, "max_steps": settings.max_steps,
-             "batch_size": settings.batch_size, "seed": settings.seed, "normal_class": settings.normal_class,
-             "device": settings.device, "lr": lr}
+    flags = {
+        "dataset": settings.dataset,
+        "data_dir": settings.data_dir,
+        "epochs": settings.epochs,
+        "max_steps": settings.max_steps,
+        "batch_size": settings.batch_size,
+        "seed": settings.seed,
+        "normal_class": settings.normal_class,
+        "device": settings.device,
+        "lr": lr,
+    }
     train_kw.update({k: v for k, v in flags.items() if v is not None})
     return TrainConfig(**train_kw)
 
@@ -62,8 +72,9 @@ def train_config_for(settings: SweepSettings, lr: float):
 def train_or_resume(family: str, lr: float, settings: SweepSettings, run_dir: Path) -> dict[str, Any]:
     """Train one run, or resume it from its checkpoint with the sweep's epochs, max steps and device
     (a finished run returns at once; its other settings stay as they were trained)."""
-    from genlab.config import parse_overrides, split_overrides
     from genlab.training.loop import resume, train
+
+    from genlab.config import parse_overrides, split_overrides
 
     resumed = is_run_dir(run_dir)
     if resumed:
@@ -74,8 +85,16 @@ def train_or_resume(family: str, lr: float, settings: SweepSettings, run_dir: Pa
         summary = train(family, model_kw, train_config_for(settings, lr), run_dir)
     if summary["stopped"] == "interrupted":  # Ctrl-C: the checkpoint is saved; the next sweep resumes it
         raise KeyboardInterrupt
-    return {"family": family, "lr": lr, "run_dir": str(run_dir), "resumed": resumed, "stopped": summary["stopped"],
-            "epoch": summary["epoch"], "step": summary["step"], "train_seconds": summary["train_seconds"]}
+    return {
+        "family": family,
+        "lr": lr,
+        "run_dir": str(run_dir),
+        "resumed": resumed,
+        "stopped": summary["stopped"],
+        "epoch": summary["epoch"],
+        "step": summary["step"],
+        "train_seconds": summary["train_seconds"],
+    }
 
 
 def run_sweep(settings: SweepSettings, out: str | os.PathLike) -> dict[str, Any]:
@@ -87,8 +106,13 @@ def run_sweep(settings: SweepSettings, out: str | os.PathLike) -> dict[str, Any]
     for family in settings.families:
         for lr in settings.lrs:
             runs.append(train_or_resume(family, lr, settings, out / run_name(family, lr)))
-    report_settings = ReportSettings(compute=True, data_dir=settings.data_dir, n=settings.n,
-                                     translation=settings.translate_experiment)
+    report_settings = ReportSettings(
+        compute=True, data_dir=settings.data_dir, n=settings.n, translation=settings.translate_experiment
+    )
     report = write_report([r["run_dir"] for r in runs], out / "report", report_settings)
-    return {"out": str(out), "settings": dataclasses.asdict(settings), "runs": runs,
-            "report": {"markdown": report["markdown"], "html": report["html"]}}
+    return {
+        "out": str(out),
+        "settings": dataclasses.asdict(settings),
+        "runs": runs,
+        "report": {"markdown": report["markdown"], "html": report["html"]},
+    }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ def shift_by_fraction(images: torch.Tensor, fraction: float, seed: int) -> tuple
 
 def evaluate_translation(
     model: Any,
-    dataset: Optional[str] = None,
+    dataset: str | None = None,
     split: str = "test",
     data_dir: str = "data",
     fractions: tuple[float, ...] = SHIFTS,
@@ -70,16 +70,25 @@ def evaluate_translation(
     the same images and directions are used at every shift.
     """
     from genlab.eval.batches import ensure_source
+
     from genlab.data import load_split
 
     source = ensure_source(model)
     if not source.has_encoder:
         raise GenlabError(f"the translation experiment needs an encoder model (vae, vaegan); this is a {source.family}")
-    settings = TranslationSettings(dataset or source.dataset, split, data_dir, tuple(float(f) for f in fractions), int(n), int(seed))
+    settings = TranslationSettings(
+        dataset or source.dataset, split, data_dir, tuple(float(f) for f in fractions), int(n), int(seed)
+    )
     channels, size, _ = tuple(source.image_shape)
     own_labels = getattr(source, "conditional", False) and settings.dataset == source.dataset
-    data = load_split(settings.dataset, split, data_dir, image_size=size, channels=channels,
-                      condition_on=source.condition_on if own_labels else None)
+    data = load_split(
+        settings.dataset,
+        split,
+        data_dir,
+        image_size=size,
+        channels=channels,
+        condition_on=source.condition_on if own_labels else None,
+    )
     pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[: settings.n].sort().values
     images = data.images[pick]
     # a conditional model reconstructs its own dataset's images through their labels (elsewhere: its best class)
@@ -90,8 +99,14 @@ def evaluate_translation(
         shifted = shifted.numpy()
         reconstructed = source.reconstruct(shifted, labels=labels, batch_size=batch_size, desc="reconstructing")
         error = recon_error(shifted, reconstructed)
-        rows.append({"fraction": fraction, "mean_shift_pixels": pixels, RECON_ERROR: float(error.mean()),
-                     f"{RECON_ERROR}_std": float(error.std())})
+        rows.append(
+            {
+                "fraction": fraction,
+                "mean_shift_pixels": pixels,
+                RECON_ERROR: float(error.mean()),
+                f"{RECON_ERROR}_std": float(error.std()),
+            }
+        )
     base = rows[0][RECON_ERROR] if settings.fractions[0] == 0.0 else None
     return {
         "evaluation": "translation",
@@ -110,5 +125,7 @@ def result_name(result: dict[str, Any]) -> str:
 
 
 def summary_line(result: dict[str, Any]) -> str:
-    parts = ", ".join(f"{r['fraction']:.1%} ({r['mean_shift_pixels']:.1f} px): {r[RECON_ERROR]:.5f}" for r in result["shifts"])
+    parts = ", ".join(
+        f"{r['fraction']:.1%} ({r['mean_shift_pixels']:.1f} px): {r[RECON_ERROR]:.5f}" for r in result["shifts"]
+    )
     return f"{RECON_ERROR} by shift on {result['settings']['dataset']}:{result['settings']['split']} (n={result['settings']['n']}): {parts}"

@@ -29,18 +29,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from genlab.export.reader import FORMAT, FORMAT_VERSION, MANIFEST, SCORED_LABEL, ExportedModel, sample_latents
 from torch import nn
 
 from genlab import __version__
 from genlab.checkpoint import load_checkpoint, model_from_checkpoint
 from genlab.errors import GenlabError
 from genlab.files import file_sha256, publish_directory
-from genlab.latents import balanced_labels, describe as describe_prior
+from genlab.latents import balanced_labels
+from genlab.latents import describe as describe_prior
 from genlab.models import GenerativeModel
 from genlab.pixels import model_to_uint8, uint8_to_model
 from genlab.run_dir import checkpoint_file
-
-from genlab.export.reader import FORMAT, FORMAT_VERSION, MANIFEST, SCORED_LABEL, ExportedModel, sample_latents
 
 PARITY_BATCHES = (1, 5)
 FLOAT_TOLERANCE = 1e-4  # absolute; relative to the value above 1 (scores in nats can be in the hundreds)
@@ -98,7 +98,9 @@ def _io(name: str, dtype: str, shape: list[Any]) -> dict[str, Any]:
     return {"name": name, "dtype": dtype, "shape": shape}
 
 
-def graph_specs(model: GenerativeModel, image_shape: tuple[int, int, int], score_names: list[str]) -> dict[str, dict[str, Any]]:
+def graph_specs(
+    model: GenerativeModel, image_shape: tuple[int, int, int], score_names: list[str]
+) -> dict[str, dict[str, Any]]:
     """name -> (module, example input, I/O description) for every graph this family exports."""
     latent = model.cfg.latent_dim
     image_io = _io("images", "uint8", ["batch", *image_shape])
@@ -113,7 +115,8 @@ def graph_specs(model: GenerativeModel, image_shape: tuple[int, int, int], score
             "module": ScoreGraph(model, score_names),
             "inputs": [image_io, *label],
             # the class each image was scored under (the input's name cannot be reused)
-            "outputs": [_io(name, "float32", ["batch"]) for name in score_names] + [_io(SCORED_LABEL, "int64", ["batch"])] * bool(label),
+            "outputs": [_io(name, "float32", ["batch"]) for name in score_names]
+            + [_io(SCORED_LABEL, "int64", ["batch"])] * bool(label),
         },
     }
     if model.has_encoder:
@@ -125,8 +128,9 @@ def graph_specs(model: GenerativeModel, image_shape: tuple[int, int, int], score
     return specs
 
 
-def _example_input(graph: str, batch: int, latent: int, image_shape: tuple[int, int, int], decoder: DecoderGraph,
-                   seed: int) -> tuple[torch.Tensor, ...]:
+def _example_input(
+    graph: str, batch: int, latent: int, image_shape: tuple[int, int, int], decoder: DecoderGraph, seed: int
+) -> tuple[torch.Tensor, ...]:
     """Seeded inputs: prior latents for the decoder; half decoded samples, half noise images otherwise. A conditional
     model's get balanced labels too, with every other one unknown (-1) for the score graph."""
     z = torch.from_numpy(sample_latents(batch, latent, seed))
@@ -136,15 +140,18 @@ def _example_input(graph: str, batch: int, latent: int, image_shape: tuple[int, 
         return (z, *label)
     with torch.no_grad():
         images = decoder(z, *label)
-    noise = torch.randint(0, 256, (batch, *image_shape), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    noise = torch.randint(
+        0, 256, (batch, *image_shape), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8
+    )
     images[batch // 2 :] = noise[batch // 2 :]
     if graph == "score" and classes:
         label = (torch.where(torch.arange(batch) % 2 == 1, -1, label[0]),)
     return (images, *label)
 
 
-def _export_graph(module: nn.Module, example: tuple[torch.Tensor, ...], spec: dict[str, Any], path: Path,
-                  opset: int | None) -> None:
+def _export_graph(
+    module: nn.Module, example: tuple[torch.Tensor, ...], spec: dict[str, Any], path: Path, opset: int | None
+) -> None:
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -169,7 +176,9 @@ def _export_graph(module: nn.Module, example: tuple[torch.Tensor, ...], spec: di
 def _compare(name: str, torch_out: torch.Tensor, ort_out: np.ndarray, standardised: bool = False) -> dict[str, Any]:
     expected = torch_out.cpu().numpy()
     if ort_out.shape != expected.shape or ort_out.dtype != expected.dtype:
-        raise ExportFailed(f"{name}: ONNX output is {ort_out.dtype}{list(ort_out.shape)}, torch gives {expected.dtype}{list(expected.shape)}")
+        raise ExportFailed(
+            f"{name}: ONNX output is {ort_out.dtype}{list(ort_out.shape)}, torch gives {expected.dtype}{list(expected.shape)}"
+        )
     diff = np.abs(ort_out.astype(np.float64) - expected.astype(np.float64))
     if expected.dtype == np.uint8:
         worst, allowed = float(diff.max(initial=0.0)), float(UINT8_TOLERANCE)
@@ -182,8 +191,13 @@ def _compare(name: str, torch_out: torch.Tensor, ort_out: np.ndarray, standardis
     return {"max_diff": worst, "max_abs_diff": float(diff.max(initial=0.0)), "tolerance": allowed}
 
 
-def check_parity(model: GenerativeModel, directory: Path, manifest: dict[str, Any], specs: dict[str, dict[str, Any]],
-                 image_shape: tuple[int, int, int]) -> dict[str, Any]:
+def check_parity(
+    model: GenerativeModel,
+    directory: Path,
+    manifest: dict[str, Any],
+    specs: dict[str, dict[str, Any]],
+    image_shape: tuple[int, int, int],
+) -> dict[str, Any]:
     """torch vs ONNX Runtime (CPU) on seeded inputs at each of PARITY_BATCHES, for every graph."""
     exported = ExportedModel(directory, manifest).start_sessions(providers="cpu")
     latent = model.cfg.latent_dim
@@ -198,23 +212,41 @@ def check_parity(model: GenerativeModel, directory: Path, manifest: dict[str, An
             expected = expected if isinstance(expected, tuple) else (expected,)
             got = exported.graphs[graph].run(*(t.numpy() for t in x))
             for out_spec, value in zip(spec["outputs"], expected):
-                figure = _compare(f"{graph}.onnx output {out_spec['name']} at batch {batch}", value, got[out_spec["name"]],
-                                  standardised=graph == "score" and out_spec["name"] == "score")
+                figure = _compare(
+                    f"{graph}.onnx output {out_spec['name']} at batch {batch}",
+                    value,
+                    got[out_spec["name"]],
+                    standardised=graph == "score" and out_spec["name"] == "score",
+                )
                 best = outputs.get(out_spec["name"])
                 if best is None or figure["max_diff"] > best["max_diff"]:
                     outputs[out_spec["name"]] = figure
-        figures[graph] = {"batch_sizes": list(PARITY_BATCHES), "seed": PARITY_SEED, "provider": "CPUExecutionProvider", "outputs": outputs}
+        figures[graph] = {
+            "batch_sizes": list(PARITY_BATCHES),
+            "seed": PARITY_SEED,
+            "provider": "CPUExecutionProvider",
+            "outputs": outputs,
+        }
     return figures
 
 
 def default_name(family: str, dataset: str) -> str:
     """genlab-<family>-<dataset>, reduced to what a BentoML tag allows."""
-    slug = "".join(ch if ch.isascii() and ch.isalnum() else "-" for ch in dataset.split(":")[-1].strip("/").split("/")[-1].lower())
+    slug = "".join(
+        ch if ch.isascii() and ch.isalnum() else "-" for ch in dataset.split(":")[-1].strip("/").split("/")[-1].lower()
+    )
     return f"genlab-{family}-{slug.strip('-') or 'data'}"[:63].rstrip("-")  # tags: ASCII only, 63 characters at most
 
 
-def build_manifest(ckpt: dict[str, Any], source: Path, name: str, specs: dict[str, dict[str, Any]], score_names: list[str],
-                   opset: int | None, descriptions: dict[str, str]) -> dict[str, Any]:
+def build_manifest(
+    ckpt: dict[str, Any],
+    source: Path,
+    name: str,
+    specs: dict[str, dict[str, Any]],
+    score_names: list[str],
+    opset: int | None,
+    descriptions: dict[str, str],
+) -> dict[str, Any]:
     data = ckpt["data"]
     return {
         "format": FORMAT,
@@ -223,25 +255,48 @@ def build_manifest(ckpt: dict[str, Any], source: Path, name: str, specs: dict[st
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "name": name,
         "family": ckpt["family"],
-        "latent": {"dim": ckpt["model_config"]["latent_dim"], "prior": describe_prior(ckpt.get("prior")),
-                   "fitted_prior": ckpt.get("prior"), "dtype": "float32"},
+        "latent": {
+            "dim": ckpt["model_config"]["latent_dim"],
+            "prior": describe_prior(ckpt.get("prior")),
+            "fitted_prior": ckpt.get("prior"),
+            "dtype": "float32",
+        },
         "classes": class_info(ckpt),
-        "image": {"channels": data["channels"], "height": data["image_size"], "width": data["image_size"],
-                  "layout": "NCHW", "pixel_format": "uint8", "value_range": [0, 255]},
+        "image": {
+            "channels": data["channels"],
+            "height": data["image_size"],
+            "width": data["image_size"],
+            "layout": "NCHW",
+            "pixel_format": "uint8",
+            "value_range": [0, 255],
+        },
         "graphs": {
             graph: {"file": f"{graph}.onnx", "opset": opset, "inputs": spec["inputs"], "outputs": spec["outputs"]}
             for graph, spec in specs.items()
         },
-        "scores": {"names": score_names, "primary": "score", "larger_is_more_anomalous": True,
-                   "descriptions": {n: descriptions.get(n, "") for n in score_names}},
+        "scores": {
+            "names": score_names,
+            "primary": "score",
+            "larger_is_more_anomalous": True,
+            "descriptions": {n: descriptions.get(n, "") for n in score_names},
+        },
         "calibration": ckpt.get("calibration"),
         "dataset": data,
         "training": {
-            "epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "complete": ckpt.get("complete", False),
-            "seed": ckpt.get("seed"), "world_size": ckpt.get("world_size", 1),
-            "model_config": ckpt["model_config"], "train_config": ckpt["train_config"], "metrics": ckpt.get("metrics", {}),
+            "epoch": ckpt.get("epoch"),
+            "step": ckpt.get("step"),
+            "complete": ckpt.get("complete", False),
+            "seed": ckpt.get("seed"),
+            "world_size": ckpt.get("world_size", 1),
+            "model_config": ckpt["model_config"],
+            "train_config": ckpt["train_config"],
+            "metrics": ckpt.get("metrics", {}),
         },
-        "source": {"checkpoint": source.name, "sha256": file_sha256(source), "genlab_version": ckpt.get("genlab_version")},
+        "source": {
+            "checkpoint": source.name,
+            "sha256": file_sha256(source),
+            "genlab_version": ckpt.get("genlab_version"),
+        },
     }
 
 
@@ -271,8 +326,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if not overwrite:
         raise ExportFailed(f"{out} already exists; choose another --out or pass --overwrite")
     if out.is_symlink() or not out.is_dir() or (any(out.iterdir()) and not _is_export(out)):
-        raise ExportFailed(f"{out} exists and is not a genlab export directory; --overwrite replaces only an earlier export, "
-                           "choose another --out")
+        raise ExportFailed(
+            f"{out} exists and is not a genlab export directory; --overwrite replaces only an earlier export, "
+            "choose another --out"
+        )
 
 
 def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
@@ -293,8 +350,14 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
         publish_directory(tmp, out)
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, opset: int | None = None,
-                      name: str | None = None, overwrite: bool = False, prefer_best: bool = True) -> dict[str, Any]:
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    opset: int | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
+    prefer_best: bool = True,
+) -> dict[str, Any]:
     """Write the export directory ``out`` from a checkpoint file or a run directory (its best.pt where there is one,
     with ``prefer_best``, else last.pt); returns the manifest."""
     source = checkpoint_file(checkpoint, prefer_best)
@@ -312,14 +375,23 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, ops
     tmp.chmod(0o755)  # mkdtemp makes it private; the published directory is an ordinary one
     try:
         for graph, spec in specs.items():
-            example = _example_input(graph, 2, model.cfg.latent_dim, image_shape, specs["decoder"]["module"], PARITY_SEED)
+            example = _example_input(
+                graph, 2, model.cfg.latent_dim, image_shape, specs["decoder"]["module"], PARITY_SEED
+            )
             _export_graph(spec["module"], example, spec, tmp / f"{graph}.onnx", opset)
             _check_onnx(tmp / f"{graph}.onnx")
         stray = sorted(p.name for p in tmp.iterdir() if not p.name.endswith(".onnx"))
         if stray:
             raise ExportFailed(f"the exporter wrote unexpected files {stray}; weights must be inside the .onnx files")
-        manifest = build_manifest(ckpt, source, name, specs, score_names, opset or _opset_of(tmp / "decoder.onnx"),
-                                  type(model).score_descriptions)
+        manifest = build_manifest(
+            ckpt,
+            source,
+            name,
+            specs,
+            score_names,
+            opset or _opset_of(tmp / "decoder.onnx"),
+            type(model).score_descriptions,
+        )
         manifest["files"] = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
         manifest["parity"] = check_parity(model, tmp, manifest, specs, image_shape)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -53,11 +53,17 @@ def choose_providers(preference: str | None = None) -> list[str]:
             log.debug("onnxruntime.preload_dlls: %s", err)
     if preference == "cuda":
         if "CUDAExecutionProvider" not in available:
-            raise ExportError("CUDA was asked for, but this onnxruntime has no CUDA provider (install onnxruntime-gpu, not onnxruntime)")
+            raise ExportError(
+                "CUDA was asked for, but this onnxruntime has no CUDA provider (install onnxruntime-gpu, not onnxruntime)"
+            )
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if preference != "auto":
         raise ExportError(f"unknown execution provider preference {preference!r}; use auto, cpu or cuda")
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in available else ["CPUExecutionProvider"]
+    return (
+        ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if "CUDAExecutionProvider" in available
+        else ["CPUExecutionProvider"]
+    )
 
 
 @dataclass
@@ -132,14 +138,26 @@ class ExportedModel:
         """What ``genlab info`` prints for an export: what it is, what it was trained on, what it can answer."""
         m, training = self.manifest, self.manifest["training"]
         return {
-            "export": str(self.path), "name": self.name, "family": self.family, "format_version": m["format_version"],
-            "genlab_version": m.get("genlab_version"), "created": m.get("created"),
-            "image": "x".join(map(str, self.image_shape)), "latent_dim": self.latent_dim,
-            "prior": m["latent"].get("prior"), "conditional": self.conditional, "classes": self.class_names,
-            "graphs": sorted(m["graphs"]), "scores": m["scores"]["names"],
+            "export": str(self.path),
+            "name": self.name,
+            "family": self.family,
+            "format_version": m["format_version"],
+            "genlab_version": m.get("genlab_version"),
+            "created": m.get("created"),
+            "image": "x".join(map(str, self.image_shape)),
+            "latent_dim": self.latent_dim,
+            "prior": m["latent"].get("prior"),
+            "conditional": self.conditional,
+            "classes": self.class_names,
+            "graphs": sorted(m["graphs"]),
+            "scores": m["scores"]["names"],
             "dataset": m["dataset"].get("dataset"),
-            "training": {"epoch": training.get("epoch"), "step": training.get("step"),
-                         "complete": training.get("complete"), "seed": training.get("seed")},
+            "training": {
+                "epoch": training.get("epoch"),
+                "step": training.get("step"),
+                "complete": training.get("complete"),
+                "seed": training.get("seed"),
+            },
             "source": m.get("source", {}),
         }
 
@@ -170,7 +188,7 @@ class ExportedModel:
         return {name: graph.provider for name, graph in self.graphs.items()}
 
     # -- running the graphs ---------------------------------------------------------------------
-    def start_sessions(self, providers: str | None = None, threads: int = 0, spinning: bool = True) -> "ExportedModel":
+    def start_sessions(self, providers: str | None = None, threads: int = 0, spinning: bool = True) -> ExportedModel:
         """An ONNX Runtime session for every graph the manifest lists, on the best provider available.
 
         Each graph is read once and its sha256 checked against the manifest before those same bytes go to ONNX
@@ -195,26 +213,34 @@ class ExportedModel:
                 session = ort.InferenceSession(graph, sess_options=options, providers=wanted)
             except Exception as err:  # onnxruntime raises its own exception types for bad files
                 raise ExportError(f"{file}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from None
-            self.graphs[name] = Graph(name, session, [i["name"] for i in spec["inputs"]], [o["name"] for o in spec["outputs"]])
+            self.graphs[name] = Graph(
+                name, session, [i["name"] for i in spec["inputs"]], [o["name"] for o in spec["outputs"]]
+            )
         log.info("opened %s (%s) from %s; providers: %s", self.name, self.family, self.path, self.providers)
         return self
 
     def decode(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """float32 latents [B, latent_dim] (and a conditional model's int64 labels [B]) -> uint8 images [B, C, H, W]."""
-        return self.graphs["decoder"].run(np.ascontiguousarray(z, dtype=np.float32), *self._labels(labels, len(z)))["images"]
+        return self.graphs["decoder"].run(np.ascontiguousarray(z, dtype=np.float32), *self._labels(labels, len(z)))[
+            "images"
+        ]
 
     def encode(self, images: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """uint8 images [B, C, H, W] (and a conditional model's labels) -> (mu, logvar), float32 [B, latent_dim]."""
         if not self.has_encoder:
             raise ExportError(f"a {self.family} model has no encoder")
-        out = self.graphs["encoder"].run(np.ascontiguousarray(images, dtype=np.uint8), *self._labels(labels, len(images)))
+        out = self.graphs["encoder"].run(
+            np.ascontiguousarray(images, dtype=np.uint8), *self._labels(labels, len(images))
+        )
         return out["mu"], out["logvar"]
 
     def scores(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """uint8 images [B, C, H, W] -> {score component: float32 [B]}; 'score' is the primary one. A conditional
         model scores each image under its label, or where that is -1 (or ``labels`` is None) under the class that
         explains it best, and adds ``label`` (int64 [B]), the class used."""
-        out = self.graphs["score"].run(np.ascontiguousarray(images, dtype=np.uint8), *self._labels(labels, len(images), -1))
+        out = self.graphs["score"].run(
+            np.ascontiguousarray(images, dtype=np.uint8), *self._labels(labels, len(images), -1)
+        )
         if SCORED_LABEL in out:
             out["label"] = out.pop(SCORED_LABEL)
         return out
@@ -224,7 +250,11 @@ class ExportedModel:
         summary = {k: v for k, v in self.manifest.items() if k != "calibration"}
         calibration = self.calibration
         if calibration:
-            summary["calibration"] = {"split": calibration.get("split"), "n": calibration.get("n"), "scores": sorted(calibration["scores"])}
+            summary["calibration"] = {
+                "split": calibration.get("split"),
+                "n": calibration.get("n"),
+                "scores": sorted(calibration["scores"]),
+            }
         summary["providers"] = self.providers
         summary["path"] = str(self.path)
         return summary
@@ -286,7 +316,9 @@ def resolve(reference: str | os.PathLike) -> Path:
         try:
             return Path(bentoml.models.get(text.lower()).path)
         except bentoml.exceptions.NotFound:
-            raise ExportError(f"{text}: neither an export directory nor a model in the BentoML store (see: genlab models)") from None
+            raise ExportError(
+                f"{text}: neither an export directory nor a model in the BentoML store (see: genlab models)"
+            ) from None
     raise ExportError(f"{text}: no such export directory")
 
 
@@ -296,7 +328,9 @@ def read_export(reference: str | os.PathLike, verify: bool = True) -> ExportedMo
     return ExportedModel(directory, read_manifest(directory, verify))
 
 
-def open_export(reference: str | os.PathLike, providers: str | None = None, threads: int = 0, spinning: bool = True) -> ExportedModel:
+def open_export(
+    reference: str | os.PathLike, providers: str | None = None, threads: int = 0, spinning: bool = True
+) -> ExportedModel:
     """Validate an export (hashes included) and start an ONNX Runtime session for each graph
     (see :meth:`ExportedModel.start_sessions`)."""
     return read_export(reference).start_sessions(providers, threads, spinning)

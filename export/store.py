@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from genlab.errors import GenlabError
-
 from genlab.export.reader import open_export, read_manifest
+
+from genlab.errors import GenlabError
 
 LABEL = "genlab-export"  # label that marks the store entries genlab wrote
 LOADER = open_export.__module__  # the module that opens a stored export (BentoML records it as the model's module)
@@ -45,8 +45,10 @@ def _metadata(value: Any) -> Any:
 def check_name(name: str) -> str:
     """``name`` if BentoML accepts it as a model name, else a GenlabError (checked before any work is done)."""
     if not _TAG_NAME.fullmatch(name):
-        raise GenlabError(f"--bento {name!r} is not a valid BentoML model name "
-                          "(at most 63 lowercase letters, digits, '.', '_', '-', starting and ending with a letter or digit)")
+        raise GenlabError(
+            f"--bento {name!r} is not a valid BentoML model name "
+            "(at most 63 lowercase letters, digits, '.', '_', '-', starting and ending with a letter or digit)"
+        )
     return name
 
 
@@ -56,13 +58,19 @@ def save_to_store(export_dir: str | os.PathLike, name: str) -> str:
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
     bentoml = _bentoml()
-    labels = {LABEL: str(manifest["format_version"]), "family": manifest["family"], "dataset": _label(manifest["dataset"]["dataset"])}
+    labels = {
+        LABEL: str(manifest["format_version"]),
+        "family": manifest["family"],
+        "dataset": _label(manifest["dataset"]["dataset"]),
+    }
     try:
         with bentoml.models.create(name, labels=labels, metadata=_metadata(manifest), module=LOADER) as model:
             for file in [*manifest["files"], "manifest.json"]:
                 shutil.copy2(export_dir / file, model.path_of(file))
     except (OSError, ValueError, bentoml.exceptions.BentoMLException) as err:
-        raise GenlabError(f"could not save {export_dir} into the BentoML model store: {str(err).splitlines()[0]}") from None
+        raise GenlabError(
+            f"could not save {export_dir} into the BentoML model store: {str(err).splitlines()[0]}"
+        ) from None
     return str(model.tag)
 
 
@@ -75,13 +83,15 @@ def list_models() -> list[dict[str, Any]]:
         if LABEL not in labels:
             continue
         meta = model.info.metadata
-        rows.append({
-            "tag": str(model.tag),
-            "family": labels.get("family"),
-            "dataset": labels.get("dataset"),
-            "latent_dim": meta.get("latent", {}).get("dim"),
-            "image": meta.get("image"),
-            "created": model.info.creation_time.isoformat(timespec="seconds"),
-            "path": model.path,
-        })
+        rows.append(
+            {
+                "tag": str(model.tag),
+                "family": labels.get("family"),
+                "dataset": labels.get("dataset"),
+                "latent_dim": meta.get("latent", {}).get("dim"),
+                "image": meta.get("image"),
+                "created": model.info.creation_time.isoformat(timespec="seconds"),
+                "path": model.path,
+            }
+        )
     return sorted(rows, key=lambda r: r["created"], reverse=True)

@@ -46,7 +46,9 @@ class _SourceTreeStages:
 
 def _source_tree_root() -> Path | None:
     here = Path(__file__).resolve().parent
-    if (here / "service").is_dir() or not all((here.parent / s / "__init__.py").is_file() for s in ("export", "service")):
+    if (here / "service").is_dir() or not all(
+        (here.parent / s / "__init__.py").is_file() for s in ("export", "service")
+    ):
         return None  # installed: the stages are inside this folder (or this source tree carries none)
     return here.parent
 

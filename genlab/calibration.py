@@ -27,8 +27,14 @@ PERCENTILES = [round(0.1 * i, 1) for i in range(1001)]
 
 
 @torch.no_grad()
-def score_images(model: GenerativeModel, images: torch.Tensor, device: torch.device, batch_size: int = 256,
-                 parts: bool = False, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def score_images(
+    model: GenerativeModel,
+    images: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 256,
+    parts: bool = False,
+    labels: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """uint8 images -> {component: [N] scores} in eval mode (``parts``: the unfitted ``score_parts``). A conditional
     model scores each image under its ``labels`` (where given) and adds ``label``, the class it was scored under."""
     was_training = model.training
@@ -44,8 +50,9 @@ def score_images(model: GenerativeModel, images: torch.Tensor, device: torch.dev
     return {name: torch.cat(values) for name, values in out.items()}
 
 
-def fit_to_training_data(model: GenerativeModel, train: ImageData, held_out: ImageData, device: torch.device,
-                         seed: int) -> dict[str, Any]:
+def fit_to_training_data(
+    model: GenerativeModel, train: ImageData, held_out: ImageData, device: torch.device, seed: int
+) -> dict[str, Any]:
     """After training, on normal images only (never on anomalies): the score statistics (``score_fit``), the latent
     prior fitted to the training codes of a family with an encoder (``prior``, :mod:`genlab.latents`), and the
     calibration on the held-out images (``calibration``); each goes into the checkpoint under its key."""
@@ -55,14 +62,27 @@ def fit_to_training_data(model: GenerativeModel, train: ImageData, held_out: Ima
     model.score_fit.fit_primary(score_images(model, held_out.images, device, labels=held_out.labels))
     prior = None
     if model.has_encoder and model.conditional:  # the "latent" part is the posterior mean
-        prior = fit_class_mixtures(parts["latent"].numpy(), train.labels.numpy(), model.num_classes, seed,
-                                   f"posterior means of the {len(train)} training images, per class")
+        prior = fit_class_mixtures(
+            parts["latent"].numpy(),
+            train.labels.numpy(),
+            model.num_classes,
+            seed,
+            f"posterior means of the {len(train)} training images, per class",
+        )
     elif model.has_encoder:
         held_out_codes = score_images(model, held_out.images, device, parts=True)["latent"].numpy()
-        prior = fit_prior(parts["latent"].numpy(), train.labels.numpy(), held_out_codes, seed,
-                          f"posterior means of the {len(train)} training images")
-    return {"score_fit": model.score_fit.state(), "prior": prior,
-            "calibration": calibrate(model, held_out.images, device, split="val")}
+        prior = fit_prior(
+            parts["latent"].numpy(),
+            train.labels.numpy(),
+            held_out_codes,
+            seed,
+            f"posterior means of the {len(train)} training images",
+        )
+    return {
+        "score_fit": model.score_fit.state(),
+        "prior": prior,
+        "calibration": calibrate(model, held_out.images, device, split="val"),
+    }
 
 
 def calibrate(model: GenerativeModel, images: torch.Tensor, device: torch.device, split: str) -> dict[str, Any]:
@@ -76,4 +96,3 @@ def calibrate(model: GenerativeModel, images: torch.Tensor, device: torch.device
         "scores": {name: torch.quantile(v.double(), grid).tolist() for name, v in scores.items()},
         "descriptions": dict(type(model).score_descriptions),
     }
-

@@ -44,9 +44,9 @@ from genlab.config import ModelConfig, TrainConfig, from_dict
 from genlab.errors import GenlabError
 from genlab.files import atomic_write
 from genlab.latents import describe as describe_prior
+from genlab.models import GenerativeModel, build_model
 from genlab.run_dir import checkpoint_file
 from genlab.thresholds import quantile
-from genlab.models import GenerativeModel, build_model
 
 FORMAT = "genlab-checkpoint"
 FORMAT_VERSION = 1
@@ -69,7 +69,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        raise GenlabError(f"{path} is not a readable genlab checkpoint (corrupt or truncated?): {first[:200]}") from None
+        raise GenlabError(
+            f"{path} is not a readable genlab checkpoint (corrupt or truncated?): {first[:200]}"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise GenlabError(f"{path} is not a genlab checkpoint")
     if ckpt.get("format_version") != FORMAT_VERSION:
@@ -95,15 +97,19 @@ def load_weights(model: GenerativeModel, weights: dict[str, torch.Tensor], famil
     """``model.load_state_dict(weights)``, with a readable GenlabError when they do not fit."""
     missing = sorted(set(model.state_dict()) - set(weights))
     if missing and all(k.startswith("encoder.") for k in missing) and family == "gan":
-        raise GenlabError("this GAN checkpoint was trained by an older genlab, before GANs had f-AnoGAN's encoder; "
-                          "train it again (genlab train gan ...)")
+        raise GenlabError(
+            "this GAN checkpoint was trained by an older genlab, before GANs had f-AnoGAN's encoder; "
+            "train it again (genlab train gan ...)"
+        )
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
         raise GenlabError(f"checkpoint weights do not fit a {family} model: {str(err).splitlines()[0]}") from None
 
 
-def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, device: str | torch.device = "cpu") -> GenerativeModel:
+def model_from_checkpoint(
+    ckpt: dict[str, Any] | str | os.PathLike, device: str | torch.device = "cpu"
+) -> GenerativeModel:
     """Rebuild the model from the checkpoint alone, weights loaded (the decoder's EMA where the run kept one), in eval mode."""
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
@@ -111,15 +117,21 @@ def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, device: str 
     load_weights(model, ckpt["model"], ckpt["family"])
     try:
         if ckpt.get("ema"):  # the decoder's averaged weights are the ones to sample and export with
-            model.decoder.load_state_dict({k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")})
+            model.decoder.load_state_dict(
+                {k[len("module.") :]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+            )
     except RuntimeError as err:
-        raise GenlabError(f"checkpoint weights do not fit a {ckpt['family']} model: {str(err).splitlines()[0]}") from None
+        raise GenlabError(
+            f"checkpoint weights do not fit a {ckpt['family']} model: {str(err).splitlines()[0]}"
+        ) from None
     try:
         if ckpt.get("score_fit"):
             model.score_fit.load(ckpt["score_fit"])
     except ValueError as err:
-        raise GenlabError(f"the checkpoint's anomaly scores were fitted by another genlab version ({err}); fit them again "
-                          f"with: genlab train {ckpt['family']} --out RUN_DIR --resume") from None
+        raise GenlabError(
+            f"the checkpoint's anomaly scores were fitted by another genlab version ({err}); fit them again "
+            f"with: genlab train {ckpt['family']} --out RUN_DIR --resume"
+        ) from None
     return model.to(device).eval()
 
 
@@ -153,7 +165,10 @@ def describe(ckpt: dict[str, Any]) -> dict[str, Any]:
             "split": calibration["split"],
             "n": calibration["n"],
             "scores": {
-                name: {**{f"p{p}": quantile(calibration, name, p) for p in (50, 95, 99)}, "meaning": calibration["descriptions"].get(name, "")}
+                name: {
+                    **{f"p{p}": quantile(calibration, name, p) for p in (50, 95, 99)},
+                    "meaning": calibration["descriptions"].get(name, ""),
+                }
                 for name in calibration["scores"]
             },
         },

@@ -34,16 +34,23 @@ def lenet(channels: int, classes: int):
     from torch import nn
 
     return nn.Sequential(
-        nn.Conv2d(channels, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        nn.Conv2d(channels, 32, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
         nn.Linear(64 * 16, FEATURES),  # features: this layer's output (before the ReLU)
-        nn.ReLU(), nn.Linear(FEATURES, classes),
+        nn.ReLU(),
+        nn.Linear(FEATURES, classes),
     )
 
 
-def classifier_path(dataset: str, size: int, channels: int, data_dir: str = "data", seed: int = 0,
-                    condition_on: str | None = None) -> Path:
+def classifier_path(
+    dataset: str, size: int, channels: int, data_dir: str = "data", seed: int = 0, condition_on: str | None = None
+) -> Path:
     """The cached classifier for (dataset, size, channels, seed; CelebA: the attribute it tells apart), trained on first use."""
     labels = {"condition_on": condition_on} if condition_on else {}
     name = cache_name(lenet=f"v{VERSION}", dataset=dataset, size=size, channels=channels, seed=seed, **labels)
@@ -53,8 +60,9 @@ def classifier_path(dataset: str, size: int, channels: int, data_dir: str = "dat
     return path
 
 
-def train_classifier(dataset: str, size: int, channels: int, data_dir: str, seed: int, path: Path,
-                     condition_on: str | None = None) -> dict[str, Any]:
+def train_classifier(
+    dataset: str, size: int, channels: int, data_dir: str, seed: int, path: Path, condition_on: str | None = None
+) -> dict[str, Any]:
     """Adam on the train split (at most MAX_TRAIN images) for EPOCHS or MIN_STEPS, whichever is longer; written atomically."""
     import torch
     import torch.nn.functional as F
@@ -91,9 +99,18 @@ def train_classifier(dataset: str, size: int, channels: int, data_dir: str, seed
     val = load_split(dataset, "val", data_dir, image_size=size, channels=channels, condition_on=condition_on)
     with torch.no_grad():
         accuracy = float((net(uint8_to_model(val.images)).argmax(1) == val.labels).float().mean())
-    payload = {"format": "genlab-lenet", "version": VERSION, "dataset": dataset, "image_size": size,
-               "channels": channels, "classes": classes, "seed": seed, "epochs": epochs,
-               "val_accuracy": accuracy, "state_dict": net.state_dict()}
+    payload = {
+        "format": "genlab-lenet",
+        "version": VERSION,
+        "dataset": dataset,
+        "image_size": size,
+        "channels": channels,
+        "classes": classes,
+        "seed": seed,
+        "epochs": epochs,
+        "val_accuracy": accuracy,
+        "state_dict": net.state_dict(),
+    }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     atomic_write_bytes(path, buffer.getvalue())

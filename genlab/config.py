@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from genlab.devices import check_device
 from genlab.errors import GenlabError
@@ -35,7 +35,7 @@ class ModelConfig:
     num_classes: int = 0  # set from the training data's classes for a conditional model
     # gan, vaegan (conditional): weight of the auxiliary classification loss (AC-GAN); None: the family's default
     # (GenerativeModel.default_class_weight: 1 for the GAN, 3 for the VAE-GAN, each measured on mnist-5k)
-    class_weight: Optional[float] = None
+    class_weight: float | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in ("conv", "mlp"):
@@ -49,7 +49,9 @@ class ModelConfig:
                 raise GenlabError(f"{name} must be positive, got {getattr(self, name)}")
         if self.gaussian_sigma <= 0 or self.beta < 0 or self.gamma < 0 or (self.class_weight or 0.0) < 0:
             raise GenlabError("gaussian_sigma must be > 0; beta, gamma and class_weight must be >= 0")
-        if self.num_classes < 0 or (self.conditional and self.num_classes == 1):  # 0: taken from the data when training starts
+        if self.num_classes < 0 or (
+            self.conditional and self.num_classes == 1
+        ):  # 0: taken from the data when training starts
             raise GenlabError(f"a conditional model needs at least 2 classes, got {self.num_classes}")
 
     @property
@@ -63,14 +65,14 @@ class TrainConfig:
     dataset: str = "mnist-5k"
     data_dir: str = "data"
     download: bool = False
-    normal_class: Optional[int] = None
-    condition_on: Optional[str] = None  # celeba: the binary attribute that labels the images (e.g. Male)
+    normal_class: int | None = None
+    condition_on: str | None = None  # celeba: the binary attribute that labels the images (e.g. Male)
     translate: float = 0.0  # random shifts of up to this fraction of the image size
     # None: DEFAULT_EPOCHS, or for one-class runs (few images per epoch) enough epochs for ONE_CLASS_STEPS steps
-    epochs: Optional[int] = None
-    max_steps: Optional[int] = None  # stop (with a checkpoint) after this many optimizer steps
+    epochs: int | None = None
+    max_steps: int | None = None  # stop (with a checkpoint) after this many optimizer steps
     batch_size: int = 64
-    lr: Optional[float] = None  # None: the family's default (Adam, 2e-4 GAN/VAE, 3e-4 VAE-GAN)
+    lr: float | None = None  # None: the family's default (Adam, 2e-4 GAN/VAE, 3e-4 VAE-GAN)
     beta1: float = 0.5
     beta2: float = 0.999
     seed: int = 0
@@ -79,7 +81,7 @@ class TrainConfig:
     sample_count: int = 64  # images in each epoch's sample grid
     # exponential moving average of the decoder's weights, used for samples, quality, calibration and export
     # (0: off; None: the family's default)
-    ema: Optional[float] = None
+    ema: float | None = None
     quality_every: int = 1  # measure sample quality every N epochs (0: off); see genlab.quality
     quality_samples: int = 500  # prior samples it measures
 

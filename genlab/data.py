@@ -25,9 +25,9 @@ import functools
 import gzip
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -69,24 +69,28 @@ class ImageData:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def select(self, index: torch.Tensor) -> "ImageData":
+    def select(self, index: torch.Tensor) -> ImageData:
         return ImageData(self.images[index], self.labels[index], self.dataset, self.split, self.class_names)
 
-    def only_class(self, k: int) -> "ImageData":
+    def only_class(self, k: int) -> ImageData:
         keep = torch.nonzero(self.labels == k).flatten()
         if len(keep) == 0:
             present = sorted(set(self.labels.tolist()))
-            raise GenlabError(f"normal class {k} has no images in {self.dataset}:{self.split}; classes present: {present}")
+            raise GenlabError(
+                f"normal class {k} has no images in {self.dataset}:{self.split}; classes present: {present}"
+            )
         return self.select(keep)
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    image_size: Optional[int]  # None: chosen by the user (image folders)
-    channels: Optional[int]
+    image_size: int | None  # None: chosen by the user (image folders)
+    channels: int | None
     # (spec, split, data_dir, download, size, channels, condition_on) -> (uint8 images, int64 labels, class names)
-    read: Callable[["DatasetSpec", str, str, bool, int, int, Optional[str]], tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]]
+    read: Callable[
+        [DatasetSpec, str, str, bool, int, int, str | None], tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]
+    ]
 
 
 def _share(fraction: float, n: int) -> int:
@@ -104,7 +108,11 @@ def _seeded_split(n: int, split: str, labels: torch.Tensor | None = None, fracti
     for group in groups:
         perm = group[torch.randperm(len(group), generator=g)]
         n_val, n_test = (_share(f, len(perm)) for f in fractions[1:])
-        bounds = {"train": (0, len(perm) - n_val - n_test), "val": (len(perm) - n_val - n_test, len(perm) - n_test), "test": (len(perm) - n_test, len(perm))}
+        bounds = {
+            "train": (0, len(perm) - n_val - n_test),
+            "val": (len(perm) - n_val - n_test, len(perm) - n_test),
+            "test": (len(perm) - n_test, len(perm)),
+        }
         lo, hi = bounds[split]
         picked.append(perm[lo:hi])
     return torch.cat(picked).sort().values
@@ -138,11 +146,20 @@ def _read_mnist5k(spec: DatasetSpec, split: str, data_dir: str, download: bool, 
 
 
 _TORCHVISION_FILES = {
-    "mnist": ("MNIST/raw", "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"),
-    "fashion-mnist": ("FashionMNIST/raw", "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"),
+    "mnist": (
+        "MNIST/raw",
+        "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte",
+    ),
+    "fashion-mnist": (
+        "FashionMNIST/raw",
+        "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte",
+    ),
     "cifar10": ("cifar-10-batches-py", "data_batch_1..5, test_batch, batches.meta (from cifar-10-python.tar.gz)"),
-    "celeba": ("celeba", "img_align_celeba/ (unzipped img_align_celeba.zip), list_eval_partition.txt, and for --condition-on "
-                         "list_attr_celeba.txt"),
+    "celeba": (
+        "celeba",
+        "img_align_celeba/ (unzipped img_align_celeba.zip), list_eval_partition.txt, and for --condition-on "
+        "list_attr_celeba.txt",
+    ),
 }
 
 
@@ -158,7 +175,12 @@ def _torchvision_dataset(name: str, data_dir: str, download: bool, **kwargs):
     from genlab.torchvision_fix import import_torchvision
 
     datasets = import_torchvision().datasets
-    cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10, "celeba": datasets.CelebA}[name]
+    cls = {
+        "mnist": datasets.MNIST,
+        "fashion-mnist": datasets.FashionMNIST,
+        "cifar10": datasets.CIFAR10,
+        "celeba": datasets.CelebA,
+    }[name]
     try:
         return cls(root=data_dir, download=download, **kwargs)
     except (RuntimeError, OSError, ValueError) as err:  # torchvision: "Dataset not found ..."
@@ -208,8 +230,10 @@ def celeba_attribute(root: Path, attribute: str) -> dict[str, int]:
     rows = _celeba_table(root / "list_attr_celeba.txt")
     names = rows[1] if len(rows) > 1 else []
     if attribute not in names:
-        raise GenlabError(f"celeba: unknown attribute {attribute!r} for --condition-on; list_attr_celeba.txt has: "
-                          f"{', '.join(names) or 'none'}")
+        raise GenlabError(
+            f"celeba: unknown attribute {attribute!r} for --condition-on; list_attr_celeba.txt has: "
+            f"{', '.join(names) or 'none'}"
+        )
     column = names.index(attribute) + 1
     return {row[0]: int(row[column] == "1") for row in rows[2:] if len(row) > column}
 
@@ -222,7 +246,11 @@ def _read_celeba(spec: DatasetSpec, split: str, data_dir: str, download: bool, s
     root = Path(data_dir) / "celeba"
     if not (root / "img_align_celeba").is_dir():
         raise _missing("celeba", data_dir)
-    files = [row[0] for row in _celeba_table(root / "list_eval_partition.txt") if len(row) == 2 and row[1] == CELEBA_SPLITS[split]]
+    files = [
+        row[0]
+        for row in _celeba_table(root / "list_eval_partition.txt")
+        if len(row) == 2 and row[1] == CELEBA_SPLITS[split]
+    ]
     labels, names = [0] * len(files), ("all",)
     if condition_on:
         present = celeba_attribute(root, condition_on)
@@ -236,7 +264,9 @@ def _read_celeba(spec: DatasetSpec, split: str, data_dir: str, download: bool, s
             with Image.open(root / "img_align_celeba" / file) as image:
                 arrays.append(to_array(image, channels, size))
         except (UnidentifiedImageError, OSError) as err:
-            raise GenlabError(f"celeba: cannot read image {root / 'img_align_celeba' / file} ({err.__class__.__name__})") from None
+            raise GenlabError(
+                f"celeba: cannot read image {root / 'img_align_celeba' / file} ({err.__class__.__name__})"
+            ) from None
     if not arrays:
         raise GenlabError(f"celeba: split {split!r} is empty in {root / 'list_eval_partition.txt'}")
     return torch.from_numpy(np.stack(arrays)), torch.tensor(labels, dtype=torch.int64), names
@@ -310,9 +340,9 @@ def load_split(
     split: str,
     data_dir: str = "data",
     download: bool = False,
-    image_size: Optional[int] = None,
-    channels: Optional[int] = None,
-    condition_on: Optional[str] = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+    condition_on: str | None = None,
 ) -> ImageData:
     """Read one split of a dataset as uint8, converted to ``channels`` x ``image_size`` if asked; ``condition_on``
     (CelebA only) labels each image by one binary attribute."""
@@ -322,8 +352,13 @@ def load_split(
         raise GenlabError(f"--condition-on picks a CelebA attribute; {name} has its own class labels")
     if split == "heldout":
         parts = [load_split(name, s, data_dir, download, image_size, channels, condition_on) for s in ("val", "test")]
-        return ImageData(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]), name, split,
-                         parts[0].class_names)
+        return ImageData(
+            torch.cat([p.images for p in parts]),
+            torch.cat([p.labels for p in parts]),
+            name,
+            split,
+            parts[0].class_names,
+        )
     spec = dataset_spec(name)
     size0, channels0 = native_shape(name)
     size, channels = image_size or size0, channels or channels0

@@ -21,7 +21,11 @@ FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family("vae", True, "variational autoencoder (Kingma & Welling 2013)"),
-        Family("gan", True, "GAN with the non-saturating loss (Goodfellow et al. 2014) and f-AnoGAN's encoder (Schlegl et al. 2019)"),
+        Family(
+            "gan",
+            True,
+            "GAN with the non-saturating loss (Goodfellow et al. 2014) and f-AnoGAN's encoder (Schlegl et al. 2019)",
+        ),
         Family("vaegan", True, "VAE-GAN, Algorithm 1 of Larsen et al. 2016"),
     )
 }

@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 TEMP_SUFFIX = ".tmp"
 _UMASK = os.umask(0o022)  # read once (setting it is the only way to read it) and put back at once

@@ -35,7 +35,7 @@ labels come from :func:`balanced_labels` (every class equally often, seeded) or 
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +43,14 @@ MIXTURE_COMPONENTS = 10  # Ghosh et al. use 10 on MNIST; fewer when there are fe
 CODES_PER_PARAMETER_DIM = 4  # at least this many codes per latent dimension for each component
 
 
-def sample_latents(n: int, latent_dim: int, seed: Optional[int] = None, temperature: float = 1.0,
-                   prior: Optional[dict[str, Any]] = None, labels: Optional[np.ndarray] = None) -> np.ndarray:
+def sample_latents(
+    n: int,
+    latent_dim: int,
+    seed: int | None = None,
+    temperature: float = 1.0,
+    prior: dict[str, Any] | None = None,
+    labels: np.ndarray | None = None,
+) -> np.ndarray:
     """float32 [n, latent_dim] from ``prior`` (N(0, I) when None); the same seed gives the same latents.
 
     ``temperature`` scales the standard-normal noise (around each component's mean, for a mixture).
@@ -76,7 +82,7 @@ def sample_latents(n: int, latent_dim: int, seed: Optional[int] = None, temperat
 LABEL_SEED_OFFSET = 104_729  # labels and latents of one seed come from separate streams
 
 
-def balanced_labels(n: int, classes: int, seed: Optional[int] = None) -> np.ndarray:
+def balanced_labels(n: int, classes: int, seed: int | None = None) -> np.ndarray:
     """int64 [n]: each class n // classes or n // classes + 1 times (which classes get the extra ones, and the order,
     are seeded); the same seed gives the same labels."""
     rng = np.random.default_rng(None if seed is None else seed + LABEL_SEED_OFFSET)
@@ -108,16 +114,25 @@ def fit_mixture(codes: np.ndarray, seed: int = 0, fitted_on: str = "") -> dict[s
     }
 
 
-def fit_class_mixtures(codes: np.ndarray, labels: np.ndarray, classes: int, seed: int = 0,
-                       fitted_on: str = "") -> dict[str, Any]:
+def fit_class_mixtures(
+    codes: np.ndarray, labels: np.ndarray, classes: int, seed: int = 0, fitted_on: str = ""
+) -> dict[str, Any]:
     """One :func:`fit_mixture` per class, on that class's codes; a class without codes gets N(0, I)'s."""
     codes, labels = np.asarray(codes, np.float64), np.asarray(labels)
     dim = codes.shape[1]
-    standard = {"kind": "gaussian-mixture", "weights": [1.0], "means": [[0.0] * dim],
-                "scale_tril": [np.eye(dim).tolist()], "fitted_on": "nothing (no codes of this class)"}
+    standard = {
+        "kind": "gaussian-mixture",
+        "weights": [1.0],
+        "means": [[0.0] * dim],
+        "scale_tril": [np.eye(dim).tolist()],
+        "fitted_on": "nothing (no codes of this class)",
+    }
     mixtures = [fit_mixture(codes[labels == k], seed) if (labels == k).sum() > 1 else standard for k in range(classes)]
-    return {"kind": "per-class-gaussian-mixture", "classes": mixtures,
-            "fitted_on": fitted_on or f"posterior means of {len(codes)} training images, per class"}
+    return {
+        "kind": "per-class-gaussian-mixture",
+        "classes": mixtures,
+        "fitted_on": fitted_on or f"posterior means of {len(codes)} training images, per class",
+    }
 
 
 def mixture_log_likelihood(prior: dict[str, Any], codes: np.ndarray) -> float:
@@ -151,8 +166,9 @@ def flatten_class_mixtures(per_class: dict[str, Any], class_weights: np.ndarray)
     }
 
 
-def fit_prior(codes: np.ndarray, labels: np.ndarray, held_out_codes: np.ndarray, seed: int = 0,
-              fitted_on: str = "") -> dict[str, Any]:
+def fit_prior(
+    codes: np.ndarray, labels: np.ndarray, held_out_codes: np.ndarray, seed: int = 0, fitted_on: str = ""
+) -> dict[str, Any]:
     """An unconditional model's prior: the mixture, of two candidates, under which the held-out images' codes are
     most likely (mean log-density; the samples are never looked at).
 
@@ -171,15 +187,20 @@ def fit_prior(codes: np.ndarray, labels: np.ndarray, held_out_codes: np.ndarray,
     likelihood = {name: mixture_log_likelihood(prior, held_out_codes) for name, prior in candidates.items()}
     chosen = max(likelihood, key=likelihood.get)
     where = fitted_on or f"posterior means of {len(codes)} training images"
-    return {**candidates[chosen], "fitted_on": f"{where}{', per class' if chosen == 'per class' else ''}",
-            "held_out_log_likelihood": {name: round(value, 4) for name, value in likelihood.items()}}
+    return {
+        **candidates[chosen],
+        "fitted_on": f"{where}{', per class' if chosen == 'per class' else ''}",
+        "held_out_log_likelihood": {name: round(value, 4) for name, value in likelihood.items()},
+    }
 
 
-def describe(prior: Optional[dict[str, Any]]) -> str:
+def describe(prior: dict[str, Any] | None) -> str:
     if prior is None:
         return "standard normal N(0, I)"
     if prior.get("kind") == "per-class-gaussian-mixture":
         sizes = sorted({len(m["weights"]) for m in prior["classes"]})
-        return (f"one Gaussian mixture per class ({len(prior['classes'])} classes, "
-                f"{'/'.join(map(str, sizes))} components) fitted to the {prior['fitted_on']}")
+        return (
+            f"one Gaussian mixture per class ({len(prior['classes'])} classes, "
+            f"{'/'.join(map(str, sizes))} components) fitted to the {prior['fitted_on']}"
+        )
     return f"Gaussian mixture of {len(prior['weights'])} components fitted to the {prior['fitted_on']}"

@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 RECON_ERROR = "recon_error"
-RECON_ERROR_MEANING = "mean squared difference between the uint8 image and its uint8 reconstruction, pixels scaled to [0, 1]"
+RECON_ERROR_MEANING = (
+    "mean squared difference between the uint8 image and its uint8 reconstruction, pixels scaled to [0, 1]"
+)
 
 
 ANOMALY_MAP_MEANING = "per pixel and channel: |image - reconstruction| of the uint8 pixels, scaled to [0, 1]"

@@ -21,7 +21,8 @@ run: they are not FID.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -59,8 +60,14 @@ class QualityTracker:
     """Measures ``decode``'s samples of ``latents`` (for ``labels``, a conditional model's) against ``reference``
     uint8 images (the validation split)."""
 
-    def __init__(self, classifier_file: str, reference: torch.Tensor, latents: torch.Tensor,
-                 labels: torch.Tensor | None = None, batch_size: int = 500):
+    def __init__(
+        self,
+        classifier_file: str,
+        reference: torch.Tensor,
+        latents: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        batch_size: int = 500,
+    ):
         from genlab.classifier import FEATURE_LAYERS, load_classifier
 
         if len(reference) < 2 or len(latents) < 2:
@@ -92,7 +99,9 @@ class QualityTracker:
         labels = self.labels
 
         def chunk(i: int) -> torch.Tensor:
-            return decode(latents[i : i + self.batch_size], None if labels is None else labels[i : i + self.batch_size]).cpu()
+            return decode(
+                latents[i : i + self.batch_size], None if labels is None else labels[i : i + self.batch_size]
+            ).cpu()
 
         images = torch.cat([chunk(i) for i in range(0, len(latents), self.batch_size)])
         features, logits = self._embed(images)
@@ -111,8 +120,9 @@ class QualityTracker:
         return measured
 
 
-def classifier_for(dataset: str, data_dir: str, image_size: int, channels: int, seed: int,
-                   condition_on: str | None = None) -> str | None:
+def classifier_for(
+    dataset: str, data_dir: str, image_size: int, channels: int, seed: int, condition_on: str | None = None
+) -> str | None:
     """The reference classifier's file for this data, trained on first use; None if the data has no labels."""
     from genlab.classifier import NoLabels, classifier_path
 
@@ -126,8 +136,10 @@ def summary(values: dict[str, Any]) -> str:
     """The quality part of the epoch line, e.g. 'quality: fd 12.3, kd 0.021, confident 0.87, classes 0.98'."""
     if not values:
         return ""
-    text = (f"quality: fd {values['fd']:.3g}, kd {values['kd']:.3g}, confident {values['confident']:.2f}, "
-            f"classes {values['class_entropy']:.2f}")
+    text = (
+        f"quality: fd {values['fd']:.3g}, kd {values['kd']:.3g}, confident {values['confident']:.2f}, "
+        f"classes {values['class_entropy']:.2f}"
+    )
     return text + (f", class fidelity {values['class_fidelity']:.3f}" if "class_fidelity" in values else "")
 
 

@@ -20,7 +20,9 @@ DEFAULT_PERCENTILE = 99.0
 def _curve(calibration: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarray]:
     scores = calibration.get("scores", {})
     if name not in scores:
-        raise GenlabError(f"no calibration for score {name!r}; calibrated scores: {', '.join(sorted(scores)) or 'none'}")
+        raise GenlabError(
+            f"no calibration for score {name!r}; calibrated scores: {', '.join(sorted(scores)) or 'none'}"
+        )
     return np.asarray(calibration["percentiles"], np.float64), np.asarray(scores[name], np.float64)
 
 

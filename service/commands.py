@@ -22,7 +22,9 @@ def verify_models(references: list[str]) -> list[str]:
         directory = resolve(reference)
         manifest = read_manifest(directory, verify=True)
         if manifest["name"] in names:
-            raise GenlabError(f"two models are named {manifest['name']!r}; export one of them with another --bento name")
+            raise GenlabError(
+                f"two models are named {manifest['name']!r}; export one of them with another --bento name"
+            )
         names.append(manifest["name"])
     return names
 
@@ -34,14 +36,33 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     names = verify_models(references)
     if args.workers < 1 or args.ort_threads < 0:
         raise GenlabError("--workers must be >= 1 and --ort-threads >= 0")
-    env = {**os.environ, "GENLAB_MODELS": ",".join(references), "BENTOML_DO_NOT_TRACK": "True",
-           "GENLAB_WORKERS": str(args.workers), "GENLAB_BATCHING": "off" if args.no_batching else args.batching,
-           "GENLAB_ACCESS_LOG": "1" if args.access_log else "0", "GENLAB_ORT_THREADS": str(args.ort_threads),
-           "OTEL_SDK_DISABLED": os.environ.get("OTEL_SDK_DISABLED", "true")}  # see service/service.py
-    command = [sys.executable, "-m", "bentoml", "serve", "genlab.service.service:Genlab", "--host", args.host, "--port", str(args.port)]
+    env = {
+        **os.environ,
+        "GENLAB_MODELS": ",".join(references),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "GENLAB_WORKERS": str(args.workers),
+        "GENLAB_BATCHING": "off" if args.no_batching else args.batching,
+        "GENLAB_ACCESS_LOG": "1" if args.access_log else "0",
+        "GENLAB_ORT_THREADS": str(args.ort_threads),
+        "OTEL_SDK_DISABLED": os.environ.get("OTEL_SDK_DISABLED", "true"),
+    }  # see service/service.py
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "genlab.service.service:Genlab",
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     guarded = ", API key required" if os.environ.get("GENLAB_API_KEY") else ""
-    print(f"serving {', '.join(names)} on http://{args.host}:{args.port} ({args.workers} worker(s){guarded}; Ctrl-C stops)",
-          file=sys.stderr, flush=True)
+    print(
+        f"serving {', '.join(names)} on http://{args.host}:{args.port} ({args.workers} worker(s){guarded}; Ctrl-C stops)",
+        file=sys.stderr,
+        flush=True,
+    )
     os.execvpe(command[0], command, env)
     return 0  # not reached
 
@@ -49,19 +70,37 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     from genlab.service.settings import BATCHING_CHOICES
 
-    p = sub.add_parser("serve", help="serve exported models over HTTP (generate, reconstruct, anomaly-score)",
-                       description="Start the BentoML service on one or more exported models; the first is the default. "
-                                   "Set GENLAB_API_KEY to require 'Authorization: Bearer <key>' on every route but the "
-                                   "health probes.")
-    p.add_argument("--model", action="append", metavar="NAME|EXPORT_DIR",
-                   help="a BentoML model tag or an export directory; repeat for several (default: genlab-vaegan-mnist-5k)")
+    p = sub.add_parser(
+        "serve",
+        help="serve exported models over HTTP (generate, reconstruct, anomaly-score)",
+        description="Start the BentoML service on one or more exported models; the first is the default. "
+        "Set GENLAB_API_KEY to require 'Authorization: Bearer <key>' on every route but the "
+        "health probes.",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME|EXPORT_DIR",
+        help="a BentoML model tag or an export directory; repeat for several (default: genlab-vaegan-mnist-5k)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=3000)
-    p.add_argument("--workers", type=int, default=1, help="HTTP worker processes, each with its own ONNX Runtime sessions (1)")
-    p.add_argument("--ort-threads", type=int, default=1, metavar="N",
-                   help="ONNX Runtime threads per session in each worker (1; 0 = one per core)")
-    p.add_argument("--batching", choices=BATCHING_CHOICES, default="auto",
-                   help="merge concurrent requests into one ONNX Runtime call: auto (default) = where the graphs run on a GPU")
+    p.add_argument(
+        "--workers", type=int, default=1, help="HTTP worker processes, each with its own ONNX Runtime sessions (1)"
+    )
+    p.add_argument(
+        "--ort-threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="ONNX Runtime threads per session in each worker (1; 0 = one per core)",
+    )
+    p.add_argument(
+        "--batching",
+        choices=BATCHING_CHOICES,
+        default="auto",
+        help="merge concurrent requests into one ONNX Runtime call: auto (default) = where the graphs run on a GPU",
+    )
     p.add_argument("--no-batching", action="store_true", help="same as --batching off")
     p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs throughput)")
     p.set_defaults(func=_cmd_serve)

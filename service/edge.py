@@ -27,9 +27,17 @@ from __future__ import annotations
 import functools
 import hmac
 import json
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from genlab.service.forms import FormError, FormLimits, media_parameters, multipart_boundary, multipart_parts, urlencoded_parts
+from genlab.service.forms import (
+    FormError,
+    FormLimits,
+    media_parameters,
+    multipart_boundary,
+    multipart_parts,
+    urlencoded_parts,
+)
 
 JSON_BYTES_PER_VALUE = 32  # room for a float with all its digits: a JSON body's bytes are bounded with its values
 Scope = dict[str, Any]
@@ -37,15 +45,22 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-
 def error_body(message: str, field: str) -> bytes:
     return json.dumps({"error": message, "field": field}).encode()
 
 
 async def respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *(headers or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -76,10 +91,17 @@ def validation_error_to_body(payload: Any) -> bytes:
 class Edge:
     """The middleware (``Genlab.add_asgi_middleware(Edge, ...)``); see the module docstring."""
 
-    def __init__(self, app: Any, api_key: str = "", max_body_bytes: int = 32 << 20,
-                 file_fields: dict[str, frozenset[str]] | None = None, openapi: Callable[[dict], dict] | None = None,
-                 open_paths: tuple[str, ...] = (), json_values: Callable[[], int] = lambda: 1 << 20,
-                 form_limits: FormLimits = FormLimits()):
+    def __init__(
+        self,
+        app: Any,
+        api_key: str = "",
+        max_body_bytes: int = 32 << 20,
+        file_fields: dict[str, frozenset[str]] | None = None,
+        openapi: Callable[[dict], dict] | None = None,
+        open_paths: tuple[str, ...] = (),
+        json_values: Callable[[], int] = lambda: 1 << 20,
+        form_limits: FormLimits = FormLimits(),
+    ):
         self.app = app
         self.api_key = api_key.encode()
         self.max_body_bytes = max_body_bytes
@@ -99,8 +121,12 @@ class Edge:
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
         if self.api_key and path not in self.open_paths and not self._authorized(scope):
-            return await respond(send, 401, error_body("missing or wrong API key: send 'Authorization: Bearer <key>'",
-                                                       "Authorization"), [(b"www-authenticate", b"Bearer")])
+            return await respond(
+                send,
+                401,
+                error_body("missing or wrong API key: send 'Authorization: Bearer <key>'", "Authorization"),
+                [(b"www-authenticate", b"Bearer")],
+            )
         if scope.get("method") == "GET" and path == "/docs.json" and self.openapi is not None:
             return await self._docs(scope, receive, send)
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
@@ -131,8 +157,12 @@ class Edge:
         limit = self.max_body_bytes
         declared = _header(scope, b"content-length")
         if declared.isdigit() and int(declared) > limit:
-            await respond(send, 413, error_body(f"request body is {int(declared):,} bytes; the limit is {limit:,}", "body"),
-                          [(b"connection", b"close")])
+            await respond(
+                send,
+                413,
+                error_body(f"request body is {int(declared):,} bytes; the limit is {limit:,}", "body"),
+                [(b"connection", b"close")],
+            )
             return None
         chunks, size = [], 0
         while True:
@@ -142,8 +172,12 @@ class Edge:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await respond(send, 413, error_body(f"request body exceeds the limit of {limit:,} bytes", "body"),
-                              [(b"connection", b"close")])
+                await respond(
+                    send,
+                    413,
+                    error_body(f"request body exceeds the limit of {limit:,} bytes", "body"),
+                    [(b"connection", b"close")],
+                )
                 return None
             chunks.append(chunk)
             if not message.get("more_body"):
@@ -166,7 +200,11 @@ class Edge:
             return err.status, err.field, err.message
         for part in parts:
             if part.name in file_fields and not part.is_file:
-                return 400, part.name, "must be a file part (with a filename) of a multipart/form-data body, not a text value"
+                return (
+                    400,
+                    part.name,
+                    "must be a file part (with a filename) of a multipart/form-data body, not a text value",
+                )
         return None
 
     def _json_problem(self, body: bytes, file_fields: frozenset[str]) -> tuple[int, str, str] | None:
@@ -178,8 +216,14 @@ class Edge:
         values = body.count(b",") + 1  # an upper bound on the numbers in it, counted before anything is parsed
         limit = self.max_json_values
         if values > limit or len(body) > JSON_BYTES_PER_VALUE * limit + (1 << 20):
-            return 413, "body", (f"the JSON body holds about {values:,} values in {len(body):,} bytes; the limit is {limit:,} "
-                                 "values (send large batches as .npy files to /batch/*)")
+            return (
+                413,
+                "body",
+                (
+                    f"the JSON body holds about {values:,} values in {len(body):,} bytes; the limit is {limit:,} "
+                    "values (send large batches as .npy files to /batch/*)"
+                ),
+            )
         named = [name for name in file_fields if f'"{name}"'.encode() in body]
         if not named and b"\\" not in body:
             return None  # no file field can be in it (not even spelt with escapes): parsing is left to BentoML

@@ -24,7 +24,9 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _QUOTED = rb'"(?:[^"\\\r\n]|\\[^\r\n])*"'
 _MEDIA = re.compile(rb"[ \t]*(" + _TOKEN + rb"/" + _TOKEN + rb")[ \t]*")
-_PARAMETER = re.compile(rb";[ \t]*(?:(" + _TOKEN + rb")=(" + _TOKEN + rb"|" + _QUOTED + rb")[ \t]*)?")  # RFC 9110 allows "a/b;"
+_PARAMETER = re.compile(
+    rb";[ \t]*(?:(" + _TOKEN + rb")=(" + _TOKEN + rb"|" + _QUOTED + rb")[ \t]*)?"
+)  # RFC 9110 allows "a/b;"
 MAX_BOUNDARY = 70  # RFC 2046
 _STEP = np.zeros(256, np.int32)  # byte -> change of nesting: +1 for [ and {, -1 for ] and }
 _STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
@@ -85,7 +87,10 @@ def multipart_boundary(content_type: bytes) -> bytes:
     if len(boundaries) > 1:
         raise FormError("Content-Type", "more than one boundary parameter")
     charsets = {value.lower() for name, value in parameters if name == b"charset"}
-    if not charsets <= {b"utf-8", b"us-ascii"}:  # Starlette would decode field names with it: "images" can hide in UTF-16
+    if not charsets <= {
+        b"utf-8",
+        b"us-ascii",
+    }:  # Starlette would decode field names with it: "images" can hide in UTF-16
         raise FormError("Content-Type", "the charset of a form must be utf-8")
     boundary = boundaries[0]
     if not 1 <= len(boundary) <= MAX_BOUNDARY:
@@ -127,15 +132,23 @@ def multipart_parts(body: bytes, boundary: bytes, limits: FormLimits) -> list[Pa
         part.size += end - start
         if not part.is_file:
             if part.size > limits.max_text_bytes:
-                raise FormError(part.name, f"text value above {limits.max_text_bytes:,} bytes (send files as file parts)", 413)
+                raise FormError(
+                    part.name, f"text value above {limits.max_text_bytes:,} bytes (send files as file parts)", 413
+                )
             part.text += chunk[start:end]
 
     def end() -> None:
         nonlocal ended
         ended = True
 
-    callbacks = {"on_header_field": lambda d, s, e: name.extend(d[s:e]), "on_header_value": lambda d, s, e: value.extend(d[s:e]),
-                 "on_header_end": header_end, "on_headers_finished": headers_finished, "on_part_data": data, "on_end": end}
+    callbacks = {
+        "on_header_field": lambda d, s, e: name.extend(d[s:e]),
+        "on_header_value": lambda d, s, e: value.extend(d[s:e]),
+        "on_header_end": header_end,
+        "on_headers_finished": headers_finished,
+        "on_part_data": data,
+        "on_end": end,
+    }
     parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]  # (its TypedDict of callbacks)
     try:
         parser.write(body)

@@ -16,9 +16,10 @@ import contextlib
 import math
 import threading
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -26,10 +27,9 @@ from pydantic import StrictInt, StrictStr
 
 from genlab.imageio import to_array
 
-
 # one class, by index or name: strict, so that JSON true or 7.5 is refused instead of read as 1 or 7
 Label = Union[StrictInt, StrictStr]
-Labels = Optional[Union[Label, list[Label]]]  # one class for every image, or one per image
+Labels = Optional[Label | list[Label]]  # one class for every image, or one per image
 CLASSES_SHOWN = 20  # a refusal lists at most this many class names
 
 
@@ -96,8 +96,9 @@ def check_image_source(files: Sequence[Path] | None, array: Any) -> None:
         raise RequestError("images", "no images: upload files as 'images' (multipart) or send 'array' (JSON)")
 
 
-def images_from_uploads(files: Sequence[Path], shape: tuple[int, int, int], limits: UploadLimits,
-                        stop: threading.Event | None = None) -> np.ndarray:
+def images_from_uploads(
+    files: Sequence[Path], shape: tuple[int, int, int], limits: UploadLimits, stop: threading.Event | None = None
+) -> np.ndarray:
     """Uploaded files -> uint8 [N, C, H, W]. Every header is checked, and the request's total pixels bounded, before
     anything is decoded; ``stop`` (set when the request is cancelled) ends the decoding between files."""
     if len(files) > limits.max_images:
@@ -105,8 +106,11 @@ def images_from_uploads(files: Sequence[Path], shape: tuple[int, int, int], limi
     paths = [Path(f) for f in files]
     total = sum(upload_pixels(path, f"images[{i}]", limits) for i, path in enumerate(paths))
     if total > limits.max_request_pixels:
-        raise RequestError("images", f"the images hold {total:,} pixels together; the limit per request is "
-                                     f"{limits.max_request_pixels:,}", 413)
+        raise RequestError(
+            "images",
+            f"the images hold {total:,} pixels together; the limit per request is {limits.max_request_pixels:,}",
+            413,
+        )
     decoded = []
     for i, path in enumerate(paths):
         if stop is not None and stop.is_set():
@@ -161,16 +165,22 @@ def read_npy(path: Path, field: str, max_bytes: int) -> np.ndarray:
     try:
         with open(path, "rb") as file:
             version = np.lib.format.read_magic(file)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, _, dtype = read_header(file)
             declared = file.tell() + math.prod(shape) * dtype.itemsize
             if dtype.hasobject:
                 raise ValueError("it holds Python objects (pickled data), which this service never loads")
             if declared != size:
-                raise ValueError(f"its header declares shape {list(shape)} of {dtype} ({declared:,} bytes), the file has {size:,}")
+                raise ValueError(
+                    f"its header declares shape {list(shape)} of {dtype} ({declared:,} bytes), the file has {size:,}"
+                )
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise RequestError(field, f"not a .npy file this service reads (save one array with numpy.save): {str(err)[:200]}") from None
+        raise RequestError(
+            field, f"not a .npy file this service reads (save one array with numpy.save): {str(err)[:200]}"
+        ) from None
 
 
 def latents_from_npy(path: Path, field: str, latent_dim: int, max_images: int, max_bytes: int) -> np.ndarray:
@@ -194,14 +204,17 @@ def _image_batch(values: np.ndarray, field: str, shape: tuple[int, int, int], ma
     if values.ndim == 3:
         values = values[None]
     if values.ndim != 4 or tuple(values.shape[1:]) != tuple(shape) or values.shape[0] == 0:
-        raise RequestError(field, f"shape {list(values.shape)} does not match this model's [N, {', '.join(map(str, shape))}]", 422)
+        raise RequestError(
+            field, f"shape {list(values.shape)} does not match this model's [N, {', '.join(map(str, shape))}]", 422
+        )
     if values.shape[0] > max_images:
         raise RequestError(field, f"{values.shape[0]} images; the limit is {max_images}", 413)
     return values
 
 
-def labels_from_request(label: Any, n: int, classes: Optional[Sequence[str]], model: str,
-                        field: str = "label") -> Optional[np.ndarray]:
+def labels_from_request(
+    label: Any, n: int, classes: Sequence[str] | None, model: str, field: str = "label"
+) -> np.ndarray | None:
     """A request's ``label`` (one class for all ``n`` images, or a list of ``n``) -> int64 [n] class indices;
     None when no label was sent. ``classes``: the model's class names, None for a model that is not conditional
     (which refuses any label)."""
@@ -211,7 +224,9 @@ def labels_from_request(label: Any, n: int, classes: Optional[Sequence[str]], mo
     if not isinstance(label, list):
         return np.full(n, class_index(label, classes, model, field), np.int64)
     if len(label) != n:
-        raise RequestError(field, f"{len(label)} labels for {n} images; give one label for all of them or one per image", 422)
+        raise RequestError(
+            field, f"{len(label)} labels for {n} images; give one label for all of them or one per image", 422
+        )
     return np.array([class_index(v, classes, model, f"{field}[{i}]") for i, v in enumerate(label)], np.int64)
 
 
@@ -234,19 +249,29 @@ def class_index(value: Any, classes: Sequence[str], model: str, field: str) -> i
 
 def _out_of_range(field: str, index: str, classes: Sequence[str], model: str, low: int = 0) -> RequestError:
     unknown = " (-1: infer the class)" if low == -1 else ""
-    return RequestError(field, f"class index {index} is out of range {low}..{len(classes) - 1}{unknown}; "
-                               f"{_classes_of(model, classes)}", 422)
+    return RequestError(
+        field,
+        f"class index {index} is out of range {low}..{len(classes) - 1}{unknown}; {_classes_of(model, classes)}",
+        422,
+    )
 
 
-def optional_file(files: Sequence[Path], field: str) -> Optional[Path]:
+def optional_file(files: Sequence[Path], field: str) -> Path | None:
     """An optional file part (declared as a list, which BentoML can parse) -> the one file, or None."""
     if len(files) > 1:
         raise RequestError(field, f"{len(files)} files; send at most one")
     return Path(files[0]) if files else None
 
 
-def labels_from_npy(path: Path, field: str, n: int, classes: Optional[Sequence[str]], model: str, max_bytes: int,
-                    unknown_allowed: bool = False) -> np.ndarray:
+def labels_from_npy(
+    path: Path,
+    field: str,
+    n: int,
+    classes: Sequence[str] | None,
+    model: str,
+    max_bytes: int,
+    unknown_allowed: bool = False,
+) -> np.ndarray:
     """A .npy of integer class indices [n] -> int64; with ``unknown_allowed``, -1 marks an image whose class the
     model should infer (scoring only)."""
     classes = _conditional_classes(classes, model, field)
@@ -262,7 +287,7 @@ def labels_from_npy(path: Path, field: str, n: int, classes: Optional[Sequence[s
     return array.astype(np.int64)
 
 
-def _conditional_classes(classes: Optional[Sequence[str]], model: str, field: str) -> Sequence[str]:
+def _conditional_classes(classes: Sequence[str] | None, model: str, field: str) -> Sequence[str]:
     if classes is None:
         raise RequestError(field, f"{model} is not a conditional model; it takes no class labels", 422)
     return classes

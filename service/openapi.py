@@ -50,17 +50,26 @@ GENERATE_JSON = {
         "seed": {"type": "integer", "nullable": True, "description": "null when explicit latents `z` were decoded"},
         "shape": {"type": "array", "items": {"type": "integer"}, "description": "[n, C, H, W]"},
         "images": {"type": "array", "items": {}, "description": "base64 PNGs (png_list) or uint8 [n, C, H, W] (array)"},
-        "labels": {"type": "array", "items": {"type": "integer"},
-                   "description": "conditional models: the class index of every image (empty otherwise)"},
-        "label_names": {"type": "array", "items": {"type": "string"},
-                        "description": "conditional models: the name of every image's class (empty otherwise)"},
+        "labels": {
+            "type": "array",
+            "items": {"type": "integer"},
+            "description": "conditional models: the class index of every image (empty otherwise)",
+        },
+        "label_names": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "conditional models: the name of every image's class (empty otherwise)",
+        },
     },
 }
 _TEXT = {"type": "string"}
 HEADERS = {  # what the 200 answers carry besides the body (schemathesis checks them against these)
     "X-Genlab-Model": {"description": "the model that answered", "schema": _TEXT},
     "X-Genlab-Seed": {"description": "the seed of what was drawn (empty when nothing was)", "schema": _TEXT},
-    "X-Genlab-Labels": {"description": "conditional models: the class index of every image, comma-separated", "schema": _TEXT},
+    "X-Genlab-Labels": {
+        "description": "conditional models: the class index of every image, comma-separated",
+        "schema": _TEXT,
+    },
     "X-Genlab-Scores": {"description": "the score components, in the order of the table's columns", "schema": _TEXT},
 }
 SUCCESS_HEADERS = {
@@ -69,7 +78,11 @@ SUCCESS_HEADERS = {
     "/batch/score": ("X-Genlab-Model", "X-Genlab-Scores", "X-Genlab-Labels"),
 }
 SUCCESS_CONTENT = {
-    "/generate": {"image/png": BINARY, "application/octet-stream": BINARY, "application/json": {"schema": GENERATE_JSON}},
+    "/generate": {
+        "image/png": BINARY,
+        "application/octet-stream": BINARY,
+        "application/json": {"schema": GENERATE_JSON},
+    },
     "/batch/decode": {"application/octet-stream": BINARY},
     "/batch/score": {"application/octet-stream": BINARY},
 }
@@ -112,7 +125,9 @@ def _restore_operation_unions(operation: dict[str, Any], schemas: dict[str, Any]
     request = schemas.get(f"{operation.get('x-bentoml-name')}__Input")
     for media in operation.get("requestBody", {}).get("content", {}).values():
         _restore_unions(media.get("schema", {}), request)
-    answer = operation.get("responses", {}).get("200", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    answer = (
+        operation.get("responses", {}).get("200", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    )
     _restore_unions(answer, schemas.get(answer.get("title", "")))
 
 
@@ -127,7 +142,9 @@ def _json_body(multipart: dict[str, Any], file_fields: frozenset[str]) -> dict[s
     return {"schema": schema}
 
 
-def fix_spec(spec: dict[str, Any], file_fields: dict[str, frozenset[str]], auth: bool, models: list[str]) -> dict[str, Any]:
+def fix_spec(
+    spec: dict[str, Any], file_fields: dict[str, frozenset[str]], auth: bool, models: list[str]
+) -> dict[str, Any]:
     """BentoML's OpenAPI document for the genlab service -> a valid, complete OpenAPI 3.0 document.
 
     ``file_fields``: route -> its file-upload fields (every genlab API route is a key); ``auth``:
@@ -155,8 +172,11 @@ def fix_spec(spec: dict[str, Any], file_fields: dict[str, frozenset[str]], auth:
                 for status, description in ERROR_STATUSES.items():
                     responses[status] = {"description": description, "content": error}
                 if route in SUCCESS_CONTENT:
-                    responses["200"] = {"description": "Successful Response", "content": SUCCESS_CONTENT[route],
-                                        "headers": {name: HEADERS[name] for name in SUCCESS_HEADERS[route]}}
+                    responses["200"] = {
+                        "description": "Successful Response",
+                        "content": SUCCESS_CONTENT[route],
+                        "headers": {name: HEADERS[name] for name in SUCCESS_HEADERS[route]},
+                    }
                 content = operation.get("requestBody", {}).get("content", {})
                 for media in content.values():
                     model = media.get("schema", {}).get("properties", {}).get("model")

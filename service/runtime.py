@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
-
 from genlab.export.reader import ExportedModel, read_export, resolve
 from genlab.service.settings import Settings
 from genlab.service.work import WorkPool
@@ -84,7 +84,9 @@ class Merger:
         """The oldest pending calls that fit in ``max_batch`` rows (at least one) and take as many inputs as the first."""
         batch = [self.pending.pop(0)]
         size = batch[0].rows
-        while self.pending and self.pending[0].arity == batch[0].arity and size + self.pending[0].rows <= self.max_batch:
+        while (
+            self.pending and self.pending[0].arity == batch[0].arity and size + self.pending[0].rows <= self.max_batch
+        ):
             batch.append(self.pending.pop(0))
             size += batch[-1].rows
         return batch
@@ -94,7 +96,11 @@ class Merger:
             while self.pending:
                 batch = self._next_batch()
                 # input k of the merged call: input k of every call, one after the other
-                inputs = [np.concatenate(same) for same in zip(*(c.inputs for c in batch))] if len(batch) > 1 else batch[0].inputs
+                inputs = (
+                    [np.concatenate(same) for same in zip(*(c.inputs for c in batch))]
+                    if len(batch) > 1
+                    else batch[0].inputs
+                )
                 try:
                     outputs = await self.pool.run(self.fn, *inputs)
                 except Exception as err:  # every waiting request gets the error, none hangs
@@ -146,7 +152,7 @@ class Runner:
         self._graphs = graphs
         self._mergers = {name: Merger(fn, max_batch, pool) for name, fn in graphs.items()} if batching else {}
 
-    async def _run(self, graph: str, array: np.ndarray, labels: Optional[np.ndarray]) -> dict[str, np.ndarray]:
+    async def _run(self, graph: str, array: np.ndarray, labels: np.ndarray | None) -> dict[str, np.ndarray]:
         inputs = (array,) if labels is None else (array, np.ascontiguousarray(labels, dtype=np.int64))
         if self.batching:
             return await self._mergers[graph](*inputs)
@@ -154,14 +160,14 @@ class Runner:
             return self._graphs[graph](*inputs)
         return await self.pool.run(self._graphs[graph], *inputs)
 
-    async def decode(self, z: np.ndarray, labels: Optional[np.ndarray] = None) -> np.ndarray:
+    async def decode(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         return (await self._run("decode", z, labels))["images"]
 
-    async def encode(self, images: np.ndarray, labels: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    async def encode(self, images: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         out = await self._run("encode", images, labels)
         return out["mu"], out["logvar"]
 
-    async def scores(self, images: np.ndarray, labels: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+    async def scores(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Score components; a conditional model's result also has ``label``, the class each image was scored under."""
         if labels is None and self.model.conditional:
             labels = np.full(len(images), -1, np.int64)
@@ -178,8 +184,13 @@ def open_runners(settings: Settings, pool: WorkPool) -> dict[str, Runner]:
             raise RuntimeError(f"two models are named {model.name!r}; export one with another --bento name")
         batching = settings.batching == "on" or (settings.batching == "auto" and uses_gpu(model))
         runners[model.name] = Runner(model, batching, settings.max_batch_size, pool)
-        log.info("genlab: %s (%s) on %s, request merging %s", model.name, model.family,
-                 ", ".join(sorted(set(model.providers.values()))), "on" if batching else "off")
+        log.info(
+            "genlab: %s (%s) on %s, request merging %s",
+            model.name,
+            model.family,
+            ", ".join(sorted(set(model.providers.values()))),
+            "on" if batching else "off",
+        )
     return runners
 
 

@@ -39,36 +39,53 @@ os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 import bentoml
 import numpy as np
 from annotated_types import Ge, Gt, Le
+from genlab.export.reader import ExportedModel, read_export, resolve, sample_latents
+from genlab.service.edge import Edge
+from genlab.service.forms import FormLimits
+from genlab.service.inputs import (
+    Labels,
+    RequestError,
+    array_to_images,
+    check_image_source,
+    images_from_npy,
+    images_from_uploads,
+    labels_from_npy,
+    labels_from_request,
+    latents_from_npy,
+    latents_from_request,
+    optional_file,
+)
+from genlab.service.openapi import fix_spec
+from genlab.service.runtime import Runner, open_runners
+from genlab.service.settings import HEALTH_PATHS, SETTINGS
+from genlab.service.work import WorkPool
 from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
-from genlab.export.reader import ExportedModel, read_export, resolve, sample_latents
 from genlab import __version__
 from genlab.families import FAMILIES
 from genlab.imageio import encode_png, tile
 from genlab.latents import balanced_labels
 from genlab.measures import ANOMALY_MAP_MEANING, RECON_ERROR_MEANING, anomaly_map, recon_error
 from genlab.thresholds import DEFAULT_PERCENTILE, normalized, percentile_of, quantile
-from genlab.service.edge import Edge
-from genlab.service.forms import FormLimits
-from genlab.service.inputs import (Labels, RequestError, array_to_images, check_image_source, images_from_npy, images_from_uploads,
-                            labels_from_npy, labels_from_request, latents_from_npy, latents_from_request, optional_file)
-from genlab.service.openapi import fix_spec
-from genlab.service.runtime import Runner, open_runners
-from genlab.service.settings import HEALTH_PATHS, SETTINGS
-from genlab.service.work import WorkPool
 
 log = logging.getLogger("genlab.service")
 MAX = SETTINGS.max_images
 NPY = "application/octet-stream"
 LABELS_HEADER = "X-Genlab-Labels"  # the class index of every image, comma-separated (conditional models)
-LABEL_HELP = ("conditional models: the class of every image, by name or index (see /models), or a list with one per image; "
-              "other models refuse it")
+LABEL_HELP = (
+    "conditional models: the class of every image, by name or index (see /models), or a list with one per image; "
+    "other models refuse it"
+)
 # one optional file part, declared as a list: BentoML 1.4.39 cannot build an endpoint with an Optional[Path] argument
-BATCH_LABELS_HELP = "conditional models: at most one .npy file of int64 class indices [N], one per row; other models refuse it"
+BATCH_LABELS_HELP = (
+    "conditional models: at most one .npy file of int64 class indices [N], one per row; other models refuse it"
+)
 LabelSource = Optional[Literal["request", "inferred"]]
-LABEL_SOURCE_HELP = ("'request': the request's `label`; 'inferred': the class that explains the image best (lowest score); "
-                     "null for models that are not conditional")
+LABEL_SOURCE_HELP = (
+    "'request': the request's `label`; 'inferred': the class that explains the image best (lowest score); "
+    "null for models that are not conditional"
+)
 
 
 class ModelInfo(BaseModel):
@@ -80,8 +97,12 @@ class ModelInfo(BaseModel):
     image_shape: list[int]
     score_names: list[str]
     providers: dict[str, str]
-    conditional: bool = Field(description="whether the model draws, reconstructs and scores images under a class `label`")
-    classes: list[str] = Field(description="the classes `label` takes, label k being classes[k]; empty unless conditional")
+    conditional: bool = Field(
+        description="whether the model draws, reconstructs and scores images under a class `label`"
+    )
+    classes: list[str] = Field(
+        description="the classes `label` takes, label k being classes[k]; empty unless conditional"
+    )
     request_merging: bool = Field(description="whether concurrent requests are merged into one ONNX Runtime call")
     manifest: dict[str, Any]
 
@@ -92,30 +113,37 @@ class Reconstruction(BaseModel):
     images: list[Any] = Field(description="reconstructions as uint8 [N, C, H, W] (format=array; empty otherwise)")
     mu: list[list[float]] = Field(description="posterior means, [N, latent]")
     recon_error: list[float] = Field(description=RECON_ERROR_MEANING)
-    labels: list[int] = Field(default_factory=list, description="conditional models: the class index each image was "
-                                                                "encoded and decoded under (empty otherwise)")
+    labels: list[int] = Field(
+        default_factory=list,
+        description="conditional models: the class index each image was encoded and decoded under (empty otherwise)",
+    )
     label_names: list[str] = Field(default_factory=list, description="the names of those classes (empty otherwise)")
     label_source: LabelSource = Field(None, description=LABEL_SOURCE_HELP)
 
 
 class ImageScore(BaseModel):
     score: float = Field(description="the raw primary score; larger is more anomalous")
-    normalized_score: Optional[float] = Field(
+    normalized_score: float | None = Field(
         description="the score mapped to [0, 1] with the threshold at exactly 0.5 (anomalib's convention): "
-                    "(score - threshold) / (max - min of held-out normal scores) + 0.5, clipped; null without calibration")
-    percentile: Optional[float] = Field(description="percentile of the score among held-out normal images (0-100)")
+        "(score - threshold) / (max - min of held-out normal scores) + 0.5, clipped; null without calibration"
+    )
+    percentile: float | None = Field(description="percentile of the score among held-out normal images (0-100)")
     is_anomaly: bool = Field(description="score > threshold (equivalently normalized_score > 0.5)")
-    components: dict[str, dict[str, Optional[float]]] = Field(description="name -> {value, percentile}")
-    label: Optional[int] = Field(None, description="conditional models: the class index the image was scored under "
-                                                   "(null otherwise)")
-    label_name: Optional[str] = Field(None, description="the name of that class")
+    components: dict[str, dict[str, float | None]] = Field(description="name -> {value, percentile}")
+    label: int | None = Field(
+        None, description="conditional models: the class index the image was scored under (null otherwise)"
+    )
+    label_name: str | None = Field(None, description="the name of that class")
     label_source: LabelSource = Field(None, description=LABEL_SOURCE_HELP)
     anomaly_map_png_base64: str = Field(
-        "", description="with maps=true and maps_format=png: the anomaly map as a base64 PNG, uint8 |image - reconstruction| "
-                        "(empty otherwise)")
+        "",
+        description="with maps=true and maps_format=png: the anomaly map as a base64 PNG, uint8 |image - reconstruction| "
+        "(empty otherwise)",
+    )
     anomaly_map: list[Any] = Field(
-        default_factory=list, description=f"with maps=true and maps_format=array: float [C, H, W], {ANOMALY_MAP_MEANING} "
-                                          "(empty otherwise)")
+        default_factory=list,
+        description=f"with maps=true and maps_format=array: float [C, H, W], {ANOMALY_MAP_MEANING} (empty otherwise)",
+    )
 
 
 class AnomalyScores(BaseModel):
@@ -123,7 +151,7 @@ class AnomalyScores(BaseModel):
     score_name: str
     meaning: str
     threshold: float
-    threshold_percentile: Optional[float]
+    threshold_percentile: float | None
     threshold_source: Literal["calibration", "request"]
     results: list[ImageScore]
 
@@ -136,7 +164,8 @@ class _NoTracebackForBadInput(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         client_fault = isinstance(error, ValidationError) or (
-            isinstance(error, bentoml.exceptions.BentoMLException) and int(error.error_code) < 500)
+            isinstance(error, bentoml.exceptions.BentoMLException) and int(error.error_code) < 500
+        )
         if client_fault:
             record.msg, record.args = f"{record.getMessage()}: invalid input ({error!s:.200})", ()
             record.exc_info, record.exc_text = None, None
@@ -160,24 +189,24 @@ def _npy(array: np.ndarray, headers: dict[str, str]) -> Response:
     return Response(buffer.getvalue(), media_type=NPY, headers=headers)
 
 
-def _classes(model: ExportedModel) -> Optional[list[str]]:
+def _classes(model: ExportedModel) -> list[str] | None:
     """The class names a request's labels choose from; None for a model that takes no labels."""
     return model.class_names if model.conditional else None
 
 
-def _label_indices(labels: Optional[np.ndarray]) -> list[int]:
+def _label_indices(labels: np.ndarray | None) -> list[int]:
     return [] if labels is None else labels.tolist()
 
 
-def _label_names(model: ExportedModel, labels: Optional[np.ndarray]) -> list[str]:
+def _label_names(model: ExportedModel, labels: np.ndarray | None) -> list[str]:
     return [] if labels is None else [model.class_names[k] for k in labels]
 
 
-def _label_source(requested: Optional[np.ndarray], used: Optional[np.ndarray]) -> Optional[str]:
+def _label_source(requested: np.ndarray | None, used: np.ndarray | None) -> str | None:
     return None if used is None else "request" if requested is not None else "inferred"
 
 
-def _labels_header(labels: Optional[np.ndarray]) -> dict[str, str]:
+def _labels_header(labels: np.ndarray | None) -> dict[str, str]:
     return {} if labels is None else {LABELS_HEADER: ",".join(map(str, labels.tolist()))}
 
 
@@ -210,26 +239,30 @@ class Genlab:
         self.default = next(iter(self.runners))
         log.info("genlab %s serving %s (default %s)", __version__, ", ".join(self.runners), self.default)
 
-    def _runner(self, name: Optional[str]) -> Runner:
+    def _runner(self, name: str | None) -> Runner:
         if name is None:
             return self.runners[self.default]
         if name not in self.runners:
             raise RequestError("model", f"unknown model {name!r}; this server has: {', '.join(self.runners)}", 404)
         return self.runners[name]
 
-    async def _images(self, files: list[Path], array: Optional[list[Any]], model: ExportedModel) -> np.ndarray:
+    async def _images(self, files: list[Path], array: list[Any] | None, model: ExportedModel) -> np.ndarray:
         """A request's images (uploads, decoded in the work pool, or a JSON array) -> uint8 [N, C, H, W]."""
         check_image_source(files, array)
         if files:
             return await self.work.run_stoppable(images_from_uploads, files, model.image_shape, SETTINGS.upload_limits)
         return array_to_images(array, "array", model.image_shape, MAX)
 
-    def _encoder_runner(self, name: Optional[str]) -> Runner:
+    def _encoder_runner(self, name: str | None) -> Runner:
         runner = self._runner(name)
         if not runner.model.has_encoder:
             with_encoder = " or ".join(f.name for f in FAMILIES.values() if f.has_encoder)
-            raise RequestError("model", f"{runner.model.name} is a {runner.model.family} model and has no encoder; "
-                                        f"this needs a {with_encoder} model", 422)
+            raise RequestError(
+                "model",
+                f"{runner.model.name} is a {runner.model.family} model and has no encoder; "
+                f"this needs a {with_encoder} model",
+                422,
+            )
         return runner
 
     # -- endpoints ------------------------------------------------------------------------------
@@ -237,12 +270,12 @@ class Genlab:
     async def generate(
         self,
         n: Annotated[int, Ge(1), Le(MAX)] = 16,
-        seed: Optional[Annotated[int, Ge(0), Le(2**63 - 1)]] = None,
-        z: Optional[list[list[float]]] = None,
+        seed: Annotated[int, Ge(0), Le(2 ** 63 - 1)] | None = None,
+        z: list[list[float]] | None = None,
         temperature: Annotated[float, Gt(0), Le(10)] = 1.0,
         label: Annotated[Labels, Field(description=LABEL_HELP)] = None,
         format: Literal["png", "png_list", "array", "npy"] = "png",
-        model: Optional[str] = None,
+        model: str | None = None,
     ) -> Any:  # a PNG, a .npy file or JSON, chosen by `format`
         """Sample images from the prior (or decode the given latents `z`, which override n and temperature).
 
@@ -273,7 +306,11 @@ class Genlab:
         except RequestError as err:
             return _error(err)
         images = await runner.decode(latents, labels)
-        headers = {"X-Genlab-Model": m.name, "X-Genlab-Seed": "" if seed is None else str(seed), **_labels_header(labels)}
+        headers = {
+            "X-Genlab-Model": m.name,
+            "X-Genlab-Seed": "" if seed is None else str(seed),
+            **_labels_header(labels),
+        }
         if format == "png":
             return Response(encode_png(tile(images)), media_type="image/png", headers=headers)
         if format == "npy":
@@ -287,10 +324,10 @@ class Genlab:
     async def reconstruct(
         self,
         images: list[Path] = [],  # noqa: B006 (pydantic copies defaults)
-        array: Optional[list[Any]] = None,
+        array: list[Any] | None = None,
         label: Annotated[Labels, Field(description=LABEL_HELP)] = None,
         format: Literal["png_list", "array"] = "png_list",
-        model: Optional[str] = None,
+        model: str | None = None,
     ) -> Reconstruction:
         """Reconstruct uploaded images (multipart file parts `images`, PNG/JPEG, any size or mode: converted to the
         model's channels and size) or `array` (JSON, uint8 [N, C, H, W] as nested lists) through encoder mean and
@@ -327,13 +364,13 @@ class Genlab:
     async def anomaly_score(
         self,
         images: list[Path] = [],  # noqa: B006 (pydantic copies defaults)
-        array: Optional[list[Any]] = None,
-        percentile: Optional[Annotated[float, Ge(0), Le(100)]] = None,
-        threshold: Optional[float] = None,
+        array: list[Any] | None = None,
+        percentile: Annotated[float, Ge(0), Le(100)] | None = None,
+        threshold: float | None = None,
         label: Annotated[Labels, Field(description=LABEL_HELP)] = None,
         maps: bool = False,
         maps_format: Literal["png", "array"] = "png",
-        model: Optional[str] = None,
+        model: str | None = None,
     ) -> AnomalyScores:
         """Score images (files or `array`, exactly one of them, as for /reconstruct): the raw score, the score
         normalised to [0, 1] with the threshold at 0.5, its percentile among held-out normal images, `is_anomaly` =
@@ -348,15 +385,22 @@ class Genlab:
             runner = self._runner(model)
             m = runner.model
             if maps and not m.has_encoder:
-                raise RequestError("maps", f"{m.name} is a {m.family} model and has no encoder; anomaly maps compare an "
-                                           "image with its reconstruction", 422)
+                raise RequestError(
+                    "maps",
+                    f"{m.name} is a {m.family} model and has no encoder; anomaly maps compare an "
+                    "image with its reconstruction",
+                    422,
+                )
             if percentile is not None and threshold is not None:
                 raise RequestError("threshold", "give either 'percentile' or a raw 'threshold', not both")
             if threshold is not None and not np.isfinite(threshold):
                 raise RequestError("threshold", "must be a finite number", 422)
             if threshold is None and not m.calibration:
-                raise RequestError("threshold", f"{m.name} has no calibration (its training did not finish); "
-                                                "send a raw 'threshold'", 422)
+                raise RequestError(
+                    "threshold",
+                    f"{m.name} has no calibration (its training did not finish); send a raw 'threshold'",
+                    422,
+                )
             x = await self._images(images, array, m)
             requested = labels_from_request(label, len(x), _classes(m), m.name)
         except RequestError as err:
@@ -371,7 +415,9 @@ class Genlab:
             cut = quantile(cal, "score", threshold_percentile)
         else:
             threshold_percentile, cut = None, float(threshold)
-        pct = {name: percentile_of(cal, name, v) if cal and name in cal["scores"] else None for name, v in scores.items()}
+        pct = {
+            name: percentile_of(cal, name, v) if cal and name in cal["scores"] else None for name, v in scores.items()
+        }
         norm = normalized(cal, "score", scores["score"], cut) if cal and "score" in cal["scores"] else None
         diff = None
         if maps:
@@ -387,8 +433,9 @@ class Genlab:
                     name: {"value": float(v[i]), "percentile": None if pct[name] is None else float(pct[name][i])}
                     for name, v in scores.items()
                 },
-                anomaly_map_png_base64="" if diff is None or maps_format != "png" else _png_base64(
-                    np.rint(diff[i : i + 1] * 255).astype(np.uint8))[0],
+                anomaly_map_png_base64=""
+                if diff is None or maps_format != "png"
+                else _png_base64(np.rint(diff[i : i + 1] * 255).astype(np.uint8))[0],
                 anomaly_map=[] if diff is None or maps_format != "array" else diff[i].round(5).tolist(),
                 label=None if used is None else int(used[i]),
                 label_name=None if used is None else used_names[i],
@@ -397,9 +444,13 @@ class Genlab:
             for i in range(len(x))
         ]
         return AnomalyScores(
-            model=m.name, score_name="score", meaning=m.score_descriptions.get("score", ""),
-            threshold=cut, threshold_percentile=threshold_percentile,
-            threshold_source="request" if threshold is not None else "calibration", results=results,
+            model=m.name,
+            score_name="score",
+            meaning=m.score_descriptions.get("score", ""),
+            threshold=cut,
+            threshold_percentile=threshold_percentile,
+            threshold_source="request" if threshold is not None else "calibration",
+            results=results,
         )
 
     @bentoml.api(route="/batch/decode")
@@ -407,7 +458,7 @@ class Genlab:
         self,
         z: Path,
         labels: Annotated[list[Path], Field(description=BATCH_LABELS_HELP)] = [],  # noqa: B006 (see BATCH_LABELS_HELP)
-        model: Optional[str] = None,
+        model: str | None = None,
     ) -> Any:
         """Decode latents sent as a .npy file (multipart file part `z`, float32 [N, latent]) into a .npy file
         of uint8 images [N, C, H, W]: the binary path for machines (no JSON lists of numbers either way).
@@ -421,10 +472,19 @@ class Genlab:
             latents = latents_from_npy(z, "z", m.latent_dim, MAX, SETTINGS.max_upload_bytes)
             labels_file = optional_file(labels, "labels")
             if m.conditional and labels_file is None:
-                raise RequestError("labels", f"{m.name} is a conditional model: send 'labels', a .npy of int64 class "
-                                             f"indices [{len(latents)}], one per latent (classes: see /models)", 422)
-            class_labels = None if labels_file is None else labels_from_npy(
-                labels_file, "labels", len(latents), _classes(m), m.name, SETTINGS.max_upload_bytes)
+                raise RequestError(
+                    "labels",
+                    f"{m.name} is a conditional model: send 'labels', a .npy of int64 class "
+                    f"indices [{len(latents)}], one per latent (classes: see /models)",
+                    422,
+                )
+            class_labels = (
+                None
+                if labels_file is None
+                else labels_from_npy(
+                    labels_file, "labels", len(latents), _classes(m), m.name, SETTINGS.max_upload_bytes
+                )
+            )
         except RequestError as err:
             return _error(err)
         return _npy(await runner.decode(latents, class_labels), {"X-Genlab-Model": m.name})
@@ -434,7 +494,7 @@ class Genlab:
         self,
         images: Path,
         labels: Annotated[list[Path], Field(description=BATCH_LABELS_HELP)] = [],  # noqa: B006 (see BATCH_LABELS_HELP)
-        model: Optional[str] = None,
+        model: str | None = None,
     ) -> Any:
         """Score images sent as a .npy file (multipart file part `images`, uint8 [N, C, H, W]); returns a .npy file
         of float32 [N, components], one column per score component in the order of the X-Genlab-Scores header
@@ -449,8 +509,13 @@ class Genlab:
             m = runner.model
             x = images_from_npy(images, "images", m.image_shape, MAX, SETTINGS.max_upload_bytes)
             labels_file = optional_file(labels, "labels")
-            class_labels = None if labels_file is None else labels_from_npy(
-                labels_file, "labels", len(x), _classes(m), m.name, SETTINGS.max_upload_bytes, unknown_allowed=True)
+            class_labels = (
+                None
+                if labels_file is None
+                else labels_from_npy(
+                    labels_file, "labels", len(x), _classes(m), m.name, SETTINGS.max_upload_bytes, unknown_allowed=True
+                )
+            )
         except RequestError as err:
             return _error(err)
         scores = await runner.scores(x, class_labels)
@@ -468,12 +533,22 @@ class Genlab:
             m = runner.model
             manifest = {k: v for k, v in m.manifest.items() if k != "calibration"}
             manifest["latent"] = {k: v for k, v in manifest["latent"].items() if k != "fitted_prior"}  # its numbers
-            rows.append(ModelInfo(
-                name=name, family=m.family, default=name == self.default, has_encoder=m.has_encoder,
-                latent_dim=m.latent_dim, image_shape=list(m.image_shape), score_names=m.score_names,
-                providers=m.providers, conditional=m.conditional, classes=_classes(m) or [], request_merging=runner.batching,
-                manifest=manifest,
-            ))
+            rows.append(
+                ModelInfo(
+                    name=name,
+                    family=m.family,
+                    default=name == self.default,
+                    has_encoder=m.has_encoder,
+                    latent_dim=m.latent_dim,
+                    image_shape=list(m.image_shape),
+                    score_names=m.score_names,
+                    providers=m.providers,
+                    conditional=m.conditional,
+                    classes=_classes(m) or [],
+                    request_merging=runner.batching,
+                    manifest=manifest,
+                )
+            )
         return rows
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from genlab.service.inputs import UploadLimits
 
@@ -56,11 +56,19 @@ class Settings:
 
 
 ENVIRONMENT = {  # field -> the variable that sets it
-    "max_images": "GENLAB_MAX_IMAGES", "max_upload_bytes": "GENLAB_MAX_UPLOAD_BYTES", "max_pixels": "GENLAB_MAX_PIXELS",
-    "max_request_pixels": "GENLAB_MAX_REQUEST_PIXELS", "max_body_bytes": "GENLAB_MAX_BODY_BYTES",
-    "batching": "GENLAB_BATCHING", "max_batch_size": "GENLAB_MAX_BATCH_SIZE", "ort_threads": "GENLAB_ORT_THREADS",
-    "work_threads": "GENLAB_WORK_THREADS", "workers": "GENLAB_WORKERS", "access_log": "GENLAB_ACCESS_LOG",
-    "request_timeout_s": "GENLAB_REQUEST_TIMEOUT_S", "api_key": "GENLAB_API_KEY",
+    "max_images": "GENLAB_MAX_IMAGES",
+    "max_upload_bytes": "GENLAB_MAX_UPLOAD_BYTES",
+    "max_pixels": "GENLAB_MAX_PIXELS",
+    "max_request_pixels": "GENLAB_MAX_REQUEST_PIXELS",
+    "max_body_bytes": "GENLAB_MAX_BODY_BYTES",
+    "batching": "GENLAB_BATCHING",
+    "max_batch_size": "GENLAB_MAX_BATCH_SIZE",
+    "ort_threads": "GENLAB_ORT_THREADS",
+    "work_threads": "GENLAB_WORK_THREADS",
+    "workers": "GENLAB_WORKERS",
+    "access_log": "GENLAB_ACCESS_LOG",
+    "request_timeout_s": "GENLAB_REQUEST_TIMEOUT_S",
+    "api_key": "GENLAB_API_KEY",
 }
 
 

@@ -30,6 +30,8 @@ def genlab_cache(tmp_path_factory):
         os.environ.pop("GENLAB_CACHE", None)
     else:
         os.environ["GENLAB_CACHE"] = old
+
+
 TINY = {"width": 4, "hidden": 16, "latent_dim": 4}
 
 
@@ -51,7 +53,9 @@ def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray)
     folder.mkdir(parents=True, exist_ok=True)
     n, h, w = images.shape
     (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, n, h, w) + images.tobytes())
-    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, n) + labels.astype(np.uint8).tobytes())
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
+        struct.pack(">ii", 2049, n) + labels.astype(np.uint8).tobytes()
+    )
 
 
 @pytest.fixture
@@ -94,7 +98,9 @@ def fake_celeba_dir(tmp_path: Path) -> Path:
     names = [f"{i:06d}.jpg" for i in range(1, 13)]
     for name in names:
         Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(root / "img_align_celeba" / name)
-    (root / "list_eval_partition.txt").write_text("".join(f"{n} {0 if i < 8 else 1 if i < 10 else 2}\n" for i, n in enumerate(names)))
+    (root / "list_eval_partition.txt").write_text(
+        "".join(f"{n} {0 if i < 8 else 1 if i < 10 else 2}\n" for i, n in enumerate(names))
+    )
     rows = [f"{n} {1 if i % 2 else -1} {1 if i % 3 == 0 else -1}" for i, n in enumerate(names)]
     (root / "list_attr_celeba.txt").write_text("\n".join([str(len(names)), "Male Smiling", *rows]) + "\n")
     return tmp_path
@@ -151,8 +157,23 @@ def installed_genlab(tmp_path_factory) -> Path:
         shutil.copy(repo / name, source / name)
     for name in ("genlab", "training", "export", "service", "eval", "cli"):
         shutil.copytree(repo / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                            "--wheel-dir", str(wheels), str(source)], capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(wheels),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = wheels.glob("genlab-*.whl")
     zipfile.ZipFile(wheel).extractall(site)

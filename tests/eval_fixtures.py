@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 
@@ -14,7 +14,7 @@ from tests.conftest import TINY
 QUICK = dict(dataset="mnist-5k", batch_size=32, log_every=5, sample_count=16)
 
 
-def train_tiny(out: Path, family: str, model: Optional[dict[str, Any]] = None, **kw) -> Path:
+def train_tiny(out: Path, family: str, model: dict[str, Any] | None = None, **kw) -> Path:
     """Train a TINY ``family`` model into ``out`` (``model``: more model settings, e.g. conditional=True)."""
     from genlab.training.loop import train
 
@@ -38,5 +38,10 @@ def all_class_gan(tmp_path_factory) -> Path:
 def conditional_vaegan(tmp_path_factory) -> Path:
     """A class-conditional VAE-GAN on the ten mnist-5k digits, a few steps (its samples need not look like digits):
     per-class prior, calibration and all."""
-    return train_tiny(tmp_path_factory.mktemp("runs") / "vaegan-conditional", "vaegan", {"conditional": True},
-                      epochs=1, batch_size=200)
+    return train_tiny(
+        tmp_path_factory.mktemp("runs") / "vaegan-conditional",
+        "vaegan",
+        {"conditional": True},
+        epochs=1,
+        batch_size=200,
+    )

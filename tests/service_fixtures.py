@@ -9,8 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -19,8 +19,14 @@ TINY = ["--set", "width=4", "--set", "hidden=16", "--set", "latent_dim=4"]
 
 
 def genlab_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "genlab", *args], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "genlab", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        timeout=300,
+    )
 
 
 CONDITIONAL_MODEL = "genlab-vaegan-cond"  # the conditional VAE-GAN's export name (the others keep their default names)
@@ -32,11 +38,16 @@ def exports(tmp_path_factory) -> dict[str, Path]:
     on mnist-5k at toy width, exported (no BentoML store)."""
     root = tmp_path_factory.mktemp("served")
     out = {}
-    for key, family, train_flags, export_flags in (("vaegan", "vaegan", (), ()), ("gan", "gan", (), ()),
-                                                   ("vaegan-cond", "vaegan", ("--conditional",), ("--bento", CONDITIONAL_MODEL))):
+    for key, family, train_flags, export_flags in (
+        ("vaegan", "vaegan", (), ()),
+        ("gan", "gan", (), ()),
+        ("vaegan-cond", "vaegan", ("--conditional",), ("--bento", CONDITIONAL_MODEL)),
+    ):
         run = genlab_cli("train", family, *train_flags, "--epochs", "1", "--out", str(root / f"run-{key}"), *TINY)
         assert run.returncode == 0, run.stderr[-2000:]
-        exp = genlab_cli("export", str(root / f"run-{key}"), "--out", str(root / f"export-{key}"), "--no-bento", *export_flags)
+        exp = genlab_cli(
+            "export", str(root / f"run-{key}"), "--out", str(root / f"export-{key}"), "--no-bento", *export_flags
+        )
         assert exp.returncode == 0, exp.stderr[-2000:]
         out[key] = root / f"export-{key}"
     out["gan-no-encoder"] = without_encoder(out["gan"], root / "export-gan-no-encoder")
@@ -65,17 +76,33 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(models: list[Path], log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
-                   cwd: Path = REPO) -> Iterator[str]:
+def running_server(
+    models: list[Path], log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (), cwd: Path = REPO
+) -> Iterator[str]:
     """`genlab serve` on a free port until the block ends; yields its URL. On the way out the whole log must be
     free of tracebacks: no request, good or bad, may make a server error."""
     import httpx
 
     port = free_port()
-    command = [sys.executable, "-m", "genlab", "serve", *[a for m in models for a in ("--model", str(m))], "--port", str(port), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "genlab",
+        "serve",
+        *[a for m in models for a in ("--model", str(m))],
+        "--port",
+        str(port),
+        *args,
+    ]
     with open(log_path, "w+") as log:
-        proc = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+        proc = subprocess.Popen(
+            command,
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             for _ in range(240):

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from genlab.calibration import fit_to_training_data, score_images
-from genlab.data import ImageData
 from genlab.config import ONE_CLASS_STEPS, TrainConfig, resolve_epochs
+from genlab.data import ImageData
 from genlab.latents import fit_mixture, fit_prior, mixture_log_likelihood, sample_latents
 from genlab.measures import anomaly_map, recon_error
 from genlab.models import build_model
@@ -50,7 +50,10 @@ def test_primary_score_is_the_mean_of_its_standardised_components(fitted):
     # (float32 outputs: an untrained component that is nearly constant loses digits once standardised)
     torch.testing.assert_close(held_out["score"].double(), torch.stack(z).mean(dim=0), rtol=1e-3, atol=2e-2)
     assert abs(held_out["score"].double().mean().item()) < 1e-2
-    assert bool(model.score_fit.fitted) and set(result["score_fit"]) == {"primary_components", *dict(model.score_fit.named_buffers())}
+    assert bool(model.score_fit.fitted) and set(result["score_fit"]) == {
+        "primary_components",
+        *dict(model.score_fit.named_buffers()),
+    }
     assert set(result["calibration"]["scores"]) == set(held_out)
 
 
@@ -58,8 +61,11 @@ def test_fitted_distances_are_small_on_normal_data_and_larger_off_it(fitted):
     model, _ = fitted
     spaces = [f"{s}_distance" for s in model.score_fit.spaces]
     normal = score_images(model, _uint8(64, 1), torch.device("cpu"))
-    noise = score_images(model, torch.randint(0, 256, (32, 1, 16, 16), generator=torch.Generator().manual_seed(3),
-                                               dtype=torch.uint8), torch.device("cpu"))
+    noise = score_images(
+        model,
+        torch.randint(0, 256, (32, 1, 16, 16), generator=torch.Generator().manual_seed(3), dtype=torch.uint8),
+        torch.device("cpu"),
+    )
     for name in spaces:
         # at most 1 on the images it was fitted to (less where features are constant, or with shrinkage)
         assert 0.0 < normal[name].mean().item() <= 1.0 + 1e-3, (name, normal[name].mean())
@@ -71,8 +77,17 @@ def test_score_fit_survives_the_checkpoint(fitted, tmp_path):
     from genlab.config import TrainConfig, to_dict
 
     model, result = fitted
-    save_checkpoint({"family": model.family, "model_config": to_dict(model.cfg), "train_config": to_dict(TrainConfig()),
-                     "data": {}, "model": model.state_dict(), **result}, tmp_path / "last.pt")
+    save_checkpoint(
+        {
+            "family": model.family,
+            "model_config": to_dict(model.cfg),
+            "train_config": to_dict(TrainConfig()),
+            "data": {},
+            "model": model.state_dict(),
+            **result,
+        },
+        tmp_path / "last.pt",
+    )
     loaded = model_from_checkpoint(load_checkpoint(tmp_path / "last.pt"))
     x = seeded_images(5, seed=9)
     for name, value in model.anomaly_scores(x).items():
@@ -86,8 +101,10 @@ def test_fitted_prior_only_for_families_with_an_encoder(fitted):
 
 def test_normalised_score_is_half_at_the_threshold_and_monotone():
     rng = np.random.default_rng(0)
-    cal = {"percentiles": [round(0.1 * i, 1) for i in range(1001)],
-           "scores": {"score": np.quantile(rng.normal(size=500), np.linspace(0, 1, 1001)).tolist()}}
+    cal = {
+        "percentiles": [round(0.1 * i, 1) for i in range(1001)],
+        "scores": {"score": np.quantile(rng.normal(size=500), np.linspace(0, 1, 1001)).tolist()},
+    }
     cut = quantile(cal, "score", 99.0)
     assert normalized(cal, "score", np.array([cut]), cut)[0] == pytest.approx(0.5)
     raw = np.sort(rng.normal(scale=3.0, size=2000))
@@ -103,7 +120,9 @@ def test_anomaly_map_has_the_image_shape_and_is_zero_for_a_perfect_reconstructio
     other[0, 0, 2, 3] = 255 - other[0, 0, 2, 3]
     diff = anomaly_map(images, other)
     assert np.count_nonzero(diff) == 1 and diff.max() <= 1.0
-    np.testing.assert_allclose((diff.astype(np.float64) ** 2).reshape(3, -1).mean(axis=1), recon_error(images, other), rtol=1e-6)
+    np.testing.assert_allclose(
+        (diff.astype(np.float64) ** 2).reshape(3, -1).mean(axis=1), recon_error(images, other), rtol=1e-6
+    )
 
 
 def test_fitted_mixture_samples_like_its_codes_and_is_seeded():
@@ -117,7 +136,9 @@ def test_fitted_mixture_samples_like_its_codes_and_is_seeded():
     assert np.abs(np.abs(z[:, 0]) - 4.0).mean() < 0.5 and abs((z[:, 0] > 0).mean() - 0.5) < 0.05
     np.testing.assert_array_equal(z, sample_latents(4000, 2, seed=5, prior=prior))
     # without a prior: N(0, I), as before
-    np.testing.assert_array_equal(sample_latents(3, 2, seed=1), np.random.default_rng(1).standard_normal((3, 2), dtype=np.float32))
+    np.testing.assert_array_equal(
+        sample_latents(3, 2, seed=1), np.random.default_rng(1).standard_normal((3, 2), dtype=np.float32)
+    )
 
 
 def test_mixture_log_likelihood_matches_scipy():
@@ -127,8 +148,13 @@ def test_mixture_log_likelihood_matches_scipy():
     rng = np.random.default_rng(1)
     prior = fit_mixture(rng.normal(size=(600, 3)) * [1.0, 2.0, 0.5] + [0.0, 1.0, 0.0], seed=0)
     codes = rng.normal(size=(50, 3))
-    reference = logsumexp([np.log(w) + multivariate_normal(m, np.asarray(t) @ np.asarray(t).T).logpdf(codes)
-                           for w, m, t in zip(prior["weights"], prior["means"], prior["scale_tril"])], axis=0).mean()
+    reference = logsumexp(
+        [
+            np.log(w) + multivariate_normal(m, np.asarray(t) @ np.asarray(t).T).logpdf(codes)
+            for w, m, t in zip(prior["weights"], prior["means"], prior["scale_tril"])
+        ],
+        axis=0,
+    ).mean()
     assert mixture_log_likelihood(prior, codes) == pytest.approx(reference, rel=1e-9)
 
 
@@ -176,8 +202,10 @@ def test_stroke_error_is_the_error_per_pixel_of_either_stroke():
     # batch-independent
     batch = torch.cat([stroke, other, blank])
     rec = torch.cat([other, stroke, stroke])
-    np.testing.assert_array_equal(stroke_error(batch, rec).numpy(),
-                                  torch.cat([stroke_error(batch[i:i + 1], rec[i:i + 1]) for i in range(3)]).numpy())
+    np.testing.assert_array_equal(
+        stroke_error(batch, rec).numpy(),
+        torch.cat([stroke_error(batch[i : i + 1], rec[i : i + 1]) for i in range(3)]).numpy(),
+    )
 
 
 def test_one_class_vae_runs_get_their_own_learning_rate(tmp_path):
@@ -198,8 +226,24 @@ def test_one_class_runs_get_a_budget_in_steps():
 
 def test_one_class_benchmark_runs_end_to_end(tmp_path):
     out = tmp_path / "results.json"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "one_class.py"), "--families", "vae", "--classes", "0", "1",
-           "--steps", "6", "--out", str(tmp_path / "runs"), "--json-out", str(out), "--split", "val", "--pairs"]
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "one_class.py"),
+        "--families",
+        "vae",
+        "--classes",
+        "0",
+        "1",
+        "--steps",
+        "6",
+        "--out",
+        str(tmp_path / "runs"),
+        "--json-out",
+        str(out),
+        "--split",
+        "val",
+        "--pairs",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| vae |" in done.stdout and "mean" in done.stdout and "best standardised pairs" in done.stdout

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from genlab.cli.main import main
+
 from genlab.families import FAMILY_NAMES
 from genlab.models import MODELS
 
@@ -21,11 +21,13 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "genlab", *args], capture_output=True, text=True, timeout=timeout, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "genlab", *args], capture_output=True, text=True, timeout=timeout, env=ENV
+    )
 
 
 def test_cli_choices_are_the_registered_families():
-    assert FAMILY_NAMES == tuple(MODELS)  # the registry refuses a class genlab.families does not list
+    assert tuple(MODELS) == FAMILY_NAMES  # the registry refuses a class genlab.families does not list
 
 
 @pytest.mark.parametrize(
@@ -41,7 +43,10 @@ def test_cli_choices_are_the_registered_families():
         (["train", "vae", "--out", "{tmp}/r", "--set", "image_size=9"], "even image size"),
         (["train", "diffusion", "--out", "{tmp}/r"], "invalid choice"),
         (["train", "vae"], "--out"),
-        (["train", "vae", "--out", "{tmp}/r", "--conditional", "--normal-class", "1"], "cannot be combined with --normal-class"),
+        (
+            ["train", "vae", "--out", "{tmp}/r", "--conditional", "--normal-class", "1"],
+            "cannot be combined with --normal-class",
+        ),
         (["train", "vae", "--out", "{tmp}/r", "--condition-on", "Male"], "picks a CelebA attribute"),
         (["train", "vae", "--out", "{tmp}/r", "--set", "class_weight=-1"], "class_weight must be >= 0"),
         (["info", "{tmp}/missing.pt"], "checkpoint not found"),
@@ -70,7 +75,11 @@ def test_truncated_and_foreign_checkpoints(tmp_path, capsys):
     ckpt = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
     torch.save({**ckpt, "format_version": 99}, tmp_path / "future.pt")
     capsys.readouterr()
-    for name, needle in (("cut.pt", "corrupt or truncated"), ("foreign.pt", "not a genlab checkpoint"), ("future.pt", "format version 99")):
+    for name, needle in (
+        ("cut.pt", "corrupt or truncated"),
+        ("foreign.pt", "not a genlab checkpoint"),
+        ("future.pt", "format version 99"),
+    ):
         assert main(["info", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1
@@ -90,8 +99,13 @@ def test_info_prints_the_checkpoint(tmp_path, capsys):
 
 def test_ctrl_c_saves_and_resume_continues(tmp_path):
     out = tmp_path / "r"
-    proc = subprocess.Popen([sys.executable, "-m", "genlab", "train", "vae", "--out", str(out), "--epochs", "50", *TINY_SET],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genlab", "train", "vae", "--out", str(out), "--epochs", "50", *TINY_SET],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     deadline = time.time() + 120
     while not (out / "last.pt").exists() and time.time() < deadline:  # first epoch done
         time.sleep(0.2)
@@ -111,9 +125,32 @@ def test_ctrl_c_saves_and_resume_continues(tmp_path):
 def test_torchrun_two_processes_on_cpu(tmp_path):
     out = tmp_path / "ddp"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "genlab", "train", "vaegan",
-         "--out", str(out), "--epochs", "1", "--normal-class", "2", "--batch-size", "32", *TINY_SET, "--json"],
-        capture_output=True, text=True, timeout=300, env={**ENV, "OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "genlab",
+            "train",
+            "vaegan",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--normal-class",
+            "2",
+            "--batch-size",
+            "32",
+            *TINY_SET,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**ENV, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)

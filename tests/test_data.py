@@ -45,7 +45,10 @@ def test_idx_readers(name, fake_mnist_dir):
 def test_cifar_reader(fake_cifar_dir):
     train = load_split("cifar10", "train", str(fake_cifar_dir))
     test = load_split("cifar10", "test", str(fake_cifar_dir))
-    assert train.images.shape[1:] == (3, 32, 32) and len(train) + len(load_split("cifar10", "val", str(fake_cifar_dir))) == 100
+    assert (
+        train.images.shape[1:] == (3, 32, 32)
+        and len(train) + len(load_split("cifar10", "val", str(fake_cifar_dir))) == 100
+    )
     assert len(test) == 30
 
 
@@ -54,8 +57,15 @@ def test_cifar_converted_to_grey_and_resized(fake_cifar_dir):
     assert data.images.shape == (30, 1, 16, 16)
 
 
-@pytest.mark.parametrize("name,folder", [("mnist", "MNIST/raw"), ("fashion-mnist", "FashionMNIST/raw"),
-                                         ("cifar10", "cifar-10-batches-py"), ("celeba", "celeba")])
+@pytest.mark.parametrize(
+    "name,folder",
+    [
+        ("mnist", "MNIST/raw"),
+        ("fashion-mnist", "FashionMNIST/raw"),
+        ("cifar10", "cifar-10-batches-py"),
+        ("celeba", "celeba"),
+    ],
+)
 def test_missing_files_name_what_to_put_where(name, folder, tmp_path):
     with pytest.raises(GenlabError) as info:
         load_split(name, "train", str(tmp_path))
@@ -77,7 +87,10 @@ def test_celeba_is_read_directly_and_labelled_by_one_attribute(fake_celeba_dir):
     reader insists on the md5 of every metadata file, so it cannot read a CelebA copy with one file edited)."""
     train = load_split("celeba", "train", str(fake_celeba_dir), image_size=16)
     assert train.images.shape == (8, 3, 16, 16) and train.class_names == ("all",) and not train.labels.any()
-    male = {s: load_split("celeba", s, str(fake_celeba_dir), image_size=16, condition_on="Male") for s in ("train", "val", "test")}
+    male = {
+        s: load_split("celeba", s, str(fake_celeba_dir), image_size=16, condition_on="Male")
+        for s in ("train", "val", "test")
+    }
     assert male["train"].class_names == ("not Male", "Male")
     assert male["train"].labels.tolist() == [0, 1, 0, 1, 0, 1, 0, 1] and male["test"].labels.tolist() == [0, 1]
     assert torch.equal(male["train"].images, train.images)

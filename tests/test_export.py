@@ -18,26 +18,33 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import genlab.export.onnx_export as onnx_export
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
-import genlab.export.onnx_export as onnx_export
+from genlab.cli.main import main
 from genlab.export.onnx_export import DecoderGraph, EncoderGraph, ExportFailed, ScoreGraph, export_checkpoint
-from genlab.export.reader import FORMAT_VERSION, ExportError, choose_providers, open_export, read_manifest, sample_latents
+from genlab.export.reader import (
+    FORMAT_VERSION,
+    ExportError,
+    choose_providers,
+    open_export,
+    read_manifest,
+    sample_latents,
+)
+from genlab.training.loop import train
+
 from genlab import __version__
 from genlab.calibration import score_images
 from genlab.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from genlab.cli.main import main
 from genlab.config import TrainConfig
 from genlab.errors import GenlabError
 from genlab.latents import balanced_labels
-from genlab.pixels import uint8_to_model
 from genlab.models import MODELS
+from genlab.pixels import uint8_to_model
 from tests.conftest import FAMILIES, TINY
-from genlab.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES = (1, 3, 17)
@@ -69,15 +76,25 @@ def build(tmp_path_factory):
             run = root / f"run-{family}"
             name, _, conditional = family.partition("-")
             if conditional:
-                train(name, {**TINY, "conditional": True}, TrainConfig(**{**SMALL, "normal_class": None, "batch_size": 200,
-                                                                           "quality_every": 0}), run)
+                train(
+                    name,
+                    {**TINY, "conditional": True},
+                    TrainConfig(**{**SMALL, "normal_class": None, "batch_size": 200, "quality_every": 0}),
+                    run,
+                )
             else:
                 train(family, dict(TINY), TrainConfig(**SMALL), run)
             out = root / f"export-{family}"
             manifest = export_checkpoint(run / "last.pt", out)
             ckpt = load_checkpoint(run / "last.pt")
-            built[family] = SimpleNamespace(family=family, checkpoint=run / "last.pt", ckpt=ckpt, out=out,
-                                            manifest=manifest, model=model_from_checkpoint(ckpt))
+            built[family] = SimpleNamespace(
+                family=family,
+                checkpoint=run / "last.pt",
+                ckpt=ckpt,
+                out=out,
+                manifest=manifest,
+                model=model_from_checkpoint(ckpt),
+            )
         return built[family]
 
     return get
@@ -109,7 +126,9 @@ def images_for(model, batch: int, seed: int) -> torch.Tensor:
     z = torch.from_numpy(sample_latents(batch, model.cfg.latent_dim, seed))
     with torch.no_grad():
         images = DecoderGraph(model)(z)
-    noise = torch.randint(0, 256, (batch, *IMAGE_SHAPE), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    noise = torch.randint(
+        0, 256, (batch, *IMAGE_SHAPE), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8
+    )
     images[::2] = noise[::2]
     return images
 
@@ -205,7 +224,9 @@ def test_conditional_graphs_take_labels_and_match_torch(build, family):
         np.testing.assert_array_equal(scores["label"], want_scores["label"].numpy())
         assert (scores["label"][partly >= 0] == partly[partly >= 0]).all()
         for name in names:
-            np.testing.assert_allclose(scores[name], want_scores[name].float().numpy(), rtol=1e-3, atol=1e-3, err_msg=name)
+            np.testing.assert_allclose(
+                scores[name], want_scores[name].float().numpy(), rtol=1e-3, atol=1e-3, err_msg=name
+            )
         np.testing.assert_array_equal(exp.scores(got)["label"], exp.scores(got, np.full(batch, -1))["label"])
     with pytest.raises(ExportError, match="conditional model: give a class label"):
         exp.decode(z)
@@ -240,15 +261,20 @@ def test_onnx_files_are_valid_self_contained_and_as_the_manifest_says(exported):
         path = exported.out / spec["file"]
         onnx.checker.check_model(str(path), full_check=True)
         model = onnx.load(str(path), load_external_data=False)
-        assert not any(onnx.external_data_helper.uses_external_data(t)
-                       for t in onnx.external_data_helper._get_all_tensors(model)), f"{name} has external data"
+        assert not any(
+            onnx.external_data_helper.uses_external_data(t) for t in onnx.external_data_helper._get_all_tensors(model)
+        ), f"{name} has external data"
         assert next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) == spec["opset"]
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         for declared, actual in ((spec["inputs"], session.get_inputs()), (spec["outputs"], session.get_outputs())):
             assert [d["name"] for d in declared] == [a.name for a in actual], name
             for d, a in zip(declared, actual):
                 assert ORT_TYPES[a.type] == d["dtype"], (name, d["name"])
-                assert len(a.shape) == len(d["shape"]) and isinstance(a.shape[0], str), (name, d["name"], a.shape)  # dynamic batch
+                assert len(a.shape) == len(d["shape"]) and isinstance(a.shape[0], str), (
+                    name,
+                    d["name"],
+                    a.shape,
+                )  # dynamic batch
                 assert list(a.shape[1:]) == d["shape"][1:], (name, d["name"])
 
 
@@ -260,10 +286,19 @@ def test_manifest_contents(exported):
     assert m["genlab_version"] == __version__ and m["family"] == family and m["name"] == f"genlab-{family}-mnist-5k"
     assert m["latent"]["dim"] == TINY["latent_dim"]
     if exported.model.has_encoder:  # the Gaussian mixture fitted to the training codes, as the checkpoint has it
-        assert m["latent"]["fitted_prior"] == json.loads(json.dumps(ckpt["prior"])) and "mixture" in m["latent"]["prior"]
+        assert (
+            m["latent"]["fitted_prior"] == json.loads(json.dumps(ckpt["prior"])) and "mixture" in m["latent"]["prior"]
+        )
     else:
         assert m["latent"]["fitted_prior"] is None and "N(0, I)" in m["latent"]["prior"]
-    assert m["image"] == {"channels": 1, "height": 28, "width": 28, "layout": "NCHW", "pixel_format": "uint8", "value_range": [0, 255]}
+    assert m["image"] == {
+        "channels": 1,
+        "height": 28,
+        "width": 28,
+        "layout": "NCHW",
+        "pixel_format": "uint8",
+        "value_range": [0, 255],
+    }
 
     names = list(MODELS[family].score_descriptions)
     images = {"name": "images", "dtype": "uint8", "shape": ["batch", *IMAGE_SHAPE]}
@@ -272,12 +307,17 @@ def test_manifest_contents(exported):
         "score": ([images], [{"name": n, "dtype": "float32", "shape": ["batch"]} for n in names]),
     }
     if MODELS[family].has_encoder:
-        graphs["encoder"] = ([images], [{"name": n, "dtype": "float32", "shape": ["batch", 4]} for n in ("mu", "logvar")])
+        graphs["encoder"] = (
+            [images],
+            [{"name": n, "dtype": "float32", "shape": ["batch", 4]} for n in ("mu", "logvar")],
+        )
     assert set(m["graphs"]) == set(graphs)
     for name, (inputs, outputs) in graphs.items():
         assert m["graphs"][name]["file"] == f"{name}.onnx"
         assert m["graphs"][name]["inputs"] == inputs and m["graphs"][name]["outputs"] == outputs, name
-    assert m["scores"]["names"] == names and m["scores"]["primary"] == "score" and m["scores"]["larger_is_more_anomalous"]
+    assert (
+        m["scores"]["names"] == names and m["scores"]["primary"] == "score" and m["scores"]["larger_is_more_anomalous"]
+    )
     assert m["scores"]["descriptions"] == MODELS[family].score_descriptions
 
     # copied from the checkpoint
@@ -287,7 +327,11 @@ def test_manifest_contents(exported):
     assert m["training"]["metrics"] == json.loads(json.dumps(ckpt["metrics"]))
     assert m["training"]["step"] == ckpt["step"] == 12 and m["training"]["complete"] is True
     assert m["training"]["model_config"] == ckpt["model_config"]
-    assert m["source"] == {"checkpoint": "last.pt", "sha256": sha256(exported.checkpoint), "genlab_version": __version__}
+    assert m["source"] == {
+        "checkpoint": "last.pt",
+        "sha256": sha256(exported.checkpoint),
+        "genlab_version": __version__,
+    }
 
     # every file's hash
     assert set(m["files"]) == {g["file"] for g in m["graphs"].values()}
@@ -401,7 +445,9 @@ def test_corrupt_and_truncated_checkpoints(build, tmp_path, capsys):
     (tmp_path / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 100)
     for name in ("cut.pt", "garbage.pt"):
         out = tmp_path / f"out-{name}"
-        with pytest.raises(GenlabError, match=rf"{name} is not a readable genlab checkpoint \(corrupt or truncated\?\)"):
+        with pytest.raises(
+            GenlabError, match=rf"{name} is not a readable genlab checkpoint \(corrupt or truncated\?\)"
+        ):
             export_checkpoint(tmp_path / name, out)
         assert main(["export", str(tmp_path / name), "--out", str(out), "--no-bento"]) == 2
         assert "genlab export: error:" in cli_line(capsys) and leftovers(out) == []
@@ -428,7 +474,9 @@ def test_existing_out_needs_overwrite(tmp_path, capsys, fast_exporter):
 
 def test_overwrite_never_replaces_something_that_is_not_an_export(tmp_path, fast_exporter):
     vae = fast_exporter("vae")
-    run = Path(shutil.copytree(vae.checkpoint.parent, tmp_path / "run"))  # a run directory: checkpoint, samples, metrics
+    run = Path(
+        shutil.copytree(vae.checkpoint.parent, tmp_path / "run")
+    )  # a run directory: checkpoint, samples, metrics
     before = sorted(p.name for p in run.iterdir())
     with pytest.raises(ExportFailed, match="not a genlab export"):
         export_checkpoint(run, run, overwrite=True)
@@ -448,7 +496,9 @@ def test_failed_parity_publishes_nothing(tmp_path, capsys, monkeypatch, fast_exp
     capsys.readouterr()
     monkeypatch.setattr(onnx_export, tolerance, -1)
     out = tmp_path / "sub" / "exp"
-    with pytest.raises(ExportFailed, match=r"parity check failed: \w+\.onnx output \w+ at batch \d+ differs from torch"):
+    with pytest.raises(
+        ExportFailed, match=r"parity check failed: \w+\.onnx output \w+ at batch \d+ differs from torch"
+    ):
         export_checkpoint(vae.checkpoint, out)
     assert leftovers(out) == []
     assert main(["export", str(vae.checkpoint), "--out", str(out), "--no-bento"]) == 2
@@ -461,7 +511,10 @@ def test_parity_catches_graphs_that_differ_from_the_checkpoint(tmp_path, fast_ex
     built = fast_exporter(family)
     ckpt = torch.load(built.checkpoint, weights_only=True)
     g = torch.Generator().manual_seed(0)
-    ckpt["model"] = {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    ckpt["model"] = {
+        k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+        for k, v in ckpt["model"].items()
+    }
     ckpt = {k: v for k, v in ckpt.items() if k not in ("format", "format_version", "genlab_version")}
     save_checkpoint(ckpt, tmp_path / "perturbed.pt")
     out = tmp_path / "exp"
@@ -486,8 +539,13 @@ def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch, fast_exporter)
 # -- the command line and BentoML's model store (a subprocess with its own BENTOML_HOME) ---------
 def test_cli_export_to_the_bentoml_store_and_open_it_by_name(build, tmp_path):
     gan = build("gan")
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True",
-           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
@@ -496,13 +554,23 @@ def test_cli_export_to_the_bentoml_store_and_open_it_by_name(build, tmp_path):
     assert listed.returncode == 0 and "no genlab models" in listed.stdout, listed.stderr
 
     bad = run("-m", "genlab", "export", str(gan.checkpoint), "--out", str(tmp_path / "bad"), "--bento", "Not A Name")
-    assert bad.returncode == 2 and "not a valid BentoML model name" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert (
+        bad.returncode == 2
+        and "not a valid BentoML model name" in bad.stderr
+        and len(bad.stderr.strip().splitlines()) == 1
+    )
     assert leftovers(tmp_path / "bad") == []  # refused before anything was written
 
-    done = run("-m", "genlab", "export", str(gan.checkpoint), "--out", str(tmp_path / "exp"), "--bento", "tiny-gan", "--json")
+    done = run(
+        "-m", "genlab", "export", str(gan.checkpoint), "--out", str(tmp_path / "exp"), "--bento", "tiny-gan", "--json"
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
-    assert result["family"] == "gan" and result["graphs"] == ["decoder", "encoder", "score"] and result["name"] == "tiny-gan"
+    assert (
+        result["family"] == "gan"
+        and result["graphs"] == ["decoder", "encoder", "score"]
+        and result["name"] == "tiny-gan"
+    )
     assert result["bento_tag"].startswith("tiny-gan:")
     assert all(0 <= d <= 1 for d in result["parity_max_diff"].values())
     read_manifest(tmp_path / "exp")
@@ -514,16 +582,20 @@ def test_cli_export_to_the_bentoml_store_and_open_it_by_name(build, tmp_path):
     assert row["latent_dim"] == 4 and row["image"]["pixel_format"] == "uint8"
     assert Path(row["path"]).is_relative_to(tmp_path / "bentoml")
 
-    code = ("import json, sys; from export.reader import open_export, sample_latents\n"
-            "m = open_export('tiny-gan', providers='cpu')\n"
-            "images = m.decode(sample_latents(3, m.latent_dim, 0))\n"
-            "print(json.dumps({'path': str(m.path), 'family': m.family, 'providers': m.providers, 'shape': images.shape,\n"
-            "                  'dtype': str(images.dtype), 'score': m.scores(images)['score'].tolist(),\n"
-            "                  'torch': 'torch' in sys.modules}))")
+    code = (
+        "import json, sys; from export.reader import open_export, sample_latents\n"
+        "m = open_export('tiny-gan', providers='cpu')\n"
+        "images = m.decode(sample_latents(3, m.latent_dim, 0))\n"
+        "print(json.dumps({'path': str(m.path), 'family': m.family, 'providers': m.providers, 'shape': images.shape,\n"
+        "                  'dtype': str(images.dtype), 'score': m.scores(images)['score'].tolist(),\n"
+        "                  'torch': 'torch' in sys.modules}))"
+    )
     opened = run("-c", code)
     assert opened.returncode == 0, opened.stderr[-2000:]
     info = json.loads(opened.stdout)
-    assert info["family"] == "gan" and info["providers"] == {g: "CPUExecutionProvider" for g in ("decoder", "encoder", "score")}
+    assert info["family"] == "gan" and info["providers"] == {
+        g: "CPUExecutionProvider" for g in ("decoder", "encoder", "score")
+    }
     assert info["shape"] == [3, 1, 28, 28] and info["dtype"] == "uint8" and len(info["score"]) == 3
     assert Path(info["path"]).is_relative_to(tmp_path / "bentoml") and not info["torch"]
 

@@ -55,12 +55,21 @@ sys.exit(main(argv))
 
 
 def genlab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "genlab", *args], capture_output=True, text=True, timeout=timeout, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "genlab", *args], capture_output=True, text=True, timeout=timeout, env=ENV
+    )
 
 
-def killed_at(target: str, nth: int, argv: list[str], before: str = "pass", sig: str = "SIGKILL") -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-c", DRIVER, target, str(nth), before, json.dumps(argv), sig],
-                            capture_output=True, text=True, timeout=300, env=ENV)
+def killed_at(
+    target: str, nth: int, argv: list[str], before: str = "pass", sig: str = "SIGKILL"
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-c", DRIVER, target, str(nth), before, json.dumps(argv), sig],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     expected = -signal.SIGKILL if sig == "SIGKILL" else 130
     assert result.returncode == expected, f"exit {result.returncode}, expected {expected}: {result.stderr[-2000:]}"
     return result
@@ -95,7 +104,11 @@ def test_the_printed_resume_command_finishes_the_run(straight, tmp_path):
     hint = stopped.stderr.strip().splitlines()[-1]
     assert "interrupted at step 9" in hint, hint
     command = shlex.split(hint.partition("continue with: ")[2])
-    assert command[:2] == ["genlab", "train"] and command[-1] == "--resume" and Path(command[command.index("--out") + 1]) == run
+    assert (
+        command[:2] == ["genlab", "train"]
+        and command[-1] == "--resume"
+        and Path(command[command.index("--out") + 1]) == run
+    )
     assert load_checkpoint(run)["step"] == 9 and not load_checkpoint(run)["complete"]
     result = genlab(*command[1:], "--json")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -105,8 +118,17 @@ def test_the_printed_resume_command_finishes_the_run(straight, tmp_path):
     assert step_records(run) == list(range(1, 25))
 
 
-@pytest.mark.parametrize("flag, value", [("--lr", "0.1"), ("--dataset", "mnist"), ("--batch-size", "8"), ("--set", "beta=2"),
-                                         ("--arch", "mlp"), ("--normal-class", "3")])
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--lr", "0.1"),
+        ("--dataset", "mnist"),
+        ("--batch-size", "8"),
+        ("--set", "beta=2"),
+        ("--arch", "mlp"),
+        ("--normal-class", "3"),
+    ],
+)
 def test_resume_refuses_options_that_would_change_the_run(flag, value, straight, capsys):
     from genlab.cli.main import main
 
@@ -132,8 +154,12 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(straight, tmp
     run = tmp_path / "r"
     # the third checkpoint write dies after half a file has reached the temp file: epoch 1 wrote last.pt, then
     # best.pt (its sample quality is the best so far); the third is epoch 2's last.pt
-    killed_at("torch:save", 3, ["train", "vae", "--out", str(run), *RUN],
-              before="args[1].write(b'PK half a checkpoint'); args[1].flush()")
+    killed_at(
+        "torch:save",
+        3,
+        ["train", "vae", "--out", str(run), *RUN],
+        before="args[1].write(b'PK half a checkpoint'); args[1].flush()",
+    )
     leftovers = list(run.glob(".last.pt.*.tmp"))
     assert leftovers, "the kill should have left the temp file"
     assert load_checkpoint(run)["step"] == 6  # epoch 1's checkpoint, intact
@@ -155,13 +181,20 @@ def _opens_complete(directory: Path) -> bool:
     return True
 
 
-@pytest.mark.parametrize("target, nth, published", [
-    ("genlab.export.onnx_export:_check_onnx", 2, False),  # between two graphs
-    pytest.param("genlab.export.onnx_export:check_parity", 1, False, marks=pytest.mark.slow),  # graphs written, parity not checked
-    pytest.param("genlab.export.onnx_export:build_manifest", 1, False, marks=pytest.mark.slow),  # before the manifest
-    ("os:replace", 1, False),  # everything flushed, before the rename that publishes
-    ("genlab.files:fsync_directory", 2, True),  # just after that rename
-])
+@pytest.mark.parametrize(
+    "target, nth, published",
+    [
+        ("genlab.export.onnx_export:_check_onnx", 2, False),  # between two graphs
+        pytest.param(
+            "genlab.export.onnx_export:check_parity", 1, False, marks=pytest.mark.slow
+        ),  # graphs written, parity not checked
+        pytest.param(
+            "genlab.export.onnx_export:build_manifest", 1, False, marks=pytest.mark.slow
+        ),  # before the manifest
+        ("os:replace", 1, False),  # everything flushed, before the rename that publishes
+        ("genlab.files:fsync_directory", 2, True),  # just after that rename
+    ],
+)
 def test_sigkill_during_export_never_leaves_a_half_export(straight, tmp_path, target, nth, published):
     out = tmp_path / "export"
     killed_at(target, nth, ["export", str(straight), "--out", str(out), "--no-bento"])
@@ -170,7 +203,6 @@ def test_sigkill_during_export_never_leaves_a_half_export(straight, tmp_path, ta
         if entry.is_dir() and entry != out:
             assert entry.name.startswith(".export.tmp-"), entry
             assert not (entry / "manifest.json").exists() or _opens_complete(entry), entry
-
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +217,8 @@ def test_sigkill_while_overwriting_an_export_keeps_a_complete_one(straight, expo
     out = tmp_path / "export"
     shutil.copytree(exported, out)
     # the old export has been moved aside; the new one is about to be renamed into place
-    killed_at("genlab.files:publish_directory", 1, ["export", str(straight), "--out", str(out), "--no-bento", "--overwrite"])
+    killed_at(
+        "genlab.files:publish_directory", 1, ["export", str(straight), "--out", str(out), "--no-bento", "--overwrite"]
+    )
     complete = [d for d in [out, *tmp_path.glob(".export.old-*")] if d.exists() and _opens_complete(d)]
     assert complete, "no complete export left"

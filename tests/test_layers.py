@@ -15,14 +15,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LINT = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"]
+LINT = [
+    sys.executable,
+    "-c",
+    "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())",
+]
 
 
 def _lint(site: Path, config: Path) -> subprocess.CompletedProcess:
     """lint-imports over the genlab found in ``site`` (first on the path, ahead of the checkout's editable install)."""
     env = {**os.environ, "PYTHONPATH": str(site)}
-    return subprocess.run([*LINT, "--no-cache", "--config", str(config)], cwd=site, capture_output=True, text=True,
-                          timeout=120, env=env)
+    return subprocess.run(
+        [*LINT, "--no-cache", "--config", str(config)], cwd=site, capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def test_the_layers_contract_is_kept(installed_genlab):
@@ -31,11 +36,18 @@ def test_the_layers_contract_is_kept(installed_genlab):
     assert "1 kept, 0 broken" in result.stdout
 
 
-@pytest.mark.parametrize("module, source, named", [
-    ("genlab/data.py", "import genlab.export.reader\n", "genlab.data -> genlab.export.reader"),  # the core reaching up
-    ("genlab/export/reader.py", "import genlab.service.work\n", "genlab.export.reader -> genlab.service.work"),
-    ("genlab/service/work.py", "import genlab.eval.results\n", "genlab.service.work -> genlab.eval.results"),
-])
+@pytest.mark.parametrize(
+    "module, source, named",
+    [
+        (
+            "genlab/data.py",
+            "import genlab.export.reader\n",
+            "genlab.data -> genlab.export.reader",
+        ),  # the core reaching up
+        ("genlab/export/reader.py", "import genlab.service.work\n", "genlab.export.reader -> genlab.service.work"),
+        ("genlab/service/work.py", "import genlab.eval.results\n", "genlab.service.work -> genlab.eval.results"),
+    ],
+)
 def test_the_contract_refuses_an_upward_import(installed_genlab, tmp_path, module, source, named):
     """The same contract over a copy of the package with one import turned upward: it fails and names the import."""
     import shutil

@@ -15,8 +15,11 @@ from tests.conftest import FAMILIES, seeded_images, tiny_config
 
 SHAPES = [("conv", 16, 1), ("conv", 28, 1), ("conv", 32, 3), ("conv", 64, 3), ("mlp", 16, 1), ("mlp", 8, 3)]
 CLASSES = 3  # of the conditional variants
-VARIANTS = [pytest.param(family, conditional, id=f"{family}-{'conditional' if conditional else 'plain'}")
-            for family in FAMILIES for conditional in (False, True)]
+VARIANTS = [
+    pytest.param(family, conditional, id=f"{family}-{'conditional' if conditional else 'plain'}")
+    for family in FAMILIES
+    for conditional in (False, True)
+]
 
 
 def variant_config(family: str, conditional: bool, *args, **kw):
@@ -87,7 +90,11 @@ def test_train_step_updates_every_network(family, conditional):
     model.train_step(seeded_images(8), labels(8), model.configure_optimizers(1e-3, (0.5, 0.999)))
     for name in ("encoder", "decoder", "discriminator"):
         if hasattr(model, name):
-            changed = [not torch.equal(before[k], v) for k, v in model.state_dict().items() if k.startswith(name) and "weight" in k]
+            changed = [
+                not torch.equal(before[k], v)
+                for k, v in model.state_dict().items()
+                if k.startswith(name) and "weight" in k
+            ]
             assert any(changed), f"{name} was not updated"
 
 
@@ -102,7 +109,9 @@ def test_vaegan_encoder_gets_no_gan_gradient():
         def step(self, closure=None):
             captured[self] = [p.grad.clone() for g in self.param_groups for p in g["params"]]
 
-    optimizers = {name: Capture(getattr(model, name).parameters(), lr=0.0) for name in ("encoder", "decoder", "discriminator")}
+    optimizers = {
+        name: Capture(getattr(model, name).parameters(), lr=0.0) for name in ("encoder", "decoder", "discriminator")
+    }
     torch.manual_seed(1)
     model.train_step(x, labels(8), optimizers)
     # recompute the encoder loss alone with the same noise and compare gradients
@@ -129,7 +138,10 @@ def test_save_load_gives_identical_outputs(family, conditional, tmp_path):
     model.train_step(seeded_images(8), labels(8), model.configure_optimizers(1e-3, (0.5, 0.999)))
     model.eval()
     payload = {
-        "family": family, "model_config": to_dict(cfg), "train_config": {}, "data": {},
+        "family": family,
+        "model_config": to_dict(cfg),
+        "train_config": {},
+        "data": {},
         "model": model.state_dict(),
     }
     save_checkpoint(payload, tmp_path / "m.pt")

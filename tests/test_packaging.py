@@ -11,13 +11,13 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 
 from tests.service_fixtures import exports, running_server  # noqa: F401 (exports: a fixture)
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
 # Run at interpreter start-up (sitecustomize): refuse every top-level import outside the allowed names.
-LIMITER = '''
+LIMITER = """
 import json, os, sys
 ALLOWED = set(json.loads(os.environ["GENLAB_TEST_ALLOWED_MODULES"])) | set(sys.stdlib_module_names)
 class _OnlyAllowed:
@@ -35,7 +35,7 @@ class _OnlyAllowed:
         if path is None and top not in ALLOWED and not top.startswith("_"):
             raise ModuleNotFoundError(f"No module named {name!r} (not installed by genlab[serve])", name=name)
 sys.meta_path.insert(0, _OnlyAllowed())
-'''
+"""
 
 
 def _closure(requirements: list[Requirement]) -> set[str]:
@@ -62,7 +62,9 @@ def _serve_modules() -> set[str]:
     serve = [Requirement(r) for r in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["serve"]]
     dists = _closure(serve)
     providers = metadata.packages_distributions()
-    allowed = {module for module, names in providers.items() if any(n.lower().replace("_", "-") in dists for n in names)}
+    allowed = {
+        module for module, names in providers.items() if any(n.lower().replace("_", "-") in dists for n in names)
+    }
     return allowed | {"genlab", "sitecustomize"}
 
 
@@ -71,8 +73,11 @@ def serve_only(installed_genlab, tmp_path_factory) -> dict[str, str]:
     """The environment of a serve-only install: the installed package first on the path, imports limited."""
     boot = tmp_path_factory.mktemp("serve-only-boot")
     (boot / "sitecustomize.py").write_text(LIMITER)
-    return {**os.environ, "PYTHONPATH": f"{boot}{os.pathsep}{installed_genlab}",
-            "GENLAB_TEST_ALLOWED_MODULES": json.dumps(sorted(_serve_modules()))}
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{boot}{os.pathsep}{installed_genlab}",
+        "GENLAB_TEST_ALLOWED_MODULES": json.dumps(sorted(_serve_modules())),
+    }
 
 
 def test_an_install_puts_only_genlab_at_the_top_of_site_packages(installed_genlab):
@@ -95,32 +100,54 @@ def test_the_bentofile_installs_what_the_serve_extra_names():
     image swaps onnxruntime for its GPU build, and gets bentoml from BentoML itself)."""
     import yaml
 
-    bento = {Requirement(r).name: Requirement(r).specifier
-             for r in yaml.safe_load((REPO / "bentofile.yaml").read_text())["python"]["packages"]}
-    serve = {Requirement(r).name: Requirement(r).specifier
-             for r in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["serve"]}
+    bento = {
+        Requirement(r).name: Requirement(r).specifier
+        for r in yaml.safe_load((REPO / "bentofile.yaml").read_text())["python"]["packages"]
+    }
+    serve = {
+        Requirement(r).name: Requirement(r).specifier
+        for r in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["serve"]
+    }
     serve["onnxruntime-gpu"] = serve.pop("onnxruntime")
     serve.pop("bentoml")
     assert bento == serve
 
 
 def test_torch_cannot_be_imported_in_the_serve_only_environment(serve_only, tmp_path):
-    run = subprocess.run([sys.executable, "-c", "import torch"], cwd=tmp_path, env=serve_only, capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-c", "import torch"], cwd=tmp_path, env=serve_only, capture_output=True, text=True
+    )
     assert run.returncode == 1 and "not installed by genlab[serve]" in run.stderr, run.stderr[-2000:]
-    run = subprocess.run([sys.executable, "-c", "import genlab.service.service, genlab; print(genlab.__file__)"],
-                         cwd=tmp_path, env={**serve_only, "GENLAB_MODELS": "nothing-needed-at-import"},
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-c", "import genlab.service.service, genlab; print(genlab.__file__)"],
+        cwd=tmp_path,
+        env={**serve_only, "GENLAB_MODELS": "nothing-needed-at-import"},
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert Path(run.stdout.strip()).is_relative_to(serve_only["PYTHONPATH"].split(os.pathsep)[1])
 
 
 def test_info_and_serve_run_with_only_the_serve_extra(serve_only, exports, tmp_path):
-    info = subprocess.run([sys.executable, "-m", "genlab", "info", str(exports["vaegan"])], cwd=tmp_path,
-                          env=serve_only, capture_output=True, text=True, timeout=120)
+    info = subprocess.run(
+        [sys.executable, "-m", "genlab", "info", str(exports["vaegan"])],
+        cwd=tmp_path,
+        env=serve_only,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert info.returncode == 0, info.stderr[-3000:]
     assert "genlab-vaegan" in info.stdout
-    trained = subprocess.run([sys.executable, "-m", "genlab", "train", "vae", "--out", str(tmp_path / "run")], cwd=tmp_path, env=serve_only,
-                             capture_output=True, text=True, timeout=120)
+    trained = subprocess.run(
+        [sys.executable, "-m", "genlab", "train", "vae", "--out", str(tmp_path / "run")],
+        cwd=tmp_path,
+        env=serve_only,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert trained.returncode == 2 and "pip install 'genlab[train]'" in trained.stderr, trained.stderr[-2000:]
     assert "Traceback" not in trained.stderr
     with running_server([exports["vaegan"]], tmp_path / "server.log", env=serve_only, cwd=tmp_path) as url:

@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
+from genlab.training.loop import train
+from genlab.training.quality_watch import COLLAPSE_EPOCHS, QualityWatch
 
 from genlab.checkpoint import load_checkpoint
 from genlab.config import TrainConfig
 from genlab.data import load_split
 from tests.conftest import TINY
-from genlab.training.loop import train
-from genlab.training.quality_watch import COLLAPSE_EPOCHS, QualityWatch
 
 SMALL = dict(dataset="mnist-5k", normal_class=1, batch_size=32, log_every=5, sample_count=16, quality_samples=64)
 
@@ -47,8 +47,10 @@ def test_the_measures_tell_real_digits_from_noise_and_from_one_digit(tracker):
 
 def test_collapse_is_warned_once_after_epochs_far_below_the_best():
     watch = QualityWatch(tracker=None)
-    verdicts = [watch.judge(epoch, {"quality_fd": fd}, "RUN/best.pt")
-                for epoch, fd in enumerate([10.0, 5.0, 12.0, 9.0, 11.0, 13.0, 14.0, 30.0, 4.0], start=1)]
+    verdicts = [
+        watch.judge(epoch, {"quality_fd": fd}, "RUN/best.pt")
+        for epoch, fd in enumerate([10.0, 5.0, 12.0, 9.0, 11.0, 13.0, 14.0, 30.0, 4.0], start=1)
+    ]
     assert [v.improved for v in verdicts] == [True, True, False, False, False, False, False, False, True]
     warned = [i + 1 for i, v in enumerate(verdicts) if v.warning]
     assert warned == [7]  # epochs 5, 6, 7 were above 2 x 5.0 (epoch 3 was, but epoch 4 was not)
@@ -62,10 +64,19 @@ def test_best_pt_is_written_on_improvement_only_and_export_prefers_it(tmp_path, 
     import genlab.quality
 
     scripted = iter([7.0, 3.0, 5.0, 4.0])  # epoch 2 is the best
-    prior = iter([19.0, 9.0])  # the fitted prior's samples: last.pt's, far below best.pt's (more than 2x), then best.pt's
-    monkeypatch.setattr(genlab.quality.QualityTracker, "measure",
-                        lambda self, decode, latents=None: {"fd": next(scripted) if latents is None else next(prior),
-                                                             "kd": 0.0, "confident": 1.0, "class_entropy": 1.0})
+    prior = iter(
+        [19.0, 9.0]
+    )  # the fitted prior's samples: last.pt's, far below best.pt's (more than 2x), then best.pt's
+    monkeypatch.setattr(
+        genlab.quality.QualityTracker,
+        "measure",
+        lambda self, decode, latents=None: {
+            "fd": next(scripted) if latents is None else next(prior),
+            "kd": 0.0,
+            "confident": 1.0,
+            "class_entropy": 1.0,
+        },
+    )
     summary = train("vae", dict(TINY), TrainConfig(**SMALL, epochs=4), tmp_path / "r")
     assert summary["best"]["epoch"] == 2 and summary["best"]["quality_fd"] == 3.0
     best, last = load_checkpoint(tmp_path / "r" / "best.pt"), load_checkpoint(tmp_path / "r")
@@ -80,7 +91,21 @@ def test_best_pt_is_written_on_improvement_only_and_export_prefers_it(tmp_path, 
     assert main(["export", str(tmp_path / "r"), "--out", str(tmp_path / "e"), "--no-bento", "--json"]) == 0
     exported = json.loads(capsys.readouterr().out)
     assert exported["checkpoint"].endswith("best.pt") and exported["epoch"] == 2
-    assert main(["export", str(tmp_path / "r"), "--out", str(tmp_path / "e2"), "--no-bento", "--checkpoint", "last", "--json"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "r"),
+                "--out",
+                str(tmp_path / "e2"),
+                "--no-bento",
+                "--checkpoint",
+                "last",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["epoch"] == 4
     assert main(["info", str(tmp_path / "r"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -101,20 +126,35 @@ def test_every_epoch_logs_the_measures_of_a_real_run(tmp_path):
     train("vaegan", dict(TINY), TrainConfig(**SMALL, epochs=2), tmp_path / "r")
     epochs = load_checkpoint(tmp_path / "r")["metrics"]["epochs"]
     for record in epochs:
-        assert {"quality_fd", "quality_kd", "quality_confident", "quality_class_entropy", "quality_seconds"} <= set(record)
-        assert record["quality_fd"] > 0 and 0 <= record["quality_confident"] <= 1 and 0 <= record["quality_class_entropy"] <= 1
+        assert {"quality_fd", "quality_kd", "quality_confident", "quality_class_entropy", "quality_seconds"} <= set(
+            record
+        )
+        assert (
+            record["quality_fd"] > 0
+            and 0 <= record["quality_confident"] <= 1
+            and 0 <= record["quality_class_entropy"] <= 1
+        )
 
 
 @pytest.mark.parametrize("last_fd, verdict", [(5.0, "better than"), (15.0, "within 2x of")])
-def test_best_pt_becomes_the_last_epoch_unless_its_fitted_prior_samples_are_far_below(tmp_path, monkeypatch, capsys,
-                                                                                      last_fd, verdict):
+def test_best_pt_becomes_the_last_epoch_unless_its_fitted_prior_samples_are_far_below(
+    tmp_path, monkeypatch, capsys, last_fd, verdict
+):
     """Closer than the collapse factor, lenet FD does not rank checkpoints reliably: the last epoch is kept."""
     import genlab.quality
 
     tracked = iter([7.0, 3.0, 5.0, 4.0])  # N(0, I) draws: epoch 2 is the best
     prior = iter([last_fd, 8.0])  # fitted-prior draws: last.pt's, then best.pt's
-    monkeypatch.setattr(genlab.quality.QualityTracker, "measure", lambda self, decode, latents=None: {
-        "fd": next(tracked) if latents is None else next(prior), "kd": 0.0, "confident": 1.0, "class_entropy": 1.0})
+    monkeypatch.setattr(
+        genlab.quality.QualityTracker,
+        "measure",
+        lambda self, decode, latents=None: {
+            "fd": next(tracked) if latents is None else next(prior),
+            "kd": 0.0,
+            "confident": 1.0,
+            "class_entropy": 1.0,
+        },
+    )
     summary = train("vae", dict(TINY), TrainConfig(**SMALL, epochs=4), tmp_path / "r")
     best, last = load_checkpoint(tmp_path / "r" / "best.pt"), load_checkpoint(tmp_path / "r")
     assert best["epoch"] == last["epoch"] == 4 and best["complete"] and summary["best"]["epoch"] == 4
@@ -127,8 +167,7 @@ def test_class_fidelity_is_the_share_of_samples_drawn_as_their_label(tracker):
     from genlab.quality import QualityTracker
 
     val = load_split("mnist-5k", "val")
-    labelled = QualityTracker(CLASSIFIER[0], val.images,
-                              torch.zeros(len(val), 4), labels=val.labels)
+    labelled = QualityTracker(CLASSIFIER[0], val.images, torch.zeros(len(val), 4), labels=val.labels)
     right = labelled.measure(lambda z, y: val.images[: len(z)])
     labelled.labels = (val.labels + 1) % 10
     wrong = labelled.measure(lambda z, y: val.images[: len(z)])

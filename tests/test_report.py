@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import re
 
-import numpy as np
 import pytest
 import torch
-
 from genlab.eval.report import ReportSettings, write_report
 from genlab.eval.results import save_result
 from genlab.eval.translation import evaluate_translation, shift_by_fraction
+
 from genlab.errors import GenlabError
 from tests.eval_fixtures import all_class_gan, conditional_vaegan, one_class_vae, train_tiny  # noqa: F401 (fixtures)
 
@@ -63,14 +62,28 @@ def test_report_tables_images_and_separate_settings(one_class_vae, all_class_gan
     # FID results as eval.fid saves them: two settings (N) for the VAE, another extractor for the GAN
     from types import SimpleNamespace
 
-    from genlab.eval.fid import result_name as fid_name, settings_line
+    from genlab.eval.fid import result_name as fid_name
+    from genlab.eval.fid import settings_line
 
     inception = SimpleNamespace(label="FID", name="inception-v3-compat", weights_identity="abc123")
-    lenet = SimpleNamespace(label="FD (genlab-lenet features)", name="genlab-lenet-mnist-5k", weights_identity="lenet-9f")
-    for run, n, fx, value in ((one_class_vae, 64, inception, 80.5), (one_class_vae, 128, inception, 71.0), (all_class_gan, 64, lenet, 12.25)):
-        result = {"evaluation": "fid", "values": {"fid" if fx is inception else "lenet_fd": value, "kid": 0.01, "kid_std": 0.002},
-                  "settings": settings_line(fx, n, 0, "mnist-5k:test", n, "samples", (1, 28, 28)), "n": n, "seed": 0,
-                  "extractor": "inception" if fx is inception else "lenet", "reference": "mnist-5k:test", "of": "samples"}
+    lenet = SimpleNamespace(
+        label="FD (genlab-lenet features)", name="genlab-lenet-mnist-5k", weights_identity="lenet-9f"
+    )
+    for run, n, fx, value in (
+        (one_class_vae, 64, inception, 80.5),
+        (one_class_vae, 128, inception, 71.0),
+        (all_class_gan, 64, lenet, 12.25),
+    ):
+        result = {
+            "evaluation": "fid",
+            "values": {"fid" if fx is inception else "lenet_fd": value, "kid": 0.01, "kid_std": 0.002},
+            "settings": settings_line(fx, n, 0, "mnist-5k:test", n, "samples", (1, 28, 28)),
+            "n": n,
+            "seed": 0,
+            "extractor": "inception" if fx is inception else "lenet",
+            "reference": "mnist-5k:test",
+            "of": "samples",
+        }
         save_result(run, fid_name(result), result)
     result = write_report([one_class_vae, all_class_gan], tmp_path / "rep", ReportSettings(n=50))
     md = (tmp_path / "rep" / "report.md").read_text()
@@ -80,9 +93,14 @@ def test_report_tables_images_and_separate_settings(one_class_vae, all_class_gan
         assert "80.5" in text and "71" in text and "12.25" in text
     # each FID setting has its own column; a column never holds numbers of two settings
     fid_columns = _columns(md, "FID / KID")
-    assert len([c for c in fid_columns if c.startswith("fid [")]) == 2 and len([c for c in fid_columns if c.startswith("lenet_fd [")]) == 1
+    assert (
+        len([c for c in fid_columns if c.startswith("fid [")]) == 2
+        and len([c for c in fid_columns if c.startswith("lenet_fd [")]) == 1
+    )
     assert len([c for c in fid_columns if c.startswith("kid [")]) == 3  # kid under three settings: three columns
-    assert any("samples n=64" in c and "inception" in c for c in fid_columns) and any("samples n=128" in c for c in fid_columns)
+    assert any("samples n=64" in c and "inception" in c for c in fid_columns) and any(
+        "samples n=128" in c for c in fid_columns
+    )
     for column in fid_columns:
         assert len(set(re.findall(r"samples n=\d+", column))) <= 1
     assert "0.01 ± 0.002" in md
@@ -90,9 +108,13 @@ def test_report_tables_images_and_separate_settings(one_class_vae, all_class_gan
     rec_columns = _columns(md, "Reconstruction and translation")
     assert any(c.startswith("recon_error, no shift (mnist-5k:test, n=50") for c in rec_columns)
     assert any("shift 10.0%" in c for c in rec_columns)
-    assert any(c.startswith("AUROC score (mnist-5k:test class 1 vs other classes)") for c in _columns(md, "Anomaly detection"))
+    assert any(
+        c.startswith("AUROC score (mnist-5k:test class 1 vs other classes)") for c in _columns(md, "Anomaly detection")
+    )
     assert "trained on all classes" in md
-    assert list((one_class_vae / "eval").glob("translation-*.json")) and list((one_class_vae / "eval").glob("anomaly-*.json"))
+    assert list((one_class_vae / "eval").glob("translation-*.json")) and list(
+        (one_class_vae / "eval").glob("anomaly-*.json")
+    )
     # image grids and loss curves copied beside the report and linked from both files
     for name in ("vae-1-samples.png", "vae-1-reconstructions.png", "vae-1-loss_curves.png", "gan-samples.png"):
         assert (tmp_path / "rep" / "images" / name).stat().st_size > 0
@@ -100,7 +122,9 @@ def test_report_tables_images_and_separate_settings(one_class_vae, all_class_gan
     assert len(result["runs"]) == 2
 
 
-def test_report_shows_a_conditional_run_its_class_fidelity_and_a_row_per_class(conditional_vaegan, one_class_vae, tmp_path):
+def test_report_shows_a_conditional_run_its_class_fidelity_and_a_row_per_class(
+    conditional_vaegan, one_class_vae, tmp_path
+):
     import shutil
 
     from PIL import Image
@@ -110,11 +134,16 @@ def test_report_shows_a_conditional_run_its_class_fidelity_and_a_row_per_class(c
     write_report([run, one_class_vae], tmp_path / "rep", ReportSettings(n=30, fidelity_n=100))
     md = (tmp_path / "rep" / "report.md").read_text()
     page = (tmp_path / "rep" / "report.html").read_text()
-    assert "| cvaegan | vaegan (conditional) | mnist-5k (10 classes) |" in md and "| vae-1 | vae | mnist-5k (class 1) |" in md
+    assert (
+        "| cvaegan | vaegan (conditional) | mnist-5k (10 classes) |" in md
+        and "| vae-1 | vae | mnist-5k (class 1) |" in md
+    )
     # class fidelity computed and saved beside the run, shown with the classifier's test accuracy (its ceiling)
     (saved,) = (run / "eval").glob("class_fidelity-n100-seed0.json")
     result = json.loads(saved.read_text())
-    assert 0.0 <= result["class_fidelity"] <= 1.0 and list(result["class_fidelity_per_class"]) == [str(k) for k in range(10)]
+    assert 0.0 <= result["class_fidelity"] <= 1.0 and list(result["class_fidelity_per_class"]) == [
+        str(k) for k in range(10)
+    ]
     columns = _columns(md, "Class fidelity")
     assert any(c.startswith("class fidelity (samples n=100 seed=0") for c in columns)
     assert any(c.startswith("class fidelity per class (samples n=100") for c in columns)
@@ -144,9 +173,33 @@ def test_report_without_compute_says_what_to_run(tmp_path):
 def test_sweep_trains_resumes_and_reports(tmp_path, capsys):
     from genlab.cli.main import main
 
-    argv = ["sweep", "--families", "vae,gan", "--lrs", "1e-3,2e-3", "--epochs", "1", "--max-steps", "2", "--batch-size", "16",
-            "--set", "width=4", "--set", "hidden=16", "--set", "latent_dim=4", "--normal-class", "1",
-            "--translate-experiment", "--n", "20", "--out", str(tmp_path / "sw"), "--json"]
+    argv = [
+        "sweep",
+        "--families",
+        "vae,gan",
+        "--lrs",
+        "1e-3,2e-3",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "16",
+        "--set",
+        "width=4",
+        "--set",
+        "hidden=16",
+        "--set",
+        "latent_dim=4",
+        "--normal-class",
+        "1",
+        "--translate-experiment",
+        "--n",
+        "20",
+        "--out",
+        str(tmp_path / "sw"),
+        "--json",
+    ]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     names = sorted(p.name for p in (tmp_path / "sw").iterdir())

@@ -13,7 +13,6 @@ import io
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,8 +32,7 @@ MAX_UPLOAD = 64 * 1024
 def client(exports):
     """The service imported fresh with these models and small limits, behind a starlette TestClient."""
     models = ",".join(str(exports[key]) for key in ("vaegan", "gan", "gan-no-encoder", "vaegan-cond"))
-    env = {"GENLAB_MODELS": models, "GENLAB_MAX_IMAGES": str(MAX_IMAGES),
-           "GENLAB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD)}
+    env = {"GENLAB_MODELS": models, "GENLAB_MAX_IMAGES": str(MAX_IMAGES), "GENLAB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD)}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     for name in [m for m in sys.modules if m == "genlab.service" or m.startswith("genlab.service.")]:
@@ -107,16 +105,19 @@ def test_generate_from_explicit_latents_matches_the_seeded_draw(client, exports)
     assert client.post("/generate", json={"z": z_hot.tolist(), "format": "array"}).json()["images"] == hot
 
 
-@pytest.mark.parametrize("payload, status, field", [
-    ({"n": 0}, 400, "n"),
-    ({"n": MAX_IMAGES + 1}, 400, "n"),
-    ({"temperature": 0}, 400, "temperature"),
-    ({"format": "gif"}, 400, "format"),
-    ({"z": [[0.0, 1.0]]}, 422, "z"),
-    ({"z": [[0.0] * 4] * (MAX_IMAGES + 1)}, 413, "z"),
-    ({"model": "../../etc/passwd"}, 404, "model"),
-    ({"n": "three"}, 400, "n"),
-])
+@pytest.mark.parametrize(
+    "payload, status, field",
+    [
+        ({"n": 0}, 400, "n"),
+        ({"n": MAX_IMAGES + 1}, 400, "n"),
+        ({"temperature": 0}, 400, "temperature"),
+        ({"format": "gif"}, 400, "format"),
+        ({"z": [[0.0, 1.0]]}, 422, "z"),
+        ({"z": [[0.0] * 4] * (MAX_IMAGES + 1)}, 413, "z"),
+        ({"model": "../../etc/passwd"}, 404, "model"),
+        ({"n": "three"}, 400, "n"),
+    ],
+)
 def test_generate_refuses_bad_input_naming_the_field(client, payload, status, field):
     _field_error(client.post("/generate", json=payload), status, field)
 
@@ -155,7 +156,10 @@ def test_reconstruct_converts_other_sizes_and_modes(client):
 
 
 def test_reconstruct_needs_an_encoder(client):
-    assert client.post("/reconstruct", json={"array": _digits(client, 1), "model": "genlab-gan-mnist-5k"}).status_code == 200
+    assert (
+        client.post("/reconstruct", json={"array": _digits(client, 1), "model": "genlab-gan-mnist-5k"}).status_code
+        == 200
+    )
     r = client.post("/reconstruct", json={"array": _digits(client, 1), "model": "genlab-gan-no-encoder"})
     assert "no encoder" in _field_error(r, 422, "model")
 
@@ -177,14 +181,17 @@ def test_uploads_are_checked(client, case):
         _field_error(client.post(route, files=files), status, "images")
 
 
-@pytest.mark.parametrize("array, status", [
-    ([[[[0] * 28] * 28]] * 2 + [[[[0] * 27] * 28]], 400),  # ragged
-    ([[[[0] * 28] * 28] * 3], 422),  # 3 channels for a grey model
-    ([[[[0.5] * 28] * 28]], 422),  # not uint8 values
-    ([[[[300] * 28] * 28]], 422),
-    ([[[[0] * 28] * 28]] * (MAX_IMAGES + 1), 413),
-    ([], 422),
-])
+@pytest.mark.parametrize(
+    "array, status",
+    [
+        ([[[[0] * 28] * 28]] * 2 + [[[[0] * 27] * 28]], 400),  # ragged
+        ([[[[0] * 28] * 28] * 3], 422),  # 3 channels for a grey model
+        ([[[[0.5] * 28] * 28]], 422),  # not uint8 values
+        ([[[[300] * 28] * 28]], 422),
+        ([[[[0] * 28] * 28]] * (MAX_IMAGES + 1), 413),
+        ([], 422),
+    ],
+)
 def test_arrays_are_checked(client, array, status):
     _field_error(client.post("/anomaly-score", json={"array": array}), status, "array")
 
@@ -196,6 +203,7 @@ def test_no_images_at_all(client):
 # -- anomaly-score ---------------------------------------------------------------------------------------
 def test_anomaly_scores_match_the_export_and_the_calibration(client, exports):
     from genlab.export.reader import open_export
+
     from genlab.thresholds import percentile_of, quantile
 
     digits = np.array(_digits(client, 5, seed=3), np.uint8)
@@ -219,6 +227,7 @@ def test_anomaly_scores_match_the_export_and_the_calibration(client, exports):
 
 def test_anomaly_threshold_by_percentile_or_raw_value(client, exports):
     from genlab.export.reader import read_export
+
     from genlab.thresholds import quantile
 
     cal = read_export(exports["vaegan"]).calibration
@@ -229,15 +238,25 @@ def test_anomaly_threshold_by_percentile_or_raw_value(client, exports):
     raw = client.post("/anomaly-score", json={"array": batch, "threshold": -1e9}).json()
     assert raw["threshold_source"] == "request" and raw["threshold_percentile"] is None
     assert all(r["is_anomaly"] for r in raw["results"])
-    _field_error(client.post("/anomaly-score", json={"array": batch, "threshold": 1.0, "percentile": 50}), 400, "threshold")
+    _field_error(
+        client.post("/anomaly-score", json={"array": batch, "threshold": 1.0, "percentile": 50}), 400, "threshold"
+    )
     _field_error(client.post("/anomaly-score", json={"array": batch, "percentile": 101}), 400, "percentile")
 
 
 def test_anomaly_score_for_a_gan_scores_through_its_encoder(client):
     r = client.post("/anomaly-score", json={"array": _digits(client, 2), "model": "genlab-gan-mnist-5k"})
     assert r.status_code == 200, r.text
-    assert set(r.json()["results"][0]["components"]) == {"score", "discriminator", "izi_f", "recon_error", "relative_recon_error", "stroke_error",
-                                                         "latent_distance", "features_distance"}
+    assert set(r.json()["results"][0]["components"]) == {
+        "score",
+        "discriminator",
+        "izi_f",
+        "recon_error",
+        "relative_recon_error",
+        "stroke_error",
+        "latent_distance",
+        "features_distance",
+    }
     assert "G(E(image))" in r.json()["meaning"]
 
 
@@ -275,8 +294,13 @@ def test_every_load_verifies_the_bytes_it_runs(exports, tmp_path):
 
 def test_service_imports_no_torch():
     code = "import sys, genlab.service.service, genlab.service.commands; assert 'torch' not in sys.modules, 'torch imported'"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                       env={**os.environ, "GENLAB_MODELS": "nothing-needed-at-import"})
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "GENLAB_MODELS": "nothing-needed-at-import"},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
 
 
@@ -319,8 +343,11 @@ def test_real_server_32_concurrent_clients_no_errors(server):
 
     def one(i: int) -> tuple[int, int]:
         with httpx.Client(timeout=60) as c:
-            route, payload = [("/anomaly-score", {"array": digit}), ("/reconstruct", {"array": digit}),
-                              ("/generate", {"n": 2, "seed": i, "format": "array"})][i % 3]
+            route, payload = [
+                ("/anomaly-score", {"array": digit}),
+                ("/reconstruct", {"array": digit}),
+                ("/generate", {"n": 2, "seed": i, "format": "array"}),
+            ][i % 3]
             codes = [c.post(server + route, json=payload).status_code for _ in range(3)]
         return i, max(codes)
 
@@ -337,11 +364,24 @@ def test_serve_refuses_a_missing_model_in_one_line(tmp_path):
 def test_bentoml_build_packs_the_model_and_no_torch(exports, tmp_path):
     """`bentoml build` offline: the bento's requirements, Dockerfile and model reference."""
     env = {"BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
-    saved = _genlab("export", str(exports["vaegan"].parent / "run-vaegan"), "--out", str(tmp_path / "exp"),
-                    "--bento", "genlab-vaegan-mnist-5k", env=env)
+    saved = _genlab(
+        "export",
+        str(exports["vaegan"].parent / "run-vaegan"),
+        "--out",
+        str(tmp_path / "exp"),
+        "--bento",
+        "genlab-vaegan-mnist-5k",
+        env=env,
+    )
     assert saved.returncode == 0, saved.stderr[-2000:]
-    built = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=REPO, capture_output=True,
-                           text=True, env={**os.environ, **env}, timeout=300)
+    built = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     bento = next(p for p in (tmp_path / "bentoml" / "bentos" / "genlab").iterdir() if p.is_dir())
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
@@ -353,17 +393,26 @@ def test_bentoml_build_packs_the_model_and_no_torch(exports, tmp_path):
     assert "genlab-vaegan-mnist-5k:" in info and "entry_service: genlab" in info
     assert not any(p.suffix == ".pt" for p in (bento / "src").rglob("*")) and not (bento / "src" / "training").exists()
     # the packed sources are enough to import the service: every project module it loads comes from the bento
-    code = ("import sys, genlab.service.service; from pathlib import Path; "
-            "ours = [m for n, m in sys.modules.items() if n.split('.')[0] == 'genlab']; "
-            "outside = [m.__name__ for m in ours if not Path(m.__file__).resolve().is_relative_to(Path.cwd().resolve())]; "
-            "assert not outside, outside; assert 'torch' not in sys.modules")
-    imported = subprocess.run([sys.executable, "-c", code], cwd=bento / "src", capture_output=True, text=True, timeout=120,
-                              env={**os.environ, **env, "GENLAB_MODELS": "nothing-needed-at-import"})
+    code = (
+        "import sys, genlab.service.service; from pathlib import Path; "
+        "ours = [m for n, m in sys.modules.items() if n.split('.')[0] == 'genlab']; "
+        "outside = [m.__name__ for m in ours if not Path(m.__file__).resolve().is_relative_to(Path.cwd().resolve())]; "
+        "assert not outside, outside; assert 'torch' not in sys.modules"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=bento / "src",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env, "GENLAB_MODELS": "nothing-needed-at-import"},
+    )
     assert imported.returncode == 0, imported.stderr[-3000:]
 
 
 def test_anomaly_score_normalised_score_and_maps(client, exports):
     from genlab.export.reader import open_export
+
     from genlab.measures import anomaly_map
 
     digits = np.array(_digits(client, 3, seed=5), np.uint8)
@@ -378,7 +427,9 @@ def test_anomaly_score_normalised_score_and_maps(client, exports):
         assert row["is_anomaly"] == (row["normalized_score"] > 0.5) == (row["score"] > body["threshold"])
         np.testing.assert_allclose(np.array(row["anomaly_map"]), expected_maps[i], atol=1e-5)
         assert row["anomaly_map_png_base64"] == ""
-    at_threshold = client.post("/anomaly-score", json={"array": digits[:1].tolist(), "threshold": body["results"][0]["score"]})
+    at_threshold = client.post(
+        "/anomaly-score", json={"array": digits[:1].tolist(), "threshold": body["results"][0]["score"]}
+    )
     assert at_threshold.json()["results"][0]["normalized_score"] == pytest.approx(0.5)
     png = client.post("/anomaly-score", json={"array": digits.tolist(), "maps": True}).json()["results"][0]
     assert png["anomaly_map"] == []
@@ -390,7 +441,11 @@ def test_anomaly_score_normalised_score_and_maps(client, exports):
 
 def test_anomaly_maps_need_an_encoder(client):
     digit = np.zeros((1, 1, 28, 28), np.uint8).tolist()
-    _field_error(client.post("/anomaly-score", json={"array": digit, "maps": True, "model": "genlab-gan-no-encoder"}), 422, "maps")
+    _field_error(
+        client.post("/anomaly-score", json={"array": digit, "maps": True, "model": "genlab-gan-no-encoder"}),
+        422,
+        "maps",
+    )
     # a GAN has f-AnoGAN's encoder, so it reconstructs and gives maps
     r = client.post("/anomaly-score", json={"array": digit, "maps": True, "model": "genlab-gan-mnist-5k"})
     assert r.status_code == 200 and r.json()["results"][0]["anomaly_map_png_base64"]
@@ -411,27 +466,33 @@ def _conditional_draw(client, **payload) -> dict:
     return r.json()
 
 
-@pytest.mark.parametrize("value, classes, index", [
-    (7, [str(k) for k in range(10)], 7),
-    ("7", [str(k) for k in range(10)], 7),
-    ("dog", ["cat", "dog"], 1),
-    ("1", ["cat", "dog"], 1),  # not a name, a decimal integer: an index
-    ("1", ["1", "0"], 0),  # a name wins over reading the string as an index
-])
+@pytest.mark.parametrize(
+    "value, classes, index",
+    [
+        (7, [str(k) for k in range(10)], 7),
+        ("7", [str(k) for k in range(10)], 7),
+        ("dog", ["cat", "dog"], 1),
+        ("1", ["cat", "dog"], 1),  # not a name, a decimal integer: an index
+        ("1", ["1", "0"], 0),  # a name wins over reading the string as an index
+    ],
+)
 def test_a_class_is_a_name_or_an_index(value, classes, index):
     from genlab.service.inputs import class_index
 
     assert class_index(value, classes, "m", "label") == index
 
 
-@pytest.mark.parametrize("value, message", [
-    ("x", "unknown class 'x'; m's classes: cat, dog"),
-    (2, "class index 2 is out of range 0..1"),
-    ("-1", "unknown class '-1'"),
-    (-1, "class index -1 is out of range"),
-    (True, "not bool"),
-    ("9" * 5000, "class index 99999999999999999999... is out of range"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("x", "unknown class 'x'; m's classes: cat, dog"),
+        (2, "class index 2 is out of range 0..1"),
+        ("-1", "unknown class '-1'"),
+        (-1, "class index -1 is out of range"),
+        (True, "not bool"),
+        ("9" * 5000, "class index 99999999999999999999... is out of range"),
+    ],
+)
 def test_an_unknown_class_is_refused_with_the_classes_listed(value, message):
     from genlab.service.inputs import RequestError, class_index
 
@@ -468,7 +529,9 @@ def test_generate_without_a_label_draws_balanced_seeded_labels_and_returns_them(
     for fmt in ("png", "npy"):  # no JSON body: the labels come in a header
         r = client.post("/generate", json={"model": COND, "n": 20, "seed": 11, "format": fmt})
         assert r.status_code == 200 and r.headers["x-genlab-labels"] == ",".join(map(str, a["labels"]))
-    npy = np.load(io.BytesIO(client.post("/generate", json={"model": COND, "n": 20, "seed": 11, "format": "npy"}).content))
+    npy = np.load(
+        io.BytesIO(client.post("/generate", json={"model": COND, "n": 20, "seed": 11, "format": "npy"}).content)
+    )
     assert npy.tolist() == a["images"]
     # explicit latents without labels: the labels are drawn from the seed, which is then returned
     z = np.zeros((3, 4)).tolist()
@@ -479,27 +542,41 @@ def test_generate_without_a_label_draws_balanced_seeded_labels_and_returns_them(
     assert "x-genlab-labels" not in client.post("/generate", json={"n": 2, "seed": 1}).headers
 
 
-@pytest.mark.parametrize("payload, status, field", [
-    ({"label": "x"}, 422, "label"),
-    ({"label": 10}, 422, "label"),
-    ({"label": -1}, 422, "label"),
-    ({"n": 3, "label": [1, 2]}, 422, "label"),
-    ({"n": 2, "label": [1, "x"]}, 422, "label[1]"),
-    ({"z": [[0.0] * 4] * 2, "label": [1]}, 422, "label"),
-    ({"label": True}, 400, "label"),
-    ({"label": 7.5}, 400, "label"),
-    ({"label": {"class": 7}}, 400, "label"),
-])
+@pytest.mark.parametrize(
+    "payload, status, field",
+    [
+        ({"label": "x"}, 422, "label"),
+        ({"label": 10}, 422, "label"),
+        ({"label": -1}, 422, "label"),
+        ({"n": 3, "label": [1, 2]}, 422, "label"),
+        ({"n": 2, "label": [1, "x"]}, 422, "label[1]"),
+        ({"z": [[0.0] * 4] * 2, "label": [1]}, 422, "label"),
+        ({"label": True}, 400, "label"),
+        ({"label": 7.5}, 400, "label"),
+        ({"label": {"class": 7}}, 400, "label"),
+    ],
+)
 def test_generate_refuses_unknown_labels_naming_the_field(client, payload, status, field):
     error = _field_error(client.post("/generate", json={"model": COND, **payload}), status, field)
     if payload.get("label") == "x":
         assert "unknown class 'x'" in error and "classes: 0, 1, 2" in error
 
 
-@pytest.mark.parametrize("route, model", [("/generate", None), ("/generate", "genlab-gan-mnist-5k"),
-                                          ("/reconstruct", None), ("/anomaly-score", "genlab-gan-mnist-5k")])
+@pytest.mark.parametrize(
+    "route, model",
+    [
+        ("/generate", None),
+        ("/generate", "genlab-gan-mnist-5k"),
+        ("/reconstruct", None),
+        ("/anomaly-score", "genlab-gan-mnist-5k"),
+    ],
+)
 def test_a_model_that_is_not_conditional_refuses_labels(client, route, model):
-    payload = {"label": 7, "model": model} if route == "/generate" else {"label": 7, "model": model, "array": _digits(client, 1)}
+    payload = (
+        {"label": 7, "model": model}
+        if route == "/generate"
+        else {"label": 7, "model": model, "array": _digits(client, 1)}
+    )
     assert "not a conditional model" in _field_error(client.post(route, json=payload), 422, "label")
 
 
@@ -533,12 +610,15 @@ def test_anomaly_score_under_the_requested_or_the_inferred_class(client, conditi
     inferred = client.post("/anomaly-score", json={"array": digits.tolist(), "model": COND}).json()["results"]
     assert [r["label"] for r in inferred] == expected["label"].tolist()
     assert {r["label_source"] for r in inferred} == {"inferred"} and [r["label_name"] for r in inferred] == [
-        str(k) for k in expected["label"]]
+        str(k) for k in expected["label"]
+    ]
     np.testing.assert_allclose([r["score"] for r in inferred], expected["score"], rtol=1e-6)
     assert "label" not in inferred[0]["components"]  # the class is not a score component
 
     files = [("images", (f"{i}.png", _png(d[0]), "image/png")) for i, d in enumerate(digits)]
-    r = client.post("/anomaly-score", files=files, data={"label": "5", "model": COND, "maps": "true", "maps_format": "array"})
+    r = client.post(
+        "/anomaly-score", files=files, data={"label": "5", "model": COND, "maps": "true", "maps_format": "array"}
+    )
     assert r.status_code == 200, r.text
     given = r.json()["results"]
     fives = np.full(3, 5)
@@ -582,30 +662,40 @@ def test_batch_routes_take_labels_for_conditional_models(client, conditional):
     assert table.shape == (3, len(conditional.score_names))  # the class is a header, not a column
     np.testing.assert_allclose(table[:, 0], best["score"], rtol=1e-6)
     partly = np.array([3, -1, 0], np.int64)  # -1: infer that one
-    given = client.post("/batch/score", files=[_npy_file("images", images), _npy_file("labels", partly)], data={"model": COND})
+    given = client.post(
+        "/batch/score", files=[_npy_file("images", images), _npy_file("labels", partly)], data={"model": COND}
+    )
     expected = conditional.scores(images, partly)
     assert given.headers["x-genlab-labels"] == ",".join(map(str, expected["label"])) and expected["label"][0] == 3
     np.testing.assert_allclose(np.load(io.BytesIO(given.content))[:, 0], expected["score"], rtol=1e-6)
 
 
-@pytest.mark.parametrize("route, labels, field", [
-    ("/batch/decode", np.array([1, 2], np.int64), "labels"),  # 2 labels for 3 latents
-    ("/batch/decode", np.array([1.0, 2.0, 3.0]), "labels"),  # not integers
-    ("/batch/decode", np.array([1, 2, 10]), "labels[2]"),
-    ("/batch/decode", np.array([-1, 2, 3]), "labels[0]"),  # -1 (unknown) only where the class can be inferred
-    ("/batch/score", np.array([-2, 2, 3]), "labels[0]"),
-    ("/batch/score", np.zeros((3, 1), np.int64), "labels"),
-])
+@pytest.mark.parametrize(
+    "route, labels, field",
+    [
+        ("/batch/decode", np.array([1, 2], np.int64), "labels"),  # 2 labels for 3 latents
+        ("/batch/decode", np.array([1.0, 2.0, 3.0]), "labels"),  # not integers
+        ("/batch/decode", np.array([1, 2, 10]), "labels[2]"),
+        ("/batch/decode", np.array([-1, 2, 3]), "labels[0]"),  # -1 (unknown) only where the class can be inferred
+        ("/batch/score", np.array([-2, 2, 3]), "labels[0]"),
+        ("/batch/score", np.zeros((3, 1), np.int64), "labels"),
+    ],
+)
 def test_bad_batch_labels_are_refused_naming_the_field(client, route, labels, field):
-    data = (_npy_file("z", np.zeros((3, 4), np.float32)) if route == "/batch/decode"
-            else _npy_file("images", np.zeros((3, 1, 28, 28), np.uint8)))
+    data = (
+        _npy_file("z", np.zeros((3, 4), np.float32))
+        if route == "/batch/decode"
+        else _npy_file("images", np.zeros((3, 1, 28, 28), np.uint8))
+    )
     _field_error(client.post(route, files=[data, _npy_file("labels", labels)], data={"model": COND}), 422, field)
 
 
 def test_batch_routes_of_other_models_refuse_labels(client):
     labels = _npy_file("labels", np.zeros(2, np.int64))
-    for route, data in (("/batch/decode", _npy_file("z", np.zeros((2, 4), np.float32))),
-                        ("/batch/score", _npy_file("images", np.zeros((2, 1, 28, 28), np.uint8)))):
+    for route, data in (
+        ("/batch/decode", _npy_file("z", np.zeros((2, 4), np.float32))),
+        ("/batch/score", _npy_file("images", np.zeros((2, 1, 28, 28), np.uint8))),
+    ):
         assert "not a conditional model" in _field_error(client.post(route, files=[data, labels]), 422, "labels")
     plain = client.post("/batch/score", files=[_npy_file("images", np.zeros((2, 1, 28, 28), np.uint8))])
     assert plain.status_code == 200 and "x-genlab-labels" not in plain.headers

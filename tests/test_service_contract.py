@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-
 import os
 import subprocess
 import sys
@@ -26,8 +25,13 @@ from tests.service_fixtures import exports, running_server  # noqa: F401 (fixtur
 KEY = "contract-test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 BODY_LIMIT = 1 << 20
-CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conformance", "response_schema_conformance",
-          "response_headers_conformance"]
+CHECKS = [
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "response_headers_conformance",
+]
 ROUTES = ("/generate", "/reconstruct", "/anomaly-score", "/batch/decode", "/batch/score", "/models")
 
 
@@ -41,11 +45,33 @@ def guarded(exports, tmp_path_factory):
 
 def fuzz(url: str, max_examples: int, report: Path) -> None:
     """schemathesis' CLI over every operation of /docs.json, seeded and bounded; fails on any finding."""
-    command = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/docs.json", "--header", f"Authorization: Bearer {KEY}",
-               "--checks", ",".join(CHECKS), "--max-examples", str(max_examples), "--seed", "1", "--generation-deterministic",
-               "--no-color", "--report", "junit", "--report-junit-path", str(report)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=report.parent,  # its files stay there
-                            env={**os.environ, "NO_COLOR": "1"})
+    command = [
+        str(Path(sys.executable).parent / "schemathesis"),
+        "run",
+        f"{url}/docs.json",
+        "--header",
+        f"Authorization: Bearer {KEY}",
+        "--checks",
+        ",".join(CHECKS),
+        "--max-examples",
+        str(max_examples),
+        "--seed",
+        "1",
+        "--generation-deterministic",
+        "--no-color",
+        "--report",
+        "junit",
+        "--report-junit-path",
+        str(report),
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=report.parent,  # its files stay there
+        env={**os.environ, "NO_COLOR": "1"},
+    )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     tested = {case.get("name") for case in ElementTree.parse(report).iter("testcase")}
     assert {f"POST {route}" for route in ROUTES} <= tested, tested  # every route was exercised
@@ -70,22 +96,37 @@ def test_the_document_is_valid_openapi_3_0(guarded):
         responses = spec["paths"][route]["post"]["responses"]
         assert {"200", "400", "401", "404", "413", "422"} <= set(responses), (route, sorted(responses))
         assert responses["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/GenlabError"}
-    assert set(spec["paths"]["/generate"]["post"]["responses"]["200"]["content"]) == {"image/png", "application/octet-stream", "application/json"}
+    assert set(spec["paths"]["/generate"]["post"]["responses"]["200"]["content"]) == {
+        "image/png",
+        "application/octet-stream",
+        "application/json",
+    }
     body = spec["paths"]["/anomaly-score"]["post"]["requestBody"]["content"]
     assert "images" in body["multipart/form-data"]["schema"]["properties"]
-    assert "images" not in body["application/json"]["schema"]["properties"] and "array" in body["application/json"]["schema"]["properties"]
+    assert (
+        "images" not in body["application/json"]["schema"]["properties"]
+        and "array" in body["application/json"]["schema"]["properties"]
+    )
     assert spec["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
     for route in ("/generate", "/reconstruct", "/anomaly-score"):  # a conditional model's class, in JSON and in forms
         for media in spec["paths"][route]["post"]["requestBody"]["content"].values():
-            label = media["schema"]["properties"]["label"]  # an index, a name or a list: BentoML's inline copy kept only int
-            assert [o.get("type") for o in label["anyOf"]] == ["integer", "string", "array"] and label["nullable"], label
+            label = media["schema"]["properties"][
+                "label"
+            ]  # an index, a name or a list: BentoML's inline copy kept only int
+            assert [o.get("type") for o in label["anyOf"]] == ["integer", "string", "array"] and label["nullable"], (
+                label
+            )
     answer = spec["paths"]["/anomaly-score"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert answer["properties"]["threshold_percentile"]["nullable"]  # null with a raw threshold
     for route in ("/batch/decode", "/batch/score"):
-        assert "labels" in spec["paths"][route]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+        assert (
+            "labels"
+            in spec["paths"][route]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+        )
     assert "X-Genlab-Labels" in spec["paths"]["/generate"]["post"]["responses"]["200"]["headers"]
-    assert {"labels", "label_names"} <= set(spec["paths"]["/generate"]["post"]["responses"]["200"]["content"]["application/json"]
-                                            ["schema"]["properties"])
+    assert {"labels", "label_names"} <= set(
+        spec["paths"]["/generate"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]["properties"]
+    )
 
 
 # -- the faults the fuzzer found, and the hostile inputs beside them ---------------------------------------
@@ -99,8 +140,12 @@ def _refused(response: httpx.Response, status: int, field: str) -> None:
 def test_a_text_field_where_a_file_is_expected_is_a_400(guarded, route):
     r = httpx.post(guarded + route, headers=AUTH, files={"images": (None, "http://127.0.0.1:1/x.png")}, timeout=10)
     _refused(r, 400, "images")
-    r = httpx.post(guarded + route, headers={**AUTH, "content-type": "application/x-www-form-urlencoded"},
-                   content=b"images=http%3A%2F%2F127.0.0.1%3A1%2Fx.png", timeout=10)
+    r = httpx.post(
+        guarded + route,
+        headers={**AUTH, "content-type": "application/x-www-form-urlencoded"},
+        content=b"images=http%3A%2F%2F127.0.0.1%3A1%2Fx.png",
+        timeout=10,
+    )
     _refused(r, 400, "images")
 
 
@@ -110,27 +155,41 @@ def test_multipart_without_a_boundary_is_a_400(guarded, route):
     _refused(r, 400, "Content-Type")
 
 
-@pytest.mark.parametrize("body, field", [
-    (b'"http://127.0.0.1:1/secret"', "body"),  # BentoML would download a URL body
-    (b'{"images": ["/etc/passwd"]}', "images"),  # ... and hand the endpoint a server path
-    (b'[1, 2, 3]', "body"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        (b'"http://127.0.0.1:1/secret"', "body"),  # BentoML would download a URL body
+        (b'{"images": ["/etc/passwd"]}', "images"),  # ... and hand the endpoint a server path
+        (b"[1, 2, 3]", "body"),
+    ],
+)
 def test_bodies_that_would_reach_the_network_or_the_disk_are_refused(guarded, body, field):
-    r = httpx.post(f"{guarded}/anomaly-score", headers={**AUTH, "content-type": "application/json"}, content=body, timeout=10)
+    r = httpx.post(
+        f"{guarded}/anomaly-score", headers={**AUTH, "content-type": "application/json"}, content=body, timeout=10
+    )
     _refused(r, 400, field)
 
 
 def test_bentomls_own_errors_come_in_genlabs_shape(guarded):
     r = httpx.post(f"{guarded}/generate", headers=AUTH, json={"n": "many"}, timeout=10)
     _refused(r, 400, "n")
-    r = httpx.post(f"{guarded}/generate", headers={**AUTH, "content-type": "application/vnd.bentoml+pickle"}, content=b"{}", timeout=10)
+    r = httpx.post(
+        f"{guarded}/generate",
+        headers={**AUTH, "content-type": "application/vnd.bentoml+pickle"},
+        content=b"{}",
+        timeout=10,
+    )
     assert r.status_code == 415 and r.json()["field"] == "body"
 
 
 # -- limits and access ---------------------------------------------------------------------------------
 def test_a_body_above_the_limit_is_refused_before_it_is_parsed(guarded):
-    declared = httpx.post(f"{guarded}/anomaly-score", headers={**AUTH, "content-type": "application/json"},
-                          content=b"{" + b" " * BODY_LIMIT + b"}", timeout=30)
+    declared = httpx.post(
+        f"{guarded}/anomaly-score",
+        headers={**AUTH, "content-type": "application/json"},
+        content=b"{" + b" " * BODY_LIMIT + b"}",
+        timeout=30,
+    )
     _refused(declared, 413, "body")
 
     def chunks():  # no Content-Length: counted while it arrives
@@ -139,7 +198,9 @@ def test_a_body_above_the_limit_is_refused_before_it_is_parsed(guarded):
             yield b"0," * 2048
         yield b"0]}"
 
-    streamed = httpx.post(f"{guarded}/anomaly-score", headers={**AUTH, "content-type": "application/json"}, content=chunks(), timeout=30)
+    streamed = httpx.post(
+        f"{guarded}/anomaly-score", headers={**AUTH, "content-type": "application/json"}, content=chunks(), timeout=30
+    )
     _refused(streamed, 413, "body")
     assert httpx.get(f"{guarded}/readyz", timeout=10).status_code == 200  # and the server is fine
 
@@ -187,14 +248,17 @@ def test_batch_routes_take_and_return_npy(guarded, exports):
     np.testing.assert_allclose([r["score"] for r in as_json["results"]], table[:, 0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("route, field, payload, status", [
-    ("/batch/score", "images", np.zeros((2, 1, 28, 28), np.float32), 422),  # not uint8
-    ("/batch/score", "images", np.zeros((2, 3, 28, 28), np.uint8), 422),  # wrong shape
-    ("/batch/score", "images", np.zeros((17, 1, 28, 28), np.uint8), 413),  # above GENLAB_MAX_IMAGES
-    ("/batch/decode", "z", np.full((2, 4), np.nan, np.float32), 422),
-    ("/batch/decode", "z", np.zeros((2, 5), np.float32), 422),
-    ("/batch/decode", "z", np.array([{"a": 1}], dtype=object), 400),  # would need pickle: never loaded
-])
+@pytest.mark.parametrize(
+    "route, field, payload, status",
+    [
+        ("/batch/score", "images", np.zeros((2, 1, 28, 28), np.float32), 422),  # not uint8
+        ("/batch/score", "images", np.zeros((2, 3, 28, 28), np.uint8), 422),  # wrong shape
+        ("/batch/score", "images", np.zeros((17, 1, 28, 28), np.uint8), 413),  # above GENLAB_MAX_IMAGES
+        ("/batch/decode", "z", np.full((2, 4), np.nan, np.float32), 422),
+        ("/batch/decode", "z", np.zeros((2, 5), np.float32), 422),
+        ("/batch/decode", "z", np.array([{"a": 1}], dtype=object), 400),  # would need pickle: never loaded
+    ],
+)
 def test_bad_npy_uploads_are_refused_naming_the_field(guarded, route, field, payload, status):
     buffer = io.BytesIO()
     np.save(buffer, payload, allow_pickle=True)

@@ -35,8 +35,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def blank_png(side: int) -> bytes:
     """An all-black greyscale PNG of side x side pixels: a few KB on the wire, side**2 bytes decoded."""
     header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(bytes((side + 1) * side), 9))
-            + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(bytes((side + 1) * side), 9))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def _refused(response: httpx.Response, status: int, field: str) -> str:
@@ -95,27 +99,46 @@ def _npy(array: np.ndarray) -> bytes:
 @pytest.mark.parametrize("route", sorted(UPLOAD_ROUTES))
 def test_a_browsers_upload_with_a_mixed_case_boundary_is_accepted(url, route):
     field = UPLOAD_ROUTES[route]
-    payload = _npy(np.zeros((2, 4), np.float32)) if field == "z" else _npy(np.zeros((2, 1, 28, 28), np.uint8)) \
-        if route == "/batch/score" else _png_digit()
+    payload = (
+        _npy(np.zeros((2, 4), np.float32))
+        if field == "z"
+        else _npy(np.zeros((2, 1, 28, 28), np.uint8))
+        if route == "/batch/score"
+        else _png_digit()
+    )
     boundary = "----WebKitFormBoundary7MA4YWxkTrZu0gW"
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="x"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
-    r = httpx.post(url + route, content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"}, timeout=30)
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="x"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + payload
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    r = httpx.post(
+        url + route, content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"}, timeout=30
+    )
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.parametrize("disposition", ['name="images"; x="filename="', 'name="images"; xfilename=a.png',
-                                         'name="images"; x="; filename=a.png"'])
+@pytest.mark.parametrize(
+    "disposition",
+    ['name="images"; x="filename="', 'name="images"; xfilename=a.png', 'name="images"; x="; filename=a.png"'],
+)
 @pytest.mark.parametrize("value", ["http://127.0.0.1:1/livez", "/etc/passwd"])
 def test_no_text_value_reaches_a_download_or_a_server_path(url, disposition, value):
     body = f"--b\r\nContent-Disposition: form-data; {disposition}\r\n\r\n{value}\r\n--b--\r\n".encode()
-    r = httpx.post(f"{url}/reconstruct", content=body, headers={"content-type": "multipart/form-data; boundary=b"}, timeout=10)
+    r = httpx.post(
+        f"{url}/reconstruct", content=body, headers={"content-type": "multipart/form-data; boundary=b"}, timeout=10
+    )
     _refused(r, 400, "images")
 
 
 def test_a_second_boundary_parameter_is_refused(url):
     body = b'--b\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n\r\nx\r\n--b--\r\n'
-    r = httpx.post(f"{url}/reconstruct", content=body, headers={"content-type": "multipart/form-data; boundary=b; boundary=c"})
+    r = httpx.post(
+        f"{url}/reconstruct", content=body, headers={"content-type": "multipart/form-data; boundary=b; boundary=c"}
+    )
     _refused(r, 400, "Content-Type")
 
 
@@ -129,22 +152,47 @@ def _form(route: str, files, status: int, field: str) -> tuple:
     return route, {"files": files}, status, field
 
 
-@pytest.mark.parametrize("route, request_kwargs, status, field", [
-    ("/reconstruct", {"content": b"junk\r\n--b\r\nContent-Disposition: form-data; name=\"images\"; filename=\"a\"\r\n\r\nx\r\n--b--\r\n",
-                      "headers": {"content-type": "multipart/form-data; boundary=b"}}, 400, "body"),
-    _form("/reconstruct", [(f"f{i}", (None, "1")) for i in range(1200)], 413, "body"),
-    _form("/reconstruct", [("f" * 200_000, (None, "1"))], 400, "body"),
-    _form("/anomaly-score", [("array", (None, "[[[[" + "9" * 400 + "]]]]"))], 422, "array"),
-    _form("/anomaly-score", [("label", (None, "9" * 5000))], 400, "label"),
-    _form("/generate", [("label", (None, "[" * 100_000 + "]" * 100_000))], 400, "label"),
-    _form("/batch/score", {"images": ("x.npy", _bad_npy_header())}, 400, "images"),
-    ("/anomaly-score", {"content": b'{"array": [[[[' + b"9" * 400 + b"]]]]}", "headers": {"content-type": "application/json"}},
-     422, "array"),
-    ("/generate", {"content": b'{"z": [[' + b"9" * 400 + b", 0, 0, 0]]}", "headers": {"content-type": "application/json"}},
-     422, "z"),
-    ("/anomaly-score", {"content": b'{"array": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-                        "headers": {"content-type": "application/json"}}, 400, "body"),
-])
+@pytest.mark.parametrize(
+    "route, request_kwargs, status, field",
+    [
+        (
+            "/reconstruct",
+            {
+                "content": b'junk\r\n--b\r\nContent-Disposition: form-data; name="images"; filename="a"\r\n\r\nx\r\n--b--\r\n',
+                "headers": {"content-type": "multipart/form-data; boundary=b"},
+            },
+            400,
+            "body",
+        ),
+        _form("/reconstruct", [(f"f{i}", (None, "1")) for i in range(1200)], 413, "body"),
+        _form("/reconstruct", [("f" * 200_000, (None, "1"))], 400, "body"),
+        _form("/anomaly-score", [("array", (None, "[[[[" + "9" * 400 + "]]]]"))], 422, "array"),
+        _form("/anomaly-score", [("label", (None, "9" * 5000))], 400, "label"),
+        _form("/generate", [("label", (None, "[" * 100_000 + "]" * 100_000))], 400, "label"),
+        _form("/batch/score", {"images": ("x.npy", _bad_npy_header())}, 400, "images"),
+        (
+            "/anomaly-score",
+            {"content": b'{"array": [[[[' + b"9" * 400 + b"]]]]}", "headers": {"content-type": "application/json"}},
+            422,
+            "array",
+        ),
+        (
+            "/generate",
+            {"content": b'{"z": [[' + b"9" * 400 + b", 0, 0, 0]]}", "headers": {"content-type": "application/json"}},
+            422,
+            "z",
+        ),
+        (
+            "/anomaly-score",
+            {
+                "content": b'{"array": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                "headers": {"content-type": "application/json"},
+            },
+            400,
+            "body",
+        ),
+    ],
+)
 def test_odd_bodies_get_a_4xx_naming_the_field_never_a_500(url, route, request_kwargs, status, field):
     _refused(httpx.post(url + route, timeout=30, **request_kwargs), status, field)
 
@@ -154,4 +202,6 @@ def test_a_json_body_above_the_value_budget_is_refused_before_it_is_parsed(url):
     r = httpx.post(f"{url}/anomaly-score", content=body, headers={"content-type": "application/json"}, timeout=60)
     assert "values" in _refused(r, 413, "body")
     digit = httpx.post(f"{url}/generate", json={"n": 256, "seed": 0, "format": "array"}, timeout=60).json()["images"]
-    assert httpx.post(f"{url}/anomaly-score", json={"array": digit}, timeout=60).status_code == 200  # a full batch passes
+    assert (
+        httpx.post(f"{url}/anomaly-score", json={"array": digit}, timeout=60).status_code == 200
+    )  # a full batch passes

@@ -6,9 +6,9 @@ import asyncio
 
 import numpy as np
 import pytest
-
 from genlab.service.runtime import Merger, Runner
 from genlab.service.work import WorkPool
+
 from tests.service_fixtures import exports  # noqa: F401 (fixture)
 
 POOL = WorkPool(2)
@@ -63,7 +63,10 @@ def test_merged_and_direct_runs_give_the_same_numbers(exports):
         encoded = await asyncio.gather(*(runner.encode(images[i : i + 1]) for i in range(6)))
         return scores, encoded
 
-    merged, direct = asyncio.run(each(Runner(model, True, 256, POOL))), asyncio.run(each(Runner(model, False, 256, POOL)))
+    merged, direct = (
+        asyncio.run(each(Runner(model, True, 256, POOL))),
+        asyncio.run(each(Runner(model, False, 256, POOL))),
+    )
     for a, b in zip(merged[0], direct[0]):
         for name in model.score_names:
             np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6)
@@ -85,12 +88,17 @@ def test_the_merger_concatenates_every_input_and_merges_only_calls_with_as_many(
 
     def shift(x: np.ndarray, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
         calls.append(tuple(len(a) for a in (x, labels) if a is not None))
-        return {"y": x + (0 if labels is None else labels[:, None]), "label": np.zeros(len(x)) if labels is None else labels}
+        return {
+            "y": x + (0 if labels is None else labels[:, None]),
+            "label": np.zeros(len(x)) if labels is None else labels,
+        }
 
     async def main():
         merger = Merger(shift, max_batch=64, pool=POOL)
         with_labels = [(np.full((k, 2), i, np.float32), np.arange(k) + 10 * i) for i, k in enumerate((1, 3, 2))]
-        outputs = await asyncio.gather(*(merger(x, labels) for x, labels in with_labels), merger(np.ones((2, 2), np.float32)))
+        outputs = await asyncio.gather(
+            *(merger(x, labels) for x, labels in with_labels), merger(np.ones((2, 2), np.float32))
+        )
         return with_labels, outputs
 
     with_labels, outputs = asyncio.run(main())

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+from genlab.training.loop import TrainingDiverged, resume, train
 
 from genlab.checkpoint import describe, load_checkpoint, model_from_checkpoint
 from genlab.config import TrainConfig
 from genlab.errors import GenlabError
 from genlab.pixels import uint8_to_model
 from tests.conftest import FAMILIES, TINY
-from genlab.training.loop import TrainingDiverged, resume, train
 
 # one digit class of mnist-5k: 400 train / 50 val images, 12 steps per epoch at batch 32
 SMALL = dict(dataset="mnist-5k", normal_class=1, batch_size=32, log_every=5, sample_count=16)
@@ -32,8 +32,16 @@ def test_run_writes_a_self_describing_checkpoint(family, tmp_path):
     assert summary["stopped"] is None and summary["step"] == 24 and summary["epoch"] == 2
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["complete"] and ckpt["family"] == family and ckpt["step"] == 24
-    assert ckpt["data"] == {**ckpt["data"], "dataset": "mnist-5k", "image_size": 28, "channels": 1,
-                            "value_range": [-1.0, 1.0], "normal_class": 1, "translate": 0.1, "num_train": 400}
+    assert ckpt["data"] == {
+        **ckpt["data"],
+        "dataset": "mnist-5k",
+        "image_size": 28,
+        "channels": 1,
+        "value_range": [-1.0, 1.0],
+        "normal_class": 1,
+        "translate": 0.1,
+        "num_train": 400,
+    }
     assert ckpt["train_config"]["lr"] == {"vaegan": 3e-4, "vae": 1e-3}.get(family, 2e-4)  # one-class: the VAE's own
     assert len(ckpt["metrics"]["epochs"]) == 2
     cal = ckpt["calibration"]
@@ -57,7 +65,10 @@ def test_run_writes_a_self_describing_checkpoint(family, tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "step"] == list(range(1, 25))
     assert len([r for r in records if r["kind"] == "epoch"]) == 2
-    assert describe(ckpt)["calibration"]["scores"]["score"]["p99"] >= describe(ckpt)["calibration"]["scores"]["score"]["p50"]
+    assert (
+        describe(ckpt)["calibration"]["scores"]["score"]["p99"]
+        >= describe(ckpt)["calibration"]["scores"]["score"]["p50"]
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -74,8 +85,11 @@ def test_resume_matches_an_uninterrupted_run(family, tmp_path):
     untimed = lambda epochs: [{k: v for k, v in e.items() if not k.endswith("_seconds")} for e in epochs]  # noqa: E731
     assert untimed(a["metrics"]["epochs"]) == untimed(b["metrics"]["epochs"])  # losses and sample quality alike
     assert a["quality"] == b["quality"] and a["quality"]["best_epoch"] is not None
-    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
-             if '"kind": "step"' in line]
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+        if '"kind": "step"' in line
+    ]
     assert steps == list(range(1, 25))
 
 
@@ -99,10 +113,17 @@ def test_a_conditional_run_resumes_exactly_and_records_its_classes(family, tmp_p
 
 
 def test_conditional_celeba_is_labelled_by_the_attribute_and_needs_one(fake_celeba_dir, tmp_path):
-    faces = dict(dataset="celeba", data_dir=str(fake_celeba_dir), batch_size=4, epochs=1, quality_every=0, sample_count=4)
+    faces = dict(
+        dataset="celeba", data_dir=str(fake_celeba_dir), batch_size=4, epochs=1, quality_every=0, sample_count=4
+    )
     with pytest.raises(GenlabError, match="single class.*--condition-on"):
         train("vae", {**TINY, "conditional": True}, TrainConfig(**faces), tmp_path / "run")
-    train("gan", {**TINY, "conditional": True, "image_size": 16}, TrainConfig(**faces, condition_on="Male"), tmp_path / "male")
+    train(
+        "gan",
+        {**TINY, "conditional": True, "image_size": 16},
+        TrainConfig(**faces, condition_on="Male"),
+        tmp_path / "male",
+    )
     ckpt = load_checkpoint(tmp_path / "male")
     assert ckpt["complete"] and ckpt["model_config"]["num_classes"] == 2
     assert ckpt["data"]["class_names"] == ["not Male", "Male"] and ckpt["data"]["condition_on"] == "Male"
@@ -173,7 +194,7 @@ def test_ema_weights_resume_exactly_and_are_what_the_checkpoint_samples_with(tmp
     for key, value in a["ema"].items():
         assert torch.equal(value, b["ema"][key]), key
     model = model_from_checkpoint(a)
-    averaged = {k[len("module."):]: v for k, v in a["ema"].items() if k.startswith("module.")}
+    averaged = {k[len("module.") :]: v for k, v in a["ema"].items() if k.startswith("module.")}
     for key, value in model.decoder.state_dict().items():
         assert torch.equal(value, averaged[key]), key  # the EMA, not the last training weights
     assert any(not torch.equal(a["model"][f"decoder.{k}"], v) for k, v in averaged.items())

@@ -19,26 +19,12 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
-from torch.optim.swa_utils import AveragedModel
-from tqdm import tqdm
-
-from genlab import checkpoint
-from genlab.calibration import fit_to_training_data
-from genlab.config import ModelConfig, TrainConfig, resolve_epochs, to_dict
-from genlab.data import ImageData, load_split, native_shape
-from genlab.errors import GenlabError
-from genlab.files import remove_stale_temps
-from genlab.latents import balanced_labels, class_rows, describe as describe_prior, sample_latents
-from genlab.imageio import save_grid
-from genlab.models import GenerativeModel, build_model, model_class
-from genlab.pixels import VALUE_RANGE, model_to_uint8, random_translate, uint8_to_model
-from genlab.quality import QualityTracker, classifier_for, summary as quality_summary
-from genlab.run_dir import BEST_CHECKPOINT, LAST_CHECKPOINT
 from genlab.training.distributed import (
     DistEnv,
     average_gradients_before_step,
@@ -51,6 +37,23 @@ from genlab.training.distributed import (
 from genlab.training.metrics_log import MetricsLog
 from genlab.training.plots import plot_loss_curves
 from genlab.training.quality_watch import COLLAPSE_FACTOR, QualityWatch
+from torch.optim.swa_utils import AveragedModel
+from tqdm import tqdm
+
+from genlab import checkpoint
+from genlab.calibration import fit_to_training_data
+from genlab.config import ModelConfig, TrainConfig, resolve_epochs, to_dict
+from genlab.data import ImageData, load_split, native_shape
+from genlab.errors import GenlabError
+from genlab.files import remove_stale_temps
+from genlab.imageio import save_grid
+from genlab.latents import balanced_labels, class_rows, sample_latents
+from genlab.latents import describe as describe_prior
+from genlab.models import GenerativeModel, build_model, model_class
+from genlab.pixels import VALUE_RANGE, model_to_uint8, random_translate, uint8_to_model
+from genlab.quality import QualityTracker, classifier_for
+from genlab.quality import summary as quality_summary
+from genlab.run_dir import BEST_CHECKPOINT, LAST_CHECKPOINT
 
 # fields of TrainConfig that --resume may change; the rest come from the checkpoint
 RESUME_OVERRIDABLE = ("epochs", "max_steps", "device", "log_every")
@@ -111,11 +114,15 @@ def _stop_on_sigint() -> Iterator[dict[str, bool]]:
             signal.signal(signal.SIGINT, previous)
 
 
-def new_run_configs(family: str, model_overrides: dict[str, Any], tc: TrainConfig, run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
+def new_run_configs(
+    family: str, model_overrides: dict[str, Any], tc: TrainConfig, run_dir: Path
+) -> tuple[ModelConfig, TrainConfig]:
     """The configs of a new run in ``run_dir``: the dataset fixes image size and channels, the family its lr."""
     model_class(family)  # unknown family: clear error before any work
     if (run_dir / LAST_CHECKPOINT).exists():
-        raise GenlabError(f"{run_dir} already holds a run ({LAST_CHECKPOINT}); pass --resume to continue it or choose another --out")
+        raise GenlabError(
+            f"{run_dir} already holds a run ({LAST_CHECKPOINT}); pass --resume to continue it or choose another --out"
+        )
     size, channels = native_shape(tc.dataset)
     mc = ModelConfig(**{"family": family, "image_size": size, "channels": channels, **model_overrides})
     if mc.class_weight is None:  # recorded in the checkpoint, so a later default does not change the run
@@ -129,13 +136,17 @@ def new_run_configs(family: str, model_overrides: dict[str, Any], tc: TrainConfi
     return mc, tc
 
 
-def resumed_run_configs(family: str, run_dir: Path, changes: dict[str, Any]) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
+def resumed_run_configs(
+    family: str, run_dir: Path, changes: dict[str, Any]
+) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
     """The configs and state of the run saved in ``run_dir``: what the checkpoint says, except the
     RESUME_OVERRIDABLE fields in ``changes`` (the options the user typed); anything else is refused."""
     refused = sorted(set(changes) - set(RESUME_OVERRIDABLE))
     if refused:
-        raise GenlabError(f"--resume keeps the run's configuration; {', '.join(refused)} cannot change "
-                          f"(only {', '.join(RESUME_OVERRIDABLE)} can)")
+        raise GenlabError(
+            f"--resume keeps the run's configuration; {', '.join(refused)} cannot change "
+            f"(only {', '.join(RESUME_OVERRIDABLE)} can)"
+        )
     path = run_dir / LAST_CHECKPOINT
     if not path.exists():
         raise GenlabError(f"--resume: no checkpoint at {path}")
@@ -147,7 +158,9 @@ def resumed_run_configs(family: str, run_dir: Path, changes: dict[str, Any]) -> 
 
 
 class Trainer:
-    def __init__(self, mc: ModelConfig, tc: TrainConfig, run_dir: Path, env: DistEnv, state: Optional[dict[str, Any]] = None):
+    def __init__(
+        self, mc: ModelConfig, tc: TrainConfig, run_dir: Path, env: DistEnv, state: dict[str, Any] | None = None
+    ):
         self.run_dir = run_dir
         self.env = env
         self.ckpt_path = run_dir / LAST_CHECKPOINT
@@ -170,8 +183,11 @@ class Trainer:
             for optimizer in self.optimizers.values():
                 average_gradients_before_step(optimizer, env.world_size)
         # the average of the decoder's weights (and batch-norm statistics) that samples and exports use
-        self.ema = (AveragedModel(self.model.decoder, multi_avg_fn=ema_with_warmup(tc.ema), use_buffers=True)
-                    if tc.ema else None)
+        self.ema = (
+            AveragedModel(self.model.decoder, multi_avg_fn=ema_with_warmup(tc.ema), use_buffers=True)
+            if tc.ema
+            else None
+        )
         torch.manual_seed(tc.seed + 7919 * (env.rank + 1))  # per-rank noise streams
         self.images = self.train_data.images.to(env.device)
         self.labels = self.train_data.labels.to(env.device)
@@ -197,7 +213,7 @@ class Trainer:
         self.train_seconds = 0.0
         # what fit_to_training_data gives at the end of training (score_fit, prior, calibration) and the
         # sample quality measured with that prior; None until then
-        self.fitted: Optional[dict[str, Any]] = None
+        self.fitted: dict[str, Any] | None = None
         self.watch = QualityWatch(self._quality_tracker() if env.is_main and tc.quality_every > 0 else None)
         if state is not None:
             self._restore(state)
@@ -206,36 +222,55 @@ class Trainer:
         """A conditional model takes the training data's classes (a resumed run must find the same number)."""
         data = self.train_data
         if self.tc.normal_class is not None:
-            raise GenlabError("--conditional cannot be combined with --normal-class: a one-class run has a single label")
+            raise GenlabError(
+                "--conditional cannot be combined with --normal-class: a one-class run has a single label"
+            )
         if data.num_classes < 2:
             hint = " (pick a binary attribute with --condition-on ATTR, e.g. Male)" if data.dataset == "celeba" else ""
             raise GenlabError(f"--conditional needs class labels, and {data.dataset} has a single class{hint}")
         if mc.num_classes not in (0, data.num_classes):
-            raise GenlabError(f"the run's model has {mc.num_classes} classes, {data.dataset} now has {data.num_classes}")
+            raise GenlabError(
+                f"the run's model has {mc.num_classes} classes, {data.dataset} now has {data.num_classes}"
+            )
         return dataclasses.replace(mc, num_classes=data.num_classes)
 
-    def _quality_tracker(self) -> Optional[QualityTracker]:
+    def _quality_tracker(self) -> QualityTracker | None:
         """Fixed, seeded prior latents measured against the validation split (one-class runs: its class); a
         conditional model's for balanced, seeded labels."""
-        classifier = classifier_for(self.tc.dataset, self.tc.data_dir, self.mc.image_size, self.mc.channels, seed=0,
-                                    condition_on=self.tc.condition_on)
+        classifier = classifier_for(
+            self.tc.dataset,
+            self.tc.data_dir,
+            self.mc.image_size,
+            self.mc.channels,
+            seed=0,
+            condition_on=self.tc.condition_on,
+        )
         if classifier is None:
-            tqdm.write(f"sample quality: not tracked ({self.tc.dataset} has no class labels for the reference classifier)",
-                       file=sys.stderr)
+            tqdm.write(
+                f"sample quality: not tracked ({self.tc.dataset} has no class labels for the reference classifier)",
+                file=sys.stderr,
+            )
             return None
         latents = self.model.sample_latents(self.tc.quality_samples, torch.Generator().manual_seed(self.tc.seed + 1))
         labels = self._quality_labels()
         return QualityTracker(classifier, self.val_data.images, latents.cpu(), labels)
 
-    def _quality_labels(self) -> Optional[torch.Tensor]:
+    def _quality_labels(self) -> torch.Tensor | None:
         if not self.mc.conditional:
             return None
         return torch.from_numpy(balanced_labels(self.tc.quality_samples, self.mc.num_classes, self.tc.seed + 1))
 
     # -- data -----------------------------------------------------------------------------
     def _load(self, split: str) -> ImageData:
-        data = load_split(self.tc.dataset, split, self.tc.data_dir, self.tc.download, self.mc.image_size, self.mc.channels,
-                          self.tc.condition_on)
+        data = load_split(
+            self.tc.dataset,
+            split,
+            self.tc.data_dir,
+            self.tc.download,
+            self.mc.image_size,
+            self.mc.channels,
+            self.tc.condition_on,
+        )
         if self.tc.normal_class is not None:
             data = data.only_class(self.tc.normal_class)
         return data
@@ -249,7 +284,11 @@ class Trainer:
         index = order[b * bs : (b + 1) * bs]
         images = self.images[index]
         if self.tc.translate > 0:  # on uint8, before normalisation
-            images = random_translate(images, self.tc.translate, _epoch_generator(self.tc.seed, epoch, b * self.env.world_size + self.env.rank))
+            images = random_translate(
+                images,
+                self.tc.translate,
+                _epoch_generator(self.tc.seed, epoch, b * self.env.world_size + self.env.rank),
+            )
         return uint8_to_model(images), self.labels[index]
 
     # -- checkpoint -----------------------------------------------------------------------
@@ -288,7 +327,12 @@ class Trainer:
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "ema": None if self.ema is None else {k: v.detach().cpu() for k, v in self.ema.state_dict().items()},
             "rng": {"ranks": [{k: v.cpu() for k, v in r.items()} for r in rng]},
-            "position": {"epoch": self.epoch, "batch": self.batch, "sums": dict(self.epoch_sums), "count": self.epoch_count},
+            "position": {
+                "epoch": self.epoch,
+                "batch": self.batch,
+                "sums": dict(self.epoch_sums),
+                "count": self.epoch_count,
+            },
             "metrics": {"epochs": self.epoch_history, "train_seconds": self.train_seconds},
             "quality": self.watch.state_dict(),
             **{key: (self.fitted or {}).get(key) for key in FITTED_KEYS},
@@ -367,7 +411,9 @@ class Trainer:
         self.model.train()
 
     # -- the loop -------------------------------------------------------------------------
-    def _flush(self, pending: list[dict[str, torch.Tensor]], first_step: int, images: int, seconds: float, bar: tqdm) -> None:
+    def _flush(
+        self, pending: list[dict[str, torch.Tensor]], first_step: int, images: int, seconds: float, bar: tqdm
+    ) -> None:
         names = list(pending[0])
         values = torch.stack([torch.stack([p[n] for n in names]) for p in pending]).float().cpu()
         if not torch.isfinite(values).all():
@@ -384,12 +430,16 @@ class Trainer:
                 self.epoch_sums[n] = self.epoch_sums.get(n, 0.0) + v
             self.epoch_count += 1
             if self.env.is_main:
-                self.log.add({"kind": "step", "epoch": self.epoch + 1, "step": first_step + i + 1, **record, "img_per_s": rate})
+                self.log.add(
+                    {"kind": "step", "epoch": self.epoch + 1, "step": first_step + i + 1, **record, "img_per_s": rate}
+                )
         if self.env.is_main:
             bar.set_postfix({**{n: f"{v:.3g}" for n, v in zip(names, values[-1].tolist())}, "img/s": f"{rate:,.0f}"})
 
     @torch.no_grad()
-    def _decode_uint8(self, z: torch.Tensor, y: Optional[torch.Tensor] = None, model: Optional[GenerativeModel] = None) -> torch.Tensor:
+    def _decode_uint8(
+        self, z: torch.Tensor, y: torch.Tensor | None = None, model: GenerativeModel | None = None
+    ) -> torch.Tensor:
         model = self.model if model is None else model
         was_training = model.training
         model.eval()
@@ -430,8 +480,14 @@ class Trainer:
         with _stop_on_sigint() as sigint:
             while self.epoch < tc.epochs and stopped is None:
                 order = self._epoch_order(self.epoch)
-                bar = tqdm(total=self.batches_per_epoch, initial=self.batch, desc=f"epoch {self.epoch + 1}/{tc.epochs}",
-                           disable=not env.is_main, leave=False, dynamic_ncols=True)
+                bar = tqdm(
+                    total=self.batches_per_epoch,
+                    initial=self.batch,
+                    desc=f"epoch {self.epoch + 1}/{tc.epochs}",
+                    disable=not env.is_main,
+                    leave=False,
+                    dynamic_ncols=True,
+                )
                 pending: list[dict[str, torch.Tensor]] = []
                 window_start, window_images, first_step = time.perf_counter(), 0, self.step
                 while self.batch < self.batches_per_epoch:
@@ -464,11 +520,20 @@ class Trainer:
                     improved = self._finish_epoch()
                     if env.is_main:
                         last = self.epoch_history[-1]
-                        losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items()
-                                           if k not in ("epoch", "step", "train_seconds") and not k.startswith("quality_"))
-                        quality = quality_summary({k[len("quality_"):]: v for k, v in last.items() if k.startswith("quality_")})
-                        tqdm.write(f"epoch {self.epoch}/{tc.epochs}: {losses}" + (f"; {quality}" if quality else "")
-                                   + (" (best)" if improved else ""), file=sys.stderr)
+                        losses = ", ".join(
+                            f"{k} {v:.4g}"
+                            for k, v in last.items()
+                            if k not in ("epoch", "step", "train_seconds") and not k.startswith("quality_")
+                        )
+                        quality = quality_summary(
+                            {k[len("quality_") :]: v for k, v in last.items() if k.startswith("quality_")}
+                        )
+                        tqdm.write(
+                            f"epoch {self.epoch}/{tc.epochs}: {losses}"
+                            + (f"; {quality}" if quality else "")
+                            + (" (best)" if improved else ""),
+                            file=sys.stderr,
+                        )
                 self.save()
                 if improved:
                     self.save(best=True)
@@ -477,10 +542,18 @@ class Trainer:
                 with self._averaged_decoder():
                     self.fitted = self._fit(self.model)
                     if self.fitted["prior"] is not None:  # samples.png as exports draw them: from the fitted prior
-                        z = sample_latents(len(self.fixed_z), self.mc.latent_dim, tc.seed, prior=self.fitted["prior"],
-                                           labels=None if self.fixed_y is None else self.fixed_y.numpy())
-                        save_grid(self._decode_uint8(torch.from_numpy(z), self.fixed_y).numpy(), self.run_dir / "samples.png",
-                                  None if self.fixed_y is None else GRID_PER_CLASS)
+                        z = sample_latents(
+                            len(self.fixed_z),
+                            self.mc.latent_dim,
+                            tc.seed,
+                            prior=self.fitted["prior"],
+                            labels=None if self.fixed_y is None else self.fixed_y.numpy(),
+                        )
+                        save_grid(
+                            self._decode_uint8(torch.from_numpy(z), self.fixed_y).numpy(),
+                            self.run_dir / "samples.png",
+                            None if self.fixed_y is None else GRID_PER_CLASS,
+                        )
                 plot_loss_curves(self.log.read(), self.run_dir / "loss_curves.png", f"{self.mc.family} on {tc.dataset}")
             self.fitted = gather_objects(env, self.fitted)[0]
             self.model.score_fit.load(self.fitted["score_fit"])
@@ -496,11 +569,20 @@ class Trainer:
         fitted["prior_quality"] = None
         if fitted["prior"] is not None and self.watch.tracker is not None:
             labels = self.watch.tracker.labels
-            latents = sample_latents(self.tc.quality_samples, self.mc.latent_dim, self.tc.seed + 1, prior=fitted["prior"],
-                                     labels=None if labels is None else labels.numpy())
-            measured = self.watch.tracker.measure(lambda z, y: self._decode_uint8(z, y, model), torch.from_numpy(latents))
+            latents = sample_latents(
+                self.tc.quality_samples,
+                self.mc.latent_dim,
+                self.tc.seed + 1,
+                prior=fitted["prior"],
+                labels=None if labels is None else labels.numpy(),
+            )
+            measured = self.watch.tracker.measure(
+                lambda z, y: self._decode_uint8(z, y, model), torch.from_numpy(latents)
+            )
             fitted["prior_quality"] = {"prior": describe_prior(fitted["prior"]), **measured}
-            tqdm.write(f"{checkpoint_name}: samples from the fitted latent prior: {quality_summary(measured)}", file=sys.stderr)
+            tqdm.write(
+                f"{checkpoint_name}: samples from the fitted latent prior: {quality_summary(measured)}", file=sys.stderr
+            )
         return fitted
 
     def _fit_best(self) -> None:
@@ -523,16 +605,23 @@ class Trainer:
             best_fd = (best.get("prior_quality") or {}).get("fd")
             if last_fd is not None and best_fd is not None and last_fd <= COLLAPSE_FACTOR * best_fd:
                 verdict = "better than" if last_fd < best_fd else f"within {COLLAPSE_FACTOR:g}x of"
-                tqdm.write(f"{BEST_CHECKPOINT}: the last epoch's fitted-prior samples measure {verdict} epoch {best['epoch']}'s "
-                           f"(fd {last_fd:.4g} vs {best_fd:.4g}); {BEST_CHECKPOINT} is now epoch {self.epoch}",
-                           file=sys.stderr)
+                tqdm.write(
+                    f"{BEST_CHECKPOINT}: the last epoch's fitted-prior samples measure {verdict} epoch {best['epoch']}'s "
+                    f"(fd {last_fd:.4g} vs {best_fd:.4g}); {BEST_CHECKPOINT} is now epoch {self.epoch}",
+                    file=sys.stderr,
+                )
                 best = {**checkpoint.load_checkpoint(self.ckpt_path)}
                 self.watch.state.best_epoch = self.epoch
-        checkpoint.save_checkpoint({k: v for k, v in best.items() if k not in ("format", "format_version", "genlab_version")},
-                                   self.best_path)
+        checkpoint.save_checkpoint(
+            {k: v for k, v in best.items() if k not in ("format", "format_version", "genlab_version")}, self.best_path
+        )
 
-    def summary(self, stopped: Optional[str]) -> dict[str, Any]:
-        images_per_s = self.step * self.tc.batch_size * self.env.world_size / self.train_seconds if self.train_seconds else math.nan
+    def summary(self, stopped: str | None) -> dict[str, Any]:
+        images_per_s = (
+            self.step * self.tc.batch_size * self.env.world_size / self.train_seconds
+            if self.train_seconds
+            else math.nan
+        )
         return {
             "family": self.mc.family,
             "dataset": self.tc.dataset,
@@ -548,13 +637,18 @@ class Trainer:
             "prior_quality": (self.fitted or {}).get("prior_quality"),
             "samples": str(self.run_dir / "samples.png"),
             "max_steps": self.tc.max_steps,
-            "best": None if self.watch.state.best_epoch is None else {
-                "checkpoint": str(self.best_path), "epoch": self.watch.state.best_epoch, "quality_fd": self.watch.state.best_fd},
+            "best": None
+            if self.watch.state.best_epoch is None
+            else {
+                "checkpoint": str(self.best_path),
+                "epoch": self.watch.state.best_epoch,
+                "quality_fd": self.watch.state.best_fd,
+            },
             "world_size": self.env.world_size,
         }
 
 
-def _run(mc: ModelConfig, tc: TrainConfig, run_dir: Path, state: Optional[dict[str, Any]]) -> dict[str, Any]:
+def _run(mc: ModelConfig, tc: TrainConfig, run_dir: Path, state: dict[str, Any] | None) -> dict[str, Any]:
     env = init_distributed(tc.device)
     try:
         return Trainer(mc, tc, run_dir, env, state).fit()
@@ -568,7 +662,7 @@ def train(family: str, model_overrides: dict[str, Any], tc: TrainConfig, run_dir
     return _run(mc, tc, Path(run_dir), None)
 
 
-def resume(family: str, run_dir: str | Path, changes: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def resume(family: str, run_dir: str | Path, changes: dict[str, Any] | None = None) -> dict[str, Any]:
     """Continue the run saved in ``run_dir`` exactly where it stopped, with its own configuration except
     ``changes`` to RESUME_OVERRIDABLE fields (e.g. ``{"epochs": 50}`` to train longer)."""
     mc, tc, state = resumed_run_configs(family, Path(run_dir), dict(changes or {}))

@@ -8,8 +8,11 @@ from typing import Any
 
 from genlab.files import atomic_write_bytes
 
-QUALITY_PANELS = {"quality_fd": "sample FD (lower is better)", "quality_confident": "confident samples",
-                  "quality_class_entropy": "class entropy"}
+QUALITY_PANELS = {
+    "quality_fd": "sample FD (lower is better)",
+    "quality_confident": "confident samples",
+    "quality_class_entropy": "class entropy",
+}
 
 
 def plot_loss_curves(records: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -30,12 +33,17 @@ def plot_loss_curves(records: list[dict[str, Any]], path: Path, title: str) -> N
         ax.plot(xs, ys, lw=0.6, alpha=0.35, color="C0")
         window = max(1, len(ys) // 50)
         if window > 1:
-            smooth = [sum(ys[max(0, i - window + 1) : i + 1]) / len(ys[max(0, i - window + 1) : i + 1]) for i in range(len(ys))]
+            smooth = [
+                sum(ys[max(0, i - window + 1) : i + 1]) / len(ys[max(0, i - window + 1) : i + 1])
+                for i in range(len(ys))
+            ]
             ax.plot(xs, smooth, lw=1.4, color="C0")
         ax.set_title(name)
         ax.set_xlabel("step")
     for ax, name in zip(axes[0][len(names) :], quality):
-        ax.plot([r["step"] for r in epochs if name in r], [r[name] for r in epochs if name in r], "o-", ms=3, color="C1")
+        ax.plot(
+            [r["step"] for r in epochs if name in r], [r[name] for r in epochs if name in r], "o-", ms=3, color="C1"
+        )
         ax.set_title(QUALITY_PANELS[name])
         ax.set_xlabel("step")
     fig.suptitle(title)

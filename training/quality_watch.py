@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
@@ -25,7 +26,7 @@ COLLAPSE_EPOCHS = 3
 
 @dataclass
 class WatchState:
-    best_epoch: Optional[int] = None
+    best_epoch: int | None = None
     best_fd: float = math.inf
     epochs_far_below: int = 0  # consecutive epochs with fd > COLLAPSE_FACTOR * best_fd
     warned: bool = False
@@ -35,11 +36,11 @@ class WatchState:
 class Verdict:
     values: dict[str, float]  # quality_fd, quality_kd, quality_confident, quality_class_entropy, quality_seconds
     improved: bool
-    warning: Optional[str]
+    warning: str | None
 
 
 class QualityWatch:
-    def __init__(self, tracker: Optional[QualityTracker], state: Optional[dict[str, Any]] = None):
+    def __init__(self, tracker: QualityTracker | None, state: dict[str, Any] | None = None):
         self.tracker = tracker
         self.state = WatchState(**(state or {}))
 
@@ -49,7 +50,7 @@ class QualityWatch:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = WatchState(**state)
 
-    def measure(self, decode: Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]) -> dict[str, float]:
+    def measure(self, decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]) -> dict[str, float]:
         """The quality of ``decode``'s samples, keys prefixed ``quality_``, with the seconds it took."""
         started = time.perf_counter()
         values = {f"quality_{k}": v for k, v in self.tracker.measure(decode).items()}
@@ -68,7 +69,9 @@ class QualityWatch:
         warning = None
         if s.epochs_far_below >= COLLAPSE_EPOCHS and not s.warned:
             s.warned = True
-            warning = (f"warning: sample quality has been far below its best for {s.epochs_far_below} epochs "
-                       f"(fd {fd:.3g} now, {s.best_fd:.3g} at epoch {s.best_epoch}): the run may be collapsing; "
-                       f"the best checkpoint is {best_path}")
+            warning = (
+                f"warning: sample quality has been far below its best for {s.epochs_far_below} epochs "
+                f"(fd {fd:.3g} now, {s.best_fd:.3g} at epoch {s.best_epoch}): the run may be collapsing; "
+                f"the best checkpoint is {best_path}"
+            )
         return Verdict(values, improved, warning)

@@ -18,14 +18,16 @@ os.environ.setdefault("OTEL_SDK_DISABLED", "true")  # no-op tracing spans: the s
 
 import bentoml
 import numpy as np
-from starlette.responses import Response
-
 from genlab.export.reader import open_export, sample_latents
+from starlette.responses import Response
 
 
 # no access log and no Prometheus metrics: the least per-request work BentoML does
-@bentoml.service(workers=int(os.environ.get("BASELINE_WORKERS", "1")),
-                 logging={"access": {"enabled": False}}, metrics={"enabled": False})
+@bentoml.service(
+    workers=int(os.environ.get("BASELINE_WORKERS", "1")),
+    logging={"access": {"enabled": False}},
+    metrics={"enabled": False},
+)
 class Minimal:
     def __init__(self) -> None:
         self.model = open_export(os.environ["BASELINE_EXPORT"], providers="cpu", threads=1, spinning=False)

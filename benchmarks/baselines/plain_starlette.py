@@ -12,25 +12,29 @@ import io
 import os
 
 import numpy as np
+from genlab.export.reader import open_export, sample_latents
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from genlab.export.reader import open_export, sample_latents
-
 
 async def generate(request: Request) -> Response:
     body, model = await request.json(), request.app.state.model
     buffer = io.BytesIO()
-    np.save(buffer, model.decode(sample_latents(int(body.get("n", 1)), model.latent_dim, int(body.get("seed", 0)))),
-            allow_pickle=False)
+    np.save(
+        buffer,
+        model.decode(sample_latents(int(body.get("n", 1)), model.latent_dim, int(body.get("seed", 0)))),
+        allow_pickle=False,
+    )
     return Response(buffer.getvalue(), media_type="application/octet-stream")
 
 
 async def anomaly_score(request: Request) -> JSONResponse:
     body = await request.json()
-    return JSONResponse({"score": request.app.state.model.scores(np.asarray(body["array"], np.uint8))["score"].tolist()})
+    return JSONResponse(
+        {"score": request.app.state.model.scores(np.asarray(body["array"], np.uint8))["score"].tolist()}
+    )
 
 
 async def readyz(request: Request) -> Response:
@@ -43,8 +47,11 @@ async def lifespan(app: Starlette):
     yield
 
 
-app = Starlette(lifespan=lifespan, routes=[
-    Route("/generate", generate, methods=["POST"]),
-    Route("/anomaly-score", anomaly_score, methods=["POST"]),
-    Route("/readyz", readyz),
-])
+app = Starlette(
+    lifespan=lifespan,
+    routes=[
+        Route("/generate", generate, methods=["POST"]),
+        Route("/anomaly-score", anomaly_score, methods=["POST"]),
+        Route("/readyz", readyz),
+    ],
+)

@@ -47,7 +47,9 @@ def model_class(family: str) -> type[GenerativeModel]:
 def build_model(cfg: ModelConfig) -> GenerativeModel:
     cls = model_class(cfg.family)
     if cfg.conditional and cfg.num_classes < 2:
-        raise GenlabError(f"a conditional {cfg.family} needs its number of classes (num_classes), got {cfg.num_classes}")
+        raise GenlabError(
+            f"a conditional {cfg.family} needs its number of classes (num_classes), got {cfg.num_classes}"
+        )
     try:
         return cls(cfg)
     except ValueError as err:  # e.g. an image size the conv networks cannot halve

@@ -59,7 +59,9 @@ class GenerativeModel(nn.Module):
     def configure_optimizers(self, lr: float, betas: tuple[float, float]) -> dict[str, torch.optim.Optimizer]:
         raise NotImplementedError
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]
+    ) -> dict[str, torch.Tensor]:
         """One update on a batch in [-1, 1] with its labels (used by conditional models); returns detached scalar
         losses by name."""
         raise NotImplementedError
@@ -151,10 +153,14 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 KL_MEANING = "KL divergence of q(z|x) from the N(0, I) prior, in nats"  # the `kl` score component
-LATENT_DISTANCE_MEANING = ("squared Mahalanobis distance of the posterior mean from the normal training images' "
-                           "posterior means, per latent dimension")
-FEATURES_DISTANCE_MEANING = ("squared distance of the discriminator's features from their mean on the normal training "
-                             "images, in per-feature standard deviations, averaged over features")
+LATENT_DISTANCE_MEANING = (
+    "squared Mahalanobis distance of the posterior mean from the normal training images' "
+    "posterior means, per latent dimension"
+)
+FEATURES_DISTANCE_MEANING = (
+    "squared distance of the discriminator's features from their mean on the normal training "
+    "images, in per-feature standard deviations, averaged over features"
+)
 DISCRIMINATOR_MEANING = "-log D(x): the discriminator's negative log-probability that the image is real"
 
 
@@ -191,7 +197,8 @@ def recon_error(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
 RELATIVE_RECON_ERROR_MEANING = (
     "recon_error divided by the image's mean squared pixel value in [0, 1] units (at least 1e-3): the error per unit "
     "of ink. Pixel errors grow with the amount of ink, which makes simple images look normal (Serra et al. 2020, "
-    "input complexity); dividing by the image's energy removes that bias")
+    "input complexity); dividing by the image's energy removes that bias"
+)
 MIN_ENERGY = 1e-3
 
 
@@ -205,7 +212,8 @@ STROKE_ERROR_MEANING = (
     "mean squared difference between the uint8 image and its uint8 reconstruction (pixels scaled to [0, 1]) over only "
     "the pixels where either of them is brighter than 0.2: the error per pixel of stroke. Averaged over the whole image, "
     "errors are diluted by the background, more so for thin digits; over the union of both strokes, a reconstruction that "
-    "draws the normal class instead of what the image shows counts its missing and its added strokes alike")
+    "draws the normal class instead of what the image shows counts its missing and its added strokes alike"
+)
 STROKE_LEVEL = 0.2  # in [0, 1] pixel units; 0.1-0.3 measured alike (benchmarks/one_class.py, validation split)
 
 
@@ -217,15 +225,21 @@ def stroke_error(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
     return ((a - b).pow(2) * stroke).flatten(1).sum(dim=1) / stroke.flatten(1).sum(dim=1).clamp_min(1.0)
 
 
-PIXEL_ERROR_MEANINGS = {RECON_ERROR: RECON_ERROR_MEANING, "relative_recon_error": RELATIVE_RECON_ERROR_MEANING,
-                        "stroke_error": STROKE_ERROR_MEANING}
+PIXEL_ERROR_MEANINGS = {
+    RECON_ERROR: RECON_ERROR_MEANING,
+    "relative_recon_error": RELATIVE_RECON_ERROR_MEANING,
+    "stroke_error": STROKE_ERROR_MEANING,
+}
 
 
 def pixel_errors(x: torch.Tensor, x_rec: torch.Tensor) -> dict[str, torch.Tensor]:
     """The score components that compare an image with its reconstruction pixel by pixel (:data:`PIXEL_ERROR_MEANINGS`),
     the same in every family; ``x`` and ``x_rec`` in [-1, 1]."""
-    return {RECON_ERROR: recon_error(x, x_rec), "relative_recon_error": relative_recon_error(x, x_rec),
-            "stroke_error": stroke_error(x, x_rec)}
+    return {
+        RECON_ERROR: recon_error(x, x_rec),
+        "relative_recon_error": relative_recon_error(x, x_rec),
+        "stroke_error": stroke_error(x, x_rec),
+    }
 
 
 def class_loss(model: GenerativeModel, features: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:

@@ -66,8 +66,13 @@ def _image_to_features(cfg: ModelConfig, activation: nn.Module, norm_first: bool
             in_ch = ch
         layers.append(nn.Flatten())
         return nn.Sequential(*layers), in_ch * side * side
-    layers = [nn.Flatten(), nn.Linear(cfg.channels * cfg.image_size**2, cfg.hidden), nn.LeakyReLU(0.2),
-              nn.Linear(cfg.hidden, cfg.hidden), nn.LeakyReLU(0.2)]
+    layers = [
+        nn.Flatten(),
+        nn.Linear(cfg.channels * cfg.image_size**2, cfg.hidden),
+        nn.LeakyReLU(0.2),
+        nn.Linear(cfg.hidden, cfg.hidden),
+        nn.LeakyReLU(0.2),
+    ]
     return nn.Sequential(*layers), cfg.hidden
 
 
@@ -122,8 +127,14 @@ class Decoder(nn.Module):
                 layers += [nn.ConvTranspose2d(in_ch, out_ch, 4, 2, 1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU()]
             layers += [nn.ConvTranspose2d(widths[-1], cfg.channels, 4, 2, 1)]
         else:
-            layers = [nn.Linear(inputs, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(),
-                      nn.Linear(cfg.hidden, shape[0] * shape[1] * shape[2]), nn.Unflatten(1, shape)]
+            layers = [
+                nn.Linear(inputs, cfg.hidden),
+                nn.ReLU(),
+                nn.Linear(cfg.hidden, cfg.hidden),
+                nn.ReLU(),
+                nn.Linear(cfg.hidden, shape[0] * shape[1] * shape[2]),
+                nn.Unflatten(1, shape),
+            ]
         self.body = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -66,7 +66,9 @@ class ScoreFit(nn.Module):
             precision = LedoitWolf().fit(v).precision_
             whiten = np.linalg.cholesky((precision + precision.T) / 2.0)  # P = L L^T, so |x L|^2 = x P x^T
         else:
-            std = v.std(axis=0)  # features that hardly vary on normal images must not dominate: floor at 1% of the typical spread
+            std = v.std(
+                axis=0
+            )  # features that hardly vary on normal images must not dominate: floor at 1% of the typical spread
             whiten = 1.0 / np.maximum(std, max(MIN_STD, 1e-2 * float(std.mean())))
         getattr(self, f"{space}_mean").copy_(torch.from_numpy(mean))
         getattr(self, f"{space}_whiten").copy_(torch.from_numpy(whiten))
@@ -81,8 +83,10 @@ class ScoreFit(nn.Module):
 
     def state(self) -> dict[str, Any]:
         """The buffers, and the primary components they standardise (so a fit for other scores is refused)."""
-        return {"primary_components": list(self.primary),
-                **{name: buf.detach().cpu().clone() for name, buf in self.named_buffers()}}
+        return {
+            "primary_components": list(self.primary),
+            **{name: buf.detach().cpu().clone() for name, buf in self.named_buffers()},
+        }
 
     def load(self, state: dict[str, Any]) -> None:
         state = dict(state)

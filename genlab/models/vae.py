@@ -17,8 +17,8 @@ from genlab.models.base import (
     PIXEL_ERROR_MEANINGS,
     GenerativeModel,
     kl_to_standard_normal,
-    pixel_nll,
     pixel_errors,
+    pixel_nll,
     reparameterize,
 )
 from genlab.models.nets import Decoder, Encoder, init_weights
