@@ -33,7 +33,7 @@ from genlab.export.reader import FORMAT, FORMAT_VERSION, MANIFEST, SCORED_LABEL,
 from torch import nn
 
 from genlab import __version__
-from genlab.checkpoint import load_checkpoint, model_from_checkpoint
+from genlab.checkpoint import class_info, load_checkpoint, model_from_checkpoint
 from genlab.errors import GenlabError
 from genlab.files import file_sha256, publish_directory
 from genlab.latents import balanced_labels
@@ -177,7 +177,8 @@ def _compare(name: str, torch_out: torch.Tensor, ort_out: np.ndarray, standardis
     expected = torch_out.cpu().numpy()
     if ort_out.shape != expected.shape or ort_out.dtype != expected.dtype:
         raise ExportFailed(
-            f"{name}: ONNX output is {ort_out.dtype}{list(ort_out.shape)}, torch gives {expected.dtype}{list(expected.shape)}"
+            f"{name}: ONNX output is {ort_out.dtype}{list(ort_out.shape)}, "
+            f"torch gives {expected.dtype}{list(expected.shape)}"
         )
     diff = np.abs(ort_out.astype(np.float64) - expected.astype(np.float64))
     if expected.dtype == np.uint8:
@@ -298,17 +299,6 @@ def build_manifest(
             "genlab_version": ckpt.get("genlab_version"),
         },
     }
-
-
-def class_info(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """What a client needs to ask a conditional model for a class: whether it is conditional and the class names
-    (label k is names[k]); an unconditional model lists the classes of its training data for people."""
-    mc, data = ckpt["model_config"], ckpt["data"]
-    conditional = bool(mc.get("conditional")) and int(mc.get("num_classes", 0)) > 0
-    names = list(data.get("class_names") or [])
-    if conditional and len(names) != int(mc["num_classes"]):
-        names = [str(k) for k in range(int(mc["num_classes"]))]
-    return {"conditional": conditional, "names": names, "condition_on": data.get("condition_on")}
 
 
 def _is_export(directory: Path) -> bool:

@@ -1,7 +1,9 @@
 """The checkpoint format: the one module that knows its layout.
 
 A checkpoint is a plain dict of Python scalars, strings, lists, dicts and tensors, written with
-``torch.save`` (temp file + rename) and read with ``torch.load(weights_only=True)``::
+``torch.save`` (temp file + rename) and read with ``torch.load(weights_only=True)``. Training fills a
+:class:`RunState` and saves :meth:`RunState.to_checkpoint`; a resume reads one back with
+:meth:`RunState.from_checkpoint`::
 
     format          "genlab-checkpoint"
     format_version  1
@@ -18,9 +20,11 @@ A checkpoint is a plain dict of Python scalars, strings, lists, dicts and tensor
     ema             AveragedModel state dict of the decoder (``module.*``, ``n_averaged``) or None; the
                     weights samples, calibration and exports use
     optimizers      {name: optimizer state dict}
-    rng             {"torch": ByteTensor, "cuda": [ByteTensor, ...] per rank or device}
-    position        {"epoch": e, "batch": i}: where an interrupted epoch resumes
+    rng             {"ranks": [{"torch": ByteTensor, "cuda": ByteTensor (on a GPU)}, ...]}, one per rank
+    position        {"epoch", "batch", "sums", "count"}: where an interrupted epoch resumes, and the loss
+                    sums of its steps so far
     metrics         {"epochs": [per-epoch means], "train_seconds": float}
+    quality         the sample-quality watch's state (best epoch and FD, collapse count)
     score_fit       {buffer: tensor}: the anomaly-score statistics fitted on normal images after training
                     (genlab.models.scoring) or None before training ends
     prior           the latent prior fitted to the training codes (genlab.latents; per class for a conditional
@@ -35,16 +39,18 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from genlab import __version__
-from genlab.config import ModelConfig, TrainConfig, from_dict
+from genlab.config import ModelConfig, TrainConfig, from_dict, to_dict
 from genlab.errors import GenlabError
 from genlab.files import atomic_write
 from genlab.latents import describe as describe_prior
 from genlab.models import GenerativeModel, build_model
+from genlab.pixels import VALUE_RANGE
 from genlab.run_dir import checkpoint_file
 from genlab.thresholds import quantile
 
@@ -93,6 +99,190 @@ def train_config(ckpt: dict[str, Any]) -> TrainConfig:
     return from_dict(TrainConfig, ckpt["train_config"])
 
 
+def class_info(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What a client needs to ask a conditional model for a class: whether it is conditional and the class names
+    (label k is names[k]); an unconditional model lists the classes of its training data for people."""
+    mc, data = ckpt["model_config"], ckpt["data"]
+    conditional = bool(mc.get("conditional")) and int(mc.get("num_classes", 0)) > 0
+    names = list(data.get("class_names") or [])
+    if conditional and len(names) != int(mc["num_classes"]):
+        names = [str(k) for k in range(int(mc["num_classes"]))]
+    return {"conditional": conditional, "names": names, "condition_on": data.get("condition_on")}
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random state, as the checkpoint keeps it for each rank."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Continue the random streams of :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@dataclass
+class Fitted:
+    """What the end of training fits on normal images (:func:`genlab.calibration.fit_to_training_data`), and
+    the sample quality of the fitted prior's samples (None until measured, or without a prior or tracker)."""
+
+    score_fit: dict[str, torch.Tensor]
+    prior: dict[str, Any] | None
+    calibration: dict[str, Any]
+    prior_quality: dict[str, Any] | None = None
+
+    @classmethod
+    def from_fit(cls, fit: dict[str, Any]) -> Fitted:
+        """From :func:`genlab.calibration.fit_to_training_data`'s result."""
+        return cls(fit["score_fit"], fit["prior"], fit["calibration"])
+
+    @property
+    def calibrated_scores(self) -> set[str]:
+        return set(self.calibration["scores"])
+
+    def record_prior_quality(self, measured: dict[str, float]) -> None:
+        """Keep ``measured`` (:meth:`genlab.quality.QualityTracker.measure` of the prior's samples)."""
+        self.prior_quality = {"prior": describe_prior(self.prior), **measured}
+
+    @property
+    def prior_fd(self) -> float | None:
+        return (self.prior_quality or {}).get("fd")
+
+
+@dataclass
+class Progress:
+    """Where a run is: epochs, batches of the open epoch and steps done; the open epoch's loss sums over its
+    ``epoch_count`` steps; the closed epochs' records; the seconds spent in training steps."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    epoch_sums: dict[str, float] = field(default_factory=dict)
+    epoch_count: int = 0
+    epoch_history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+@dataclass
+class RunState:
+    """Everything a training checkpoint holds, as the trainer fills it to save and reads it to resume.
+
+    ``model``, ``optimizers`` and ``ema`` are state dicts, ``rng`` one :func:`rng_state` per rank, ``quality``
+    the sample-quality watch's state; ``class_names``, ``num_train`` and ``num_val`` describe the training data.
+    """
+
+    model_config: ModelConfig
+    train_config: TrainConfig
+    class_names: list[str]
+    num_train: int | None
+    num_val: int | None
+    progress: Progress
+    model: dict[str, torch.Tensor]
+    optimizers: dict[str, dict[str, Any]]
+    ema: dict[str, torch.Tensor] | None
+    rng: list[dict[str, torch.Tensor]]
+    world_size: int = 1
+    quality: dict[str, Any] = field(default_factory=dict)
+    fitted: Fitted | None = None
+    complete: bool = False
+
+    @property
+    def family(self) -> str:
+        return self.model_config.family
+
+    @property
+    def epoch(self) -> int:
+        return self.progress.epoch
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint payload (:func:`save_checkpoint` adds the format header)."""
+        mc, tc, at, fitted = self.model_config, self.train_config, self.progress, self.fitted
+        return {
+            "family": mc.family,
+            "model_config": to_dict(mc),
+            "train_config": to_dict(tc),
+            "data": self._data(),
+            "seed": tc.seed,
+            "epoch": at.epoch,
+            "step": at.step,
+            "complete": self.complete,
+            "world_size": self.world_size,
+            "model": _cpu(self.model),
+            "optimizers": self.optimizers,
+            "ema": None if self.ema is None else _cpu(self.ema),
+            "rng": {"ranks": [_cpu(r) for r in self.rng]},
+            "position": {"epoch": at.epoch, "batch": at.batch, "sums": dict(at.epoch_sums), "count": at.epoch_count},
+            "metrics": {"epochs": list(at.epoch_history), "train_seconds": at.train_seconds},
+            "quality": self.quality,
+            "score_fit": None if fitted is None else fitted.score_fit,
+            "prior": None if fitted is None else fitted.prior,
+            "calibration": None if fitted is None else fitted.calibration,
+            "prior_quality": None if fitted is None else fitted.prior_quality,
+        }
+
+    def _data(self) -> dict[str, Any]:
+        mc, tc = self.model_config, self.train_config
+        return {
+            "dataset": tc.dataset,
+            "split": "train",
+            "image_size": mc.image_size,
+            "channels": mc.channels,
+            "value_range": list(VALUE_RANGE),
+            "pixel_format": "uint8",
+            "normal_class": tc.normal_class,
+            "class_names": list(self.class_names),
+            "condition_on": tc.condition_on,
+            "translate": tc.translate,
+            "num_train": self.num_train,
+            "num_val": self.num_val,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> RunState:
+        """The run state of a training checkpoint (one :func:`load_checkpoint` returned)."""
+        position, metrics, data = ckpt["position"], ckpt["metrics"], ckpt["data"]
+        progress = Progress(
+            epoch=position["epoch"],
+            batch=position["batch"],
+            step=ckpt["step"],
+            epoch_sums=dict(position["sums"]),
+            epoch_count=position["count"],
+            epoch_history=list(metrics["epochs"]),
+            train_seconds=metrics["train_seconds"],
+        )
+        fitted = None
+        if ckpt.get("score_fit") is not None and ckpt.get("calibration") is not None:  # older ones lack score_fit
+            fitted = Fitted(ckpt["score_fit"], ckpt.get("prior"), ckpt["calibration"], ckpt.get("prior_quality"))
+        return cls(
+            model_config=model_config(ckpt),
+            train_config=train_config(ckpt),
+            class_names=list(data.get("class_names") or []),
+            num_train=data.get("num_train"),
+            num_val=data.get("num_val"),
+            progress=progress,
+            model=ckpt["model"],
+            optimizers=ckpt["optimizers"],
+            ema=ckpt.get("ema"),
+            rng=list(ckpt["rng"]["ranks"]),
+            world_size=ckpt.get("world_size", 1),
+            quality=ckpt.get("quality", {}),
+            fitted=fitted,
+            complete=bool(ckpt.get("complete", False)),
+        )
+
+
+def load_run_state(path: str | os.PathLike) -> RunState:
+    return RunState.from_checkpoint(load_checkpoint(path))
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in tensors.items()}
+
+
 def load_weights(model: GenerativeModel, weights: dict[str, torch.Tensor], family: str) -> None:
     """``model.load_state_dict(weights)``, with a readable GenlabError when they do not fit."""
     missing = sorted(set(model.state_dict()) - set(weights))
@@ -110,7 +300,8 @@ def load_weights(model: GenerativeModel, weights: dict[str, torch.Tensor], famil
 def model_from_checkpoint(
     ckpt: dict[str, Any] | str | os.PathLike, device: str | torch.device = "cpu"
 ) -> GenerativeModel:
-    """Rebuild the model from the checkpoint alone, weights loaded (the decoder's EMA where the run kept one), in eval mode."""
+    """Rebuild the model from the checkpoint alone, weights loaded (the decoder's EMA where the run kept one), in
+    eval mode."""
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
     model = build_model(model_config(ckpt))

@@ -79,6 +79,24 @@ def average_gradients_before_step(optimizer: torch.optim.Optimizer, world_size: 
     optimizer.register_step_pre_hook(hook)
 
 
+def share_training(model: nn.Module, optimizers: dict[str, torch.optim.Optimizer], env: DistEnv) -> None:
+    """Start every rank from rank 0's weights, and make each optimizer step on the gradients averaged over ranks."""
+    if not env.enabled:
+        return
+    broadcast_module(model)
+    for optimizer in optimizers.values():
+        average_gradients_before_step(optimizer, env.world_size)
+
+
+def check_same_weights(env: DistEnv, model: nn.Module) -> None:
+    """Data parallelism keeps the weights identical on every rank; anything else means gradient averaging broke."""
+    if not env.enabled:
+        return
+    sums = gather_objects(env, sum(float(p.detach().double().sum()) for p in model.parameters()))
+    if max(sums) - min(sums) > 1e-6 * max(1.0, abs(sums[0])):
+        raise RuntimeError(f"ranks' weights diverged (parameter sums {sums}); gradient averaging is broken")
+
+
 def gather_objects(env: DistEnv, obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order (a list of one without a process group)."""
     if not env.enabled:

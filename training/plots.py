@@ -27,7 +27,7 @@ def plot_loss_curves(records: list[dict[str, Any]], path: Path, title: str) -> N
     quality = [k for k in QUALITY_PANELS if any(k in r for r in epochs)]  # measured at the end of epochs
     panels = max(1, len(names) + len(quality))
     fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 2.8), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=False):
         xs = [r["step"] for r in steps if name in r]
         ys = [r[name] for r in steps if name in r]
         ax.plot(xs, ys, lw=0.6, alpha=0.35, color="C0")
@@ -40,7 +40,7 @@ def plot_loss_curves(records: list[dict[str, Any]], path: Path, title: str) -> N
             ax.plot(xs, smooth, lw=1.4, color="C0")
         ax.set_title(name)
         ax.set_xlabel("step")
-    for ax, name in zip(axes[0][len(names) :], quality):
+    for ax, name in zip(axes[0][len(names) :], quality, strict=False):
         ax.plot(
             [r["step"] for r in epochs if name in r], [r[name] for r in epochs if name in r], "o-", ms=3, color="C1"
         )

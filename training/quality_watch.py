@@ -11,14 +11,20 @@ in the checkpoint, so a resumed run tracks exactly as an uninterrupted one.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
-from genlab.quality import QualityTracker
+from genlab.config import ModelConfig, TrainConfig
+from genlab.data import ImageData
+from genlab.latents import balanced_labels
+from genlab.models import GenerativeModel
+from genlab.quality import QualityTracker, classifier_for
 
 COLLAPSE_FACTOR = 2.0
 COLLAPSE_EPOCHS = 3
@@ -75,3 +81,24 @@ class QualityWatch:
                 f"the best checkpoint is {best_path}"
             )
         return Verdict(values, improved, warning)
+
+
+def quality_tracker(
+    model: GenerativeModel, mc: ModelConfig, tc: TrainConfig, val_data: ImageData
+) -> QualityTracker | None:
+    """Fixed, seeded prior latents measured against the validation split (one-class runs: its class); a
+    conditional model's for balanced, seeded labels. None, with a note, where the data has no class labels."""
+    classifier = classifier_for(
+        tc.dataset, tc.data_dir, mc.image_size, mc.channels, seed=0, condition_on=tc.condition_on
+    )
+    if classifier is None:
+        tqdm.write(
+            f"sample quality: not tracked ({tc.dataset} has no class labels for the reference classifier)",
+            file=sys.stderr,
+        )
+        return None
+    latents = model.sample_latents(tc.quality_samples, torch.Generator().manual_seed(tc.seed + 1))
+    labels = None
+    if mc.conditional:
+        labels = torch.from_numpy(balanced_labels(tc.quality_samples, mc.num_classes, tc.seed + 1))
+    return QualityTracker(classifier, val_data.images, latents.cpu(), labels)

@@ -1,0 +1,48 @@
+"""What ``train`` and ``resume`` return: a JSON-friendly summary of the run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from genlab.training.quality_watch import WatchState
+
+from genlab.checkpoint import Fitted, Progress
+from genlab.config import ModelConfig, TrainConfig
+from genlab.run_dir import BEST_CHECKPOINT, LAST_CHECKPOINT
+
+
+def run_summary(
+    mc: ModelConfig,
+    tc: TrainConfig,
+    run_dir: Path,
+    world_size: int,
+    at: Progress,
+    stopped: str | None,
+    fitted: Fitted | None,
+    best: WatchState,
+) -> dict[str, Any]:
+    """``stopped``: None (finished), "max_steps", "interrupted" or "already complete"."""
+    seconds = at.train_seconds
+    images_per_s = at.step * tc.batch_size * world_size / seconds if seconds else math.nan
+    return {
+        "family": mc.family,
+        "dataset": tc.dataset,
+        "run_dir": str(run_dir),
+        "checkpoint": str(run_dir / LAST_CHECKPOINT),
+        "epoch": at.epoch,
+        "epochs": tc.epochs,
+        "step": at.step,
+        "stopped": stopped,
+        "train_seconds": round(seconds, 2),
+        "images_per_s": round(images_per_s, 1) if not math.isnan(images_per_s) else None,
+        "last_epoch": at.epoch_history[-1] if at.epoch_history else None,
+        "prior_quality": None if fitted is None else fitted.prior_quality,
+        "samples": str(run_dir / "samples.png"),
+        "max_steps": tc.max_steps,
+        "best": None
+        if best.best_epoch is None
+        else {"checkpoint": str(run_dir / BEST_CHECKPOINT), "epoch": best.best_epoch, "quality_fd": best.best_fd},
+        "world_size": world_size,
+    }
