@@ -139,7 +139,7 @@ def evaluate_anomaly(
     trained on alone (one-class runs). Returns every setting, the counts and, per score
     component, AUROC, AUPRC and the TPR / FPR at the calibrated ``percentile`` threshold.
     """
-    from genlab.eval.batches import ensure_source, normal_class_of
+    from genlab.eval.model_source import ensure_source, normal_class_of
 
     source = ensure_source(model)
     settings = AnomalySettings(
@@ -177,7 +177,8 @@ def result_name(result: dict[str, Any]) -> str:
 def summary_line(result: dict[str, Any]) -> str:
     """One line per component for the terminal."""
     lines = [
-        f"anomaly {result['protocol']} ({result['counts']['normal']} normal, {result['counts']['anomalous']} anomalous):"
+        f"anomaly {result['protocol']} ({result['counts']['normal']} normal, "
+        f"{result['counts']['anomalous']} anomalous):"
     ]
     p = result["settings"]["percentile"]
     for name, row in result["components"].items():

@@ -1,31 +1,13 @@
-"""Shared plumbing of the evaluations: open a model once, feed it inputs in batches (the one batching loop)."""
+"""The one batching loop of the evaluations: feed a model its inputs in slices."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from genlab.errors import GenlabError
 
 T = TypeVar("T")
-
-
-def ensure_source(model: Any, device: str = "auto") -> Any:
-    """A checkpoint / run dir / export dir path -> ModelSource; a ModelSource passes through."""
-    if isinstance(model, (str, os.PathLike)):
-        from genlab.eval.model_source import open_model
-
-        return open_model(model, device=device)
-    return model
-
-
-def normal_class_of(source: Any) -> int | None:
-    """The class a model was trained on alone (one-class setting), or None."""
-    value = getattr(source, "normal_class", None)
-    if value is None:
-        value = (getattr(source, "info", None) or {}).get("normal_class")
-    return None if value is None else int(value)
 
 
 def in_batches(fn: Callable[[Any], T], inputs: Any, batch_size: int, desc: str | None = None) -> list[T]:

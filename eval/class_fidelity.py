@@ -129,7 +129,7 @@ def measure(
     """Class fidelity of ``n`` samples for balanced, seeded labels of a conditional model (checkpoint, run dir, export
     dir, BentoML tag or ModelSource). Keys: class_fidelity, class_fidelity_per_class, classifier_test_accuracy,
     classifier_test_accuracy_per_class, n, n_per_class, seed, classifier, ... (see the module docstring)."""
-    from genlab.eval.batches import ensure_source
+    from genlab.eval.model_source import ensure_source
 
     if int(n) < 1:
         raise GenlabError(f"class fidelity needs at least one sample, got n={n}")

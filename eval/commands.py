@@ -146,13 +146,22 @@ def _cmd_serve_jobs(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    """Add ``eval`` (anomaly, translation, fid, class-fidelity, serve-jobs), ``report`` and ``sweep`` to genlab's subcommands."""
+    """Add ``eval`` (anomaly, translation, fid, class-fidelity, serve-jobs), ``report`` and ``sweep``."""
     p = sub.add_parser(
         "eval",
         help="evaluate a model: FID/KID, class fidelity, anomaly AUROC, translation robustness; the jobs service",
     )
     eval_sub = p.add_subparsers(dest="eval_command", required=True, parser_class=Parser)
+    _add_anomaly(eval_sub)
+    _add_translation(eval_sub)
+    add_fid_parser(eval_sub)
+    _add_class_fidelity(eval_sub)
+    _add_serve_jobs(eval_sub)
+    _add_report(sub)
+    _add_sweep(sub)
 
+
+def _add_anomaly(eval_sub: Any) -> None:
     a = eval_sub.add_parser(
         "anomaly",
         help="AUROC / AUPRC and TPR / FPR at the calibrated threshold, per score",
@@ -177,6 +186,8 @@ def register(sub: Any) -> None:
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=_cmd_anomaly)
 
+
+def _add_translation(eval_sub: Any) -> None:
     t = eval_sub.add_parser(
         "translation", help="reconstruction error of held-out images shifted by 0..10%% (VAE, VAE-GAN)"
     )
@@ -194,8 +205,8 @@ def register(sub: Any) -> None:
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=_cmd_translation)
 
-    add_fid_parser(eval_sub)
 
+def _add_class_fidelity(eval_sub: Any) -> None:
     c = eval_sub.add_parser(
         "class-fidelity",
         help="conditional models: share of samples classified as the class asked for",
@@ -217,12 +228,16 @@ def register(sub: Any) -> None:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_cmd_class_fidelity)
 
+
+def _add_serve_jobs(eval_sub: Any) -> None:
     s = eval_sub.add_parser("serve-jobs", help="serve the evaluation-jobs HTTP service (BentoML tasks)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     s.add_argument("--port", type=int, default=3001)
     s.add_argument("--models", help="models root the service may evaluate (default: $GENLAB_EVAL_MODELS or ./runs)")
     s.set_defaults(func=_cmd_serve_jobs)
 
+
+def _add_report(sub: Any) -> None:
     r = sub.add_parser(
         "report",
         help="write report.md and report.html comparing runs",
@@ -239,6 +254,8 @@ def register(sub: Any) -> None:
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=_cmd_report)
 
+
+def _add_sweep(sub: Any) -> None:
     w = sub.add_parser(
         "sweep",
         help="learning-rate sweep over model families, then the report",

@@ -1,12 +1,13 @@
 """Feature extractors for FID-style metrics, resolved to what torch-fidelity needs.
 
 - ``inception``: torch-fidelity's ``inception-v3-compat`` (the TF FID-Inception, pool3 2048-d)
-  with weights from :mod:`eval.inception`. Its numbers are FID / KID.
+  with weights from :mod:`genlab.eval.inception`. Its numbers are FID / KID.
 - ``lenet``: the small conv classifier genlab trains on the reference dataset itself
-  (:mod:`genlab.classifier`: a few epochs, cached by dataset, size, channels and seed), registered with torch-fidelity as
-  ``genlab-lenet-<dataset>``. It is fast on a CPU and good for quick comparisons, but its
-  numbers are Fréchet / kernel distances in *its* feature space: they are labelled
-  "FD (genlab-lenet features)" and stored under ``lenet_*`` keys, never as FID.
+  (:mod:`genlab.classifier`: a few epochs, cached by dataset, size, channels and seed),
+  registered with torch-fidelity as ``genlab-lenet-<dataset>``. It is fast on a CPU and good
+  for quick comparisons, but its numbers are Fréchet / kernel distances in *its* feature
+  space: they are labelled "FD (genlab-lenet features)" and stored under ``lenet_*`` keys,
+  never as FID.
 """
 
 from __future__ import annotations

@@ -232,7 +232,7 @@ def compute_fid(
 
 
 def class_reference(reference_data: Any, k: int, n_generated: int) -> np.ndarray:
-    """The reference images of class k: all of them, or a fixed seeded subset as many as the class's generated images."""
+    """The reference images of class k: all of them, or a fixed seeded subset the size of its generated images."""
     of_class = reference_data.images.numpy()[reference_data.labels.numpy() == k]
     return of_class[reference_subset(len(of_class), n_generated)]
 
@@ -273,17 +273,26 @@ def per_class_metrics(
     return out
 
 
-def fid_from_settings(s: FidSettings) -> dict[str, Any]:
-    from genlab.eval.class_fidelity import images_to_class_fidelity, require_conditional
-    from genlab.eval.extractors import resolve_extractor
-    from genlab.eval.model_source import open_model
+@dataclass(frozen=True)
+class _Reference:
+    """The real images a model's output is compared with: ``images`` are the subset ``index`` of ``data``."""
 
-    from genlab import __version__
-    from genlab.cache import cache_dir
-    from genlab.data import load_split
+    dataset: str
+    split: str
+    condition_on: str | None  # the labels the model was trained on, where the reference is its dataset
+    data: Any
+    index: np.ndarray
+    same_classes: bool  # the reference's classes are the model's (a conditional model on its own dataset)
 
-    source = open_model(s.model, s.device)
+    @property
+    def images(self) -> np.ndarray:
+        return self.data.images.numpy()[self.index]
+
+
+def _check_request(source: Any, s: FidSettings) -> None:
     if s.per_class:
+        from genlab.eval.class_fidelity import require_conditional
+
         require_conditional(source, "--per-class")
         if s.of == "samples" and s.n < 2 * source.num_classes:
             raise GenlabError(
@@ -292,68 +301,102 @@ def fid_from_settings(s: FidSettings) -> dict[str, Any]:
             )
     if s.of == "reconstructions" and not source.has_encoder:
         raise GenlabError(f"--of reconstructions needs an encoder; a {source.family} model has none (use --of samples)")
+
+
+def _reference(source: Any, s: FidSettings) -> _Reference:
+    from genlab.data import load_split
+
     dataset, split = parse_reference(s.ref, source.dataset, s.split)
-    channels, height, width = source.image_shape
-    condition_on = source.condition_on if dataset == source.dataset else None  # the labels the model was trained on
-    reference_data = load_split(
-        dataset, split, s.data_dir, image_size=height, channels=channels, condition_on=condition_on
-    )
-    same_classes = source.conditional and list(reference_data.class_names) == source.class_names
+    channels, height, _ = source.image_shape
+    condition_on = source.condition_on if dataset == source.dataset else None
+    data = load_split(dataset, split, s.data_dir, image_size=height, channels=channels, condition_on=condition_on)
+    same_classes = source.conditional and list(data.class_names) == source.class_names
     if s.per_class and not same_classes:
         raise GenlabError(
             f"--per-class compares each class with the same class of the reference, and {dataset}:{split} has "
-            f"other classes ({', '.join(reference_data.class_names)}) than the model ({', '.join(source.class_names)})"
+            f"other classes ({', '.join(data.class_names)}) than the model ({', '.join(source.class_names)})"
         )
-    index = reference_subset(len(reference_data), s.n)
-    reference = reference_data.images.numpy()[index]
+    return _Reference(dataset, split, condition_on, data, reference_subset(len(data), s.n), same_classes)
+
+
+def fid_from_settings(s: FidSettings) -> dict[str, Any]:
+    from genlab.eval.class_fidelity import images_to_class_fidelity
+    from genlab.eval.extractors import resolve_extractor
+    from genlab.eval.model_source import open_model
+
+    from genlab.cache import cache_dir
+
+    source = open_model(s.model, s.device)
+    _check_request(source, s)
+    ref = _reference(source, s)
+    reference = ref.images
     fx = resolve_extractor(
-        s.extractor, dataset, source.image_shape, s.data_dir, s.inception_weights, condition_on=condition_on
+        s.extractor, ref.dataset, source.image_shape, s.data_dir, s.inception_weights, condition_on=ref.condition_on
     )
-    cache = reference_cache_name(dataset, split, source.image_shape, fx.name, fx.weights_identity, len(reference))
+    cache = reference_cache_name(
+        ref.dataset, ref.split, source.image_shape, fx.name, fx.weights_identity, len(reference)
+    )
     cached = any(p.name.startswith(f"{cache}-") for p in cache_dir("fid-reference").iterdir())
     cuda = resolve_device(s.device).type == "cuda"  # feature extraction on the model's device
 
-    started = time.perf_counter()
+    times = [time.perf_counter()]
     if s.of == "samples":
         images, labels = source.sample_labelled(s.n, s.seed, batch_size=s.batch_size)
     else:  # through each image's own label where the reference has the model's classes (else its best class)
-        labels = reference_data.labels.numpy()[index] if same_classes else None
+        labels = ref.data.labels.numpy()[ref.index] if ref.same_classes else None
         images = source.reconstruct(reference, labels=labels, batch_size=s.batch_size)
-    generated = time.perf_counter()
+    times.append(time.perf_counter())
     values = images_to_metrics(images, reference, fx, s.metrics, s.batch_size, cuda, s.seed, cache, s.progress)
-    pooled = time.perf_counter()
+    times.append(time.perf_counter())
     per_class = None
     if s.per_class:
 
         def class_cache(name: str, n_reference: int) -> str:
             return reference_cache_name(
-                dataset,
-                split,
+                ref.dataset,
+                ref.split,
                 source.image_shape,
                 fx.name,
                 fx.weights_identity,
                 n_reference,
                 class_name=name,
-                condition_on=condition_on,
+                condition_on=ref.condition_on,
             )
 
-        per_class = per_class_metrics(images, labels, reference_data, source.class_names, fx, s, cuda, class_cache)
+        per_class = per_class_metrics(images, labels, ref.data, source.class_names, fx, s, cuda, class_cache)
     fidelity = {}
     if source.conditional and s.of == "samples":
         fidelity = images_to_class_fidelity(images, labels, source, s.data_dir)
-    finished = time.perf_counter()
+    times.append(time.perf_counter())
+    run = {
+        "values": values,
+        "per_class": per_class,
+        **fidelity,
+        "reference_cache": cache,
+        "reference_cached": cached,
+        "device": "cuda" if cuda else "cpu",
+    }
+    return _record(source, s, ref, fx, len(images), run, times)
 
+
+def _record(
+    source: Any, s: FidSettings, ref: _Reference, fx: Any, n_images: int, run: dict[str, Any], times: list[float]
+) -> dict[str, Any]:
+    """The saved result: the figures and everything they depend on."""
     import torch_fidelity
 
-    n_images = len(images)
+    from genlab import __version__
+
+    started, generated, pooled, finished = times
+    n_reference = len(ref.index)
+    reference = f"{ref.dataset}:{ref.split}"
     balanced = source.num_classes if s.of == "samples" else 0
+    kid = "kid" in s.metrics
     return {
         "evaluation": "fid",
-        "values": values,
+        "values": run["values"],
         "label": fx.label,
-        "settings": settings_line(
-            fx, n_images, s.seed, f"{dataset}:{split}", len(reference), s.of, source.image_shape, balanced
-        ),
+        "settings": settings_line(fx, n_images, s.seed, reference, n_reference, s.of, source.image_shape, balanced),
         "model": source.path,
         "kind": source.kind,
         "family": source.family,
@@ -361,16 +404,15 @@ def fid_from_settings(s: FidSettings) -> dict[str, Any]:
         "of": s.of,
         "n": n_images,
         "seed": s.seed,
-        "reference": f"{dataset}:{split}",
-        "reference_dataset": dataset,
-        "reference_split": split,
-        "reference_condition_on": condition_on,
+        "reference": reference,
+        "reference_dataset": ref.dataset,
+        "reference_split": ref.split,
+        "reference_condition_on": ref.condition_on,
         "conditional": source.conditional,
         "class_names": list(source.class_names) if source.conditional else None,
-        "per_class": per_class,
-        **fidelity,
-        "n_reference": len(reference),
-        "reference_subset_seed": REFERENCE_SUBSET_SEED if len(reference) < len(reference_data) else None,
+        **{k: v for k, v in run.items() if k not in ("values", "reference_cache", "reference_cached", "device")},
+        "n_reference": n_reference,
+        "reference_subset_seed": REFERENCE_SUBSET_SEED if n_reference < len(ref.data) else None,
         "image_shape": list(source.image_shape),
         "metrics": list(s.metrics),
         "extractor": fx.choice,
@@ -379,12 +421,12 @@ def fid_from_settings(s: FidSettings) -> dict[str, Any]:
         "weights_source": fx.weights_source,
         "weights_identity": fx.weights_identity,
         "weights_path": fx.weights_path,
-        "kid_subsets": KID_SUBSETS if "kid" in s.metrics else None,
-        "kid_subset_size": kid_subset_size(n_images, len(reference)) if "kid" in s.metrics else None,
+        "kid_subsets": KID_SUBSETS if kid else None,
+        "kid_subset_size": kid_subset_size(n_images, n_reference) if kid else None,
         "batch_size": s.batch_size,
-        "device": "cuda" if cuda else "cpu",
-        "reference_cache": cache,
-        "reference_cached": cached,
+        "device": run["device"],
+        "reference_cache": run["reference_cache"],
+        "reference_cached": run["reference_cached"],
         "generate_seconds": round(generated - started, 3),
         "seconds": round(finished - started, 3),
         "images_per_s": round(n_images / max(pooled - started, 1e-9), 2),  # generated and measured, pooled
@@ -433,7 +475,7 @@ def per_class_text(per_class: dict[str, dict[str, Any]]) -> str:
 
 
 def summary_line(result: dict[str, Any]) -> str:
-    """One line: the numbers (per class and class fidelity, for a conditional model) and the settings they were computed under."""
+    """One line: the numbers (per class and class fidelity, for a conditional model) and their settings."""
     from genlab.eval.class_fidelity import fidelity_text
 
     parts = [values_text(result["values"])]

@@ -3,12 +3,12 @@
 Separate from the serving service (this one needs torch). Another system submits a job, gets a
 task id, polls its status and fetches the JSON result::
 
-    POST /anomaly/submit  {"model": "vae-3", "normal_class": 3}      -> {"task_id": ..., "status": ...}
-    GET  /anomaly/status?task_id=...                                   -> {"status": "in_progress" | "completed" | "failed"}
-    GET  /anomaly/get?task_id=...                                      -> the result (as ``genlab eval anomaly --json``)
+    POST /anomaly/submit  {"model": "vae-3", "normal_class": 3}  -> {"task_id": ..., "status": ...}
+    GET  /anomaly/status?task_id=...  -> {"status": "in_progress" | "completed" | "failed"}
+    GET  /anomaly/get?task_id=...     -> the result (as ``genlab eval anomaly --json``)
     POST /fid/submit      {"model": "vae-3", "reference": "mnist-5k", "n": 500, "extractor": "lenet"}
                           (a conditional model: "per_class": true adds each class's numbers)
-    GET  /models                                                       -> what can be evaluated
+    GET  /models                      -> what can be evaluated
 
 Nothing in a request is trusted as a path: the service is started with a fixed models root
 (``$GENLAB_EVAL_MODELS``, default ``./runs``) and a request names a model by a simple name that

@@ -69,7 +69,7 @@ class ModelSource:
         return len(self.class_names) if self.conditional else 0
 
     def sample_labels(self, n: int, seed: int, labels: Any = None) -> np.ndarray | None:
-        """The labels n samples are drawn for: ``labels`` checked, else balanced seeded ones; None when unconditional."""
+        """The labels n samples are drawn for: ``labels`` checked, else balanced seeded ones; None if unconditional."""
         from genlab.latents import balanced_labels
 
         if labels is None and self.conditional:
@@ -84,7 +84,7 @@ class ModelSource:
         return sample_latents(n, self.latent_dim, seed, prior=self.prior, labels=self.sample_labels(n, seed, labels))
 
     def decode(self, z: np.ndarray, labels: Any = None) -> np.ndarray:
-        """float32 latents [n, L] (and a conditional model's int64 labels [n]) -> uint8 images [n, C, H, W] (one batch)."""
+        """float32 latents [n, L] (and a conditional model's int64 labels [n]) -> uint8 images [n, C, H, W]."""
         z = np.ascontiguousarray(z, dtype=np.float32)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise GenlabError(f"latents must have shape [n, {self.latent_dim}], got {list(z.shape)}")
@@ -189,7 +189,8 @@ class ModelSource:
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != tuple(self.image_shape):
             raise GenlabError(
-                f"images must be uint8 [N, {', '.join(map(str, self.image_shape))}], got {images.dtype} {list(images.shape)}"
+                f"images must be uint8 [N, {', '.join(map(str, self.image_shape))}], "
+                f"got {images.dtype} {list(images.shape)}"
             )
         return np.ascontiguousarray(images)
 
@@ -235,9 +236,7 @@ class CheckpointSource(ModelSource):
     kind = "checkpoint"
 
     def __init__(self, path: str | os.PathLike, device: str = "auto"):
-        from genlab.export.onnx_export import class_info
-
-        from genlab.checkpoint import load_checkpoint, model_from_checkpoint
+        from genlab.checkpoint import class_info, load_checkpoint, model_from_checkpoint
 
         file = checkpoint_file(path)
         ckpt = load_checkpoint(file)
@@ -349,3 +348,18 @@ def open_model(path: str, device: str = "auto") -> ModelSource:
         except GenlabError:
             pass
     raise GenlabError(f"{path}: no checkpoint, run directory, export directory or BentoML model of that name")
+
+
+def ensure_source(model: Any, device: str = "auto") -> Any:
+    """A checkpoint / run dir / export dir path -> ModelSource; a ModelSource passes through."""
+    if isinstance(model, (str, os.PathLike)):
+        return open_model(model, device=device)
+    return model
+
+
+def normal_class_of(source: Any) -> int | None:
+    """The class a model was trained on alone (one-class setting), or None."""
+    value = getattr(source, "normal_class", None)
+    if value is None:
+        value = (getattr(source, "info", None) or {}).get("normal_class")
+    return None if value is None else int(value)

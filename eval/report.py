@@ -4,9 +4,10 @@ A run's identity (family, dataset, learning rate, epochs, training time) comes f
 checkpoint; its numbers come from the results saved beside it (``RUN_DIR/eval/*.json``).
 The cheap missing ones (reconstruction error and the translation experiment, anomaly AUROC
 of one-class runs, a conditional run's class fidelity and its grid of samples with one row per
-class) are computed and saved unless ``compute`` is off; FID is never computed here. Every metric column is keyed by all the settings that change its number (extractor,
-reference, N, seed, split, protocol...), and the header states them, so numbers computed under
-different settings can never share a column.
+class) are computed and saved unless ``compute`` is off; FID is never computed here. Every
+metric column is keyed by all the settings that change its number (extractor, reference, N,
+seed, split, protocol...), and the header states them, so numbers computed under different
+settings can never share a column.
 """
 
 from __future__ import annotations
@@ -155,9 +156,7 @@ def result_groups(result: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
 
 # -- one run ---------------------------------------------------------------------------------
 def run_identity(path: Path) -> dict[str, Any]:
-    from genlab.export.onnx_export import class_info
-
-    from genlab.checkpoint import load_checkpoint
+    from genlab.checkpoint import class_info, load_checkpoint
 
     ckpt = load_checkpoint(path)
     tc, data, classes = ckpt["train_config"], ckpt["data"], class_info(ckpt)
@@ -226,7 +225,7 @@ def _grid_is_current(path: Path) -> bool:
 def compute_missing(path: Path, identity: dict[str, Any], settings: ReportSettings) -> dict[str, str]:
     """Compute and save the cheap results a run lacks; returns {group: note} for what could not be."""
     from genlab.eval import anomaly, class_fidelity, translation
-    from genlab.eval.batches import ensure_source
+    from genlab.eval.model_source import ensure_source
     from genlab.eval.results import load_results, save_result
 
     results = load_results(path)
@@ -369,7 +368,8 @@ def render(entries: list[RunEntry], links: dict[str, list[tuple[str, str]]]) -> 
     page = [
         "<!doctype html><html><head><meta charset='utf-8'><title>genlab report</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
-        "td,th{border:1px solid #bbb;padding:4px 8px;font-size:90%}img{max-width:32%;margin-right:1%}</style></head><body>",
+        "td,th{border:1px solid #bbb;padding:4px 8px;font-size:90%}img{max-width:32%;margin-right:1%}"
+        "</style></head><body>",
         "<h1>genlab report</h1>",
         f"<p>{html.escape(intro)}</p>",
     ]
@@ -383,9 +383,8 @@ def render(entries: list[RunEntry], links: dict[str, list[tuple[str, str]]]) -> 
         page.append(f"<h3>{html.escape(entry.label)}</h3><p>")
         for caption, rel in links.get(entry.label, []):
             md.append(f"![{entry.label} {caption}]({rel})")
-            page.append(
-                f"<img src='{html.escape(rel)}' alt='{html.escape(entry.label + ' ' + caption)}' title='{html.escape(caption)}'>"
-            )
+            alt, title = html.escape(f"{entry.label} {caption}"), html.escape(caption)
+            page.append(f"<img src='{html.escape(rel)}' alt='{alt}' title='{title}'>")
         page.append("</p>")
     page.append("</body></html>")
     return "\n".join(md) + "\n", "\n".join(page) + "\n"

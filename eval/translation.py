@@ -69,13 +69,13 @@ def evaluate_translation(
     ``n`` held-out images are drawn (seeded) from ``dataset`` (default: the model's own);
     the same images and directions are used at every shift.
     """
-    from genlab.eval.batches import ensure_source
+    from genlab.eval.model_source import ensure_source
 
     from genlab.data import load_split
 
     source = ensure_source(model)
     if not source.has_encoder:
-        raise GenlabError(f"the translation experiment needs an encoder model (vae, vaegan); this is a {source.family}")
+        raise GenlabError(f"the translation experiment needs a model with an encoder; this {source.family} has none")
     settings = TranslationSettings(
         dataset or source.dataset, split, data_dir, tuple(float(f) for f in fractions), int(n), int(seed)
     )
@@ -93,20 +93,7 @@ def evaluate_translation(
     images = data.images[pick]
     # a conditional model reconstructs its own dataset's images through their labels (elsewhere: its best class)
     labels = data.labels[pick].numpy() if own_labels else None
-    rows = []
-    for fraction in settings.fractions:
-        shifted, pixels = shift_by_fraction(images, fraction, seed)
-        shifted = shifted.numpy()
-        reconstructed = source.reconstruct(shifted, labels=labels, batch_size=batch_size, desc="reconstructing")
-        error = recon_error(shifted, reconstructed)
-        rows.append(
-            {
-                "fraction": fraction,
-                "mean_shift_pixels": pixels,
-                RECON_ERROR: float(error.mean()),
-                f"{RECON_ERROR}_std": float(error.std()),
-            }
-        )
+    rows = [_shifted_error(source, images, labels, fraction, seed, batch_size) for fraction in settings.fractions]
     base = rows[0][RECON_ERROR] if settings.fractions[0] == 0.0 else None
     return {
         "evaluation": "translation",
@@ -115,6 +102,19 @@ def evaluate_translation(
         "shifts": rows,
         RECON_ERROR: base,
         "worst_over_unshifted": (rows[-1][RECON_ERROR] / base) if base else None,  # None when no shift 0 or it is exact
+    }
+
+
+def _shifted_error(source: Any, images: torch.Tensor, labels: Any, fraction: float, seed: int, batch_size: int) -> dict:
+    shifted, pixels = shift_by_fraction(images, fraction, seed)
+    shifted = shifted.numpy()
+    reconstructed = source.reconstruct(shifted, labels=labels, batch_size=batch_size, desc="reconstructing")
+    error = recon_error(shifted, reconstructed)
+    return {
+        "fraction": fraction,
+        "mean_shift_pixels": pixels,
+        RECON_ERROR: float(error.mean()),
+        f"{RECON_ERROR}_std": float(error.std()),
     }
 
 
@@ -128,4 +128,5 @@ def summary_line(result: dict[str, Any]) -> str:
     parts = ", ".join(
         f"{r['fraction']:.1%} ({r['mean_shift_pixels']:.1f} px): {r[RECON_ERROR]:.5f}" for r in result["shifts"]
     )
-    return f"{RECON_ERROR} by shift on {result['settings']['dataset']}:{result['settings']['split']} (n={result['settings']['n']}): {parts}"
+    s = result["settings"]
+    return f"{RECON_ERROR} by shift on {s['dataset']}:{s['split']} (n={s['n']}): {parts}"

@@ -8,6 +8,7 @@ line overrides any field of either, by name.
 from __future__ import annotations
 
 import dataclasses
+import types
 from dataclasses import dataclass, fields
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
@@ -117,7 +118,7 @@ def resolve_epochs(tc: TrainConfig, batches_per_epoch: int) -> TrainConfig:
 
 
 def _convert(text: str, annotation: Any, key: str) -> Any:
-    if get_origin(annotation) is Union:  # Optional[X]
+    if get_origin(annotation) in (Union, types.UnionType):  # X | None
         if text.lower() in ("none", "null", ""):
             return None
         annotation = next(a for a in get_args(annotation) if a is not type(None))

@@ -17,13 +17,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import tomllib
 from packaging.requirements import Requirement
 
-from tests.service_fixtures import exports, running_server  # noqa: F401 (exports: a fixture)
+from tests.service_fixtures import running_server
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
 # Run at interpreter start-up (sitecustomize): refuse every top-level import outside the allowed names.
 LIMITER = """
@@ -38,29 +36,38 @@ sys.meta_path.insert(0, _OnlyAllowed())
 """
 
 
+def _wanted(requires: list[str] | None, extras: set[str]) -> list[Requirement]:
+    """The requirements that apply when these extras are asked for (environment markers evaluated)."""
+    return [
+        r
+        for r in map(Requirement, requires or [])
+        if r.marker is None or any(r.marker.evaluate({"extra": e}) for e in extras | {""})
+    ]
+
+
+def serve_requirements(site: Path) -> list[Requirement]:
+    """What `pip install genlab[serve]` asks for, read from the built wheel's metadata."""
+    genlab = metadata.PathDistribution(site / "genlab-0.1.0.dist-info")
+    return _wanted(genlab.requires, {"serve"})
+
+
 def _closure(requirements: list[Requirement]) -> set[str]:
-    """Names of the installed distributions these requirements pull in, transitively (markers evaluated)."""
-    seen: set[str] = set()
-    todo = [(r, "") for r in requirements]
+    """Names of the installed distributions these requirements pull in, transitively."""
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = list(requirements)
     while todo:
-        req, extra = todo.pop()
-        if req.marker and not req.marker.evaluate({"extra": extra}):
-            continue
+        req = todo.pop()
         dist = metadata.distribution(req.name)
-        name = dist.metadata["Name"].lower().replace("_", "-")
-        key = f"{name}[{','.join(sorted(req.extras))}]"
-        if key in seen:
-            continue
-        seen.add(key)
-        for extra_name in ("", *req.extras):
-            todo += [(Requirement(r), extra_name) for r in dist.requires or []]
-    return {k.partition("[")[0] for k in seen}
+        key = (dist.metadata["Name"].lower().replace("_", "-"), frozenset(req.extras))
+        if key not in seen:
+            seen.add(key)
+            todo += _wanted(dist.requires, set(req.extras))
+    return {name for name, _ in seen}
 
 
-def _serve_modules() -> set[str]:
+def _serve_modules(site: Path) -> set[str]:
     """Top-level module names provided by the serve extra's distributions (genlab itself included)."""
-    serve = [Requirement(r) for r in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["serve"]]
-    dists = _closure(serve)
+    dists = _closure(serve_requirements(site))
     providers = metadata.packages_distributions()
     allowed = {
         module for module, names in providers.items() if any(n.lower().replace("_", "-") in dists for n in names)
@@ -76,7 +83,7 @@ def serve_only(installed_genlab, tmp_path_factory) -> dict[str, str]:
     return {
         **os.environ,
         "PYTHONPATH": f"{boot}{os.pathsep}{installed_genlab}",
-        "GENLAB_TEST_ALLOWED_MODULES": json.dumps(sorted(_serve_modules())),
+        "GENLAB_TEST_ALLOWED_MODULES": json.dumps(sorted(_serve_modules(installed_genlab))),
     }
 
 
@@ -88,14 +95,13 @@ def test_an_install_puts_only_genlab_at_the_top_of_site_packages(installed_genla
     assert "genlab = genlab.cli.main:main" in entry
 
 
-def test_the_serve_extra_holds_no_torch():
-    serve = [Requirement(r) for r in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["serve"]]
-    dists = _closure(serve)
+def test_the_serve_extra_holds_no_torch(installed_genlab):
+    dists = _closure(serve_requirements(installed_genlab))
     assert {"bentoml", "onnxruntime", "numpy"} <= dists
     assert not dists & {"torch", "torchvision", "torch-fidelity", "scikit-learn", "scipy", "matplotlib", "onnx"}
 
 
-def test_the_bentofile_installs_what_the_serve_extra_names():
+def test_the_bentofile_installs_what_the_serve_extra_names(installed_genlab):
     """The bento's image and `pip install genlab[serve]` stay one list: same packages, same version ranges (the
     image swaps onnxruntime for its GPU build, and gets bentoml from BentoML itself)."""
     import yaml
@@ -104,10 +110,7 @@ def test_the_bentofile_installs_what_the_serve_extra_names():
         Requirement(r).name: Requirement(r).specifier
         for r in yaml.safe_load((REPO / "bentofile.yaml").read_text())["python"]["packages"]
     }
-    serve = {
-        Requirement(r).name: Requirement(r).specifier
-        for r in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["serve"]
-    }
+    serve = {r.name: r.specifier for r in serve_requirements(installed_genlab)}
     serve["onnxruntime-gpu"] = serve.pop("onnxruntime")
     serve.pop("bentoml")
     assert bento == serve
@@ -151,6 +154,6 @@ def test_info_and_serve_run_with_only_the_serve_extra(serve_only, exports, tmp_p
     assert trained.returncode == 2 and "pip install 'genlab[train]'" in trained.stderr, trained.stderr[-2000:]
     assert "Traceback" not in trained.stderr
     with running_server([exports["vaegan"]], tmp_path / "server.log", env=serve_only, cwd=tmp_path) as url:
-        reply = httpx.post(f"{url}/generate", json={"n": 3, "seed": 1}, timeout=60)
+        reply = httpx.post(f"{url}/generate", json={"n": 3, "seed": 1, "format": "array"}, timeout=60)
         assert reply.status_code == 200, reply.text
-        assert np.asarray(reply.json()["images"]).shape[0] == 3
+        assert np.asarray(reply.json()["images"]).shape[:2] == (3, 1)
