@@ -10,7 +10,7 @@ same defaults otherwise), exports each (best.pt, what a user serves) and measure
 - pooled Inception KID (and FID) of ``--n`` samples against ``--n`` held-out images (val + test): for the
   conditional model, samples over balanced labels (``genlab eval fid``).
 
-Targets (issue 13): class fidelity >= 0.97 for the conditional VAE-GAN and the auxiliary-classifier GAN,
+Targets: class fidelity >= 0.97 for the conditional VAE-GAN and the auxiliary-classifier GAN,
 with a pooled KID no worse than the unconditional twin's. It also writes one grid per conditional model
 with one row per digit (``--grids``, default docs/images/).
 

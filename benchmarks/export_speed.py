@@ -178,7 +178,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(
             f"| {r['family']} | {r['graph']} | {r['device']} | {r['torch_b1_ms']:.3f} | {r['ort_b1_ms']:.3f} | "
-            f"{r['b1_speedup']:.2f}x | {r['torch_b256_img_s']:,.0f} | {r['ort_b256_img_s']:,.0f} | {r['b256_speedup']:.2f}x |"
+            f"{r['b1_speedup']:.2f}x | {r['torch_b256_img_s']:,.0f} | {r['ort_b256_img_s']:,.0f} | "
+            f"{r['b256_speedup']:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -209,9 +210,9 @@ def main() -> None:
         if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers():
             devices.append("cuda")
         else:
-            skipped = "CUDA rows skipped: torch.cuda.is_available()=%s, ORT providers=%s" % (
-                torch.cuda.is_available(),
-                ort.get_available_providers(),
+            skipped = (
+                f"CUDA rows skipped: torch.cuda.is_available()={torch.cuda.is_available()}, "
+                f"ORT providers={ort.get_available_providers()}"
             )
 
     load_before = os.getloadavg()
@@ -250,7 +251,8 @@ def main() -> None:
     print(table(rows))
     print()
     print(
-        f"{meta['date']}; {meta['machine']}; threads {args.threads} for both; torch {meta['torch']}, onnxruntime {meta['onnxruntime']}; "
+        f"{meta['date']}; {meta['machine']}; threads {args.threads} for both; "
+        f"torch {meta['torch']}, onnxruntime {meta['onnxruntime']}; "
         f"batch 1: median of {args.runs} calls, batch 256: median of {args.repeats}; "
         f"load average (1/5/15 min) before {meta['loadavg_before']}, after {meta['loadavg_after']}; {meta['seconds']} s"
     )

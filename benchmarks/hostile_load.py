@@ -134,13 +134,14 @@ def memory(server: Any, image_shape: tuple[int, ...], extra: dict[str, Any], max
     def four(body: bytes) -> Callable[[], list[int]]:
         def send() -> list[int]:
             with httpx.Client(timeout=300) as client, concurrent.futures.ThreadPoolExecutor(4) as pool:
-                post = lambda _: (
-                    client.post(
+
+                def post(_: int) -> int:
+                    return client.post(
                         f"{server.url}/anomaly-score",
-                        content=body,  # noqa: E731
+                        content=body,
                         headers={"content-type": "application/json"},
                     ).status_code
-                )
+
                 return list(pool.map(post, range(4)))
 
         return send

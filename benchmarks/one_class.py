@@ -14,7 +14,7 @@ primary scores were chosen with ``--split val --pairs`` (AUROC on the validation
 other digits' validation images are the anomalies, for every component and every standardised
 pair of components); the test split reports them.
 
-Targets (issue 11, mnist-5k): best family mean >= 0.97, every family >= 0.93, no class below 0.85.
+Targets (mnist-5k): best family mean >= 0.97, every family >= 0.93, no class below 0.85.
 
 Run:  .venv/bin/python benchmarks/one_class.py [--dataset mnist-5k] [--families vae gan vaegan]
       [--classes 0 1 ...] [--steps N] [--seed S] [--out runs/one-class] [--json-out benchmarks/results/one_class.json]
@@ -45,7 +45,7 @@ def combinations(run_dir: Path, dataset: str, k: int, split: str, data_dir: str)
     from itertools import combinations as pairs
 
     from genlab.eval.anomaly import AnomalySettings, labelled_images, ranking_metrics
-    from genlab.eval.batches import ensure_source
+    from genlab.eval.model_source import ensure_source
 
     from genlab.data import load_split
 
@@ -219,7 +219,8 @@ def main() -> None:
         rows.sort(key=lambda r: (FAMILY_NAMES.index(r["family"]), r["normal_class"]))
     seconds = sum(r["train_seconds"] + r["eval_seconds"] for r in rows)
     print(
-        f"# one-class {args.dataset}, AUROC on the {args.split} split, {platform.node()}, {time.strftime('%Y-%m-%dT%H:%M:%S')}; this invocation "
+        f"# one-class {args.dataset}, AUROC on the {args.split} split, {platform.node()}, "
+        f"{time.strftime('%Y-%m-%dT%H:%M:%S')}; this invocation "
         f"{total / 60:.1f} min; training + evaluation of all {len(rows)} models {seconds / 60:.1f} min"
     )
     print(tables(rows, sorted({r["normal_class"] for r in rows})))

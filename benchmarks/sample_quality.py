@@ -10,7 +10,7 @@ genlab.latents); the best epoch; the training time
 and the time quality tracking added (its share of the training time); and, with ``--inception N``,
 Inception KID and FID of N samples against N held-out images (``genlab eval fid``; slow on a CPU).
 
-Targets (issue 12): the VAE-GAN reaches a confident share >= 0.85 with class entropy >= 0.97; the
+Targets: the VAE-GAN reaches a confident share >= 0.85 with class entropy >= 0.97; the
 GAN and VAE-GAN beat their former lenet FD by 2x; tracking costs about 5% of an epoch or less.
 
 Run:  .venv/bin/python benchmarks/sample_quality.py [--families vaegan gan] [--epochs 20]

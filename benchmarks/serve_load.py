@@ -224,7 +224,7 @@ class Server:
         self.log_path = (
             tmp / f"serve-{Server.started:02d}-{re.sub(r'[^a-z0-9]+', '-', spec.label.lower()).strip('-')}.log"
         )
-        self.log = open(self.log_path, "w+")
+        self.log = open(self.log_path, "w+")  # noqa: SIM115 - the server writes to it until stop() closes it
         # its own BENTOML_HOME: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it starts
         home = tmp / f"bentoml-home-{port}"
         home.mkdir(parents=True, exist_ok=True)
@@ -493,7 +493,8 @@ class Bench:
         }
         err = f"  errors {row['error_kinds']}" if row["errors"] else ""
         _say(
-            f"    {TITLES[workload]:34s} {row['req_per_s']:8.1f} req/s  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms{err}"
+            f"    {TITLES[workload]:34s} {row['req_per_s']:8.1f} req/s  "
+            f"p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms{err}"
         )
         return row
 
@@ -846,7 +847,8 @@ def render(result: dict) -> str:
         + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["importable"].items())
         + ".",
         "",
-        f"Model: {m['model']['name']} ({m['model']['family']}, {m['model']['image_shape']}, latent {m['model']['latent_dim']}) "
+        f"Model: {m['model']['name']} ({m['model']['family']}, {m['model']['image_shape']}, "
+        f"latent {m['model']['latent_dim']}) "
         f"from {m['model']['path']}. "
         + (f"{m['warmup']} s warm-up + {m['duration']} s measured per cell. " if m["parts"] else "")
         + f"One client process (asyncio{' + uvloop' if m['importable']['uvloop'] else ''} + aiohttp, closed loop); "
@@ -917,7 +919,8 @@ def _render_batching(part: dict) -> list[str]:
         "",
         *_table(["server", "req/s (median)", "rounds", "p50 ms", "p99 ms", "errors"], rows),
         "",
-        f"Ratio on / off: **{part['ratio_on_vs_off']}**; default / off: **{part['ratio_default_vs_off']}** (target >= 1.0).",
+        f"Ratio on / off: **{part['ratio_on_vs_off']}**; "
+        f"default / off: **{part['ratio_default_vs_off']}** (target >= 1.0).",
     ]
 
 
@@ -941,7 +944,8 @@ def _render_soak(part: dict) -> list[str]:
     rss = part["rss_mib"]
     return [
         "",
-        f"## 4. Soak: `genlab serve`, {part['clients']} clients cycling {', '.join(part['mix'])} for {part['seconds']} s",
+        f"## 4. Soak: `genlab serve`, {part['clients']} clients cycling {', '.join(part['mix'])} "
+        f"for {part['seconds']} s",
         "",
         *_table(
             [
@@ -974,7 +978,8 @@ def _render_soak(part: dict) -> list[str]:
         "",
         "Note: BentoML 1.4.39's TimeoutMiddleware arms a timer per request that is never cancelled; it keeps the "
         "request's context (OpenTelemetry span included) alive for `traffic.timeout` seconds (60 by default), so "
-        "under steady load RSS climbs for that long, then levels off. Soak well past the timeout to tell that from a leak.",
+        "under steady load RSS climbs for that long, then levels off. Soak well past the timeout to tell that "
+        "from a leak.",
     ]
 
 

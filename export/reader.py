@@ -54,7 +54,8 @@ def choose_providers(preference: str | None = None) -> list[str]:
     if preference == "cuda":
         if "CUDAExecutionProvider" not in available:
             raise ExportError(
-                "CUDA was asked for, but this onnxruntime has no CUDA provider (install onnxruntime-gpu, not onnxruntime)"
+                "CUDA was asked for, but this onnxruntime has no CUDA provider "
+                "(install onnxruntime-gpu, not onnxruntime)"
             )
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if preference != "auto":
@@ -133,33 +134,6 @@ class ExportedModel:
         if len(labels) != n:
             raise ExportError(f"{len(labels)} labels for {n} inputs")
         return (labels,)
-
-    def describe(self) -> dict[str, Any]:
-        """What ``genlab info`` prints for an export: what it is, what it was trained on, what it can answer."""
-        m, training = self.manifest, self.manifest["training"]
-        return {
-            "export": str(self.path),
-            "name": self.name,
-            "family": self.family,
-            "format_version": m["format_version"],
-            "genlab_version": m.get("genlab_version"),
-            "created": m.get("created"),
-            "image": "x".join(map(str, self.image_shape)),
-            "latent_dim": self.latent_dim,
-            "prior": m["latent"].get("prior"),
-            "conditional": self.conditional,
-            "classes": self.class_names,
-            "graphs": sorted(m["graphs"]),
-            "scores": m["scores"]["names"],
-            "dataset": m["dataset"].get("dataset"),
-            "training": {
-                "epoch": training.get("epoch"),
-                "step": training.get("step"),
-                "complete": training.get("complete"),
-                "seed": training.get("seed"),
-            },
-            "source": m.get("source", {}),
-        }
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -277,8 +251,8 @@ def read_manifest(directory: str | os.PathLike, verify: bool = True) -> dict[str
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
         raise ExportError(
-            f"{path}: export format version {version!r} is not supported by this genlab (reads version {FORMAT_VERSION}); "
-            "upgrade genlab or export again"
+            f"{path}: export format version {version!r} is not supported by this genlab "
+            f"(reads version {FORMAT_VERSION}); upgrade genlab or export again"
         )
     for key in ("family", "name", "latent", "image", "graphs", "scores", "files"):
         if key not in manifest:

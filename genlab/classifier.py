@@ -17,8 +17,8 @@ from genlab.errors import GenlabError
 
 VERSION = 2
 FEATURES = 128
-# at least EPOCHS passes and MIN_STEPS updates: on mnist-5k (32 steps an epoch) 3 epochs left it at 93% validation
-# accuracy, confident (p >= 0.9) on only 66% of real digits; ~600 steps give 98% and 94% (measured)
+# at least EPOCHS passes and MIN_STEPS updates: a small dataset such as mnist-5k (32 steps an epoch) needs the
+# steps more than the passes before the classifier is confident on real digits
 EPOCHS = 3
 MIN_STEPS = 600
 MAX_TRAIN = 20000
@@ -51,7 +51,8 @@ def lenet(channels: int, classes: int):
 def classifier_path(
     dataset: str, size: int, channels: int, data_dir: str = "data", seed: int = 0, condition_on: str | None = None
 ) -> Path:
-    """The cached classifier for (dataset, size, channels, seed; CelebA: the attribute it tells apart), trained on first use."""
+    """The cached classifier for (dataset, size, channels, seed; CelebA: the attribute it tells apart), trained on
+    first use."""
     labels = {"condition_on": condition_on} if condition_on else {}
     name = cache_name(lenet=f"v{VERSION}", dataset=dataset, size=size, channels=channels, seed=seed, **labels)
     path = cache_dir("extractors") / f"{name}.pt"
@@ -63,7 +64,8 @@ def classifier_path(
 def train_classifier(
     dataset: str, size: int, channels: int, data_dir: str, seed: int, path: Path, condition_on: str | None = None
 ) -> dict[str, Any]:
-    """Adam on the train split (at most MAX_TRAIN images) for EPOCHS or MIN_STEPS, whichever is longer; written atomically."""
+    """Adam on the train split (at most MAX_TRAIN images) for EPOCHS or MIN_STEPS, whichever is longer; written
+    atomically."""
     import torch
     import torch.nn.functional as F
     from tqdm import tqdm

@@ -36,10 +36,7 @@ def to_array(image: Image.Image, channels: int, size: int) -> np.ndarray:
     if side != size:
         image = image.resize((size, size), Image.Resampling.BICUBIC if side < size else Image.Resampling.LANCZOS)
     array = np.asarray(image, dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[None]
-    else:
-        array = array.transpose(2, 0, 1)
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return np.ascontiguousarray(array)
 
 

@@ -209,7 +209,8 @@ def test_stroke_error_is_the_error_per_pixel_of_either_stroke():
 
 
 def test_one_class_vae_runs_get_their_own_learning_rate(tmp_path):
-    """The VAE's one-class lr (measured: 2e-4 leaves it underfit after ONE_CLASS_STEPS); other runs keep the family's."""
+    """One-class VAE runs train at lr 1e-3 (2e-4 underfits in ONE_CLASS_STEPS: benchmarks/README.md); other runs keep
+    the family's."""
     from genlab.training.loop import new_run_configs
 
     assert new_run_configs("vae", {}, TrainConfig(normal_class=3), tmp_path / "a")[1].lr == 1e-3

@@ -1,7 +1,7 @@
-"""The export step (issue 3): ONNX graphs, manifest, parity, clear errors, atomic publish, BentoML store.
+"""The export step: ONNX graphs, manifest, parity, clear errors, atomic publish, BentoML store.
 
-One tiny checkpoint (one epoch of mnist-5k, calibration included) and one real export per family
-are built once per module and reused; the error tests work on copies of those exports. Tests
+The shared tiny checkpoints (tests/shared_models.py: mnist-5k, calibration included) and their real
+exports are used per family, plain and class-conditional; the error tests work on copies of those exports. Tests
 that only need an export to *fail* or to be *re-published* replace the (slow, ~5 s) dynamo
 exporter with a copy of the already exported graphs, so everything else in
 ``export_checkpoint`` still runs for real.
@@ -34,21 +34,19 @@ from genlab.export.reader import (
     read_manifest,
     sample_latents,
 )
-from genlab.training.loop import train
 
 from genlab import __version__
 from genlab.calibration import score_images
 from genlab.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from genlab.config import TrainConfig
 from genlab.errors import GenlabError
 from genlab.latents import balanced_labels
 from genlab.models import MODELS
 from genlab.pixels import uint8_to_model
 from tests.conftest import FAMILIES, TINY
+from tests.shared_models import STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES = (1, 3, 17)
-SMALL = dict(dataset="mnist-5k", normal_class=1, batch_size=32, epochs=1, log_every=5, sample_count=16)
 IMAGE_SHAPE = (1, 28, 28)
 
 
@@ -64,36 +62,29 @@ def _private_bentoml_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("BENTOML_DO_NOT_TRACK", "True")
 
 
+# the shared model of each family (a one-class VAE and VAE-GAN, an all-class GAN) and its conditional one
+SHARED = {"vae": "vae-1", "gan": "gan", "vaegan": "vaegan", **{f"{f}-conditional": f"{f}-cond" for f in FAMILIES}}
+
+
 @pytest.fixture(scope="module")
-def build(tmp_path_factory):
-    """family -> a trained tiny checkpoint and its export, built on first use and reused."""
-    root = tmp_path_factory.mktemp("exports")
+def build(trained):
+    """family -> a trained tiny checkpoint (the shared one, read only) and its export, opened on first use."""
     built: dict[str, SimpleNamespace] = {}
 
     def get(family: str) -> SimpleNamespace:
         """``family``, or ``family-conditional``: a conditional model of all ten digits."""
         if family not in built:
-            run = root / f"run-{family}"
-            name, _, conditional = family.partition("-")
-            if conditional:
-                train(
-                    name,
-                    {**TINY, "conditional": True},
-                    TrainConfig(**{**SMALL, "normal_class": None, "batch_size": 200, "quality_every": 0}),
-                    run,
-                )
-            else:
-                train(family, dict(TINY), TrainConfig(**SMALL), run)
-            out = root / f"export-{family}"
-            manifest = export_checkpoint(run / "last.pt", out)
-            ckpt = load_checkpoint(run / "last.pt")
+            key = SHARED[family]
+            out = trained.export(key)
+            ckpt = load_checkpoint(trained.checkpoint(key))
             built[family] = SimpleNamespace(
                 family=family,
-                checkpoint=run / "last.pt",
+                checkpoint=trained.checkpoint(key),
                 ckpt=ckpt,
                 out=out,
-                manifest=manifest,
+                manifest=read_manifest(out),
                 model=model_from_checkpoint(ckpt),
+                steps=STEPS[key],
             )
         return built[family]
 
@@ -107,7 +98,8 @@ def exported(request, build) -> SimpleNamespace:
 
 @pytest.fixture
 def fast_exporter(build, monkeypatch):
-    """``fast_exporter(family)``: that family's build, and from now on torch.onnx.export replaced by a copy of its graphs."""
+    """``fast_exporter(family)``: that family's build, and from now on torch.onnx.export replaced by a copy of its
+    graphs."""
 
     def use(family: str) -> SimpleNamespace:
         built = build(family)  # the real export first, if this is the first test to need it
@@ -325,7 +317,7 @@ def test_manifest_contents(exported):
     assert set(m["calibration"]["scores"]) == set(names)
     assert m["dataset"] == ckpt["data"] and m["dataset"]["dataset"] == "mnist-5k"
     assert m["training"]["metrics"] == json.loads(json.dumps(ckpt["metrics"]))
-    assert m["training"]["step"] == ckpt["step"] == 12 and m["training"]["complete"] is True
+    assert m["training"]["step"] == ckpt["step"] == exported.steps and m["training"]["complete"] is True
     assert m["training"]["model_config"] == ckpt["model_config"]
     assert m["source"] == {
         "checkpoint": "last.pt",

@@ -173,7 +173,7 @@ def test_batch_larger_than_dataset_is_a_clear_error(tmp_path):
 
 
 def test_resume_keeps_the_checkpoints_configuration(tmp_path):
-    """The bug users hit: a resume without --epochs used to fall back to the default 5 epochs."""
+    """A resume without --epochs keeps the run's own epoch count, never the default 5."""
     _train(tmp_path / "r", epochs=7, max_steps=3, lr=1e-3, log_every=2)
     assert _resume(tmp_path / "r")["stopped"] == "max_steps"  # the step limit is part of the run, too
     summary = _resume(tmp_path / "r", max_steps=None)

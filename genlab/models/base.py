@@ -210,9 +210,10 @@ def relative_recon_error(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
 
 STROKE_ERROR_MEANING = (
     "mean squared difference between the uint8 image and its uint8 reconstruction (pixels scaled to [0, 1]) over only "
-    "the pixels where either of them is brighter than 0.2: the error per pixel of stroke. Averaged over the whole image, "
-    "errors are diluted by the background, more so for thin digits; over the union of both strokes, a reconstruction that "
-    "draws the normal class instead of what the image shows counts its missing and its added strokes alike"
+    "the pixels where either of them is brighter than 0.2: the error per pixel of stroke. Averaged over the whole "
+    "image, errors are diluted by the background, more so for thin digits; over the union of both strokes, a "
+    "reconstruction that draws the normal class instead of what the image shows counts its missing and its added "
+    "strokes alike"
 )
 STROKE_LEVEL = 0.2  # in [0, 1] pixel units; 0.1-0.3 measured alike (benchmarks/one_class.py, validation split)
 

@@ -51,9 +51,8 @@ def izi_f(x: torch.Tensor, x_rec: torch.Tensor, f_x: torch.Tensor, f_rec: torch.
 class GAN(GenerativeModel):
     family = "gan"
     has_encoder = True
-    # the class loss pulls the generator toward easy-to-classify samples (AC-GAN's known loss of variety): at 1
-    # instead of 3, the auxiliary-classifier GAN measured pooled KID 0.038 against 0.048 and class fidelity 0.996
-    # against 0.987 (mnist-5k, 20 epochs; README "Conditional generation"); the VAE-GAN needs 3 (0.985 vs 0.93)
+    # the class loss pulls the generator toward easy-to-classify samples (AC-GAN's known loss of variety), so the
+    # GAN keeps it at 1 and the VAE-GAN uses 3: benchmarks/README.md, "Conditional generation", has the figures
     default_class_weight = 1.0
     # chosen by benchmarks/one_class.py on the validation split (normal class vs the other classes), every class
     primary_components = (RECON_ERROR, "relative_recon_error")

@@ -93,7 +93,8 @@ class OneHot(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Image in [-1, 1] (and its label, conditional) -> (mu, logvar) of the diagonal Gaussian posterior q(z | x[, y])."""
+    """Image in [-1, 1] (and its label, if conditional) -> (mu, logvar) of the diagonal Gaussian posterior
+    q(z | x[, y])."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -18,8 +18,8 @@ side that pauses lets the other catch up, so the two cannot both stall.
 Conditional: the same algorithm with the label given to all three networks: Enc(X, y), Dec(Z, y),
 Dis(X, y) (its projection term), prior images drawn for uniformly random labels y_p. As in the
 auxiliary-classifier GAN (:mod:`genlab.models.gan`), the discriminator's class head learns the real
-images' labels at every step (also while the balancing pauses the real/fake part), and the decoder is also trained to make that head recognise the
-labels of its reconstructed and prior images.
+images' labels at every step (also while the balancing pauses the real/fake part), and the decoder is
+also trained to make that head recognise the labels of its reconstructed and prior images.
 """
 
 from __future__ import annotations
