@@ -6,7 +6,7 @@ same defaults otherwise), exports each (best.pt, what a user serves) and measure
 
 - class fidelity (conditional only): the share of ``--n`` samples (balanced, seeded labels) that the
   reference classifier assigns to the digit they were asked for, next to that classifier's own accuracy
-  on the test split (``eval.class_fidelity``);
+  on the test split (``genlab.eval.class_fidelity``);
 - pooled Inception KID (and FID) of ``--n`` samples against ``--n`` held-out images (val + test): for the
   conditional model, samples over balanced labels (``genlab eval fid``).
 

@@ -3,7 +3,7 @@
 The Fréchet distance, KID and precision/recall are torch-fidelity's (``calculate_metrics``);
 this module only decides what goes in:
 
-- input 1: ``n`` samples of the model from seeded N(0, I) latents (:mod:`eval.model_source`,
+- input 1: ``n`` samples of the model from seeded N(0, I) latents (:mod:`genlab.eval.model_source`,
   identical for a checkpoint and its export), or, with ``of="reconstructions"``, the model's
   reconstructions of the reference images (encoder models only);
 - input 2: the reference split at the model's resolution and channels (all of it, or a fixed
@@ -18,7 +18,7 @@ compared, pooled, with the reference split as above; its reference split is read
 the model was trained on (CelebA: ``condition_on``). ``per_class`` adds, for each class k, the
 same metrics between the samples drawn for k and the reference images of class k (all of them, or
 a fixed seeded subset as many as the class's samples); the arrays go to torch-fidelity class by
-class. The result also carries the samples' class fidelity (:mod:`eval.class_fidelity`).
+class. The result also carries the samples' class fidelity (:mod:`genlab.eval.class_fidelity`).
 
 The result names every setting next to the numbers, so numbers computed under different
 settings are never mistaken for one another.

@@ -207,7 +207,7 @@ def _describe(
     source: ModelSource, data: dict[str, Any], classes: dict[str, Any], epoch: Any, step: Any, metrics: dict[str, Any]
 ) -> None:
     """Fill the descriptive attributes both kinds share from a checkpoint's ``data`` dict and the classes dict
-    (:func:`export.onnx_export.class_info`, the manifest's ``classes``)."""
+    (:func:`genlab.checkpoint.class_info`, the manifest's ``classes``)."""
     source.dataset = str(data.get("dataset"))
     source.normal_class = data.get("normal_class")
     source.conditional = bool(classes.get("conditional", False))

@@ -1,6 +1,6 @@
 """Open an export (a directory or a BentoML model) and run its graphs: numpy and ONNX Runtime only.
 
-This is the reading side of :mod:`export.onnx_export`, used by the service and the evaluators
+This is the reading side of :mod:`genlab.export.onnx_export`, used by the service and the evaluators
 and usable by anyone: it imports no torch and no training code. Opening checks the manifest's
 format version and the sha256 of every file it lists, and names the file that fails.
 

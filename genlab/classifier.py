@@ -1,7 +1,7 @@
 """The small reference classifier: a LeNet-style convnet genlab trains on a dataset's own labels.
 
 Two stages use it: evaluation (``genlab eval fid --extractor lenet``, registered with
-torch-fidelity by :mod:`eval.extractors`) and the training loop's per-epoch sample quality
+torch-fidelity by :mod:`genlab.eval.extractors`) and the training loop's per-epoch sample quality
 (:mod:`genlab.quality`). It is trained once per (dataset, size, channels, seed) for a few
 epochs and cached under the project cache folder, written atomically.
 """

@@ -1,1 +1,1 @@
-"""Training: one model-agnostic loop over every registered family (see ``training.loop``)."""
+"""Training: one model-agnostic loop over every registered family (see ``genlab.training.loop``)."""
