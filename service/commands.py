@@ -30,13 +30,14 @@ def verify_models(references: list[str]) -> list[str]:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from genlab.service.settings import DEFAULT_MODEL
+    from genlab.service.settings import DEFAULT_MODEL, SERVING_ENVIRONMENT
 
     references = args.model or [DEFAULT_MODEL]
     names = verify_models(references)
     if args.workers < 1 or args.ort_threads < 0:
         raise GenlabError("--workers must be >= 1 and --ort-threads >= 0")
     env = {
+        **SERVING_ENVIRONMENT,  # where this environment does not set them: see service/settings.py
         **os.environ,
         "GENLAB_MODELS": ",".join(references),
         "BENTOML_DO_NOT_TRACK": "True",
@@ -44,8 +45,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "GENLAB_BATCHING": "off" if args.no_batching else args.batching,
         "GENLAB_ACCESS_LOG": "1" if args.access_log else "0",
         "GENLAB_ORT_THREADS": str(args.ort_threads),
-        "OTEL_SDK_DISABLED": os.environ.get("OTEL_SDK_DISABLED", "true"),
-    }  # see service/service.py
+    }
     command = [
         sys.executable,
         "-m",
@@ -59,7 +59,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     ]
     guarded = ", API key required" if os.environ.get("GENLAB_API_KEY") else ""
     print(
-        f"serving {', '.join(names)} on http://{args.host}:{args.port} ({args.workers} worker(s){guarded}; Ctrl-C stops)",
+        f"serving {', '.join(names)} on http://{args.host}:{args.port} "
+        f"({args.workers} worker(s){guarded}; Ctrl-C stops)",
         file=sys.stderr,
         flush=True,
     )
@@ -68,7 +69,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from genlab.service.settings import BATCHING_CHOICES
+    from genlab.service.settings import BATCHING_CHOICES, DEFAULT_MODEL, Settings
+
+    defaults = Settings()
 
     p = sub.add_parser(
         "serve",
@@ -81,25 +84,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--model",
         action="append",
         metavar="NAME|EXPORT_DIR",
-        help="a BentoML model tag or an export directory; repeat for several (default: genlab-vaegan-mnist-5k)",
+        help=f"a BentoML model tag or an export directory; repeat for several (default: {DEFAULT_MODEL})",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=3000)
     p.add_argument(
-        "--workers", type=int, default=1, help="HTTP worker processes, each with its own ONNX Runtime sessions (1)"
+        "--workers",
+        type=int,
+        default=defaults.workers,
+        help=f"HTTP worker processes, each with its own ONNX Runtime sessions ({defaults.workers})",
     )
     p.add_argument(
         "--ort-threads",
         type=int,
-        default=1,
+        default=defaults.ort_threads,
         metavar="N",
-        help="ONNX Runtime threads per session in each worker (1; 0 = one per core)",
+        help=f"ONNX Runtime threads per session in each worker ({defaults.ort_threads}; 0 = one per core)",
     )
     p.add_argument(
         "--batching",
         choices=BATCHING_CHOICES,
-        default="auto",
-        help="merge concurrent requests into one ONNX Runtime call: auto (default) = where the graphs run on a GPU",
+        default=defaults.batching,
+        help=f"merge concurrent requests into one ONNX Runtime call (default {defaults.batching}); "
+        "auto = where the graphs run on a GPU",
     )
     p.add_argument("--no-batching", action="store_true", help="same as --batching off")
     p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs throughput)")

@@ -38,6 +38,7 @@ from genlab.service.forms import (
     multipart_parts,
     urlencoded_parts,
 )
+from genlab.service.settings import Settings
 
 JSON_BYTES_PER_VALUE = 32  # room for a float with all its digits: a JSON body's bytes are bounded with its values
 Scope = dict[str, Any]
@@ -95,12 +96,12 @@ class Edge:
         self,
         app: Any,
         api_key: str = "",
-        max_body_bytes: int = 32 << 20,
+        max_body_bytes: int = Settings.max_body_bytes,
         file_fields: dict[str, frozenset[str]] | None = None,
         openapi: Callable[[dict], dict] | None = None,
         open_paths: tuple[str, ...] = (),
         json_values: Callable[[], int] = lambda: 1 << 20,
-        form_limits: FormLimits = FormLimits(),
+        form_limits: FormLimits | None = None,
     ):
         self.app = app
         self.api_key = api_key.encode()
@@ -109,7 +110,7 @@ class Edge:
         self.openapi = openapi
         self.open_paths = open_paths
         self._json_values = json_values  # the most values a JSON body may hold (read from the models on first use)
-        self.form_limits = form_limits
+        self.form_limits = form_limits or FormLimits()
         self._spec: bytes | None = None
 
     @functools.cached_property

@@ -100,6 +100,22 @@ def multipart_boundary(content_type: bytes) -> bytes:
     return boundary
 
 
+def _part(headers: list[tuple[bytes, bytes]], before: int, limits: FormLimits) -> Part:
+    """The part these headers (lower-case names, values) begin, after ``before`` others: named, and a file or a text
+    value, as Starlette will read it; checked against ``limits``."""
+    dispositions = [v for k, v in headers if k == b"content-disposition"]
+    if len(dispositions) != 1:
+        raise FormError("body", "every part needs exactly one Content-Disposition header")
+    options = parse_options_header(dispositions[0])[1]
+    if b"name" not in options:
+        raise FormError("body", "every part's Content-Disposition needs a name")
+    if len(options[b"name"]) > limits.max_name_chars:
+        raise FormError("body", f"a field name is longer than {limits.max_name_chars} characters")
+    if before >= limits.max_parts:
+        raise FormError("body", f"more than {limits.max_parts} parts", 413)
+    return Part(options[b"name"].decode("utf-8", "replace"), b"filename" in options)
+
+
 def multipart_parts(body: bytes, boundary: bytes, limits: FormLimits) -> list[Part]:
     """Every part of a multipart body, named and sorted into files and text values as Starlette will; checked
     against ``limits``."""
@@ -114,18 +130,8 @@ def multipart_parts(body: bytes, boundary: bytes, limits: FormLimits) -> list[Pa
         value.clear()
 
     def headers_finished() -> None:
-        dispositions = [v for k, v in headers if k == b"content-disposition"]
+        parts.append(_part(headers, len(parts), limits))
         headers.clear()
-        if len(dispositions) != 1:
-            raise FormError("body", "every part needs exactly one Content-Disposition header")
-        options = parse_options_header(dispositions[0])[1]
-        if b"name" not in options:
-            raise FormError("body", "every part's Content-Disposition needs a name")
-        if len(options[b"name"]) > limits.max_name_chars:
-            raise FormError("body", f"a field name is longer than {limits.max_name_chars} characters")
-        if len(parts) >= limits.max_parts:
-            raise FormError("body", f"more than {limits.max_parts} parts", 413)
-        parts.append(Part(options[b"name"].decode("utf-8", "replace"), b"filename" in options))
 
     def data(chunk: bytes, start: int, end: int) -> None:
         part = parts[-1]

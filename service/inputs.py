@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -28,8 +28,8 @@ from pydantic import StrictInt, StrictStr
 from genlab.imageio import to_array
 
 # one class, by index or name: strict, so that JSON true or 7.5 is refused instead of read as 1 or 7
-Label = Union[StrictInt, StrictStr]
-Labels = Optional[Label | list[Label]]  # one class for every image, or one per image
+Label = StrictInt | StrictStr
+Labels = Label | list[Label] | None  # one class for every image, or one per image
 CLASSES_SHOWN = 20  # a refusal lists at most this many class names
 
 
@@ -48,10 +48,12 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class UploadLimits:
-    max_images: int = 256  # files per request
-    max_file_bytes: int = 10 << 20  # per file
-    max_pixels: int = 4096 * 4096  # one file, decoded (decompression bombs)
-    max_request_pixels: int = 64 << 20  # all files of one request together, decoded
+    """What one request's uploads may be (their defaults: :class:`service.settings.Settings`)."""
+
+    max_images: int  # files per request
+    max_file_bytes: int  # per file
+    max_pixels: int  # one file, decoded (decompression bombs)
+    max_request_pixels: int  # all files of one request together, decoded
 
 
 def upload_pixels(path: Path, field: str, limits: UploadLimits) -> int:
@@ -69,7 +71,7 @@ def upload_pixels(path: Path, field: str, limits: UploadLimits) -> int:
 
 
 def decode_upload(path: Path, field: str, shape: tuple[int, int, int]) -> np.ndarray:
-    """One uploaded file (its header already checked by :func:`upload_pixels`) -> uint8 [C, H, W] in the model's shape."""
+    """One uploaded file (header checked by :func:`upload_pixels`) -> uint8 [C, H, W] in the model's shape."""
     with _readable(field), Image.open(path) as image:
         image.load()
         return to_array(image, shape[0], shape[1])

@@ -24,6 +24,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from genlab.service.settings import HEALTH_PATHS
+
 ERROR = "GenlabError"
 ERROR_SCHEMA = {
     "type": "object",
@@ -164,7 +166,7 @@ def fix_spec(
     schemas[ERROR] = ERROR_SCHEMA
     error = {"application/json": {"schema": {"$ref": f"#/components/schemas/{ERROR}"}}}
     for route, item in spec.get("paths", {}).items():
-        for method, operation in item.items():
+        for operation in item.values():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
             responses = operation["responses"]
@@ -184,7 +186,7 @@ def fix_spec(
                         model["enum"] = [*models, None]
                 if file_fields[route] and "multipart/form-data" in content:
                     content["application/json"] = _json_body(content["multipart/form-data"], file_fields[route])
-            if auth and route not in ("/livez", "/readyz", "/healthz"):
+            if auth and route not in HEALTH_PATHS:
                 responses["401"] = {"description": "Missing or wrong API key", "content": error}
                 operation["security"] = [{"bearer": []}]
     if auth:

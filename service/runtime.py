@@ -81,7 +81,7 @@ class Merger:
         return await call.future
 
     def _next_batch(self) -> list[_Call]:
-        """The oldest pending calls that fit in ``max_batch`` rows (at least one) and take as many inputs as the first."""
+        """The oldest pending calls that fit in ``max_batch`` rows (at least one), with as many inputs as the first."""
         batch = [self.pending.pop(0)]
         size = batch[0].rows
         while (

@@ -2,12 +2,17 @@
 
     bentoml serve genlab.service.service:Genlab          (or: genlab serve --model NAME|EXPORT_DIR ...)
 
+:func:`build_service` makes the BentoML service for some :class:`~service.settings.Settings`; ``Genlab``, what
+``bentoml serve`` and ``bentoml build`` load, is the one for the settings in the environment
+(:func:`environment_service`). Importing this module configures nothing.
+
 Endpoints (all POST):
     /generate        n, seed, z, temperature, label, format, model -> PNG grid | base64 PNGs | array | .npy
     /reconstruct     images (files) or array, label, model         -> reconstructions, latent means, errors
     /anomaly-score   images (files) or array, label, model, percentile | threshold -> per-image scores
-    /batch/decode    z (a .npy file, float32 [N, latent]), labels (.npy), model      -> .npy uint8 images [N, C, H, W]
-    /batch/score     images (a .npy file, uint8 [N, C, H, W]), labels (.npy), model -> .npy float32 scores [N, components]
+    /batch/decode    z (a .npy file, float32 [N, latent]), labels (.npy), model -> .npy uint8 images [N, C, H, W]
+    /batch/score     images (a .npy file, uint8 [N, C, H, W]), labels (.npy), model
+                     -> .npy float32 scores [N, components]
     /models          -> loaded models, their classes, manifests and the execution provider of each graph
 
 A conditional model (``genlab train --conditional``) draws, reconstructs and scores each image under a
@@ -24,17 +29,14 @@ mishandle before it is parsed. Nothing here imports torch or training code.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import logging
 import os
+import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
-
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
-# BentoML wraps every request in an OpenTelemetry span, exported nowhere unless tracing is configured; with the
-# SDK disabled the spans are no-ops: 1.3-1.4x the requests per second on CPU (benchmarks/serve_load.py). To trace,
-# set OTEL_SDK_DISABLED=false and configure BentoML's tracing exporter.
-os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+from typing import Annotated, Any, Literal, TypeVar
 
 import bentoml
 import numpy as np
@@ -57,7 +59,7 @@ from genlab.service.inputs import (
 )
 from genlab.service.openapi import fix_spec
 from genlab.service.runtime import Runner, open_runners
-from genlab.service.settings import HEALTH_PATHS, SETTINGS
+from genlab.service.settings import HEALTH_PATHS, SERVING_ENVIRONMENT, Settings, load_settings
 from genlab.service.work import WorkPool
 from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse, Response
@@ -70,7 +72,7 @@ from genlab.measures import ANOMALY_MAP_MEANING, RECON_ERROR_MEANING, anomaly_ma
 from genlab.thresholds import DEFAULT_PERCENTILE, normalized, percentile_of, quantile
 
 log = logging.getLogger("genlab.service")
-MAX = SETTINGS.max_images
+F = TypeVar("F", bound=Callable[..., Any])
 NPY = "application/octet-stream"
 LABELS_HEADER = "X-Genlab-Labels"  # the class index of every image, comma-separated (conditional models)
 LABEL_HELP = (
@@ -81,7 +83,7 @@ LABEL_HELP = (
 BATCH_LABELS_HELP = (
     "conditional models: at most one .npy file of int64 class indices [N], one per row; other models refuse it"
 )
-LabelSource = Optional[Literal["request", "inferred"]]
+LabelSource = Literal["request", "inferred"] | None
 LABEL_SOURCE_HELP = (
     "'request': the request's `label`; 'inferred': the class that explains the image best (lowest score); "
     "null for models that are not conditional"
@@ -137,8 +139,8 @@ class ImageScore(BaseModel):
     label_source: LabelSource = Field(None, description=LABEL_SOURCE_HELP)
     anomaly_map_png_base64: str = Field(
         "",
-        description="with maps=true and maps_format=png: the anomaly map as a base64 PNG, uint8 |image - reconstruction| "
-        "(empty otherwise)",
+        description="with maps=true and maps_format=png: the anomaly map as a base64 PNG, "
+        "uint8 |image - reconstruction| (empty otherwise)",
     )
     anomaly_map: list[Any] = Field(
         default_factory=list,
@@ -172,7 +174,8 @@ class _NoTracebackForBadInput(logging.Filter):
         return True
 
 
-logging.getLogger("bentoml._internal.server.http_app").addFilter(_NoTracebackForBadInput())
+BAD_INPUT_LOG_FILTER = _NoTracebackForBadInput()  # one instance, so that adding it again changes nothing
+BAD_INPUT_LOGGER = "bentoml._internal.server.http_app"
 
 
 def _error(err: RequestError) -> JSONResponse:
@@ -214,28 +217,43 @@ def _fresh_seed() -> int:
     return int(np.random.SeedSequence().entropy % 2**63)
 
 
-def served_models() -> list[ExportedModel]:
-    """The manifests of the models in GENLAB_MODELS (no sessions)."""
-    return [read_export(resolve(reference), verify=False) for reference in SETTINGS.models]
+def served_models(settings: Settings) -> list[ExportedModel]:
+    """The manifests of the models ``settings`` serves (no sessions)."""
+    return [read_export(resolve(reference), verify=False) for reference in settings.models]
 
 
-def model_names() -> list[str]:
-    return [model.name for model in served_models()]
+def model_names(settings: Settings) -> list[str]:
+    return [model.name for model in served_models(settings)]
 
 
-def max_json_values(models: list[ExportedModel]) -> int:
-    """The most values a valid JSON request can hold: a full batch of the largest images (or latents), and room for the
-    other fields."""
+def max_json_values(models: list[ExportedModel], max_images: int) -> int:
+    """The most values a valid JSON request can hold: a full batch (``max_images``) of the largest images (or latents),
+    and room for the other fields."""
     per_image = max(max(int(np.prod(m.image_shape)), m.latent_dim) for m in models)
-    return SETTINGS.max_images * per_image + 4096
+    return max_images * per_image + 4096
 
 
-class Genlab:
-    """The service class; the BentoML decorator, model references and edge are applied below."""
+def endpoint(route: str) -> Callable[[F], F]:
+    """Marks a :class:`GenlabService` method as the endpoint at ``route``; :func:`build_service` makes it a BentoML
+    API."""
+
+    def mark(method: F) -> F:
+        method.route = route  # type: ignore[attr-defined]
+        return method
+
+    return mark
+
+
+class GenlabService:
+    """What every worker holds (the ONNX Runtime sessions of the served models, a work pool) and the endpoints; the
+    BentoML service classes :func:`build_service` makes derive from it, each with its ``settings``."""
+
+    settings: Settings
 
     def __init__(self) -> None:
-        self.work = WorkPool(SETTINGS.work_threads)
-        self.runners: dict[str, Runner] = open_runners(SETTINGS, self.work)
+        logging.getLogger(BAD_INPUT_LOGGER).addFilter(BAD_INPUT_LOG_FILTER)
+        self.work = WorkPool(self.settings.work_threads)
+        self.runners: dict[str, Runner] = open_runners(self.settings, self.work)
         self.default = next(iter(self.runners))
         log.info("genlab %s serving %s (default %s)", __version__, ", ".join(self.runners), self.default)
 
@@ -250,8 +268,9 @@ class Genlab:
         """A request's images (uploads, decoded in the work pool, or a JSON array) -> uint8 [N, C, H, W]."""
         check_image_source(files, array)
         if files:
-            return await self.work.run_stoppable(images_from_uploads, files, model.image_shape, SETTINGS.upload_limits)
-        return array_to_images(array, "array", model.image_shape, MAX)
+            limits = self.settings.upload_limits
+            return await self.work.run_stoppable(images_from_uploads, files, model.image_shape, limits)
+        return array_to_images(array, "array", model.image_shape, self.settings.max_images)
 
     def _encoder_runner(self, name: str | None) -> Runner:
         runner = self._runner(name)
@@ -266,11 +285,11 @@ class Genlab:
         return runner
 
     # -- endpoints ------------------------------------------------------------------------------
-    @bentoml.api(route="/generate")
+    @endpoint("/generate")
     async def generate(
         self,
-        n: Annotated[int, Ge(1), Le(MAX)] = 16,
-        seed: Annotated[int, Ge(0), Le(2 ** 63 - 1)] | None = None,
+        n: Annotated[int, Ge(1)] = 16,  # at most settings.max_images: see build_service
+        seed: Annotated[int, Ge(0), Le(2**63 - 1)] | None = None,
         z: list[list[float]] | None = None,
         temperature: Annotated[float, Gt(0), Le(10)] = 1.0,
         label: Annotated[Labels, Field(description=LABEL_HELP)] = None,
@@ -291,7 +310,7 @@ class Genlab:
         try:
             runner = self._runner(model)
             m = runner.model
-            latents = None if z is None else latents_from_request(z, m.latent_dim, MAX)
+            latents = None if z is None else latents_from_request(z, m.latent_dim, self.settings.max_images)
             rows = n if latents is None else len(latents)
             labels = labels_from_request(label, rows, _classes(m), m.name)
             draws_labels = m.conditional and labels is None
@@ -320,7 +339,7 @@ class Genlab:
         body["labels"], body["label_names"] = _label_indices(labels), _label_names(m, labels)
         return JSONResponse(body, headers=headers)
 
-    @bentoml.api(route="/reconstruct")
+    @endpoint("/reconstruct")
     async def reconstruct(
         self,
         images: list[Path] = [],  # noqa: B006 (pydantic copies defaults)
@@ -360,7 +379,7 @@ class Genlab:
             label_source=_label_source(requested, used),
         )
 
-    @bentoml.api(route="/anomaly-score")
+    @endpoint("/anomaly-score")
     async def anomaly_score(
         self,
         images: list[Path] = [],  # noqa: B006 (pydantic copies defaults)
@@ -384,65 +403,23 @@ class Genlab:
         try:
             runner = self._runner(model)
             m = runner.model
-            if maps and not m.has_encoder:
-                raise RequestError(
-                    "maps",
-                    f"{m.name} is a {m.family} model and has no encoder; anomaly maps compare an "
-                    "image with its reconstruction",
-                    422,
-                )
-            if percentile is not None and threshold is not None:
-                raise RequestError("threshold", "give either 'percentile' or a raw 'threshold', not both")
-            if threshold is not None and not np.isfinite(threshold):
-                raise RequestError("threshold", "must be a finite number", 422)
-            if threshold is None and not m.calibration:
-                raise RequestError(
-                    "threshold",
-                    f"{m.name} has no calibration (its training did not finish); send a raw 'threshold'",
-                    422,
-                )
+            _check_scoring(m, maps, percentile, threshold)
             x = await self._images(images, array, m)
             requested = labels_from_request(label, len(x), _classes(m), m.name)
         except RequestError as err:
             return _error(err)  # type: ignore[return-value]
         scores = await runner.scores(x, requested)
         used = scores.pop("label", None)
-        used_names, source = _label_names(m, used), _label_source(requested, used)
         scores = {name: v.astype(np.float64) for name, v in scores.items()}
-        cal = m.calibration
         if threshold is None:
             threshold_percentile = DEFAULT_PERCENTILE if percentile is None else percentile
-            cut = quantile(cal, "score", threshold_percentile)
+            cut = quantile(m.calibration, "score", threshold_percentile)
         else:
             threshold_percentile, cut = None, float(threshold)
-        pct = {
-            name: percentile_of(cal, name, v) if cal and name in cal["scores"] else None for name, v in scores.items()
-        }
-        norm = normalized(cal, "score", scores["score"], cut) if cal and "score" in cal["scores"] else None
         diff = None
         if maps:
             mu, _ = await runner.encode(x, used)
             diff = anomaly_map(x, await runner.decode(np.ascontiguousarray(mu), used))
-        results = [
-            ImageScore(
-                score=float(scores["score"][i]),
-                normalized_score=None if norm is None else float(norm[i]),
-                percentile=None if pct["score"] is None else float(pct["score"][i]),
-                is_anomaly=bool(scores["score"][i] > cut),
-                components={
-                    name: {"value": float(v[i]), "percentile": None if pct[name] is None else float(pct[name][i])}
-                    for name, v in scores.items()
-                },
-                anomaly_map_png_base64=""
-                if diff is None or maps_format != "png"
-                else _png_base64(np.rint(diff[i : i + 1] * 255).astype(np.uint8))[0],
-                anomaly_map=[] if diff is None or maps_format != "array" else diff[i].round(5).tolist(),
-                label=None if used is None else int(used[i]),
-                label_name=None if used is None else used_names[i],
-                label_source=source,
-            )
-            for i in range(len(x))
-        ]
         return AnomalyScores(
             model=m.name,
             score_name="score",
@@ -450,10 +427,10 @@ class Genlab:
             threshold=cut,
             threshold_percentile=threshold_percentile,
             threshold_source="request" if threshold is not None else "calibration",
-            results=results,
+            results=_image_scores(m, scores, cut, requested, used, diff, maps_format),
         )
 
-    @bentoml.api(route="/batch/decode")
+    @endpoint("/batch/decode")
     async def batch_decode(
         self,
         z: Path,
@@ -469,7 +446,7 @@ class Genlab:
         try:
             runner = self._runner(model)
             m = runner.model
-            latents = latents_from_npy(z, "z", m.latent_dim, MAX, SETTINGS.max_upload_bytes)
+            latents = latents_from_npy(z, "z", m.latent_dim, self.settings.max_images, self.settings.max_upload_bytes)
             labels_file = optional_file(labels, "labels")
             if m.conditional and labels_file is None:
                 raise RequestError(
@@ -482,14 +459,14 @@ class Genlab:
                 None
                 if labels_file is None
                 else labels_from_npy(
-                    labels_file, "labels", len(latents), _classes(m), m.name, SETTINGS.max_upload_bytes
+                    labels_file, "labels", len(latents), _classes(m), m.name, self.settings.max_upload_bytes
                 )
             )
         except RequestError as err:
             return _error(err)
         return _npy(await runner.decode(latents, class_labels), {"X-Genlab-Model": m.name})
 
-    @bentoml.api(route="/batch/score")
+    @endpoint("/batch/score")
     async def batch_score(
         self,
         images: Path,
@@ -507,14 +484,13 @@ class Genlab:
         try:
             runner = self._runner(model)
             m = runner.model
-            x = images_from_npy(images, "images", m.image_shape, MAX, SETTINGS.max_upload_bytes)
+            limit = self.settings.max_upload_bytes
+            x = images_from_npy(images, "images", m.image_shape, self.settings.max_images, limit)
             labels_file = optional_file(labels, "labels")
             class_labels = (
                 None
                 if labels_file is None
-                else labels_from_npy(
-                    labels_file, "labels", len(x), _classes(m), m.name, SETTINGS.max_upload_bytes, unknown_allowed=True
-                )
+                else labels_from_npy(labels_file, "labels", len(x), _classes(m), m.name, limit, unknown_allowed=True)
             )
         except RequestError as err:
             return _error(err)
@@ -524,7 +500,7 @@ class Genlab:
         headers = {"X-Genlab-Model": m.name, "X-Genlab-Scores": ",".join(names), **_labels_header(scores.get("label"))}
         return _npy(table, headers)
 
-    @bentoml.api(route="/models")
+    @endpoint("/models")
     async def list_models(self) -> list[ModelInfo]:
         """The models this server holds (the first is the default), their classes (what a conditional model's `label`
         takes), manifests and execution providers."""
@@ -552,26 +528,120 @@ class Genlab:
         return rows
 
 
-for _i, _reference in enumerate(SETTINGS.models):
-    if _reference in SETTINGS.store_tags:
-        # class-level references: `bentoml build` packs these models into the bento
-        setattr(Genlab, f"model_{_i}", bentoml.models.BentoModel(_reference))
+def _check_scoring(model: ExportedModel, maps: bool, percentile: float | None, threshold: float | None) -> None:
+    """Refuse the /anomaly-score requests ``model`` cannot answer: maps without an encoder, both a percentile and a raw
+    threshold, a threshold that is not finite, or no threshold for a model without calibration."""
+    if maps and not model.has_encoder:
+        raise RequestError(
+            "maps",
+            f"{model.name} is a {model.family} model and has no encoder; anomaly maps compare an "
+            "image with its reconstruction",
+            422,
+        )
+    if percentile is not None and threshold is not None:
+        raise RequestError("threshold", "give either 'percentile' or a raw 'threshold', not both")
+    if threshold is not None and not np.isfinite(threshold):
+        raise RequestError("threshold", "must be a finite number", 422)
+    if threshold is None and not model.calibration:
+        raise RequestError(
+            "threshold",
+            f"{model.name} has no calibration (its training did not finish); send a raw 'threshold'",
+            422,
+        )
 
-Genlab = bentoml.service(  # type: ignore[misc]
-    name="genlab",
-    workers=SETTINGS.workers,
-    traffic={"timeout": SETTINGS.request_timeout_s},
-    logging={"access": {"enabled": SETTINGS.access_log}},
-)(Genlab)
 
-FILE_FIELDS = {api.route: frozenset(api.input_spec.multipart_fields) for api in Genlab.apis.values()}
-Genlab.add_asgi_middleware(
-    Edge,
-    api_key=SETTINGS.api_key,
-    max_body_bytes=SETTINGS.max_body_bytes,
-    file_fields=FILE_FIELDS,
-    openapi=lambda spec: fix_spec(spec, FILE_FIELDS, SETTINGS.api_key != "", model_names()),
-    open_paths=HEALTH_PATHS,
-    json_values=lambda: max_json_values(served_models()),
-    form_limits=FormLimits(max_parts=SETTINGS.max_images + 32),
-)
+def _image_scores(
+    model: ExportedModel,
+    scores: dict[str, np.ndarray],
+    cut: float,
+    requested: np.ndarray | None,
+    used: np.ndarray | None,
+    diff: np.ndarray | None,
+    maps_format: str,
+) -> list[ImageScore]:
+    """One result per image: its ``scores`` (name -> float64 [N]) against the threshold ``cut`` and the model's
+    calibration, the class it was scored under (``used``; None for a model that is not conditional) and its anomaly map
+    (``diff``, float [N, C, H, W], or None) in ``maps_format``."""
+    cal = model.calibration
+    pct = {name: percentile_of(cal, name, v) if cal and name in cal["scores"] else None for name, v in scores.items()}
+    norm = normalized(cal, "score", scores["score"], cut) if cal and "score" in cal["scores"] else None
+    used_names, source = _label_names(model, used), _label_source(requested, used)
+    return [
+        ImageScore(
+            score=float(scores["score"][i]),
+            normalized_score=None if norm is None else float(norm[i]),
+            percentile=None if pct["score"] is None else float(pct["score"][i]),
+            is_anomaly=bool(scores["score"][i] > cut),
+            components={
+                name: {"value": float(v[i]), "percentile": None if pct[name] is None else float(pct[name][i])}
+                for name, v in scores.items()
+            },
+            anomaly_map_png_base64=""
+            if diff is None or maps_format != "png"
+            else _png_base64(np.rint(diff[i : i + 1] * 255).astype(np.uint8))[0],
+            anomaly_map=[] if diff is None or maps_format != "array" else diff[i].round(5).tolist(),
+            label=None if used is None else int(used[i]),
+            label_name=None if used is None else used_names[i],
+            label_source=source,
+        )
+        for i in range(len(scores["score"]))
+    ]
+
+
+def _annotated(method: F, annotations: dict[str, Any]) -> F:
+    """A copy of ``method`` whose parameters carry these annotations: BentoML reads an endpoint's inputs, limits
+    included, from its signature."""
+    copy = types.FunctionType(
+        method.__code__, method.__globals__, method.__name__, method.__defaults__, method.__closure__
+    )
+    copy.__kwdefaults__, copy.__doc__, copy.__qualname__ = method.__kwdefaults__, method.__doc__, method.__qualname__
+    copy.__annotations__ = {**method.__annotations__, **annotations}
+    return copy  # type: ignore[return-value]
+
+
+def build_service(settings: Settings) -> bentoml.Service:
+    """The BentoML service serving ``settings``: its limits in the endpoints' schemas, its workers, request timeout and
+    access log; a model reference for every BentoML model tag it serves (what ``bentoml build`` packs into the bento);
+    genlab's edge in front. Each call makes a new service class; nothing global changes."""
+    annotations = {"generate": {"n": Annotated[int, Ge(1), Le(settings.max_images)]}}
+    namespace: dict[str, Any] = {"__module__": __name__, "__doc__": GenlabService.__doc__, "settings": settings}
+    for name, method in vars(GenlabService).items():
+        if hasattr(method, "route"):
+            namespace[name] = bentoml.api(route=method.route)(_annotated(method, annotations.get(name, {})))
+    for i, reference in enumerate(settings.models):
+        if reference in settings.store_tags:
+            namespace[f"model_{i}"] = bentoml.models.BentoModel(reference)
+    service = bentoml.service(  # type: ignore[misc]
+        name="genlab",
+        workers=settings.workers,
+        traffic={"timeout": settings.request_timeout_s},
+        logging={"access": {"enabled": settings.access_log}},
+    )(type("Genlab", (GenlabService,), namespace))
+    file_fields = {api.route: frozenset(api.input_spec.multipart_fields) for api in service.apis.values()}
+    service.add_asgi_middleware(
+        Edge,
+        api_key=settings.api_key,
+        max_body_bytes=settings.max_body_bytes,
+        file_fields=file_fields,
+        openapi=lambda spec: fix_spec(spec, file_fields, settings.api_key != "", model_names(settings)),
+        open_paths=HEALTH_PATHS,
+        json_values=lambda: max_json_values(served_models(settings), settings.max_images),
+        form_limits=FormLimits(max_parts=settings.max_images + 32),
+    )
+    return service
+
+
+@functools.cache
+def environment_service() -> bentoml.Service:
+    """The service for this process's environment (:func:`~service.settings.load_settings`), built once. The serving
+    process also gets :data:`~service.settings.SERVING_ENVIRONMENT` where its environment does not say otherwise."""
+    for variable, value in SERVING_ENVIRONMENT.items():
+        os.environ.setdefault(variable, value)
+    return build_service(load_settings(os.environ))
+
+
+def __getattr__(name: str) -> Any:
+    """``Genlab``: :func:`environment_service`, what ``bentoml serve`` and ``bentoml build`` load."""
+    if name == "Genlab":
+        return environment_service()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

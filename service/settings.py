@@ -20,6 +20,10 @@ from genlab.service.inputs import UploadLimits
 DEFAULT_MODEL = "genlab-vaegan-mnist-5k"  # what the quickstart trains and exports
 BATCHING_CHOICES = ("auto", "on", "off")
 HEALTH_PATHS = ("/livez", "/readyz", "/healthz")  # answered without an API key (probes)
+# The serving process's environment where it does not set these: no BentoML usage analytics calls; and BentoML's
+# OpenTelemetry span around every request, exported nowhere unless tracing is configured, a no-op (the throughput
+# this gains: benchmarks/serve_load.py). To trace, set OTEL_SDK_DISABLED=false and configure BentoML's tracing exporter.
+SERVING_ENVIRONMENT = {"BENTOML_DO_NOT_TRACK": "True", "OTEL_SDK_DISABLED": "true"}
 
 
 @dataclass(frozen=True)
@@ -91,11 +95,15 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     models = tuple(ref.strip() for ref in environ.get("GENLAB_MODELS", "").split(",") if ref.strip())
     if models:
         values["models"] = models
-    batching = str(values.get("batching", "auto")).lower()
+    if "batching" in values:
+        values["batching"] = _batching(str(values["batching"]))
+    return Settings(**values)
+
+
+def _batching(text: str) -> str:
+    """GENLAB_BATCHING -> one of BATCHING_CHOICES (a yes or a no meaning on or off)."""
+    batching = text.lower()
     batching = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}.get(batching, batching)
     if batching not in BATCHING_CHOICES:
         raise ValueError(f"GENLAB_BATCHING must be one of {', '.join(BATCHING_CHOICES)}, got {batching!r}")
-    return Settings(**{**values, "batching": batching})
-
-
-SETTINGS = load_settings()
+    return batching
