@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -9,30 +10,60 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 
 from genlab.config import ModelConfig
 from genlab.models import MODELS
 
+# the shared tiny trained models and their exports, fixtures for every test module (tests/shared_models.py)
+from tests.shared_models import (  # noqa: F401 (fixtures)
+    TINY,
+    all_class_gan,
+    built_once,
+    conditional_vaegan,
+    exports,
+    one_class_vae,
+    shared_root,
+    trained,
+)
+
 FAMILIES = sorted(MODELS)
+
+
+def pytest_configure(config):
+    """An xdist worker shares the machine's cores with the others: one thread each for torch and the genlab
+    processes it starts, rather than every worker oversubscribing every core."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def genlab_cache(tmp_path_factory):
-    """One empty project cache for the whole session, inherited by the genlab processes tests start (never the
-    user's ~/.cache/genlab): the reference classifier behind sample-quality tracking trains once per session."""
-    import os
+    """One empty project cache for the whole test run (its xdist workers share it), inherited by the genlab processes
+    tests start (never the user's ~/.cache/genlab): the reference classifier behind sample-quality tracking and the
+    FID extractor trains once per run, by whichever process needs it first (the others wait for it)."""
+    import genlab.classifier
 
-    folder = tmp_path_factory.mktemp("genlab-cache")
-    old = os.environ.get("GENLAB_CACHE")
-    os.environ["GENLAB_CACHE"] = str(folder)
-    yield folder
-    if old is None:
-        os.environ.pop("GENLAB_CACHE", None)
-    else:
-        os.environ["GENLAB_CACHE"] = old
+    folder = shared_root(tmp_path_factory) / "genlab-cache"
+    folder.mkdir(parents=True, exist_ok=True)
+    train_classifier = genlab.classifier.train_classifier
 
+    def train_once(dataset, size, channels, data_dir, seed, path, condition_on=None):
+        with FileLock(f"{path}.lock"):
+            if Path(path).is_file():  # another worker trained it while this one waited
+                return None
+            threads = torch.get_num_threads()
+            torch.set_num_threads(os.cpu_count() or 1)  # the other workers often wait for it: every core
+            try:
+                return train_classifier(dataset, size, channels, data_dir, seed, path, condition_on)
+            finally:
+                torch.set_num_threads(threads)
 
-TINY = {"width": 4, "hidden": 16, "latent_dim": 4}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GENLAB_CACHE", str(folder))
+        mp.setattr(genlab.classifier, "train_classifier", train_once)
+        yield folder
 
 
 def tiny_config(family: str, arch: str = "conv", image_size: int = 16, channels: int = 1, **kw) -> ModelConfig:
@@ -145,14 +176,21 @@ def bentoml_test_client(service):
 @pytest.fixture(scope="session")
 def installed_genlab(tmp_path_factory) -> Path:
     """genlab as `pip install` lays it out: the wheel setuptools builds from this tree, unpacked into a folder
-    (what site-packages would hold). Built from a copy, so the checkout gains no build/ or egg-info."""
+    (what site-packages would hold). Built from a copy, so the checkout gains no build/ or egg-info; built once per
+    test run (its xdist workers share it)."""
+    return built_once(
+        shared_root(tmp_path_factory) / "site-packages", lambda site: _install_genlab(tmp_path_factory, site)
+    )
+
+
+def _install_genlab(tmp_path_factory, site: Path) -> None:
     import shutil
     import subprocess
     import sys
     import zipfile
 
     repo = Path(__file__).resolve().parents[1]
-    source, wheels, site = (tmp_path_factory.mktemp(name) for name in ("source", "wheels", "site-packages"))
+    source, wheels = (tmp_path_factory.mktemp(name) for name in ("source", "wheels"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(repo / name, source / name)
     for name in ("genlab", "training", "export", "service", "eval", "cli"):
@@ -177,4 +215,3 @@ def installed_genlab(tmp_path_factory) -> Path:
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = wheels.glob("genlab-*.whl")
     zipfile.ZipFile(wheel).extractall(site)
-    return site

@@ -1,4 +1,6 @@
-"""What the service tests share: two small exports (session scope) and a real `genlab serve` to start."""
+"""What the service tests share: the genlab command line and a real `genlab serve` to start.
+
+The exports they serve are the shared tiny models' (the ``exports`` fixture, tests/shared_models.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from tests.shared_models import CONDITIONAL_MODEL, without_encoder  # noqa: F401 (what the service tests import)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "width=4", "--set", "hidden=16", "--set", "latent_dim=4"]
@@ -27,46 +29,6 @@ def genlab_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProce
         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
         timeout=300,
     )
-
-
-CONDITIONAL_MODEL = "genlab-vaegan-cond"  # the conditional VAE-GAN's export name (the others keep their default names)
-
-
-@pytest.fixture(scope="session")
-def exports(tmp_path_factory) -> dict[str, Path]:
-    """A VAE-GAN, a GAN and a class-conditional VAE-GAN (``vaegan-cond``, named genlab-vaegan-cond), one epoch each
-    on mnist-5k at toy width, exported (no BentoML store)."""
-    root = tmp_path_factory.mktemp("served")
-    out = {}
-    for key, family, train_flags, export_flags in (
-        ("vaegan", "vaegan", (), ()),
-        ("gan", "gan", (), ()),
-        ("vaegan-cond", "vaegan", ("--conditional",), ("--bento", CONDITIONAL_MODEL)),
-    ):
-        run = genlab_cli("train", family, *train_flags, "--epochs", "1", "--out", str(root / f"run-{key}"), *TINY)
-        assert run.returncode == 0, run.stderr[-2000:]
-        exp = genlab_cli(
-            "export", str(root / f"run-{key}"), "--out", str(root / f"export-{key}"), "--no-bento", *export_flags
-        )
-        assert exp.returncode == 0, exp.stderr[-2000:]
-        out[key] = root / f"export-{key}"
-    out["gan-no-encoder"] = without_encoder(out["gan"], root / "export-gan-no-encoder")
-    return out
-
-
-def without_encoder(export_dir: Path, dest: Path) -> Path:
-    """A copy of an export with no encoder graph, named genlab-gan-no-encoder: an export of a model that cannot
-    reconstruct (as GAN exports were before GANs had f-AnoGAN's encoder)."""
-    import json
-    import shutil
-
-    shutil.copytree(export_dir, dest)
-    manifest = json.loads((dest / "manifest.json").read_text())
-    (dest / manifest["graphs"].pop("encoder")["file"]).unlink()
-    manifest["files"].pop("encoder.onnx")
-    manifest["name"] = "genlab-gan-no-encoder"
-    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return dest
 
 
 def free_port() -> int:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from genlab.cli.main import main
 from genlab.families import FAMILY_NAMES
 from genlab.models import MODELS
 
-TINY_SET = ["--set", "width=4", "--set", "latent_dim=4"]
+# tiny networks, and no sample-quality tracking (none of these tests is about it)
+TINY_SET = ["--set", "width=4", "--set", "latent_dim=4", "--set", "quality_every=0"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
@@ -65,14 +67,13 @@ def test_bad_input_exits_2_with_one_line(args, needle, tmp_path, capsys):
     assert needle in err and len(err.splitlines()) == 1, err
 
 
-def test_truncated_and_foreign_checkpoints(tmp_path, capsys):
-    assert main(["train", "vae", "--out", str(tmp_path / "r"), "--max-steps", "2", *TINY_SET]) == 0
-    data = (tmp_path / "r" / "last.pt").read_bytes()
+def test_truncated_and_foreign_checkpoints(tmp_path, capsys, trained):
+    data = trained.checkpoint("vae-1").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     import torch
 
     torch.save({"hello": 1}, tmp_path / "foreign.pt")
-    ckpt = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    ckpt = torch.load(trained.checkpoint("vae-1"), weights_only=True)
     torch.save({**ckpt, "format_version": 99}, tmp_path / "future.pt")
     capsys.readouterr()
     for name, needle in (
@@ -100,17 +101,35 @@ def test_info_prints_the_checkpoint(tmp_path, capsys):
 def test_ctrl_c_saves_and_resume_continues(tmp_path):
     out = tmp_path / "r"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "genlab", "train", "vae", "--out", str(out), "--epochs", "50", *TINY_SET],
-        stdout=subprocess.PIPE,
+        # one digit (6 steps an epoch): the first epoch ends soon, and 50 of them would take a while
+        [sys.executable, "-m", "genlab", "train", "vae", "--out", str(out), "--normal-class", "1", "--epochs", "50"]
+        + TINY_SET,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env=ENV,
     )
-    deadline = time.time() + 120
-    while not (out / "last.pt").exists() and time.time() < deadline:  # first epoch done
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    lines: list[str] = []
+    first_epoch_or_exit = threading.Event()
+    epoch_done = re.compile(r"epoch 1/50: [a-z]")  # the first epoch's line (its progress bar: "epoch 1/50:  4%|")
+
+    def read_stderr() -> None:  # every line (and progress-bar update), until the process closes its stderr
+        for line in proc.stderr:
+            lines.append(line)
+            if epoch_done.match(line):
+                first_epoch_or_exit.set()
+        first_epoch_or_exit.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        first_epoch_or_exit.wait(timeout=120)
+        assert any(epoch_done.match(line) for line in lines), "no first epoch in 120 s:\n" + "".join(lines)[-3000:]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+        reader.join(timeout=30)
+    err = "".join(lines)
     assert proc.returncode == 130, err
     assert "--resume" in err.splitlines()[-1]
     from genlab.checkpoint import load_checkpoint

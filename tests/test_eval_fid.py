@@ -15,14 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from genlab.config import TrainConfig
 from genlab.errors import GenlabError
-from tests.conftest import TINY
-from tests.eval_fixtures import conditional_vaegan  # noqa: F401 (fixture)
 
 DIGITS = [str(k) for k in range(10)]
-
-SMALL = dict(dataset="mnist-5k", normal_class=1, batch_size=32, log_every=5, sample_count=16, epochs=1)
 
 
 @pytest.fixture(autouse=True)
@@ -33,17 +28,14 @@ def offline(monkeypatch):
     monkeypatch.setattr(inception, "_download", lambda url, path: None)
 
 
-def _train(out: Path, family: str) -> Path:
-    from genlab.training.loop import train
-
-    train(family, dict(TINY), TrainConfig(**SMALL), out)
-    return out / "last.pt"
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(trained, tmp_path_factory):
+    """family -> last.pt of the shared one-class VAE and all-class GAN, this module's copies (results are saved
+    beside them)."""
     root = tmp_path_factory.mktemp("fid-runs")
-    return {family: _train(root / family, family) for family in ("vae", "gan")}
+    return {
+        family: trained.copy_run(key, root / family) / "last.pt" for family, key in (("vae", "vae-1"), ("gan", "gan"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -171,21 +163,17 @@ def test_result_records_every_setting(runs):
     )
 
 
-def test_reconstructions_need_an_encoder(runs, tmp_path):
+def test_reconstructions_need_an_encoder(runs, exports):
     from genlab.eval.fid import compute_fid
-    from genlab.export.onnx_export import export_checkpoint
-
-    from tests.service_fixtures import without_encoder
 
     result = compute_fid(
         str(runs["vae"]), n=30, of="reconstructions", extractor="lenet", metrics=("fid",), progress=False
     )
     assert result["of"] == "reconstructions" and result["n"] == result["n_reference"] == 30
     # a GAN reconstructs through f-AnoGAN's encoder; an export without an encoder graph cannot
-    export_checkpoint(str(runs["gan"]), str(tmp_path / "gan"))
     with pytest.raises(GenlabError, match="encoder"):
         compute_fid(
-            str(without_encoder(tmp_path / "gan", tmp_path / "gan-no-encoder")),
+            str(exports["gan-no-encoder"]),
             n=30,
             of="reconstructions",
             extractor="lenet",
@@ -248,13 +236,12 @@ def test_cli_prints_one_summary_line_and_saves_in_the_run(runs, capsys):
 
 
 # -- checkpoint vs export -------------------------------------------------------------------------
-def test_checkpoint_and_its_onnx_export_give_the_same_fid(runs, tmp_path):
+def test_checkpoint_and_its_onnx_export_give_the_same_fid(runs, exports):
     from genlab.eval.fid import compute_fid
     from genlab.eval.model_source import open_model
-    from genlab.export.onnx_export import export_checkpoint
 
-    export_checkpoint(runs["vae"], tmp_path / "export")
-    ckpt, onnx = open_model(str(runs["vae"])), open_model(str(tmp_path / "export"))
+    export = exports["vae-1"]  # the export of the checkpoint runs["vae"] is a copy of
+    ckpt, onnx = open_model(str(runs["vae"])), open_model(str(export))
     assert (ckpt.kind, onnx.kind) == ("checkpoint", "onnx")
     assert (onnx.family, onnx.dataset, onnx.latent_dim, onnx.image_shape) == (
         ckpt.family,
@@ -270,19 +257,16 @@ def test_checkpoint_and_its_onnx_export_give_the_same_fid(runs, tmp_path):
     for name, value in ckpt.scores(images).items():
         np.testing.assert_allclose(onnx.scores(images)[name], value, rtol=1e-4, atol=1e-4)
     fa = compute_fid(str(runs["vae"]), n=50, seed=1, extractor="lenet", progress=False)
-    fb = compute_fid(str(tmp_path / "export"), n=50, seed=1, extractor="lenet", progress=False)
+    fb = compute_fid(str(export), n=50, seed=1, extractor="lenet", progress=False)
     assert fb["kind"] == "onnx"
     assert fb["values"]["lenet_fd"] == pytest.approx(fa["values"]["lenet_fd"], rel=1e-3)
 
 
 # -- conditional models ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def conditional_export(conditional_vaegan, tmp_path_factory):
-    from genlab.export.onnx_export import export_checkpoint
-
-    out = tmp_path_factory.mktemp("conditional-export") / "export"
-    export_checkpoint(conditional_vaegan / "last.pt", out)
-    return out
+def conditional_export(exports) -> Path:
+    """The export of the checkpoint ``conditional_vaegan`` is a copy of."""
+    return exports["vaegan-cond"]
 
 
 def test_a_conditional_source_draws_balanced_labels_as_its_export_does(conditional_vaegan, conditional_export):

@@ -62,7 +62,7 @@ def _private_bentoml_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("BENTOML_DO_NOT_TRACK", "True")
 
 
-# the shared model of each family (a one-class VAE and VAE-GAN, an all-class GAN) and its conditional one
+# the shared model of each family (a one-class VAE, a GAN and a VAE-GAN of all ten digits) and its conditional one
 SHARED = {"vae": "vae-1", "gan": "gan", "vaegan": "vaegan", **{f"{f}-conditional": f"{f}-cond" for f in FAMILIES}}
 
 

@@ -3,9 +3,11 @@
 Each kill is a real ``SIGKILL`` of a real ``genlab`` process. To hit a chosen moment (mid-epoch,
 in the middle of writing a checkpoint, between two steps of an export) the process runs
 ``genlab`` through a small driver that wraps one function so that its Nth call kills the
-process; nothing else is changed. Resumed runs must reach bit-identical weights to a run that
-was never interrupted, and an interrupted export must never leave a directory that opens as a
-complete export without being one.
+process; nothing else is changed, except that an interrupted export copies the graphs a real
+export of the same checkpoint wrote instead of tracing them again (the slow dynamo exporter,
+replaced as tests/test_export.py's fast_exporter does: everything else in the export runs for
+real). Resumed runs must reach bit-identical weights to a run that was never interrupted, and an
+interrupted export must never leave a directory that opens as a complete export without being one.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 # Runs ``genlab`` with ARGV (JSON) after wrapping TARGET (module:attribute) so that its Nth call
 # first runs BEFORE (a Python statement, with the call's arguments as ``args``) and then sends
-# SIGNAL to this process (SIGKILL ends it there; SIGINT is a Ctrl-C, and the call goes on).
+# SIGNAL to this process (SIGKILL ends it there; SIGINT is a Ctrl-C, and the call goes on). With
+# GENLAB_TEST_GRAPHS (an export directory) an export copies its graphs from there instead of tracing them.
 DRIVER = r"""
 import importlib, json, os, signal, sys
 target, nth, before, argv, sig = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4]), sys.argv[5]
@@ -50,6 +53,13 @@ def wrapped(*args, **kwargs):
         os.kill(os.getpid(), getattr(signal, sig))
     return original(*args, **kwargs)
 setattr(owner, name, wrapped)
+graphs = os.environ.get("GENLAB_TEST_GRAPHS")
+if graphs:  # imported after the wrapping, so that what it imports by name from elsewhere is the wrapped function
+    import shutil
+    import genlab.export.onnx_export as onnx_export
+    onnx_export._export_graph = lambda module, example, spec, path, opset: shutil.copyfile(
+        os.path.join(graphs, path.name), path
+    )
 from genlab.cli.main import main
 sys.exit(main(argv))
 """
@@ -62,14 +72,15 @@ def genlab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def killed_at(
-    target: str, nth: int, argv: list[str], before: str = "pass", sig: str = "SIGKILL"
+    target: str, nth: int, argv: list[str], before: str = "pass", sig: str = "SIGKILL", graphs: Path | None = None
 ) -> subprocess.CompletedProcess:
+    """``graphs``: an export of the checkpoint an export in ``argv`` reads, whose graphs it copies."""
     result = subprocess.run(
         [sys.executable, "-c", DRIVER, target, str(nth), before, json.dumps(argv), sig],
         capture_output=True,
         text=True,
         timeout=300,
-        env=ENV,
+        env={**ENV, "GENLAB_TEST_GRAPHS": str(graphs)} if graphs else ENV,
     )
     expected = -signal.SIGKILL if sig == "SIGKILL" else 130
     assert result.returncode == expected, f"exit {result.returncode}, expected {expected}: {result.stderr[-2000:]}"
@@ -196,9 +207,9 @@ def _opens_complete(directory: Path) -> bool:
         ("genlab.files:fsync_directory", 2, True),  # just after that rename
     ],
 )
-def test_sigkill_during_export_never_leaves_a_half_export(straight, tmp_path, target, nth, published):
+def test_sigkill_during_export_never_leaves_a_half_export(straight, exported, tmp_path, target, nth, published):
     out = tmp_path / "export"
-    killed_at(target, nth, ["export", str(straight), "--out", str(out), "--no-bento"])
+    killed_at(target, nth, ["export", str(straight), "--out", str(out), "--no-bento"], graphs=exported)
     assert out.exists() == published and (not published or _opens_complete(out))
     for entry in tmp_path.iterdir():  # a temp directory never passes for an export unless it is complete
         if entry.is_dir() and entry != out:
@@ -208,6 +219,7 @@ def test_sigkill_during_export_never_leaves_a_half_export(straight, tmp_path, ta
 
 @pytest.fixture(scope="module")
 def exported(straight, tmp_path_factory) -> Path:
+    """``straight`` exported for real (the interrupted exports copy its graphs)."""
     out = tmp_path_factory.mktemp("exported") / "export"
     result = genlab("export", str(straight), "--out", str(out), "--no-bento")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -219,7 +231,10 @@ def test_sigkill_while_overwriting_an_export_keeps_a_complete_one(straight, expo
     shutil.copytree(exported, out)
     # the old export has been moved aside; the new one is about to be renamed into place
     killed_at(
-        "genlab.files:publish_directory", 1, ["export", str(straight), "--out", str(out), "--no-bento", "--overwrite"]
+        "genlab.files:publish_directory",
+        1,
+        ["export", str(straight), "--out", str(out), "--no-bento", "--overwrite"],
+        graphs=exported,
     )
     complete = [d for d in [out, *tmp_path.glob(".export.old-*")] if d.exists() and _opens_complete(d)]
     assert complete, "no complete export left"

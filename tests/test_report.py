@@ -12,7 +12,7 @@ from genlab.eval.results import save_result
 from genlab.eval.translation import evaluate_translation, shift_by_fraction
 
 from genlab.errors import GenlabError
-from tests.eval_fixtures import all_class_gan, conditional_vaegan, one_class_vae, train_tiny  # noqa: F401 (fixtures)
+from tests.shared_models import train_tiny
 
 
 def test_shifts_are_deterministic_and_of_the_asked_size():
@@ -191,6 +191,8 @@ def test_sweep_trains_resumes_and_reports(tmp_path, capsys):
         "hidden=16",
         "--set",
         "latent_dim=4",
+        "--set",
+        "quality_every=0",
         "--normal-class",
         "1",
         "--translate-experiment",

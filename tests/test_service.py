@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import importlib
 import io
 import os
 import subprocess
@@ -21,7 +20,7 @@ from PIL import Image
 from genlab.errors import GenlabError
 from tests.conftest import bentoml_test_client
 from tests.service_fixtures import CONDITIONAL_MODEL as COND
-from tests.service_fixtures import REPO, TINY, exports, running_server  # noqa: F401 (fixture)
+from tests.service_fixtures import REPO, running_server
 from tests.service_fixtures import genlab_cli as _genlab
 
 MAX_IMAGES = 64
@@ -30,20 +29,14 @@ MAX_UPLOAD = 64 * 1024
 
 @pytest.fixture(scope="module")
 def client(exports):
-    """The service imported fresh with these models and small limits, behind a starlette TestClient."""
-    models = ",".join(str(exports[key]) for key in ("vaegan", "gan", "gan-no-encoder", "vaegan-cond"))
-    env = {"GENLAB_MODELS": models, "GENLAB_MAX_IMAGES": str(MAX_IMAGES), "GENLAB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD)}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    for name in [m for m in sys.modules if m == "genlab.service" or m.startswith("genlab.service.")]:
-        del sys.modules[name]
-    try:
-        service = importlib.import_module("genlab.service.service")
-        with bentoml_test_client(service.Genlab) as c:
-            yield c
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    """The service built with these models and small limits, behind a starlette TestClient."""
+    from genlab.service.service import build_service
+    from genlab.service.settings import Settings
+
+    models = tuple(str(exports[key]) for key in ("vaegan", "gan", "gan-no-encoder", "vaegan-cond"))
+    service = build_service(Settings(models=models, max_images=MAX_IMAGES, max_upload_bytes=MAX_UPLOAD))
+    with bentoml_test_client(service) as c:
+        yield c
 
 
 def _png(array_hw_or_hwc: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -293,7 +286,10 @@ def test_every_load_verifies_the_bytes_it_runs(exports, tmp_path):
 
 
 def test_service_imports_no_torch():
-    code = "import sys, genlab.service.service, genlab.service.commands; assert 'torch' not in sys.modules, 'torch imported'"
+    code = (
+        "import sys, genlab.service.service as service, genlab.service.commands; service.Genlab; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     r = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -302,6 +298,73 @@ def test_service_imports_no_torch():
         env={**os.environ, "GENLAB_MODELS": "nothing-needed-at-import"},
     )
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_importing_the_service_changes_nothing_and_genlab_is_built_once_from_the_environment(tmp_path):
+    """`bentoml serve genlab.service.service:Genlab` reads the settings from the environment when it first asks for
+    `Genlab`; the import alone writes no variable and adds no logging filter."""
+    code = (
+        "import logging, os\n"
+        "before = dict(os.environ)\n"
+        "import genlab.service.service as service\n"
+        "assert dict(os.environ) == before, 'the import changed the environment'\n"
+        "assert service.BAD_INPUT_LOG_FILTER not in logging.getLogger(service.BAD_INPUT_LOGGER).filters\n"
+        "genlab = service.Genlab\n"
+        "assert genlab is service.Genlab and genlab is service.environment_service()\n"
+        "n = genlab.apis['generate'].input_spec.model_json_schema()['properties']['n']\n"
+        "print(n['maximum'], genlab.config['workers'], *[m.tag for m in genlab.models])\n"
+        "print(os.environ['BENTOML_DO_NOT_TRACK'], os.environ['OTEL_SDK_DISABLED'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "BENTOML_DO_NOT_TRACK"}
+    env |= {
+        "GENLAB_MODELS": f"{tmp_path},genlab-gan-mnist-5k",
+        "GENLAB_MAX_IMAGES": "7",
+        "GENLAB_WORKERS": "3",
+        "OTEL_SDK_DISABLED": "false",  # kept: the environment's own value wins over the serving default
+    }
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines() == ["7 3 genlab-gan-mnist-5k", "True false"]  # a directory needs no model reference
+
+
+def test_services_built_with_other_settings_live_side_by_side(tmp_path):
+    from genlab.service.service import build_service
+    from genlab.service.settings import DEFAULT_MODEL, Settings
+
+    small = build_service(
+        Settings(
+            models=(str(tmp_path), "genlab-gan-mnist-5k"),
+            max_images=7,
+            max_body_bytes=1 << 20,
+            workers=3,
+            request_timeout_s=2.5,
+            access_log=True,
+            api_key="key",
+        )
+    )
+    default = build_service(Settings())
+
+    def most_images(service) -> int:
+        return service.apis["generate"].input_spec.model_json_schema()["properties"]["n"]["maximum"]
+
+    assert (most_images(small), most_images(default)) == (7, Settings().max_images)
+    assert small.config == {"workers": 3, "traffic": {"timeout": 2.5}, "logging": {"access": {"enabled": True}}}
+    assert default.config["workers"] == 1 and not default.config["logging"]["access"]["enabled"]
+    assert [str(m.tag) for m in small.models] == ["genlab-gan-mnist-5k"]
+    assert [str(m.tag) for m in default.models] == [DEFAULT_MODEL]
+    assert small.inner is not default.inner and small.inner.settings.max_images == 7
+    (edge, options), *_ = small.middlewares
+    assert edge.__name__ == "Edge" and options["api_key"] == "key" and options["max_body_bytes"] == 1 << 20
+    assert options["form_limits"].max_parts == 7 + 32 and options["file_fields"]["/anomaly-score"] == {"images"}
+    assert default.middlewares[0][1]["api_key"] == ""
+
+
+def test_the_bad_input_log_filter_is_installed_once_the_service_starts(client):
+    import logging
+
+    from genlab.service.service import BAD_INPUT_LOG_FILTER, BAD_INPUT_LOGGER
+
+    assert logging.getLogger(BAD_INPUT_LOGGER).filters.count(BAD_INPUT_LOG_FILTER) == 1
 
 
 # -- a real server ---------------------------------------------------------------------------------------
@@ -364,14 +427,16 @@ def test_serve_refuses_a_missing_model_in_one_line(tmp_path):
 def test_bentoml_build_packs_the_model_and_no_torch(exports, tmp_path):
     """`bentoml build` offline: the bento's requirements, Dockerfile and model reference."""
     env = {"BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
-    saved = _genlab(
-        "export",
-        str(exports["vaegan"].parent / "run-vaegan"),
-        "--out",
-        str(tmp_path / "exp"),
-        "--bento",
-        "genlab-vaegan-mnist-5k",
-        env=env,
+    # the shared export into this test's model store, as `genlab export --bento` stores the export it writes (that
+    # command's own test: tests/test_export.py)
+    store = "import sys; from genlab.export.store import save_to_store; save_to_store(sys.argv[1], sys.argv[2])"
+    saved = subprocess.run(
+        [sys.executable, "-c", store, str(exports["vaegan"]), "genlab-vaegan-mnist-5k"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
     )
     assert saved.returncode == 0, saved.stderr[-2000:]
     built = subprocess.run(
@@ -394,7 +459,7 @@ def test_bentoml_build_packs_the_model_and_no_torch(exports, tmp_path):
     assert not any(p.suffix == ".pt" for p in (bento / "src").rglob("*")) and not (bento / "src" / "training").exists()
     # the packed sources are enough to import the service: every project module it loads comes from the bento
     code = (
-        "import sys, genlab.service.service; from pathlib import Path; "
+        "import sys, genlab.service.service as service; service.Genlab; from pathlib import Path; "
         "ours = [m for n, m in sys.modules.items() if n.split('.')[0] == 'genlab']; "
         "outside = [m.__name__ for m in ours if not Path(m.__file__).resolve().is_relative_to(Path.cwd().resolve())]; "
         "assert not outside, outside; assert 'torch' not in sys.modules"

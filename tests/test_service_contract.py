@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service_fixtures import exports, running_server  # noqa: F401 (fixture)
+from tests.service_fixtures import running_server
 
 KEY = "contract-test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}

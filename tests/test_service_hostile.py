@@ -7,6 +7,7 @@ fail with a 500; `running_server` also fails the module if any request left a tr
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import io
 import struct
 import time
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.service_fixtures import exports, running_server  # noqa: F401 (fixture)
+from tests.service_fixtures import running_server
 
 UPLOAD_ROUTES = {"/reconstruct": "images", "/anomaly-score": "images", "/batch/decode": "z", "/batch/score": "images"}
 
@@ -32,6 +33,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+@functools.cache  # the same bytes each time (a 4096 px one takes a moment to compress; some tests send hundreds)
 def blank_png(side: int) -> bytes:
     """An all-black greyscale PNG of side x side pixels: a few KB on the wire, side**2 bytes decoded."""
     header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)

@@ -9,8 +9,6 @@ import pytest
 from genlab.service.runtime import Merger, Runner
 from genlab.service.work import WorkPool
 
-from tests.service_fixtures import exports  # noqa: F401 (fixture)
-
 POOL = WorkPool(2)
 
 
@@ -138,11 +136,42 @@ def test_a_conditional_runner_passes_labels_through_merged_calls(exports):
         assert scores[0]["label"].tolist() == [0, 7]  # the labels given are the classes scored under
 
 
-def test_warm_up_runs_a_conditional_model(exports):
+@pytest.mark.parametrize("key", ["vaegan", "vaegan-cond", "gan-no-encoder"])
+def test_warm_up_runs_every_graph_once(exports, key):
+    """Decode two zero latents (a conditional model's under class 0), score the images without labels (a conditional
+    model infers their class), encode them where there is an encoder."""
     from genlab.export.reader import open_export
     from genlab.service.runtime import warm_up
 
-    warm_up(open_export(exports["vaegan-cond"], providers="cpu"))
+    model = open_export(exports[key], providers="cpu")
+    calls: list[tuple[str, tuple, object]] = []
+
+    def recording(graph: str):
+        run = getattr(model, graph)
+
+        def record(*inputs):
+            out = run(*inputs)
+            calls.append((graph, inputs, out))
+            return out
+
+        return record
+
+    for graph in ("decode", "scores", "encode"):
+        setattr(model, graph, recording(graph))
+    warm_up(model)
+    expected = ["decode", "scores", "encode"] if model.has_encoder else ["decode", "scores"]
+    assert [graph for graph, _, _ in calls] == expected
+    (_, (z, labels), images), (_, scored, scores) = calls[:2]
+    np.testing.assert_array_equal(z, np.zeros((2, model.latent_dim), np.float32))
+    if model.conditional:
+        assert labels.dtype == np.int64 and labels.tolist() == [0, 0]
+        assert scores["label"].shape == (2,)  # the class was inferred
+    else:
+        assert labels is None and "label" not in scores
+    assert len(scored) == 1 and scored[0] is images and images.shape == (2, *model.image_shape)
+    if model.has_encoder:
+        _, (encoded, encode_labels), (mu, _) = calls[2]
+        assert encoded is images and encode_labels is labels and mu.shape == (2, model.latent_dim)
 
 
 def test_large_unmerged_calls_run_in_the_work_pool_and_small_ones_inline(exports):

@@ -15,7 +15,8 @@ from genlab.pixels import uint8_to_model
 from tests.conftest import FAMILIES, TINY
 
 # one digit class of mnist-5k: 400 train / 50 val images, 12 steps per epoch at batch 32
-SMALL = dict(dataset="mnist-5k", normal_class=1, batch_size=32, log_every=5, sample_count=16)
+# (sample quality is tracked only by the runs of the tests that check it: quality_every=1)
+SMALL = dict(dataset="mnist-5k", normal_class=1, batch_size=32, log_every=5, sample_count=16, quality_every=0)
 
 
 def _train(out, family="vae", **kw):
@@ -73,8 +74,8 @@ def test_run_writes_a_self_describing_checkpoint(family, tmp_path):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_resume_matches_an_uninterrupted_run(family, tmp_path):
-    _train(tmp_path / "straight", family, epochs=2)
-    stopped = _train(tmp_path / "split", family, epochs=2, max_steps=7)  # stops mid-epoch 1
+    _train(tmp_path / "straight", family, epochs=2, quality_every=1)
+    stopped = _train(tmp_path / "split", family, epochs=2, max_steps=7, quality_every=1)  # stops mid-epoch 1
     assert stopped["stopped"] == "max_steps" and stopped["step"] == 7
     assert not load_checkpoint(tmp_path / "split")["complete"]
     _resume(tmp_path / "split", family, max_steps=None)  # lift the step limit; epochs stay 2
@@ -96,7 +97,7 @@ def test_resume_matches_an_uninterrupted_run(family, tmp_path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_conditional_run_resumes_exactly_and_records_its_classes(family, tmp_path):
     """All ten digits with their labels (40 steps of 100 images); the sample grid has one row per class."""
-    conditional = dict(SMALL, normal_class=None, batch_size=100, epochs=1)
+    conditional = dict(SMALL, normal_class=None, batch_size=100, epochs=1, quality_every=1)
     train(family, {**TINY, "conditional": True}, TrainConfig(**conditional), tmp_path / "straight")
     train(family, {**TINY, "conditional": True}, TrainConfig(**conditional, max_steps=7), tmp_path / "split")
     _resume(tmp_path / "split", family, max_steps=None)
