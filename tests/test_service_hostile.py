@@ -160,7 +160,8 @@ def _form(route: str, files, status: int, field: str) -> tuple:
         (
             "/reconstruct",
             {
-                "content": b'junk\r\n--b\r\nContent-Disposition: form-data; name="images"; filename="a"\r\n\r\nx\r\n--b--\r\n',
+                "content": b"junk\r\n--b\r\n"
+                b'Content-Disposition: form-data; name="images"; filename="a"\r\n\r\nx\r\n--b--\r\n',
                 "headers": {"content-type": "multipart/form-data; boundary=b"},
             },
             400,
