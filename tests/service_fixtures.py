@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.shared_models import CONDITIONAL_MODEL, without_encoder  # noqa: F401 (what the service tests import)
+from tests.shared_models import CONDITIONAL_MODEL  # noqa: F401 (the service tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "width=4", "--set", "hidden=16", "--set", "latent_dim=4"]
