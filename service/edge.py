@@ -16,14 +16,19 @@ In order, for every HTTP request:
    holding at most ``max_json_values`` values (counted before it is parsed, so no body can make the
    server build millions of Python objects) and no file field (BentoML would hand the endpoint a
    server-side ``Path`` the client chose).
-4. **One error shape.** Every 4xx the app answers is ``{"error": message, "field": name}``:
+4. **One error shape.** Every error the server answers is ``{"error": message, "field": name}``:
    genlab's own refusals already are; BentoML's validation errors (``{"error", "detail": [...]}``)
-   get the first field named in ``detail``; its other 4xx (a JSON *array* in 1.4.39) are rewrapped.
-5. **An OpenAPI document that tools accept** at ``/docs.json``: see :mod:`service.openapi`.
+   get the first field named in ``detail`` (an unknown field is named with the closest valid one);
+   its other 4xx (a JSON *array* in 1.4.39) are rewrapped, and so are the router's plain-text 404
+   (field ``path``) and 405 (field ``method``) and any 5xx (field ``server``). A form part that the
+   route does not take is refused here, before BentoML would try to read it as text.
+5. **GET for read-only routes**: ``GET /models`` is answered as ``POST /models``.
+6. **An OpenAPI document that tools accept** at ``/docs.json``: see :mod:`service.openapi`.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hmac
 import json
@@ -72,8 +77,16 @@ def _header(scope: Scope, name: bytes) -> bytes:
     return b""
 
 
-def validation_error_to_body(payload: Any) -> bytes:
-    """BentoML's 4xx bodies -> ``{"error", "field"}``; genlab's own pass unchanged."""
+def unknown_field(name: str, known: frozenset[str]) -> str:
+    """The refusal of a field the route does not take, with the closest name it does take."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown field {name[:100]!r}{hint} (this route takes: {', '.join(sorted(known))})"
+
+
+def validation_error_to_body(payload: Any, known: frozenset[str] = frozenset()) -> bytes:
+    """BentoML's 4xx bodies -> ``{"error", "field"}``; genlab's own pass unchanged. ``known``: the route's fields, which
+    name the closest valid field when the error is an unknown one (pydantic's ``extra_forbidden``)."""
     if isinstance(payload, dict) and "field" in payload and "error" in payload:
         return json.dumps(payload).encode()
     if isinstance(payload, dict) and isinstance(payload.get("detail"), list) and payload["detail"]:
@@ -81,12 +94,39 @@ def validation_error_to_body(payload: Any) -> bytes:
         for item in payload["detail"]:
             loc = [str(x) for x in item.get("loc", ()) if x not in ("body",)]
             field = field or (loc[0] if loc else "body")
-            parts.append(f"{'.'.join(loc) or 'body'}: {item.get('msg', 'invalid')}")
+            if item.get("type") == "extra_forbidden" and loc and known:
+                parts.append(unknown_field(loc[0], known))
+            else:
+                parts.append(f"{'.'.join(loc) or 'body'}: {item.get('msg', 'invalid')}")
         return error_body("; ".join(parts), field or "body")
     if isinstance(payload, list) and payload and isinstance(payload[0], dict):
         payload = payload[0]
     message = payload.get("error", "bad request") if isinstance(payload, dict) else str(payload)
     return error_body(str(message), "body")
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for an app that reads a body the edge has already read (``body``), then the client's disconnect."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # http.disconnect
+
+    return replay
+
+
+def _json_type(length: int) -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]
+
+
+def _json_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The request's headers, as for a JSON body of two bytes."""
+    kept = [(k, v) for k, v in scope.get("headers", ()) if k.lower() not in (b"content-type", b"content-length")]
+    return [*kept, (b"content-type", b"application/json"), (b"content-length", b"2")]
 
 
 class Edge:
@@ -98,19 +138,23 @@ class Edge:
         api_key: str = "",
         max_body_bytes: int = Settings.max_body_bytes,
         file_fields: dict[str, frozenset[str]] | None = None,
+        fields: dict[str, frozenset[str]] | None = None,
         openapi: Callable[[dict], dict] | None = None,
         open_paths: tuple[str, ...] = (),
         json_values: Callable[[], int] = lambda: 1 << 20,
         form_limits: FormLimits | None = None,
+        get_routes: frozenset[str] = frozenset(),
     ):
         self.app = app
         self.api_key = api_key.encode()
         self.max_body_bytes = max_body_bytes
         self.file_fields = file_fields or {}  # route -> the fields that must be file parts
+        self.fields = fields or {}  # route -> every field it takes (a route not named here is not checked)
         self.openapi = openapi
         self.open_paths = open_paths
         self._json_values = json_values  # the most values a JSON body may hold (read from the models on first use)
         self.form_limits = form_limits or FormLimits()
+        self.get_routes = get_routes  # routes without inputs that answer GET too (e.g. /models)
         self._spec: bytes | None = None
 
     @functools.cached_property
@@ -128,27 +172,23 @@ class Edge:
                 error_body("missing or wrong API key: send 'Authorization: Bearer <key>'", "Authorization"),
                 [(b"www-authenticate", b"Bearer")],
             )
-        if scope.get("method") == "GET" and path == "/docs.json" and self.openapi is not None:
+        method = scope.get("method")
+        if method == "GET" and path == "/docs.json" and self.openapi is not None:
             return await self._docs(scope, receive, send)
-        if scope.get("method") not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, send)
-        body = await self._read_body(scope, receive, send)
-        if body is None:
-            return  # refused (413) or the client went away
-        problem = self._body_problem(scope, path, body)
-        if problem is not None:
-            status, field, message = problem
-            return await respond(send, status, error_body(message, field))
-        sent = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # http.disconnect
-
-        await self.app(scope, replay, self._normalising(send))
+        if method == "GET" and path in self.get_routes:  # a read-only route answers GET as well as POST
+            scope, receive = {**scope, "method": "POST", "headers": _json_headers(scope)}, _replay(b"{}", receive)
+        elif method not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, self._normalising(send, scope))
+        else:
+            body = await self._read_body(scope, receive, send)
+            if body is None:
+                return  # refused (413) or the client went away
+            problem = self._body_problem(scope, path, body)
+            if problem is not None:
+                status, field, message = problem
+                return await respond(send, status, error_body(message, field))
+            receive = _replay(body, receive)
+        await self.app(scope, receive, self._normalising(send, scope))
 
     def _authorized(self, scope: Scope) -> bool:
         scheme, _, token = _header(scope, b"authorization").partition(b" ")
@@ -199,7 +239,10 @@ class Edge:
                 return self._json_problem(body, file_fields)
         except FormError as err:
             return err.status, err.field, err.message
+        known = self.fields.get(path)
         for part in parts:
+            if known is not None and part.name not in known:
+                return 400, part.name, unknown_field(part.name, known)
             if part.name in file_fields and not part.is_file:
                 return (
                     400,
@@ -237,16 +280,17 @@ class Edge:
             return 400, name, "files are uploaded as multipart/form-data parts; in JSON send the pixels as 'array'"
         return None
 
-    def _normalising(self, send: Send) -> Send:
-        """``send`` that rewrites the app's 4xx JSON bodies into ``{"error", "field"}``."""
+    def _normalising(self, send: Send, scope: Scope) -> Send:
+        """``send`` that gives every error the app answers the one shape ``{"error", "field"}``: its 4xx JSON bodies
+        (BentoML's validation errors and other refusals), the router's plain-text 404 and 405, and server errors
+        (field ``server``)."""
         start: dict[str, Any] | None = None
         chunks: list[bytes] = []
 
         async def wrapped(message: dict[str, Any]) -> None:
             nonlocal start
             if message["type"] == "http.response.start":
-                content_type = dict((k.lower(), v) for k, v in message.get("headers", ())).get(b"content-type", b"")
-                if 400 <= message["status"] < 500 and content_type.startswith(b"application/json"):
+                if message["status"] >= 400 and scope.get("method") != "HEAD":
                     start = message
                     return
                 return await send(message)
@@ -255,15 +299,37 @@ class Edge:
             chunks.append(message.get("body", b""))
             if message.get("more_body"):
                 return
-            try:
-                body = validation_error_to_body(json.loads(b"".join(chunks) or b"{}"))
-            except ValueError:
-                body = error_body(b"".join(chunks).decode("utf-8", "replace")[:500] or "bad request", "body")
-            headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"]
-            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            body = self._error_body(start, b"".join(chunks), scope)
+            headers = [
+                (k, v) for k, v in start.get("headers", ()) if k.lower() not in (b"content-length", b"content-type")
+            ]
+            await send({**start, "headers": [*headers, *_json_type(len(body))]})
             await send({"type": "http.response.body", "body": body})
 
         return wrapped
+
+    def _error_body(self, start: dict[str, Any], body: bytes, scope: Scope) -> bytes:
+        status, path = start["status"], scope.get("path", "")
+        content_type = dict((k.lower(), v) for k, v in start.get("headers", ())).get(b"content-type", b"")
+        if status == 404 and not content_type.startswith(b"application/json"):
+            routes = ", ".join(sorted(self.file_fields))
+            return error_body(
+                f"no route {path[:200]!r}; the API's routes: {routes} (OpenAPI document: /docs.json)", "path"
+            )
+        if status == 405:
+            allowed = dict((k.lower(), v) for k, v in start.get("headers", ())).get(b"allow", b"POST").decode()
+            return error_body(f"{path[:200]} does not take {scope.get('method')}; use {allowed}", "method")
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError:
+            payload = {"error": body.decode("utf-8", "replace")[:500] or "bad request"}
+        if status >= 500:
+            if isinstance(payload, list) and payload and isinstance(payload[0], dict):
+                payload = payload[0]
+            message = payload.get("error", "server error") if isinstance(payload, dict) else str(payload)
+            field = payload.get("field", "server") if isinstance(payload, dict) else "server"
+            return error_body(str(message), str(field))
+        return validation_error_to_body(payload, self.fields.get(path, frozenset()))
 
     async def _docs(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._spec is None:

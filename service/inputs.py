@@ -166,6 +166,8 @@ def read_npy(path: Path, field: str, max_bytes: int) -> np.ndarray:
         raise RequestError(field, f"file is {size:,} bytes; the limit is {max_bytes:,}", 413)
     try:
         with open(path, "rb") as file:
+            _refuse_images(file.read(8), field)
+            file.seek(0)
             version = np.lib.format.read_magic(file)
             read_header = (
                 np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
@@ -183,6 +185,25 @@ def read_npy(path: Path, field: str, max_bytes: int) -> np.ndarray:
         raise RequestError(
             field, f"not a .npy file this service reads (save one array with numpy.save): {str(err)[:200]}"
         ) from None
+
+
+IMAGE_SIGNATURES = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"BM": "a BMP image",
+}
+
+
+def _refuse_images(start: bytes, field: str) -> None:
+    """An image file where a .npy array belongs: say so, and where images go."""
+    for signature, kind in IMAGE_SIGNATURES.items():
+        if start.startswith(signature):
+            raise RequestError(
+                field,
+                f"this is {kind}, not a .npy file: the /batch routes take one array saved with numpy.save "
+                "(image files go to /reconstruct and /anomaly-score)",
+            )
 
 
 def latents_from_npy(path: Path, field: str, latent_dim: int, max_images: int, max_bytes: int) -> np.ndarray:

@@ -32,11 +32,15 @@ ERROR_SCHEMA = {
     "required": ["error"],
     "properties": {
         "error": {"type": "string", "description": "what is wrong, starting with the field's name"},
-        "field": {"type": "string", "description": "the request field (or header, or 'body') at fault"},
+        "field": {
+            "type": "string",
+            "description": "the request field at fault (or a header, 'body', 'path' for an unknown route, "
+            "'method' for a method the route does not take, 'server' for a server fault)",
+        },
     },
 }
 ERROR_STATUSES = {
-    "400": "Bad request: a malformed body or an invalid field (named in `field`)",
+    "400": "Bad request: a malformed body, an invalid field or an unknown one (named in `field`)",
     "404": "Unknown model (see /models)",
     "413": "Too large: the body, a file, or the number of images or latents is above its limit",
     "415": "Unsupported Content-Type (BentoML refuses its internal pickle format here)",
@@ -46,7 +50,7 @@ ERROR_STATUSES = {
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 GENERATE_JSON = {
     "type": "object",
-    "required": ["model", "seed", "shape", "images", "labels", "label_names"],
+    "required": ["model", "seed", "shape", "images"],
     "properties": {
         "model": {"type": "string"},
         "seed": {"type": "integer", "nullable": True, "description": "null when explicit latents `z` were decoded"},
@@ -55,12 +59,12 @@ GENERATE_JSON = {
         "labels": {
             "type": "array",
             "items": {"type": "integer"},
-            "description": "conditional models: the class index of every image (empty otherwise)",
+            "description": "conditional models only: the class index of every image",
         },
         "label_names": {
             "type": "array",
             "items": {"type": "string"},
-            "description": "conditional models: the name of every image's class (empty otherwise)",
+            "description": "conditional models only: the name of every image's class",
         },
     },
 }

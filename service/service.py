@@ -110,41 +110,43 @@ class ModelInfo(BaseModel):
 
 
 class Reconstruction(BaseModel):
+    """What /reconstruct answers; a field that does not apply to the model (the labels of a model that is not
+    conditional) is left out of the response."""
+
     model: str
-    images_png_base64: list[str] = Field(description="reconstructions as base64 PNGs (format=png_list)")
-    images: list[Any] = Field(description="reconstructions as uint8 [N, C, H, W] (format=array; empty otherwise)")
+    images: list[str] | list[Any] = Field(
+        description="the reconstructions: base64 PNGs (format=png_list) or uint8 [N, C, H, W] (format=array)"
+    )
     mu: list[list[float]] = Field(description="posterior means, [N, latent]")
     recon_error: list[float] = Field(description=RECON_ERROR_MEANING)
-    labels: list[int] = Field(
-        default_factory=list,
-        description="conditional models: the class index each image was encoded and decoded under (empty otherwise)",
+    labels: list[int] | None = Field(
+        None, description="conditional models: the class index each image was encoded and decoded under"
     )
-    label_names: list[str] = Field(default_factory=list, description="the names of those classes (empty otherwise)")
+    label_names: list[str] | None = Field(None, description="conditional models: the names of those classes")
     label_source: LabelSource = Field(None, description=LABEL_SOURCE_HELP)
 
 
 class ImageScore(BaseModel):
+    """One image's scores; fields that do not apply (the label of a model that is not conditional, a map that was
+    not asked for) are left out of the response."""
+
     score: float = Field(description="the raw primary score; larger is more anomalous")
     normalized_score: float | None = Field(
         description="the score mapped to [0, 1] with the threshold at exactly 0.5 (anomalib's convention): "
         "(score - threshold) / (max - min of held-out normal scores) + 0.5, clipped; null without calibration"
     )
-    percentile: float | None = Field(description="percentile of the score among held-out normal images (0-100)")
+    percentile: float | None = Field(
+        description="percentile of the score among held-out normal images (0-100); null without calibration"
+    )
     is_anomaly: bool = Field(description="score > threshold (equivalently normalized_score > 0.5)")
     components: dict[str, dict[str, float | None]] = Field(description="name -> {value, percentile}")
-    label: int | None = Field(
-        None, description="conditional models: the class index the image was scored under (null otherwise)"
-    )
-    label_name: str | None = Field(None, description="the name of that class")
+    label: int | None = Field(None, description="conditional models: the class index the image was scored under")
+    label_name: str | None = Field(None, description="conditional models: the name of that class")
     label_source: LabelSource = Field(None, description=LABEL_SOURCE_HELP)
-    anomaly_map_png_base64: str = Field(
-        "",
-        description="with maps=true and maps_format=png: the anomaly map as a base64 PNG, "
-        "uint8 |image - reconstruction| (empty otherwise)",
-    )
-    anomaly_map: list[Any] = Field(
-        default_factory=list,
-        description=f"with maps=true and maps_format=array: float [C, H, W], {ANOMALY_MAP_MEANING} (empty otherwise)",
+    anomaly_map: str | list[Any] | None = Field(
+        None,
+        description="with maps=true: the anomaly map, as a base64 PNG of uint8 |image - reconstruction| "
+        f"(maps_format=png) or as float [C, H, W], {ANOMALY_MAP_MEANING} (maps_format=array)",
     )
 
 
@@ -159,9 +161,9 @@ class AnomalyScores(BaseModel):
 
 
 class _NoTracebackForBadInput(logging.Filter):
-    """BentoML logs every request that fails validation (or that it refuses with a 4xx) with a full traceback;
-    a client's bad input is not a server fault, so it gets one line (the response already names the field).
-    Real errors keep theirs."""
+    """BentoML logs every request that fails validation (or that it refuses with a 4xx) as an error with a full
+    traceback; a client's bad input is not a server fault, so it gets one warning line (the response already names
+    the field). Real errors keep theirs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
@@ -169,8 +171,14 @@ class _NoTracebackForBadInput(logging.Filter):
             isinstance(error, bentoml.exceptions.BentoMLException) and int(error.error_code) < 500
         )
         if client_fault:
-            record.msg, record.args = f"{record.getMessage()}: invalid input ({error!s:.200})", ()
+            if isinstance(error, ValidationError):
+                reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()[:3])
+            else:
+                reason = str(error)
+            where = record.getMessage().removeprefix("Exception on ")
+            record.msg, record.args = f"refused {where}: {reason[:300]}", ()
             record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 
@@ -330,13 +338,15 @@ class GenlabService:
             "X-Genlab-Seed": "" if seed is None else str(seed),
             **_labels_header(labels),
         }
-        if format == "png":
-            return Response(encode_png(tile(images)), media_type="image/png", headers=headers)
+        if format == "png":  # one image as itself, several as a grid
+            png = encode_png(images[0].transpose(1, 2, 0) if len(images) == 1 else tile(images))
+            return Response(png, media_type="image/png", headers=headers)
         if format == "npy":
             return _npy(images, headers)
         body: dict[str, Any] = {"model": m.name, "seed": seed, "shape": list(images.shape)}
         body["images"] = _png_base64(images) if format == "png_list" else images.tolist()
-        body["labels"], body["label_names"] = _label_indices(labels), _label_names(m, labels)
+        if labels is not None:
+            body["labels"], body["label_names"] = _label_indices(labels), _label_names(m, labels)
         return JSONResponse(body, headers=headers)
 
     @endpoint("/reconstruct")
@@ -368,16 +378,14 @@ class GenlabService:
             used = (await runner.scores(x))["label"]
         mu, _ = await runner.encode(x, used)
         recon = await runner.decode(np.ascontiguousarray(mu), used)
-        return Reconstruction(
+        result = Reconstruction(
             model=m.name,
-            images_png_base64=_png_base64(recon) if format == "png_list" else [],
-            images=recon.tolist() if format == "array" else [],
+            images=_png_base64(recon) if format == "png_list" else recon.tolist(),
             mu=mu.tolist(),
             recon_error=recon_error(x, recon).tolist(),
-            labels=_label_indices(used),
-            label_names=_label_names(m, used),
-            label_source=_label_source(requested, used),
+            **_labels_used(m, requested, used),
         )
+        return _json(result)  # type: ignore[return-value]
 
     @endpoint("/anomaly-score")
     async def anomaly_score(
@@ -420,15 +428,17 @@ class GenlabService:
         if maps:
             mu, _ = await runner.encode(x, used)
             diff = anomaly_map(x, await runner.decode(np.ascontiguousarray(mu), used))
-        return AnomalyScores(
-            model=m.name,
-            score_name="score",
-            meaning=m.score_descriptions.get("score", ""),
-            threshold=cut,
-            threshold_percentile=threshold_percentile,
-            threshold_source="request" if threshold is not None else "calibration",
-            results=_image_scores(m, scores, cut, requested, used, diff, maps_format),
-        )
+        return _json(
+            AnomalyScores(
+                model=m.name,
+                score_name="score",
+                meaning=m.score_descriptions.get("score", ""),
+                threshold=cut,
+                threshold_percentile=threshold_percentile,
+                threshold_source="request" if threshold is not None else "calibration",
+                results=_image_scores(m, scores, cut, requested, used, diff, maps_format),
+            )
+        )  # type: ignore[return-value]
 
     @endpoint("/batch/decode")
     async def batch_decode(
@@ -565,9 +575,19 @@ def _image_scores(
     cal = model.calibration
     pct = {name: percentile_of(cal, name, v) if cal and name in cal["scores"] else None for name, v in scores.items()}
     norm = normalized(cal, "score", scores["score"], cut) if cal and "score" in cal["scores"] else None
-    used_names, source = _label_names(model, used), _label_source(requested, used)
-    return [
-        ImageScore(
+    results = []
+    for i in range(len(scores["score"])):
+        extra: dict[str, Any] = {}
+        if used is not None:
+            extra.update(label=int(used[i]), label_name=model.class_names[used[i]])
+            extra["label_source"] = _label_source(requested, used)
+        if diff is not None:
+            extra["anomaly_map"] = (
+                _png_base64(np.rint(diff[i : i + 1] * 255).astype(np.uint8))[0]
+                if maps_format == "png"
+                else diff[i].round(5).tolist()
+            )
+        result = ImageScore(
             score=float(scores["score"][i]),
             normalized_score=None if norm is None else float(norm[i]),
             percentile=None if pct["score"] is None else float(pct["score"][i]),
@@ -576,16 +596,26 @@ def _image_scores(
                 name: {"value": float(v[i]), "percentile": None if pct[name] is None else float(pct[name][i])}
                 for name, v in scores.items()
             },
-            anomaly_map_png_base64=""
-            if diff is None or maps_format != "png"
-            else _png_base64(np.rint(diff[i : i + 1] * 255).astype(np.uint8))[0],
-            anomaly_map=[] if diff is None or maps_format != "array" else diff[i].round(5).tolist(),
-            label=None if used is None else int(used[i]),
-            label_name=None if used is None else used_names[i],
-            label_source=source,
+            **extra,
         )
-        for i in range(len(scores["score"]))
-    ]
+        results.append(result)
+    return results
+
+
+def _labels_used(model: ExportedModel, requested: np.ndarray | None, used: np.ndarray | None) -> dict[str, Any]:
+    """The label fields of a conditional model's response (none for other models)."""
+    if used is None:
+        return {}
+    return {
+        "labels": _label_indices(used),
+        "label_names": _label_names(model, used),
+        "label_source": _label_source(requested, used),
+    }
+
+
+def _json(result: BaseModel) -> JSONResponse:
+    """A response model as JSON, without the fields that were not set because they do not apply."""
+    return JSONResponse(result.model_dump(mode="json", exclude_unset=True))
 
 
 def _annotated(method: F, annotations: dict[str, Any]) -> F:
@@ -618,11 +648,16 @@ def build_service(settings: Settings) -> bentoml.Service:
         logging={"access": {"enabled": settings.access_log}},
     )(type("Genlab", (GenlabService,), namespace))
     file_fields = {api.route: frozenset(api.input_spec.multipart_fields) for api in service.apis.values()}
+    for api in service.apis.values():  # an unknown field is a typo: refused (400 naming it), never ignored
+        api.input_spec.model_config["extra"] = "forbid"
+        api.input_spec.model_rebuild(force=True)
     service.add_asgi_middleware(
         Edge,
         api_key=settings.api_key,
         max_body_bytes=settings.max_body_bytes,
         file_fields=file_fields,
+        fields={api.route: frozenset(api.input_spec.model_fields) for api in service.apis.values()},
+        get_routes=frozenset({"/models"}),
         openapi=lambda spec: fix_spec(spec, file_fields, settings.api_key != "", model_names(settings)),
         open_paths=HEALTH_PATHS,
         json_values=lambda: max_json_values(served_models(settings), settings.max_images),
