@@ -2,11 +2,18 @@
 
 A stored model is a copy of the export directory, verified against its manifest before it is
 copied, with the whole manifest as the model's metadata and labels for family and dataset, so
-``bentoml models list`` and a bento's model references describe it without opening files.
+``bentoml models list`` and a bento's model references describe it without opening files. Its
+metadata also records where it was exported from (``exported_from``) and its content hash: saving
+the same bytes under the same name again reuses that version instead of adding a copy.
+
+The store is one per user (``$BENTOML_HOME``), shared by every checkout: :func:`versions_of` is
+what ``genlab serve`` reads to refuse a bare name that several different versions answer to.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -52,19 +59,51 @@ def check_name(name: str) -> str:
     return name
 
 
+def content_hash(manifest: dict[str, Any]) -> str:
+    """One hash of an export's files (their sha256s, as the manifest lists them)."""
+    return hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()
+
+
+def versions_of(name: str) -> list[dict[str, Any]]:
+    """The store's versions of model ``name``, newest first: tag, creation time, content hash and the directory each
+    was exported from."""
+    bentoml = _bentoml()
+    try:
+        models = bentoml.models.list(name)
+    except bentoml.exceptions.NotFound:
+        return []
+    rows = [
+        {
+            "tag": str(model.tag),
+            "created": model.info.creation_time.isoformat(timespec="seconds"),
+            "content": model.info.metadata.get("content_sha256") or content_hash(model.info.metadata),
+            "exported_from": model.info.metadata.get("exported_from", "?"),
+        }
+        for model in models
+        if LABEL in model.info.labels
+    ]
+    return sorted(rows, key=lambda r: r["created"], reverse=True)
+
+
 def save_to_store(export_dir: str | os.PathLike, name: str) -> str:
-    """Copy a verified export directory into the store as ``name``; returns the new tag."""
+    """Copy a verified export directory into the store as ``name``; returns its tag. An export whose files are already
+    stored under ``name`` is not copied again: the version that holds them is returned."""
     check_name(name)
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
+    content = content_hash(manifest)
+    for version in versions_of(name):
+        if version["content"] == content:
+            return version["tag"]
     bentoml = _bentoml()
     labels = {
         LABEL: str(manifest["format_version"]),
         "family": manifest["family"],
         "dataset": _label(manifest["dataset"]["dataset"]),
     }
+    metadata = {**_metadata(manifest), "content_sha256": content, "exported_from": str(export_dir.resolve())}
     try:
-        with bentoml.models.create(name, labels=labels, metadata=_metadata(manifest), module=LOADER) as model:
+        with bentoml.models.create(name, labels=labels, metadata=metadata, module=LOADER) as model:
             for file in [*manifest["files"], "manifest.json"]:
                 shutil.copy2(export_dir / file, model.path_of(file))
     except (OSError, ValueError, bentoml.exceptions.BentoMLException) as err:

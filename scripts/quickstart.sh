@@ -9,6 +9,8 @@ bash scripts/setup.sh
 run=${RUN_DIR:-runs/quickstart-vaegan}
 epochs=${EPOCHS:-20}
 port=${PORT:-3000}
+# the port is checked before the training, so that a busy one is one line now rather than a failure in minutes
+.venv/bin/genlab serve --port "$port" --check-port
 if [ -f "$run/last.pt" ]; then
   .venv/bin/genlab train vaegan --out "$run" --epochs "$epochs" --resume
 else

