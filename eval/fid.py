@@ -31,8 +31,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from genlab.eval.features import (
+    cached_features_path,
+    features_to_metrics,
+    images_to_features,
+    kid_subset_mmds,
+    load_cached_features,
+    save_cached_features,
+)
+from genlab.eval.progress import Progress, Report
+from genlab.eval.sharding import Shards, sharded, single
 
-from genlab.devices import resolve_device
 from genlab.errors import GenlabError
 
 METRICS = ("fid", "kid", "prc")
@@ -40,6 +49,7 @@ OF_CHOICES = ("samples", "reconstructions")
 REFERENCE_SUBSET_SEED = 20240601  # fixed: the reference subset never depends on --seed
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
+BOOTSTRAP_ROUNDS = 20
 
 
 @dataclass(frozen=True)
@@ -58,8 +68,13 @@ class FidSettings:
     data_dir: str = "data"
     progress: bool = True
     per_class: bool = False  # a conditional model: also the metrics of each class against that class's references
+    bootstrap: int = BOOTSTRAP_ROUNDS  # rounds of the FID bootstrap interval (0: none)
+    served_model: str | None = None  # MODEL is http://HOST:PORT: the name of the served model (default: its default)
+    prior_from: str | None = None  # MODEL is http://HOST:PORT: a copy of the served export, for its prior's numbers
 
     def __post_init__(self) -> None:
+        if self.bootstrap < 0:
+            raise GenlabError(f"--bootstrap must be >= 0, got {self.bootstrap}")
         if self.n < 2:
             raise GenlabError(f"--n must be at least 2, got {self.n}")
         if self.batch_size < 1:
@@ -119,23 +134,48 @@ def reference_cache_name(
     )
 
 
-def images_to_dataset(images: np.ndarray):
-    """uint8 [N, C, H, W] -> a torch Dataset yielding uint8 [3, H, W] (grey replicated), as torch-fidelity wants."""
-    import torch
-    from torch.utils.data import Dataset
+def cached_reference(cache: str | None, shards: Shards) -> np.ndarray | None:
+    """The cached features of a reference, on every rank, or None (rank 0 decides: the file is there and reads)."""
+    from genlab.cache import cache_dir
 
-    class UInt8Images(Dataset):
-        def __init__(self, array: np.ndarray):
-            self.images = torch.from_numpy(np.ascontiguousarray(array))
+    if cache is None:
+        return None
+    path = cached_features_path(cache_dir("fid-reference"), cache)
+    found = load_cached_features(path) if shards.is_main else None
+    if not shards.agree(found is not None):
+        return None
+    return found if found is not None else load_cached_features(path)
 
-        def __len__(self) -> int:
-            return len(self.images)
 
-        def __getitem__(self, index: int) -> torch.Tensor:
-            image = self.images[index]
-            return image.expand(3, -1, -1) if image.shape[0] == 1 else image
+def extract_reference(
+    images: np.ndarray, fx: Any, cache: str | None, batch_size: int, shards: Shards, progress: Progress | None = None
+) -> np.ndarray:
+    """The features of a reference's images, split over the ranks by index; rank 0 caches them under ``cache``."""
+    from genlab.cache import cache_dir
 
-    return UInt8Images(images)
+    part = images_to_features(images[shards.slice(len(images))], fx, batch_size, shards.device, progress)
+    features = shards.gather(part)
+    if cache is not None and shards.is_main:
+        save_cached_features(cached_features_path(cache_dir("fid-reference"), cache), features)
+    return features
+
+
+def metrics_of_features(
+    f1: np.ndarray, f2: np.ndarray, fx: Any, metrics: tuple[str, ...], seed: int, shards: Shards
+) -> dict[str, float]:
+    """Generated and reference features -> {metric key: value} on rank 0 ({} elsewhere); the KID subsets are split
+    over the ranks."""
+    size = kid_subset_size(len(f1), len(f2))
+    mmds = None
+    if "kid" in metrics:
+        mmds = shards.gather_list(kid_subset_mmds(f1, f2, KID_SUBSETS, size, seed, shards.slice(KID_SUBSETS)))
+    if not shards.is_main:
+        return {}
+    values = features_to_metrics(f1, f2, fx, metrics, mmds)
+    if size >= max(len(f1), len(f2)):
+        # every KID subset is both whole sets: the spread across subsets is float noise, not an error bar
+        values.pop(fx.metric_key("kernel_inception_distance_std"), None)
+    return values
 
 
 def images_to_metrics(
@@ -149,45 +189,26 @@ def images_to_metrics(
     reference_cache: str | None,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Two uint8 image sets -> {our metric key: value} through torch-fidelity's calculate_metrics."""
-    from genlab.torchvision_fix import import_torchvision
+    """Two uint8 image sets -> {our metric key: value}, in this process (the reference's features cached under
+    ``reference_cache`` unless None)."""
+    shards = single("cuda" if cuda else "cpu")
+    f1 = images_to_features(images, extractor, batch_size, shards.device)
+    f2 = cached_reference(reference_cache, shards)
+    if f2 is None:
+        f2 = extract_reference(reference, extractor, reference_cache, batch_size, shards)
+    return metrics_of_features(f1, f2, extractor, metrics, seed, shards)
 
-    import_torchvision()
-    import torch_fidelity
 
-    from genlab.cache import cache_dir
+def fid_interval(features: np.ndarray, reference: np.ndarray, rounds: int, seed: int, shards: Shards) -> Any:
+    """The bootstrap interval of the Fréchet distance (:mod:`genlab.eval.small_n`), its rounds split over the ranks;
+    None without rounds."""
+    from genlab.eval.small_n import bootstrap_rounds, interval, reference_statistics
 
-    kwargs: dict[str, Any] = dict(
-        input1=images_to_dataset(images),
-        input2=images_to_dataset(reference),
-        cuda=cuda,
-        batch_size=batch_size,
-        fid="fid" in metrics,
-        kid="kid" in metrics,
-        prc="prc" in metrics,
-        feature_extractor=extractor.name,
-        feature_extractor_weights_path=extractor.weights_path,
-        feature_layer_fid=extractor.feature_layer,
-        feature_layer_kid=extractor.feature_layer,
-        feature_layer_prc=extractor.feature_layer,
-        kid_subsets=KID_SUBSETS,
-        kid_subset_size=kid_subset_size(len(images), len(reference)),
-        rng_seed=seed,
-        save_cpu_ram=True,
-        verbose=progress,
-        samples_shuffle=False,
-        cache=reference_cache is not None,
-        cache_root=str(cache_dir("fid-reference")),
-        input2_cache_name=reference_cache,
-    )
-    try:
-        raw = torch_fidelity.calculate_metrics(**kwargs)
-    except ValueError as err:  # torch-fidelity's vassert
-        raise GenlabError(f"torch-fidelity: {str(err).splitlines()[0]}") from None
-    if kid_subset_size(len(images), len(reference)) >= max(len(images), len(reference)):
-        # every KID subset is both whole sets: the spread across subsets is float noise, not an error bar
-        raw.pop("kernel_inception_distance_std", None)
-    return {extractor.metric_key(key): float(value) for key, value in raw.items()}
+    if rounds == 0 or len(features) < 2:
+        return None
+    mine = list(range(rounds))[shards.slice(rounds)]
+    distances = bootstrap_rounds(features, reference_statistics(reference), mine, seed) if mine else []
+    return interval(shards.gather_list(distances))
 
 
 def kid_subset_size(n1: int, n2: int) -> int:
@@ -209,9 +230,14 @@ def compute_fid(
     data_dir: str = "data",
     progress: bool = True,
     per_class: bool = False,
-) -> dict[str, Any]:
+    bootstrap: int = BOOTSTRAP_ROUNDS,
+    served_model: str | None = None,
+    prior_from: str | None = None,
+    on_progress: Report | None = None,
+) -> dict[str, Any] | None:
     """FID (and KID / precision-recall) of MODEL's samples or reconstructions against a reference split; ``per_class``
-    (conditional models): also per class, against that class's reference images."""
+    (conditional models): also per class, against that class's reference images. Under torchrun, every rank
+    computes its share and rank 0 alone gets the result (the others None)."""
     settings = FidSettings(
         model=str(model),
         ref=ref,
@@ -227,8 +253,11 @@ def compute_fid(
         data_dir=data_dir,
         progress=progress,
         per_class=bool(per_class),
+        bootstrap=int(bootstrap),
+        served_model=served_model,
+        prior_from=prior_from,
     )
-    return fid_from_settings(settings)
+    return fid_from_settings(settings, on_progress)
 
 
 def class_reference(reference_data: Any, k: int, n_generated: int) -> np.ndarray:
@@ -238,37 +267,32 @@ def class_reference(reference_data: Any, k: int, n_generated: int) -> np.ndarray
 
 
 def per_class_metrics(
-    images: np.ndarray,
+    features: np.ndarray,
     labels: np.ndarray,
     reference_data: Any,
     class_names: list[str],
     fx: Any,
     s: FidSettings,
-    cuda: bool,
+    device: str,
     reference_cache: Any,
 ) -> dict[str, dict[str, Any]]:
-    """{class name: {values, n, n_reference}}: each class's generated images against its own reference images.
-    ``reference_cache(name, n_reference)`` names the cached features of a class's reference."""
+    """{class name: {values, n, n_reference}}: each class's generated images (their ``features``) against its own
+    reference images, in this process. ``reference_cache(name, n_reference)`` names a class reference's features."""
+    shards = single(device)
     out = {}
     for k, name in enumerate(class_names):
-        generated = images[labels == k]
+        generated = features[labels == k]
         reference = class_reference(reference_data, k, len(generated))
         if min(len(generated), len(reference)) < 2:
             raise GenlabError(
                 f"per-class metrics need at least 2 images of each class: class {name!r} has {len(generated)} "
                 f"generated and {len(reference)} reference images (raise --n to at least {2 * len(class_names)})"
             )
-        values = images_to_metrics(
-            generated,
-            reference,
-            fx,
-            s.metrics,
-            s.batch_size,
-            cuda,
-            s.seed,
-            reference_cache(name, len(reference)),
-            progress=False,
-        )
+        cache = reference_cache(name, len(reference))
+        reference_features = cached_reference(cache, shards)
+        if reference_features is None:
+            reference_features = extract_reference(reference, fx, cache, s.batch_size, shards)
+        values = metrics_of_features(generated, reference_features, fx, s.metrics, s.seed, shards)
         out[name] = {"values": values, "n": len(generated), "n_reference": len(reference)}
     return out
 
@@ -319,84 +343,115 @@ def _reference(source: Any, s: FidSettings) -> _Reference:
     return _Reference(dataset, split, condition_on, data, reference_subset(len(data), s.n), same_classes)
 
 
-def fid_from_settings(s: FidSettings) -> dict[str, Any]:
+def fid_from_settings(s: FidSettings, on_progress: Report | None = None) -> dict[str, Any] | None:
+    """The result on rank 0 (and without torchrun); None on the other ranks, which only did their share."""
+    with sharded(s.device) as shards:
+        return _evaluate(s, shards, on_progress)
+
+
+def _generated_part(source: Any, ref: _Reference, s: FidSettings, shards: Shards, progress: Progress) -> tuple:
+    """(this rank's share of the generated images, the labels of all of them or None)."""
+    if s.of == "samples":
+        part = shards.slice(s.n)
+        return source.sample_labelled(s.n, s.seed, batch_size=s.batch_size, part=part, on_batch=progress)
+    # through each image's own label where the reference has the model's classes (else its best class)
+    labels = ref.data.labels.numpy()[ref.index] if ref.same_classes else None
+    part = shards.slice(len(ref.index))
+    mine = None if labels is None else labels[part]
+    images = source.reconstruct(ref.images[part], labels=mine, batch_size=s.batch_size)
+    progress(len(images))
+    return images, labels
+
+
+def _evaluate(s: FidSettings, shards: Shards, on_progress: Report | None) -> dict[str, Any] | None:
     from genlab.eval.class_fidelity import images_to_class_fidelity
     from genlab.eval.extractors import resolve_extractor
     from genlab.eval.model_source import open_model
 
-    from genlab.cache import cache_dir
-
-    source = open_model(s.model, s.device)
+    started = time.perf_counter()
+    source = open_model(s.model, shards.device, s.served_model, s.prior_from)
     _check_request(source, s)
     ref = _reference(source, s)
-    reference = ref.images
-    fx = resolve_extractor(
-        s.extractor, ref.dataset, source.image_shape, s.data_dir, s.inception_weights, condition_on=ref.condition_on
+    fx = shards.main_first(
+        lambda: resolve_extractor(
+            s.extractor, ref.dataset, source.image_shape, s.data_dir, s.inception_weights, condition_on=ref.condition_on
+        )
     )
-    cache = reference_cache_name(
-        ref.dataset, ref.split, source.image_shape, fx.name, fx.weights_identity, len(reference)
-    )
-    cached = any(p.name.startswith(f"{cache}-") for p in cache_dir("fid-reference").iterdir())
-    cuda = resolve_device(s.device).type == "cuda"  # feature extraction on the model's device
-
-    times = [time.perf_counter()]
-    if s.of == "samples":
-        images, labels = source.sample_labelled(s.n, s.seed, batch_size=s.batch_size)
-    else:  # through each image's own label where the reference has the model's classes (else its best class)
-        labels = ref.data.labels.numpy()[ref.index] if ref.same_classes else None
-        images = source.reconstruct(reference, labels=labels, batch_size=s.batch_size)
-    times.append(time.perf_counter())
-    values = images_to_metrics(images, reference, fx, s.metrics, s.batch_size, cuda, s.seed, cache, s.progress)
-    times.append(time.perf_counter())
+    n_reference = len(ref.index)
+    cache = reference_cache_name(ref.dataset, ref.split, source.image_shape, fx.name, fx.weights_identity, n_reference)
+    reference = cached_reference(cache, shards)
+    n_generated = s.n if s.of == "samples" else len(ref.index)
+    total = 2 * n_generated + (len(ref.index) if reference is None else 0)
+    progress = Progress(total, on_progress, bar=s.progress and shards.is_main, scale=shards.world_size)
+    cached = reference is not None
+    if reference is None:
+        reference = extract_reference(ref.images, fx, cache, s.batch_size, shards, progress)
+    part, labels = _generated_part(source, ref, s, shards, progress)
+    generated_at = time.perf_counter()
+    features = shards.gather(images_to_features(part, fx, s.batch_size, shards.device, progress))
+    progress.close()
+    values = metrics_of_features(features, reference, fx, s.metrics, s.seed, shards)
+    spread = fid_interval(features, reference, s.bootstrap, s.seed, shards) if "fid" in s.metrics else None
+    images = shards.gather(part) if source.conditional and s.of == "samples" else part
+    if not shards.is_main:
+        return None
+    pooled_at = time.perf_counter()
     per_class = None
     if s.per_class:
+        per_class = per_class_metrics(
+            features, labels, ref.data, source.class_names, fx, s, shards.device, _class_cache(source, ref, fx)
+        )
+    conditional_samples = source.conditional and s.of == "samples"
+    fidelity = images_to_class_fidelity(images, labels, source, s.data_dir) if conditional_samples else {}
+    run = {"values": values, "per_class": per_class, **fidelity, "reference_cache": cache, "reference_cached": cached}
+    run["interval"] = spread
+    run["feature_dim"] = int(features.shape[1])
+    times = [started, generated_at, pooled_at, time.perf_counter()]
+    return _record(source, s, ref, fx, len(features), run, times, shards)
 
-        def class_cache(name: str, n_reference: int) -> str:
-            return reference_cache_name(
-                ref.dataset,
-                ref.split,
-                source.image_shape,
-                fx.name,
-                fx.weights_identity,
-                n_reference,
-                class_name=name,
-                condition_on=ref.condition_on,
-            )
 
-        per_class = per_class_metrics(images, labels, ref.data, source.class_names, fx, s, cuda, class_cache)
-    fidelity = {}
-    if source.conditional and s.of == "samples":
-        fidelity = images_to_class_fidelity(images, labels, source, s.data_dir)
-    times.append(time.perf_counter())
-    run = {
-        "values": values,
-        "per_class": per_class,
-        **fidelity,
-        "reference_cache": cache,
-        "reference_cached": cached,
-        "device": "cuda" if cuda else "cpu",
-    }
-    return _record(source, s, ref, fx, len(images), run, times)
+def _class_cache(source: Any, ref: _Reference, fx: Any) -> Any:
+    def class_cache(name: str, n_reference: int) -> str:
+        return reference_cache_name(
+            ref.dataset,
+            ref.split,
+            source.image_shape,
+            fx.name,
+            fx.weights_identity,
+            n_reference,
+            class_name=name,
+            condition_on=ref.condition_on,
+        )
+
+    return class_cache
 
 
 def _record(
-    source: Any, s: FidSettings, ref: _Reference, fx: Any, n_images: int, run: dict[str, Any], times: list[float]
+    source: Any,
+    s: FidSettings,
+    ref: _Reference,
+    fx: Any,
+    n_images: int,
+    run: dict[str, Any],
+    times: list[float],
+    shards: Shards,
 ) -> dict[str, Any]:
-    """The saved result: the figures and everything they depend on."""
-    import torch_fidelity
-
-    from genlab import __version__
+    """The saved result: the figures, their uncertainty, and everything they depend on."""
+    from genlab.eval.provenance import provenance, versions
 
     started, generated, pooled, finished = times
-    n_reference = len(ref.index)
-    reference = f"{ref.dataset}:{ref.split}"
-    balanced = source.num_classes if s.of == "samples" else 0
-    kid = "kid" in s.metrics
+    n_reference, reference, kid = len(ref.index), f"{ref.dataset}:{ref.split}", "kid" in s.metrics
+    line = settings_line(
+        fx, n_images, s.seed, reference, n_reference, s.of, source.image_shape, source.num_classes * (s.of == "samples")
+    )
+    block = {"dataset": ref.dataset, "split": ref.split, "n": n_reference, "cache_key": run["reference_cache"]}
+    device = shards.device.split(":")[0]  # of the features (and of a checkpoint's model)
     return {
         "evaluation": "fid",
         "values": run["values"],
+        **_uncertainty(fx, s, n_images, run),
         "label": fx.label,
-        "settings": settings_line(fx, n_images, s.seed, reference, n_reference, s.of, source.image_shape, balanced),
+        "settings": line + (f"; served by {source.url}" if source.kind == "http" else ""),
         "model": source.path,
         "kind": source.kind,
         "family": source.family,
@@ -410,30 +465,52 @@ def _record(
         "reference_condition_on": ref.condition_on,
         "conditional": source.conditional,
         "class_names": list(source.class_names) if source.conditional else None,
-        **{k: v for k, v in run.items() if k not in ("values", "reference_cache", "reference_cached", "device")},
+        **{k: v for k, v in run.items() if k not in _RUN_ONLY},
         "n_reference": n_reference,
         "reference_subset_seed": REFERENCE_SUBSET_SEED if n_reference < len(ref.data) else None,
         "image_shape": list(source.image_shape),
         "metrics": list(s.metrics),
-        "extractor": fx.choice,
-        "feature_extractor": fx.name,
-        "feature_layer": fx.feature_layer,
-        "weights_source": fx.weights_source,
-        "weights_identity": fx.weights_identity,
-        "weights_path": fx.weights_path,
+        **_extractor_fields(fx),
         "kid_subsets": KID_SUBSETS if kid else None,
         "kid_subset_size": kid_subset_size(n_images, n_reference) if kid else None,
         "batch_size": s.batch_size,
-        "device": run["device"],
+        "device": device,
+        "processes": shards.world_size,
         "reference_cache": run["reference_cache"],
         "reference_cached": run["reference_cached"],
         "generate_seconds": round(generated - started, 3),
         "seconds": round(finished - started, 3),
         "images_per_s": round(n_images / max(pooled - started, 1e-9), 2),  # generated and measured, pooled
         "model_info": source.info,
-        "genlab_version": __version__,
-        "torch_fidelity_version": torch_fidelity.__version__,
+        **{f"{name}_version": versions()[name] for name in ("genlab", "torch_fidelity")},
+        "provenance": provenance(source, n_images, s.seed, device, finished - started, block, fx, shards.world_size),
     }
+
+
+def _uncertainty(fx: Any, s: FidSettings, n_images: int, run: dict[str, Any]) -> dict[str, Any]:
+    """The Fréchet distance's bootstrap interval and, at small N, the warning about its bias."""
+    from genlab.eval.small_n import bias_warning
+
+    warning = bias_warning(n_images, run["feature_dim"], fx.label) if "fid" in s.metrics else None
+    fid_key = fx.metric_key("frechet_inception_distance")
+    return {
+        "intervals": {fid_key: run["interval"]} if run["interval"] else {},
+        "warnings": [warning] if warning else [],
+    }
+
+
+def _extractor_fields(fx: Any) -> dict[str, Any]:
+    return {
+        "extractor": fx.choice,
+        "feature_extractor": fx.name,
+        "feature_layer": fx.feature_layer,
+        "weights_source": fx.weights_source,
+        "weights_identity": fx.weights_identity,
+        "weights_path": fx.weights_path,
+    }
+
+
+_RUN_ONLY = ("values", "reference_cache", "reference_cached", "interval", "feature_dim")
 
 
 def settings_line(
@@ -456,12 +533,20 @@ def metric_keys(values: dict[str, float]) -> list[str]:
     return [key for key in values if not key.endswith("_std")]
 
 
-def values_text(values: dict[str, float]) -> str:
-    """'fid 12.3, kid 0.01 ± 0.002'."""
+def values_text(
+    values: dict[str, float], intervals: dict[str, Any] | None = None, kid_subset_size: int | None = None
+) -> str:
+    """'fid 12.3 (95% bootstrap 11.9-13.1), kid 0.01 ± 0.002 (100 subsets of 500)'."""
     parts = []
     for key in metric_keys(values):
         std = values.get(f"{key}_std")
-        parts.append(f"{key} {values[key]:.4g}" + (f" ± {std:.2g}" if std is not None else ""))
+        text = f"{key} {values[key]:.4g}" + (f" ± {std:.2g}" if std is not None else "")
+        band = (intervals or {}).get(key)
+        if band:
+            text += f" (95% bootstrap {band['low']:.4g}-{band['high']:.4g})"
+        if kid_subset_size and key.endswith(("kid", "kd")):
+            text += f" ({KID_SUBSETS} subsets of {kid_subset_size})"
+        parts.append(text)
     return ", ".join(parts)
 
 
@@ -478,7 +563,7 @@ def summary_line(result: dict[str, Any]) -> str:
     """One line: the numbers (per class and class fidelity, for a conditional model) and their settings."""
     from genlab.eval.class_fidelity import fidelity_text
 
-    parts = [values_text(result["values"])]
+    parts = [values_text(result["values"], result.get("intervals"), result.get("kid_subset_size"))]
     if result.get("per_class"):
         parts.append(per_class_text(result["per_class"]))
     if result.get("class_fidelity") is not None:
@@ -492,4 +577,5 @@ def summary_line(result: dict[str, Any]) -> str:
 def result_name(result: dict[str, Any]) -> str:
     """The file name a result is saved under in RUN_DIR/eval/."""
     per_class = "-per-class" if result.get("per_class") else ""
-    return f"fid-{result['extractor']}-{result['reference']}-{result['of']}-n{result['n']}{per_class}"
+    served = "-served" if result.get("kind") == "http" else ""
+    return f"fid-{result['extractor']}-{result['reference']}-{result['of']}-n{result['n']}{per_class}{served}"

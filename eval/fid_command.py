@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from genlab.eval.extractors import EXTRACTOR_CHOICES
-from genlab.eval.fid import METRICS, OF_CHOICES
+from genlab.eval.fid import BOOTSTRAP_ROUNDS, METRICS, OF_CHOICES
 
 from genlab.devices import DEVICE_HELP
 
@@ -39,9 +39,7 @@ def add_parser(eval_subparsers: Any) -> argparse.ArgumentParser:
         "A conditional model samples balanced, seeded labels and also reports class fidelity: the share of "
         "samples the reference classifier assigns to the class asked for, beside that classifier's test accuracy.",
     )
-    p.add_argument(
-        "model", metavar="MODEL", help="checkpoint file, run directory, export directory or BentoML model tag"
-    )
+    _add_model_arguments(p)
     p.add_argument(
         "--ref", metavar="DATASET[:split]", help="reference images (default: the model's dataset, test split)"
     )
@@ -61,6 +59,13 @@ def add_parser(eval_subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--seed", type=int, default=0, help="seed of the latents (and of KID's subsets)")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=BOOTSTRAP_ROUNDS,
+        metavar="B",
+        help=f"rounds of the FID bootstrap interval (default {BOOTSTRAP_ROUNDS}; 0: none)",
+    )
     p.add_argument(
         "--extractor",
         choices=EXTRACTOR_CHOICES,
@@ -85,15 +90,35 @@ def add_parser(eval_subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def save_directory(args: argparse.Namespace, result: dict[str, Any]) -> Path | None:
-    """Where the result goes: --save, else the run directory of a checkpoint, else nowhere."""
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """MODEL, and what names a served model."""
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="checkpoint file, run directory, export directory, BentoML model tag, or http://HOST:PORT of a running "
+        "genlab serve (samples decoded by the server; GENLAB_API_KEY is sent as its bearer key)",
+    )
+    p.add_argument(
+        "--model", dest="served_model", metavar="NAME", help="MODEL is a URL: the served model (default: its default)"
+    )
+    p.add_argument(
+        "--prior-from",
+        metavar="EXPORT",
+        help="MODEL is a URL whose /models does not publish the fitted prior's numbers: a copy of the served export "
+        "to read them from (refused unless its file hashes are the served model's)",
+    )
+
+
+def save_directory(args: argparse.Namespace, result: dict[str, Any]) -> tuple[Path | None, str]:
+    """Where the result goes (--save, else the run directory of a checkpoint), or None and why not."""
     if args.no_save:
-        return None
+        return None, "not saved (--no-save)"
     if args.save:
-        return Path(args.save)
+        return Path(args.save), ""
     if result["kind"] == "checkpoint":
-        return Path(result["model"]).parent
-    return None
+        return Path(result["model"]).parent, ""
+    what = "a served model" if result["kind"] == "http" else "an export"
+    return None, f"not saved: {what} has no run directory; --save RUN_DIR keeps the result there for genlab report"
 
 
 def run_fid_command(args: argparse.Namespace) -> int:
@@ -114,12 +139,21 @@ def run_fid_command(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         progress=sys.stderr.isatty(),
         per_class=args.per_class,
+        bootstrap=args.bootstrap,
+        served_model=args.served_model,
+        prior_from=args.prior_from,
     )
-    directory = save_directory(args, result)
+    if result is None:  # a torchrun rank other than 0: it did its share, rank 0 reports
+        return 0
+    directory, why_not = save_directory(args, result)
     if directory is not None:
         result["saved"] = str(save_result(directory, result_name(result), result))
+    for warning in result["warnings"]:
+        print(f"genlab eval fid: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
         print(summary_line(result) + (f"; saved {result['saved']}" if "saved" in result else ""))
+    if why_not:
+        print(f"genlab eval fid: {why_not}", file=sys.stderr)
     return 0
