@@ -15,10 +15,13 @@ threshold is the model's calibrated quantile of each score on held-out normal im
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from genlab.eval.progress import Progress, Report
+from genlab.eval.provenance import provenance
 
 from genlab.errors import GenlabError
 from genlab.thresholds import DEFAULT_PERCENTILE, quantile
@@ -132,6 +135,7 @@ def evaluate_anomaly(
     data_dir: str = "data",
     percentile: float = DEFAULT_PERCENTILE,
     batch_size: int = 256,
+    on_progress: Report | None = None,
 ) -> dict[str, Any]:
     """Score a model (checkpoint, run dir, export dir or ModelSource) on normal vs anomalous images.
 
@@ -151,10 +155,14 @@ def evaluate_anomaly(
         percentile=float(percentile),
     )
     images, is_anomaly = labelled_images(settings, tuple(source.image_shape))
-    scores = source.scores(images, batch_size=batch_size, desc="scoring")
+    started = time.perf_counter()
+    progress = Progress(len(images), on_progress)
+    scores = source.scores(images, batch_size=batch_size, desc="scoring", on_batch=progress)
+    reference = {"dataset": settings.dataset, "split": settings.split, "n": len(images), "ood": settings.ood}
     components = scores_to_metrics(
         scores, is_anomaly, source.calibration, settings.percentile, source.score_descriptions
     )
+    warning = one_class_warning(source, settings)
     return {
         "evaluation": "anomaly",
         "settings": dataclasses.asdict(settings),
@@ -163,7 +171,27 @@ def evaluate_anomaly(
         "counts": {"normal": int((~is_anomaly).sum()), "anomalous": int(is_anomaly.sum())},
         "calibrated": source.calibration is not None,
         "components": components,
+        "warnings": [warning] if warning else [],
+        "provenance": provenance(
+            source, len(images), None, source.info.get("device", "cpu"), time.perf_counter() - started, reference
+        ),
     }
+
+
+def one_class_warning(source: Any, settings: AnomalySettings) -> str | None:
+    """Why the one-class protocol's figures mean little for this model, or None: a model not trained one-class on
+    the normal class scores that class no more normal than the others (AUROC near 0.5, or below)."""
+    from genlab.eval.model_source import normal_class_of
+
+    trained = normal_class_of(source)
+    if settings.ood is not None or settings.normal_class is None or trained == settings.normal_class:
+        return None
+    what = "on all classes" if trained is None else f"one-class on class {trained}"
+    return (
+        f"the model was trained {what}, not one-class on class {settings.normal_class}: the one-class protocol "
+        f"measures how much more normal class {settings.normal_class} looks than the others, which such a model has "
+        f"no reason to make it (expect AUROC near 0.5); train with --normal-class {settings.normal_class}, or use --ood"
+    )
 
 
 def result_name(result: dict[str, Any]) -> str:

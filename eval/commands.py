@@ -13,6 +13,7 @@ from genlab.eval.fid_command import add_parser as add_fid_parser
 
 from genlab.console import Parser, print_result
 from genlab.devices import DEVICE_HELP
+from genlab.errors import GenlabError
 from genlab.families import FAMILY_NAMES
 
 
@@ -28,11 +29,17 @@ def _name_list(text: str) -> list[str]:
 
 
 def _cmd_anomaly(args: argparse.Namespace) -> int:
+    import sys
+
     from genlab.eval.anomaly import evaluate_anomaly, result_name, summary_line
+    from genlab.eval.http_source import is_url
+    from genlab.eval.model_source import open_model
     from genlab.eval.results import save_result
 
+    if is_url(args.model) and args.save:
+        raise GenlabError("--save keeps a result beside its run directory; a served model (a URL) has none")
     result = evaluate_anomaly(
-        args.model,
+        open_model(args.model, served_model=args.served_model) if is_url(args.model) else args.model,
         dataset=args.dataset,
         normal_class=args.normal_class,
         ood=args.ood,
@@ -43,6 +50,8 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     )
     if args.save:
         result["saved_to"] = str(save_result(_run_dir_of(args.model), result_name(result), result))
+    for warning in result["warnings"]:
+        print(f"genlab eval anomaly: warning: {warning}", file=sys.stderr)
     print_result(result, args.json, summary_line)
     return 0
 
@@ -126,11 +135,17 @@ def _cmd_serve_jobs(args: argparse.Namespace) -> int:
     import os
     import sys
 
+    from genlab.eval.jobs_service import MAX_QUEUED_ENV, STATE_ENV, JobsSettings
     from genlab.eval.jobs_supervisor import serve
 
     env = dict(os.environ)
     if args.models:
         env["GENLAB_EVAL_MODELS"] = args.models
+    if args.state_dir:
+        env[STATE_ENV] = args.state_dir
+    if args.max_queued is not None:
+        env[MAX_QUEUED_ENV] = str(args.max_queued)
+    env[STATE_ENV] = str(JobsSettings.from_env(env).state_dir)
     command = [
         sys.executable,
         "-m",
@@ -168,7 +183,10 @@ def _add_anomaly(eval_sub: Any) -> None:
         description="One-class protocol (normal = class K of the test split, anomalies = the other "
         "classes) or --ood DATASET (anomalies = that dataset's test split).",
     )
-    a.add_argument("model", help="checkpoint, run directory or ONNX export directory")
+    a.add_argument(
+        "model", help="checkpoint, run directory, ONNX export directory, or http://HOST:PORT of a genlab serve"
+    )
+    a.add_argument("--model", dest="served_model", metavar="NAME", help="MODEL is a URL: the served model's name")
     a.add_argument("--dataset", help="dataset of the normal images (default: the model's)")
     a.add_argument(
         "--normal-class", type=int, metavar="K", help="normal class (default: the class a one-class run was trained on)"
@@ -230,7 +248,17 @@ def _add_class_fidelity(eval_sub: Any) -> None:
 
 
 def _add_serve_jobs(eval_sub: Any) -> None:
-    s = eval_sub.add_parser("serve-jobs", help="serve the evaluation-jobs HTTP service (BentoML tasks)")
+    s = eval_sub.add_parser(
+        "serve-jobs",
+        help="serve the evaluation-jobs HTTP service (durable jobs: progress, cancel, a bounded queue)",
+        description="Jobs and their results are kept in STATE_DIR/jobs.sqlite3 and survive a restart; a job that "
+        "was running when the service died starts over (once, by default) or is marked failed with the reason. "
+        "With GENLAB_API_KEY set, every route but the health probes needs 'Authorization: Bearer <key>'.",
+    )
+    s.add_argument(
+        "--state-dir", help="where the jobs are kept (default: $GENLAB_JOBS_STATE or ~/.local/state/genlab/jobs)"
+    )
+    s.add_argument("--max-queued", type=int, help="jobs that may wait before a submission gets 429 (default 16)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     s.add_argument("--port", type=int, default=3001)
     s.add_argument("--models", help="models root the service may evaluate (default: $GENLAB_EVAL_MODELS or ./runs)")

@@ -77,7 +77,55 @@ def fid_cells(result: dict[str, Any]) -> dict[str, str]:
         if name.endswith("_std"):
             continue
         std = values.get(f"{name}_std")
-        cells[f"{name} [{result.get('settings', '')}]"] = _fmt(value) + (f" ± {std:.2g}" if std is not None else "")
+        band = (result.get("intervals") or {}).get(name)
+        spread = f" (95% bootstrap {band['low']:.4g}-{band['high']:.4g})" if band else ""
+        cells[f"{name} [{result.get('settings', '')}]"] = (
+            _fmt(value) + (f" ± {std:.2g}" if std is not None else "") + spread
+        )
+    if result.get("provenance"):
+        cells[f"provenance [{result.get('settings', '')}]"] = provenance_text(result)
+    return cells
+
+
+def provenance_text(result: dict[str, Any]) -> str:
+    """The provenance of a result in one cell: model and weights hashes, versions, device, wall time."""
+    p = result.get("provenance")
+    if not p:
+        return "-"
+    model = p["model"]
+    digest = model.get("sha256") or model.get("source_sha256") or "?"
+    parts = [f"model {model['kind']} {digest[:12]}"]
+    if p.get("extractor"):
+        parts.append(f"weights {p['extractor']['weights_sha256'][:12]}")
+    if p.get("reference"):
+        parts.append(f"reference {p['reference'].get('cache_key') or p['reference']['dataset']}")
+    versions = p["versions"]
+    parts.append(
+        ", ".join(f"{k} {versions.get(k) or '-'}" for k in ("genlab", "torch", "onnxruntime", "torch_fidelity"))
+    )
+    parts.append(f"{p['device']} x{p.get('processes', 1)}, {p['wall_s']:.1f} s")
+    return "; ".join(parts)
+
+
+def serving_drift_cells(results: list[dict[str, Any]], tolerance: float = 1e-6) -> dict[str, str]:
+    """For each FID result of a served model, the same settings' result of the file (export or checkpoint) beside
+    it: one column per setting that says whether serving drifted (relative difference above ``tolerance``)."""
+    served = [r for r in results if r.get("evaluation") == "fid" and r.get("kind") == "http"]
+    files = {
+        r.get("settings"): r
+        for r in results
+        if r.get("evaluation") == "fid" and r.get("kind") in ("onnx", "checkpoint")
+    }
+    cells = {}
+    for result in served:
+        local = files.get(result["settings"].split("; served by ")[0])
+        if local is None:
+            continue
+        pairs = [(k, local["values"][k], v) for k, v in result["values"].items() if k in local["values"]]
+        worst = max((abs(a - b) / max(abs(a), 1e-12) for _, a, b in pairs), default=0.0)
+        text = ", ".join(f"{k} {a:.6g} ({local['kind']}) vs {b:.6g} (served)" for k, a, b in pairs)
+        verdict = f"drifted (relative difference {worst:.2g})" if worst > tolerance else "no drift"
+        cells[f"serving vs file [{result['settings']}]"] = f"{verdict}: {text}"
     return cells
 
 
@@ -264,14 +312,13 @@ def gather_run(path: Path, label: str, settings: ReportSettings) -> RunEntry:
     entry = RunEntry(label, path, identity)
     if settings.compute:
         entry.notes.update(compute_missing(path, identity, settings))
-    for result in load_results(path):
+    results = load_results(path)
+    for result in results:
         for group, cells in result_groups(result):
             entry.cells.update({(group, header): text for header, text in cells.items()})
+    entry.cells.update({(GROUPS[0], header): text for header, text in serving_drift_cells(results).items()})
     groups_present = {g for g, _ in entry.cells}
-    per_class = " --per-class" if identity["conditional"] else ""
-    entry.notes.setdefault(
-        GROUPS[0], f"not computed: run `genlab eval fid {path} --ref {identity['dataset']}{per_class}`"
-    )
+    entry.notes.setdefault(GROUPS[0], f"not computed: run `{fid_hint(path, identity)}`")
     if not identity["conditional"]:
         entry.notes.setdefault(GROUPS[3], "n/a: not a conditional model")
     entry.notes.setdefault(
@@ -287,6 +334,17 @@ def gather_run(path: Path, label: str, settings: ReportSettings) -> RunEntry:
     entry.notes.setdefault(GROUPS[2], "not computed (report --no-compute): run `genlab eval anomaly`")
     entry.notes = {g: note for g, note in entry.notes.items() if g not in groups_present}
     return entry
+
+
+def fid_hint(path: Path, identity: dict[str, Any]) -> str:
+    """The FID command to suggest, sized for this machine: Inception at n=1000 on a GPU; on a CPU (where Inception
+    runs at ~10 images/s, n=1000 being over 15 minutes) the LeNet extractor, seconds for n=1000."""
+    import torch
+
+    per_class = " --per-class" if identity["conditional"] else ""
+    if torch.cuda.is_available():
+        return f"genlab eval fid {path} --ref {identity['dataset']} --n 1000 --device cuda{per_class}"
+    return f"genlab eval fid {path} --ref {identity['dataset']} --extractor lenet --n 1000{per_class}"
 
 
 # -- tables ----------------------------------------------------------------------------------

@@ -125,21 +125,38 @@ class ModelSource:
         return self._images(self._paired_batches(self._reconstruct_batch, images, labels, batch_size, desc))
 
     def scores(
-        self, images: np.ndarray, labels: Any = None, batch_size: int = 256, desc: str | None = None
+        self,
+        images: np.ndarray,
+        labels: Any = None,
+        batch_size: int = 256,
+        desc: str | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> dict[str, np.ndarray]:
         """uint8 images -> {component: float64 [N]}: the same scores the service returns (score components only: a
         conditional model's class is :meth:`labelled_scores`'s)."""
-        return self.labelled_scores(images, labels, batch_size, desc)[0]
+        return self.labelled_scores(images, labels, batch_size, desc, on_batch)[0]
 
     def labelled_scores(
-        self, images: np.ndarray, labels: Any = None, batch_size: int = 256, desc: str | None = None
+        self,
+        images: np.ndarray,
+        labels: Any = None,
+        batch_size: int = 256,
+        desc: str | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """({component: float64 [N]}, the int64 class each image was scored under, or None when unconditional). A
         conditional model scores an image under its label, or where that is -1 (or ``labels`` is None) under the
-        class that explains it best."""
+        class that explains it best. ``on_batch(count)`` runs after each batch."""
         images = self._check_images(images)
         labels = self._check_labels(labels, len(images), unknown_allowed=True)
-        parts = self._paired_batches(self._scores_batch, images, labels, batch_size, desc)
+
+        def score(batch: np.ndarray, batch_labels: np.ndarray | None) -> dict[str, np.ndarray]:
+            out = self._scores_batch(batch, batch_labels)
+            if on_batch is not None:
+                on_batch(len(batch))
+            return out
+
+        parts = self._paired_batches(score, images, labels, batch_size, desc)
         names = list(parts[0]) if parts else list(self.score_descriptions)
         joined = {
             name: np.concatenate([np.asarray(p[name]).reshape(-1) for p in parts]) if parts else np.zeros(0)

