@@ -11,11 +11,14 @@ also take int64 class labels (:attr:`ExportedModel.class_names` names them).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import json
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from genlab.errors import GenlabError
-from genlab.latents import sample_latents  # noqa: F401  (the one sampler; exported here for readers)
+from genlab.latents import Prior, prepare_prior, sample_latents  # noqa: F401  (sample_latents: the one sampler, for readers)
 
 FORMAT = "genlab-export"
 FORMAT_VERSION = 1
@@ -39,32 +42,42 @@ class ExportError(GenlabError):
 
 
 def choose_providers(preference: str | None = None) -> list[str]:
-    """ONNX Runtime providers to ask for, best first: CUDA where onnxruntime-gpu sees a GPU, else CPU."""
+    """ONNX Runtime providers to ask for, best first: CUDA where onnxruntime-gpu has it and a CUDA device opens, else
+    CPU. ``auto`` asks for CUDA only where :func:`cuda_device_opens`: asked without one, ONNX Runtime logs an error
+    for every session before it falls back to the CPU."""
     import onnxruntime as ort
 
     preference = (preference or os.environ.get(PROVIDER_ENV) or "auto").lower()
-    available = ort.get_available_providers()
-    if preference == "cpu":
+    if preference not in ("auto", "cpu", "cuda"):
+        raise ExportError(f"unknown execution provider preference {preference!r}; use auto, cpu or cuda")
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if preference == "cuda" and not has_cuda:
+        raise ExportError(
+            "CUDA was asked for, but this onnxruntime has no CUDA provider (install onnxruntime-gpu, not onnxruntime)"
+        )
+    if preference == "cpu" or not has_cuda:
         return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in available and hasattr(ort, "preload_dlls"):
+    if preference == "auto" and not cuda_device_opens():
+        log.info("onnxruntime has a CUDA provider but no CUDA device opens here (no NVIDIA driver or GPU): CPU only")
+        return ["CPUExecutionProvider"]
+    if hasattr(ort, "preload_dlls"):
         try:  # CUDA and cuDNN from the nvidia-* wheels of onnxruntime-gpu[cuda,cudnn], where installed
             ort.preload_dlls()
         except Exception as err:  # a missing library shows up again, with its name, when a session starts
             log.debug("onnxruntime.preload_dlls: %s", err)
-    if preference == "cuda":
-        if "CUDAExecutionProvider" not in available:
-            raise ExportError(
-                "CUDA was asked for, but this onnxruntime has no CUDA provider "
-                "(install onnxruntime-gpu, not onnxruntime)"
-            )
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if preference != "auto":
-        raise ExportError(f"unknown execution provider preference {preference!r}; use auto, cpu or cuda")
-    return (
-        ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        if "CUDAExecutionProvider" in available
-        else ["CPUExecutionProvider"]
-    )
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+@functools.cache
+def cuda_device_opens() -> bool:
+    """Whether the NVIDIA driver opens a CUDA device in this process: its library (libcuda, which a container gets
+    from the host with ``--gpus``) loads, ``cuInit`` succeeds and at least one device is counted."""
+    try:
+        cuda = ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
 
 
 @dataclass
@@ -109,6 +122,11 @@ class ExportedModel:
     def prior(self) -> dict[str, Any] | None:
         """The Gaussian mixture fitted to the training codes (:mod:`genlab.latents`), or None for N(0, I)."""
         return self.manifest["latent"].get("fitted_prior")
+
+    @functools.cached_property
+    def latent_prior(self) -> Prior | None:
+        """:attr:`prior` prepared for drawing (:func:`genlab.latents.prepare_prior`), once per opened export."""
+        return prepare_prior(self.prior)
 
     @property
     def conditional(self) -> bool:

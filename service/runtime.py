@@ -176,7 +176,10 @@ class Runner:
 
 def open_runners(settings: Settings, pool: WorkPool) -> dict[str, Runner]:
     """name -> Runner for every model in ``settings.models``, in order (the first is the default); a model tag is looked
-    up in the BentoML model store, which inside a built bento is the bento's own."""
+    up in the BentoML model store, which inside a built bento is the bento's own. What each model runs on is logged at
+    INFO, which BentoML's server logging passes only for loggers given a level: genlab's get INFO unless set."""
+    if logging.getLogger("genlab").level == logging.NOTSET:
+        logging.getLogger("genlab").setLevel(logging.INFO)
     runners: dict[str, Runner] = {}
     for reference in settings.models:
         model = load_model(resolve(reference), settings)
