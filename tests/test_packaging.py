@@ -103,7 +103,7 @@ def test_the_serve_extra_holds_no_torch(installed_genlab):
 
 def test_the_bentofile_installs_what_the_serve_extra_names(installed_genlab):
     """The bento's image and `pip install genlab[serve]` stay one list: same packages, same version ranges (the
-    image swaps onnxruntime for its GPU build, and gets bentoml from BentoML itself)."""
+    image gets bentoml from BentoML itself; its GPU flavour, deploy/flavour.py, swaps in onnxruntime-gpu)."""
     import yaml
 
     bento = {
@@ -111,7 +111,6 @@ def test_the_bentofile_installs_what_the_serve_extra_names(installed_genlab):
         for r in yaml.safe_load((REPO / "bentofile.yaml").read_text())["python"]["packages"]
     }
     serve = {r.name: r.specifier for r in serve_requirements(installed_genlab)}
-    serve["onnxruntime-gpu"] = serve.pop("onnxruntime")
     serve.pop("bentoml")
     assert bento == serve
 
