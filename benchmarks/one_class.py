@@ -8,6 +8,13 @@ AUROC of the primary ``score`` and of every component. Prints, per family, the p
 AUROC for each class with the mean and minimum, the mean AUROC of every component, and the time
 taken; writes every figure as JSON (``--json-out``).
 
+The contrast guard (``low_contrast``, :mod:`genlab.models.scoring`) is measured on the same models in the
+same run: the primary score's AUROC with the guard and without it (the same model with its contrast floor
+at 0, as a checkpoint fitted without the guard scores), the
+largest AUROC loss per family and the digit it falls on, how many test images the guard touches, and the
+scores of blank (0), mid-grey (128) and white (255) frames against the calibrated threshold.
+Requirement: no digit loses more than 0.005 AUROC to the guard in any family.
+
 Nothing here chooses anything: the scores and their fitting are fixed by the model family, fitted
 on normal training and validation images only, and the test anomalies are only ever scored. The
 primary scores were chosen with ``--split val --pairs`` (AUROC on the validation split, where the
@@ -57,6 +64,40 @@ def combinations(run_dir: Path, dataset: str, k: int, split: str, data_dir: str)
     return {f"{a}+{b}": round(ranking_metrics((z[a] + z[b]) / 2, is_anomaly)["auroc"], 4) for a, b in pairs(z, 2)}
 
 
+CONSTANT_LEVELS = (0, 128, 255)  # the constant frames the guard is measured on
+MAX_GUARD_LOSS = 0.005  # the largest AUROC the guard may cost any digit
+
+
+def guard_figures(run_dir: Path, dataset: str, k: int, split: str, data_dir: str) -> dict[str, Any]:
+    """The primary score's AUROC with and without the contrast guard on ``split`` (class K normal), the test
+    images the guard touches, and the scores of constant frames with and without it against the threshold."""
+    import numpy as np
+    from genlab.eval.anomaly import AnomalySettings, labelled_images, ranking_metrics
+    from genlab.eval.model_source import ensure_source
+
+    from genlab.models.scoring import LOW_CONTRAST
+    from genlab.thresholds import DEFAULT_PERCENTILE, quantile
+
+    source = ensure_source(str(run_dir))  # the checkpoint's model, so its guard can be turned off below
+    images, is_anomaly = labelled_images(AnomalySettings(dataset, k, None, split, data_dir), tuple(source.image_shape))
+    constant = np.stack([np.full(tuple(source.image_shape), v, np.uint8) for v in CONSTANT_LEVELS])
+    guarded, frames = source.scores(images), source.scores(constant)
+    source.model.score_fit.contrast_floor.zero_()  # the guard off: the score of a fit without a contrast floor
+    unguarded, unguarded_frames = source.scores(images), source.scores(constant)
+    touched = np.asarray(guarded[LOW_CONTRAST]) > 0
+    return {
+        "auroc_with_guard": round(ranking_metrics(guarded["score"], is_anomaly)["auroc"], 4),
+        "auroc_without_guard": round(ranking_metrics(unguarded["score"], is_anomaly)["auroc"], 4),
+        "guarded_normal": int(touched[~is_anomaly].sum()),
+        "guarded_anomalies": int(touched[is_anomaly].sum()),
+        "threshold": quantile(source.calibration, "score", DEFAULT_PERCENTILE),
+        "constant_frames": {
+            str(level): {"with_guard": float(frames["score"][i]), "without_guard": float(unguarded_frames["score"][i])}
+            for i, level in enumerate(CONSTANT_LEVELS)
+        },
+    }
+
+
 def one_run(
     family: str,
     dataset: str,
@@ -99,6 +140,7 @@ def one_run(
     return {
         "split": split,
         **({"pairs_auroc": combinations(run_dir, dataset, k, split, data_dir)} if with_pairs else {}),
+        "guard": guard_figures(run_dir, dataset, k, split, data_dir),
         "family": family,
         "dataset": dataset,
         "normal_class": k,
@@ -151,7 +193,35 @@ def tables(rows: list[dict[str, Any]], classes: list[int]) -> str:
                 "  best standardised pairs, mean (min): "
                 + ", ".join(f"{p} {means[p]:.3f} ({min(r['pairs_auroc'][p] for r in family_rows):.3f})" for p in best)
             )
-    return "\n".join(lines)
+    return "\n".join(lines + guard_table(rows, families, classes))
+
+
+def guard_table(rows: list[dict[str, Any]], families: list[str], classes: list[int]) -> list[str]:
+    """The primary score's AUROC with and without the contrast guard, per family and class, and its largest loss."""
+    lines = [
+        "",
+        "contrast guard: primary score AUROC with / without it, per normal class; blank, grey and white frames:",
+        "",
+        "| family | " + " | ".join(map(str, classes)) + " | max loss (class) | frames above threshold |",
+        "|---|" + "---:|" * (len(classes) + 2),
+    ]
+    for family in families:
+        by_class = {r["normal_class"]: r["guard"] for r in rows if r["family"] == family and "guard" in r}
+        if not by_class:
+            continue
+        cells = [
+            f"{g['auroc_with_guard']:.4f} / {g['auroc_without_guard']:.4f}" if (g := by_class.get(k)) else ""
+            for k in classes
+        ]
+        losses = {k: g["auroc_without_guard"] - g["auroc_with_guard"] for k, g in by_class.items()}
+        worst = max(losses, key=losses.get)
+        above = sum(f["with_guard"] > g["threshold"] for g in by_class.values() for f in g["constant_frames"].values())
+        frames = sum(len(g["constant_frames"]) for g in by_class.values())
+        verdict = "ok" if losses[worst] <= MAX_GUARD_LOSS else f"over {MAX_GUARD_LOSS}"
+        lines.append(
+            f"| {family} | " + " | ".join(cells) + f" | {losses[worst]:+.4f} ({worst}, {verdict}) | {above}/{frames} |"
+        )
+    return lines
 
 
 def main() -> None:

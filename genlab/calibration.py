@@ -21,6 +21,7 @@ import torch
 from genlab.data import ImageData
 from genlab.latents import fit_class_mixtures, fit_prior
 from genlab.models import GenerativeModel
+from genlab.models.scoring import image_contrast
 from genlab.pixels import uint8_to_model
 
 PERCENTILES = [round(0.1 * i, 1) for i in range(1001)]
@@ -50,15 +51,25 @@ def score_images(
     return {name: torch.cat(values) for name, values in out.items()}
 
 
+def contrasts(images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """uint8 images -> each one's contrast (:func:`genlab.models.scoring.image_contrast`), float64 [N]."""
+    return torch.cat(
+        [image_contrast(uint8_to_model(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    )
+
+
 def fit_to_training_data(
     model: GenerativeModel, train: ImageData, held_out: ImageData, device: torch.device, seed: int
 ) -> dict[str, Any]:
-    """After training, on normal images only (never on anomalies): the score statistics (``score_fit``), the latent
-    prior fitted to the training codes of a family with an encoder (``prior``, :mod:`genlab.latents`), and the
-    calibration on the held-out images (``calibration``); each goes into the checkpoint under its key."""
+    """After training, on normal images only (never on anomalies): the score statistics (``score_fit``: the spaces
+    on the training images, the contrast floor on the training and held-out images, the primary score's
+    standardisation on the held-out images), the latent prior fitted to the training codes of a family with an
+    encoder (``prior``, :mod:`genlab.latents`), and the calibration on the held-out images (``calibration``); each
+    goes into the checkpoint under its key."""
     parts = score_images(model, train.images, device, parts=True, labels=train.labels)
     for space in model.score_fit.spaces:
         model.score_fit.fit_space(space, parts[space])
+    model.score_fit.fit_contrast(torch.cat([contrasts(train.images), contrasts(held_out.images)]))
     model.score_fit.fit_primary(score_images(model, held_out.images, device, labels=held_out.labels))
     prior = None
     if model.has_encoder and model.conditional:  # the "latent" part is the posterior mean

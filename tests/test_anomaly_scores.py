@@ -257,6 +257,11 @@ def test_one_class_benchmark_runs_end_to_end(tmp_path):
         assert "relative_recon_error+stroke_error" in row["pairs_auroc"]
         # the VAE's primary score is stroke_error standardised: the same ranking, so the same AUROC
         assert row["auroc"]["score"] == pytest.approx(row["auroc"]["stroke_error"], abs=1e-3)
+        # the contrast guard, measured on the same model: constant frames above the threshold, AUROC kept
+        guard = row["guard"]
+        assert guard["auroc_with_guard"] >= guard["auroc_without_guard"] - 0.005
+        assert all(f["with_guard"] > guard["threshold"] for f in guard["constant_frames"].values())
+    assert "contrast guard" in done.stdout and "max loss" in done.stdout
 
 
 def test_a_conditional_model_is_fitted_per_class_and_calibrated_without_labels():
@@ -274,3 +279,52 @@ def test_a_conditional_model_is_fitted_per_class_and_calibrated_without_labels()
     with pytest.raises(ValueError, match="label"):
         sample_latents(4, 4, 5, prior=prior)
     assert "label" not in result["calibration"]["scores"] and "score" in result["calibration"]["scores"]
+
+
+CONSTANT_LEVELS = (0, 128, 255)  # black, mid-grey and white frames
+
+
+def _constant_images(shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.stack([torch.full(shape, level, dtype=torch.uint8) for level in CONSTANT_LEVELS])
+
+
+@pytest.mark.parametrize("key", ["vae-1", "gan", "vaegan"])
+def test_constant_images_are_anomalies_in_the_checkpoint_and_its_export(exports, key):
+    from genlab.export.reader import open_export
+
+    from genlab.checkpoint import load_checkpoint, model_from_checkpoint
+    from genlab.data import load_split
+    from genlab.thresholds import DEFAULT_PERCENTILE
+
+    export = exports[key]
+    ckpt = load_checkpoint(export.parent / f"run-{key}")
+    model, cpu = model_from_checkpoint(ckpt), torch.device("cpu")
+    constant = _constant_images((1, 28, 28))
+    scores = score_images(model, constant, cpu)
+    cut = quantile(ckpt["calibration"], "score", DEFAULT_PERCENTILE)
+    assert (scores["low_contrast"] == 1.0).all() and (scores["score"] > cut + 50.0).all(), (scores["score"], cut)
+
+    exported = open_export(export)
+    onnx_scores = exported.scores(constant.numpy())
+    np.testing.assert_allclose(onnx_scores["score"], scores["score"].numpy(), rtol=1e-4)
+    assert (onnx_scores["score"] > quantile(exported.calibration, "score", DEFAULT_PERCENTILE)).all()
+
+    # the held-out normal images, where the floor was fitted, are untouched by the guard
+    normal = load_split("mnist-5k", "val", "data")
+    normal = normal if ckpt["data"]["normal_class"] is None else normal.only_class(ckpt["data"]["normal_class"])
+    assert not score_images(model, normal.images[:200], cpu)["low_contrast"].any()
+
+
+def test_a_score_fit_without_a_contrast_floor_loads_with_the_guard_off(fitted):
+    from genlab.models.scoring import LOW_CONTRAST_WEIGHT
+
+    model, result = fitted
+    x = model_to_uint8(torch.full((3, 1, 16, 16), -1.0))  # blank frames
+    guarded = score_images(model, x, torch.device("cpu"))
+    older = build_model(model.cfg).eval()
+    older.load_state_dict(model.state_dict())
+    older.score_fit.load({k: v for k, v in result["score_fit"].items() if k != "contrast_floor"})
+    unguarded = score_images(older, x, torch.device("cpu"))
+    assert not unguarded["low_contrast"].any() and (guarded["low_contrast"] == 1.0).all()
+    # below the floor: the standardised score floored at 0, plus the weight per unit of low_contrast
+    torch.testing.assert_close(guarded["score"], unguarded["score"].clamp_min(0.0) + LOW_CONTRAST_WEIGHT)

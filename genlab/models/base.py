@@ -23,7 +23,7 @@ from torch import nn
 
 from genlab.config import ModelConfig
 from genlab.measures import RECON_ERROR, RECON_ERROR_MEANING
-from genlab.models.scoring import ScoreFit
+from genlab.models.scoring import LOW_CONTRAST, LOW_CONTRAST_MEANING, LOW_CONTRAST_WEIGHT, ScoreFit
 from genlab.pixels import model_to_uint8
 
 
@@ -108,14 +108,16 @@ class GenerativeModel(nn.Module):
                 components[name] = value
             else:
                 components[f"{name}_distance"] = self.score_fit.distance(name, value)
+        components[LOW_CONTRAST] = self.score_fit.low_contrast(x)
         return {"score": self.score_fit.combine(components), **components}
 
     @torch.no_grad()
     def anomaly_scores(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Images in [-1, 1] -> {component: [B]}; ``score`` is the primary score.
 
-        A vector part becomes ``<space>_distance`` (:meth:`ScoreFit.distance`); the primary score
-        combines ``primary_components`` (:meth:`ScoreFit.combine`). Both use the statistics
+        A vector part becomes ``<space>_distance`` (:meth:`ScoreFit.distance`); ``low_contrast`` measures how far
+        the image's contrast falls below the normal images' (:meth:`ScoreFit.low_contrast`); the primary score
+        combines ``primary_components`` and adds the contrast guard (:meth:`ScoreFit.combine`). Both use the statistics
         :func:`genlab.calibration.fit_to_training_data` fitted on normal images. A conditional model
         adds ``label`` (int64 [B]): ``y`` where given, else the class found by :meth:`labelled_scores`.
         """
@@ -162,6 +164,11 @@ FEATURES_DISTANCE_MEANING = (
     "images, in per-feature standard deviations, averaged over features"
 )
 DISCRIMINATOR_MEANING = "-log D(x): the discriminator's negative log-probability that the image is real"
+# the end of every primary score's description, and the guard's own component
+SCORE_GUARD_MEANING = (
+    f"; an image with {LOW_CONTRAST} > 0 scores max(0, that) + {LOW_CONTRAST_WEIGHT:g} * {LOW_CONTRAST} instead"
+)
+GUARD_MEANINGS = {LOW_CONTRAST: LOW_CONTRAST_MEANING}
 
 
 def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

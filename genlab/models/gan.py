@@ -30,8 +30,10 @@ from genlab.measures import RECON_ERROR
 from genlab.models.base import (
     DISCRIMINATOR_MEANING,
     FEATURES_DISTANCE_MEANING,
+    GUARD_MEANINGS,
     LATENT_DISTANCE_MEANING,
     PIXEL_ERROR_MEANINGS,
+    SCORE_GUARD_MEANING,
     GenerativeModel,
     bce_logits,
     class_loss,
@@ -58,13 +60,14 @@ class GAN(GenerativeModel):
     primary_components = (RECON_ERROR, "relative_recon_error")
     score_descriptions = {
         "score": "recon_error and relative_recon_error (of G(E(image))), each in standard units of held-out normal "
-        "images, averaged",
+        "images, averaged" + SCORE_GUARD_MEANING,
         "discriminator": DISCRIMINATOR_MEANING,
         "izi_f": "f-AnoGAN's anomaly score: pixel MSE + discriminator-feature MSE between the image and G(E(image)), "
         "pixels in [-1, 1]",
         **PIXEL_ERROR_MEANINGS,
         "latent_distance": LATENT_DISTANCE_MEANING.replace("posterior mean", "encoder's code"),
         "features_distance": FEATURES_DISTANCE_MEANING,
+        **GUARD_MEANINGS,
     }
 
     def __init__(self, cfg: ModelConfig):

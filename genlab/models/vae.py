@@ -12,9 +12,11 @@ import torch
 
 from genlab.config import ModelConfig
 from genlab.models.base import (
+    GUARD_MEANINGS,
     KL_MEANING,
     LATENT_DISTANCE_MEANING,
     PIXEL_ERROR_MEANINGS,
+    SCORE_GUARD_MEANING,
     GenerativeModel,
     kl_to_standard_normal,
     pixel_errors,
@@ -35,11 +37,12 @@ class VAE(GenerativeModel):
     # training seeds
     primary_components = ("stroke_error",)
     score_descriptions = {
-        "score": "stroke_error in standard units of held-out normal images",
+        "score": "stroke_error in standard units of held-out normal images" + SCORE_GUARD_MEANING,
         "neg_elbo": "negative ELBO (pixel negative log-likelihood + KL) at the posterior mean, in nats",
         **PIXEL_ERROR_MEANINGS,
         "kl": KL_MEANING,
         "latent_distance": LATENT_DISTANCE_MEANING,
+        **GUARD_MEANINGS,
     }
 
     def __init__(self, cfg: ModelConfig):

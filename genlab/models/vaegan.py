@@ -32,9 +32,11 @@ from genlab.measures import RECON_ERROR
 from genlab.models.base import (
     DISCRIMINATOR_MEANING,
     FEATURES_DISTANCE_MEANING,
+    GUARD_MEANINGS,
     KL_MEANING,
     LATENT_DISTANCE_MEANING,
     PIXEL_ERROR_MEANINGS,
+    SCORE_GUARD_MEANING,
     GenerativeModel,
     bce_logits,
     class_loss,
@@ -57,13 +59,15 @@ class VAEGAN(GenerativeModel):
     # chosen by benchmarks/one_class.py on the validation split (normal class vs the other classes), every class
     primary_components = (RECON_ERROR, "relative_recon_error")
     score_descriptions = {
-        "score": "recon_error and relative_recon_error, each in standard units of held-out normal images, averaged",
+        "score": "recon_error and relative_recon_error, each in standard units of held-out normal images, averaged"
+        + SCORE_GUARD_MEANING,
         "feature_error": "0.5 * squared distance between discriminator features of the image and its reconstruction",
         **PIXEL_ERROR_MEANINGS,
         "kl": KL_MEANING,
         "discriminator": DISCRIMINATOR_MEANING,
         "latent_distance": LATENT_DISTANCE_MEANING,
         "features_distance": FEATURES_DISTANCE_MEANING,
+        **GUARD_MEANINGS,
     }
 
     def __init__(self, cfg: ModelConfig):
