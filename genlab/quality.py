@@ -1,6 +1,7 @@
 """Sample quality measured cheaply during training, in the reference classifier's features.
 
-At the end of each epoch the training loop decodes a fixed, seeded set of prior latents and
+At the end of each epoch the training loop decodes a fixed, seeded set of N(0, I) latents (the prior training
+uses; exports draw from the latent prior fitted after training, which the end of training measures the same way) and
 compares the images with the validation split in the features of :mod:`genlab.classifier`:
 
 - ``fd``: the Fréchet distance between the two feature distributions (FID's formula; lower is better);
@@ -132,15 +133,20 @@ def classifier_for(
         return None
 
 
-def summary(values: dict[str, Any]) -> str:
-    """The quality part of the epoch line, e.g. 'quality: fd 12.3, kd 0.021, confident 0.87, classes 0.98'."""
+N01_SAMPLES = "N(0, I) samples"  # what the per-epoch figures measure: the decoder on standard-normal latents
+PRIOR_SAMPLES = "fitted-prior samples"  # what the end of training measures: the latents exports and /generate draw
+
+
+def summary(values: dict[str, Any], label: str = "quality") -> str:
+    """The quality part of a line, e.g. 'N(0, I) samples: fd 12.3, kd 0.021, confident 0.87, classes 0.98' (``label``:
+    what was measured, :data:`N01_SAMPLES` or :data:`PRIOR_SAMPLES`)."""
     if not values:
         return ""
     text = (
-        f"quality: fd {values['fd']:.3g}, kd {values['kd']:.3g}, confident {values['confident']:.2f}, "
+        f"{label}: fd {values['fd']:.3g}, kd {values['kd']:.3g}, confident {values['confident']:.2f}, "
         f"classes {values['class_entropy']:.2f}"
     )
     return text + (f", class fidelity {values['class_fidelity']:.3f}" if "class_fidelity" in values else "")
 
 
-__all__ = ["CONFIDENT", "METRICS", "QualityTracker", "classifier_for", "summary"]
+__all__ = ["CONFIDENT", "METRICS", "N01_SAMPLES", "PRIOR_SAMPLES", "QualityTracker", "classifier_for", "summary"]

@@ -78,13 +78,16 @@ def test_best_pt_is_written_on_improvement_only_and_export_prefers_it(tmp_path, 
         },
     )
     summary = train("vae", dict(TINY), TrainConfig(**SMALL, epochs=4), tmp_path / "r")
-    assert summary["best"]["epoch"] == 2 and summary["best"]["quality_fd"] == 3.0
+    assert summary["best"]["epoch"] == 2 and summary["best"]["lowest_n01_fd"] == 3.0
     best, last = load_checkpoint(tmp_path / "r" / "best.pt"), load_checkpoint(tmp_path / "r")
     assert (best["epoch"], last["epoch"]) == (2, 4) and best["complete"] and best["calibration"]["n"] == 50
     assert not all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
     records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["quality_fd"] for r in records if r["kind"] == "epoch"] == [7.0, 3.0, 5.0, 4.0]
-    assert "(best)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "(best)" in err and "N(0, I) samples: fd 3" in err
+    # one sentence on the choice: epoch 2 kept, because the last epoch's fitted-prior samples measure far below
+    assert "best.pt holds epoch 2, whose N(0, I) samples measured best: the last epoch's fitted-prior samples" in err
 
     from genlab.cli.main import main
 
@@ -109,7 +112,10 @@ def test_best_pt_is_written_on_improvement_only_and_export_prefers_it(tmp_path, 
     assert json.loads(capsys.readouterr().out)["epoch"] == 4
     assert main(["info", str(tmp_path / "r"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["epoch"] == 4 and info["best_checkpoint"]["epoch"] == 2 and info["sample_quality"]["best_fd"] == 3.0
+    assert info["epoch"] == 4 and info["best_checkpoint"]["epoch"] == 2
+    assert info["sample_quality"]["lowest_fd_epoch"] == 2 and info["sample_quality"]["lowest_fd"] == 3.0
+    assert info["best_checkpoint"]["why"].startswith("best.pt holds epoch 2")
+    assert info["best_checkpoint"]["prior_sample_quality"]["fd"] == 9.0
     # after training: the latent prior fitted to the codes, and its samples measured once for last.pt and best.pt
     assert best["prior"] is not None and (last["prior_quality"]["fd"], best["prior_quality"]["fd"]) == (19.0, 9.0)
     assert "mixture" in info["latent_prior"]
@@ -136,7 +142,7 @@ def test_every_epoch_logs_the_measures_of_a_real_run(tmp_path):
         )
 
 
-@pytest.mark.parametrize("last_fd, verdict", [(5.0, "better than"), (15.0, "within 2x of")])
+@pytest.mark.parametrize("last_fd, verdict", [(5.0, "measure closer than those of"), (15.0, "within 2x of each other")])
 def test_best_pt_becomes_the_last_epoch_unless_its_fitted_prior_samples_are_far_below(
     tmp_path, monkeypatch, capsys, last_fd, verdict
 ):
@@ -159,7 +165,10 @@ def test_best_pt_becomes_the_last_epoch_unless_its_fitted_prior_samples_are_far_
     best, last = load_checkpoint(tmp_path / "r" / "best.pt"), load_checkpoint(tmp_path / "r")
     assert best["epoch"] == last["epoch"] == 4 and best["complete"] and summary["best"]["epoch"] == 4
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
-    assert f"measure {verdict} epoch 2's" in capsys.readouterr().err
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("best.pt holds")]
+    assert len(lines) == 1 and lines[0].startswith("best.pt holds the last epoch, 4") and verdict in lines[0], lines
+    assert "epoch 2, whose N(0, I) samples measured best" in lines[0]
+    assert load_checkpoint(tmp_path / "r" / "best.pt")["selection"] == lines[0]
 
 
 def test_class_fidelity_is_the_share_of_samples_drawn_as_their_label(tracker):

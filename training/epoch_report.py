@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from genlab.checkpoint import Progress
+from genlab.quality import N01_SAMPLES
 from genlab.quality import summary as quality_summary
 
 UNPRINTED = ("epoch", "step", "train_seconds")
@@ -20,9 +21,10 @@ def close_epoch(at: Progress) -> dict[str, Any]:
 
 
 def epoch_line(record: dict[str, Any], epochs: int, best: bool) -> str:
-    """E.g. 'epoch 3/20: loss 112.4, ...; quality: fd 12.3, ... (best)'."""
+    """E.g. 'epoch 3/20: loss 112.4, ...; N(0, I) samples: fd 12.3, ... (best)'."""
     losses = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in UNPRINTED and not k.startswith("quality_"))
-    quality = quality_summary({k[len("quality_") :]: v for k, v in record.items() if k.startswith("quality_")})
+    measured = {k[len("quality_") :]: v for k, v in record.items() if k.startswith("quality_")}
+    quality = quality_summary(measured, N01_SAMPLES)
     return (
         f"epoch {record['epoch']}/{epochs}: {losses}"
         + (f"; {quality}" if quality else "")

@@ -16,12 +16,13 @@ from genlab.config import ModelConfig, TrainConfig
 from genlab.data import ImageData
 from genlab.latents import sample_latents
 from genlab.models import GenerativeModel
-from genlab.quality import QualityTracker
+from genlab.quality import PRIOR_SAMPLES, QualityTracker
 from genlab.quality import summary as quality_summary
 
 
 class FinalFit:
-    """Called with a model (the last weights or best.pt's) and the checkpoint's name, for the console line."""
+    """Called with a model (the last weights or best.pt's) and what it is (e.g. "last.pt, epoch 20"), for the console
+    line that reports its fitted-prior samples: what exports and /generate draw."""
 
     def __init__(
         self,
@@ -35,7 +36,7 @@ class FinalFit:
         self.train_data, self.val_data = data
         self.tracker, self.device = tracker, device
 
-    def __call__(self, model: GenerativeModel, checkpoint_name: str) -> Fitted:
+    def __call__(self, model: GenerativeModel, which: str) -> Fitted:
         fitted = Fitted.from_fit(fit_to_training_data(model, self.train_data, self.val_data, self.device, self.seed))
         if fitted.prior is not None and self.tracker is not None:
             labels = self.tracker.labels
@@ -51,7 +52,7 @@ class FinalFit:
             )
             fitted.record_prior_quality(measured)
             tqdm.write(
-                f"{checkpoint_name}: samples from the fitted latent prior: {quality_summary(measured)}",
+                f"{which}: {quality_summary(measured, PRIOR_SAMPLES)} (what exports and /generate draw)",
                 file=sys.stderr,
             )
         return fitted

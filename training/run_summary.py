@@ -21,9 +21,12 @@ def run_summary(
     at: Progress,
     stopped: str | None,
     fitted: Fitted | None,
-    best: WatchState,
+    watch: WatchState,
+    best_epoch: int | None = None,
 ) -> dict[str, Any]:
-    """``stopped``: None (finished), "max_steps", "interrupted" or "already complete"."""
+    """``stopped``: None (finished), "max_steps", "interrupted" or "already complete"; ``best_epoch``: the epoch
+    best.pt holds once the run ended (until then, or for a run that was already complete, the epoch whose N(0, I)
+    samples measured best, which best.pt holds during training)."""
     seconds = at.train_seconds
     images_per_s = at.step * tc.batch_size * world_size / seconds if seconds else math.nan
     return {
@@ -42,7 +45,12 @@ def run_summary(
         "samples": str(run_dir / "samples.png"),
         "max_steps": tc.max_steps,
         "best": None
-        if best.best_epoch is None
-        else {"checkpoint": str(run_dir / BEST_CHECKPOINT), "epoch": best.best_epoch, "quality_fd": best.best_fd},
+        if watch.best_epoch is None
+        else {
+            "checkpoint": str(run_dir / BEST_CHECKPOINT),
+            "epoch": watch.best_epoch if best_epoch is None else best_epoch,
+            "lowest_n01_fd_epoch": watch.best_epoch,
+            "lowest_n01_fd": watch.best_fd,
+        },
         "world_size": world_size,
     }
