@@ -82,6 +82,24 @@ class ImageData:
         return self.select(keep)
 
 
+def summary_line(train: ImageData, val: ImageData, normal_class: int | None = None) -> str:
+    """One line on what a run trains on: the dataset, its training and validation images (one class's, for a
+    one-class run), their size and classes; e.g. 'data: mnist-5k: 4000 training and 500 validation images, 1x28x28,
+    10 classes (0, 1, ..., 9)'."""
+    names = list(train.class_names)
+    shown = ", ".join(names if len(names) <= 10 else [*names[:3], "...", names[-1]])
+    of = (
+        ""
+        if normal_class is None
+        else f" of class {names[normal_class] if normal_class < len(names) else normal_class}"
+    )
+    shape = f"{train.channels}x{train.image_size}x{int(train.images.shape[3])}"
+    return (
+        f"data: {train.dataset}: {len(train)} training and {len(val)} validation images{of}, {shape}, "
+        f"{len(names)} {'class' if len(names) == 1 else 'classes'} ({shown})"
+    )
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str

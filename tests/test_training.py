@@ -226,3 +226,74 @@ def test_resuming_a_finished_run_calibrates_score_components_it_lacks(tmp_path):
     new = load_checkpoint(path)
     assert "stroke_error" in new["calibration"]["scores"] and new["step"] == old["step"]
     assert all(torch.equal(value, old["model"][key]) for key, value in new["model"].items())
+
+
+@pytest.mark.parametrize("count", [1, 7, 8, 10, 17, 32])
+def test_reconstruction_grid_keeps_originals_on_odd_rows_for_any_count(count):
+    from genlab.training.sample_grids import RECON_COLUMNS, paired_rows
+
+    originals = torch.arange(1, count + 1, dtype=torch.uint8).view(count, 1, 1, 1).expand(count, 1, 2, 2)
+    cells = paired_rows(originals, originals + 100)
+    rows = cells.view(-1, RECON_COLUMNS, 1, 2, 2)[:, :, 0, 0, 0]  # one value per cell
+    assert len(rows) == 2 * -(-count // RECON_COLUMNS)
+    for pair in range(len(rows) // 2):
+        shown = rows[2 * pair][rows[2 * pair] > 0]
+        assert torch.equal(rows[2 * pair + 1][: len(shown)], shown + 100)  # each reconstruction under its original
+        assert not rows[2 * pair + 1][len(shown) :].any()  # blank cells fill only the last pair of rows
+    assert sorted(cells[cells > 0][::4].tolist()) == sorted([*range(1, count + 1), *range(101, count + 101)])
+
+
+def test_loss_curves_are_a_grid_of_the_series_that_change(tmp_path):
+    from genlab.training.plots import COLUMNS, PANEL_SIZE, plot_loss_curves, series
+    from PIL import Image
+
+    steps = [
+        {"kind": "step", "step": s, "loss": 1.0 / s, "kl": s * 0.1, "gan_used": 1.0, "a": s, "b": -s, "c": s % 3}
+        for s in range(1, 40)
+    ]
+    epochs = [{"kind": "epoch", "step": 10 * e, "quality_fd": 10.0 - e, "quality_confident": 0.0} for e in (1, 2, 3)]
+    titles = [title for title, *_ in series(steps + epochs)]
+    assert titles == [
+        "loss",
+        "kl",
+        "a",
+        "b",
+        "c",
+        "FD of N(0, I) samples (lower is better)",
+    ]  # gan_used, confident flat
+    plot_loss_curves(steps + epochs, tmp_path / "curves.png", "t")
+    width, height = Image.open(tmp_path / "curves.png").size
+    assert width == int(PANEL_SIZE[0] * COLUMNS * 100) and height > 2 * PANEL_SIZE[1] * 100  # 3 columns, 2 rows
+
+
+def test_training_starts_with_a_dataset_line(tmp_path, capsys, image_folder):
+    from genlab.config import TrainConfig as Config
+
+    train(
+        "vae",
+        dict(TINY, image_size=16),
+        Config(dataset=f"folder:{image_folder}", batch_size=4, epochs=1, quality_every=0, sample_count=4),
+        tmp_path / "r",
+    )
+    first = capsys.readouterr().err.strip().splitlines()[0]
+    assert (
+        first.startswith(f"data: folder:{image_folder}: ") and "training and" in first and "validation images" in first
+    )
+    assert "3x16x16" in first and "2 classes (cats, dogs)" in first  # RGB among the files: three channels
+
+
+def test_epoch_lines_say_what_the_quality_figures_measure():
+    from genlab.training.epoch_report import epoch_line
+
+    record = {
+        "epoch": 3,
+        "step": 30,
+        "loss": 2.0,
+        "quality_fd": 12.3,
+        "quality_kd": 0.02,
+        "quality_confident": 0.5,
+        "quality_class_entropy": 0.9,
+    }
+    assert epoch_line(record, 20, True) == (
+        "epoch 3/20: loss 2; N(0, I) samples: fd 12.3, kd 0.02, confident 0.50, classes 0.90 (best)"
+    )

@@ -49,6 +49,7 @@ from tqdm import tqdm
 from genlab import checkpoint
 from genlab.checkpoint import Fitted, Progress, RunState
 from genlab.config import ModelConfig, TrainConfig, resolve_epochs
+from genlab.data import summary_line
 from genlab.files import remove_stale_temps
 from genlab.models import GenerativeModel, build_model
 from genlab.run_dir import BEST_CHECKPOINT, LAST_CHECKPOINT
@@ -65,6 +66,8 @@ class Trainer:
             for path in (self.ckpt_path, self.best_path, self.log.path):
                 remove_stale_temps(path)
         self.train_data, self.val_data = load_run_split(tc, mc, "train"), load_run_split(tc, mc, "val")
+        if env.is_main:
+            tqdm.write(summary_line(self.train_data, self.val_data, tc.normal_class), file=sys.stderr)
         self.mc = mc = conditional_config(mc, tc, self.train_data) if mc.conditional else mc
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         self.model: GenerativeModel = build_model(mc).to(env.device)
@@ -77,6 +80,7 @@ class Trainer:
         self.grids = SampleGrids(self.model, mc, tc, self.val_data, run_dir)
         self.at = Progress()
         self.fitted: Fitted | None = None  # what the end of training fits; None until then
+        self.best_epoch: int | None = None  # the epoch best.pt holds once the run ended (training.best_checkpoint)
         tracker = quality_tracker(self.model, mc, tc, self.val_data) if env.is_main and tc.quality_every > 0 else None
         self.watch = QualityWatch(tracker)
         self.final_fit = FinalFit(mc, tc, (self.train_data, self.val_data), tracker, env.device)
@@ -220,7 +224,7 @@ class Trainer:
         env = self.env
         if env.is_main:
             with self._averaged():
-                self.fitted = self.final_fit(self.model, LAST_CHECKPOINT)
+                self.fitted = self.final_fit(self.model, f"{LAST_CHECKPOINT}, epoch {self.at.epoch}")
                 if self.fitted.prior is not None:
                     self.grids.write_prior_samples(self.fitted.prior)
             title = f"{self.mc.family} on {self.tc.dataset}"
@@ -228,10 +232,9 @@ class Trainer:
         self.fitted = gather_objects(env, self.fitted)[0]
         self.model.score_fit.load(self.fitted.score_fit)
         self.save(complete=True)
-        best_epoch = self.watch.state.best_epoch
-        if env.is_main and best_epoch is not None:
-            best_epoch = settle_best(self.run_dir, best_epoch, self.at.epoch, self.fitted, self.final_fit, env.device)
-            self.watch.state.best_epoch = best_epoch
+        lowest = self.watch.state.best_epoch
+        if env.is_main and lowest is not None:
+            self.best_epoch = settle_best(self.run_dir, lowest, self.at.epoch, self.fitted, self.final_fit, env.device)
         barrier(env)  # the other ranks wait for the main rank's best.pt, so no rank tears down the group early
 
     def _averaged(self) -> AbstractContextManager[None]:
@@ -243,7 +246,15 @@ class Trainer:
 
     def summary(self, stopped: str | None) -> dict[str, Any]:
         return run_summary(
-            self.mc, self.tc, self.run_dir, self.env.world_size, self.at, stopped, self.fitted, self.watch.state
+            self.mc,
+            self.tc,
+            self.run_dir,
+            self.env.world_size,
+            self.at,
+            stopped,
+            self.fitted,
+            self.watch.state,
+            self.best_epoch,
         )
 
 

@@ -21,6 +21,7 @@ from genlab.models import GenerativeModel
 from genlab.pixels import model_to_uint8, uint8_to_model
 
 RECON_IMAGES = 32
+RECON_COLUMNS = 8  # images per row of the reconstruction grid
 GRID_PER_CLASS, GRID_MAX_CLASSES = 8, 16
 
 
@@ -32,6 +33,19 @@ def decode_uint8(model: GenerativeModel, z: torch.Tensor, y: torch.Tensor | None
     images = model_to_uint8(model.decode(z.to(device), None if y is None else y.to(device))).cpu()
     model.train(was_training)
     return images
+
+
+def paired_rows(originals: torch.Tensor, recon: torch.Tensor, columns: int = RECON_COLUMNS) -> torch.Tensor:
+    """uint8 images and their reconstructions [N, C, H, W] -> the grid's cells: rows of ``columns`` originals, each
+    followed by the row of their reconstructions, the last pair of rows filled with blank cells, so originals stay on
+    odd rows and reconstructions on even rows for any N."""
+    blank = (-len(originals)) % columns
+    if blank:
+        pad = torch.zeros((blank, *originals.shape[1:]), dtype=originals.dtype)
+        originals, recon = torch.cat([originals, pad]), torch.cat([recon, pad])
+    return torch.cat(
+        [t for i in range(0, len(originals), columns) for t in (originals[i : i + columns], recon[i : i + columns])]
+    )
 
 
 class SampleGrids:
@@ -65,10 +79,9 @@ class SampleGrids:
             originals = self.recon_images
             y = self.recon_labels.to(self.device) if self.conditional else None
             recon = model_to_uint8(self.model.reconstruct(uint8_to_model(originals.to(self.device)), y)).cpu()
-            rows = [t for i in range(0, len(originals), 8) for t in (originals[i : i + 8], recon[i : i + 8])]
-            grid = torch.cat(rows).numpy()
-            save_grid(grid, self.run_dir / "samples" / f"recon_epoch_{epoch:03d}.png", nrow=8)
-            save_grid(grid, self.run_dir / "reconstructions.png", nrow=8)
+            grid = paired_rows(originals, recon).numpy()
+            save_grid(grid, self.run_dir / "samples" / f"recon_epoch_{epoch:03d}.png", nrow=RECON_COLUMNS)
+            save_grid(grid, self.run_dir / "reconstructions.png", nrow=RECON_COLUMNS)
         self.model.train()
 
     def write_prior_samples(self, prior: dict[str, Any]) -> None:
