@@ -119,7 +119,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     def text(d: dict[str, Any]) -> str:
         lines = []
         for key, value in d.items():
-            if isinstance(value, dict):
+            if key == "calibration" and isinstance(value, dict) and isinstance(value.get("scores"), dict):
+                lines += _calibration_lines(value)
+            elif isinstance(value, dict):
                 lines.append(f"{key}:")
                 lines += [f"  {k}: {json.dumps(v, default=str)}" for k, v in value.items()]
             else:
@@ -128,6 +130,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     print_result(info, args.json, text)
     return 0
+
+
+def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
+    """A checkpoint's calibration for people: the split, and each score's p50 / p95 / p99, one line each (--json
+    adds what each score means)."""
+    lines = [f"calibration: on {calibration['n']} {calibration['split']} images (p50 / p95 / p99; --json: meanings)"]
+    for name, row in calibration["scores"].items():
+        figures = " / ".join(f"{row[p]:.4g}" for p in ("p50", "p95", "p99") if p in row)
+        lines.append(f"  {name}: {figures}")
+    return lines
 
 
 def _checkpoint_info(target) -> dict[str, Any]:
@@ -143,7 +155,10 @@ def _checkpoint_info(target) -> dict[str, Any]:
             "epoch": described["epoch"],
             "step": described["step"],
             "complete": described["complete"],
-            "metrics": described["last_epoch_metrics"],
+            "why": described.get("selection"),
+            "prior_sample_quality": {k: v for k, v in (described["prior_sample_quality"] or {}).items() if k != "prior"}
+            or None,
+            "epoch_metrics": described["last_epoch_metrics"],
         }
     return info
 
@@ -155,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"genlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
+    from genlab.config import DEFAULT_EPOCHS, ONE_CLASS_STEPS, TrainConfig
+
+    tc = TrainConfig()  # the defaults the help shows
     p = sub.add_parser(
         "train",
         help=f"train a model family into RUN_DIR/{LAST_CHECKPOINT}",
@@ -163,45 +181,74 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("family", choices=FAMILY_NAMES, help="; ".join(f"{f.name}: {f.summary}" for f in FAMILIES.values()))
     p.add_argument(
-        "--dataset", help="mnist-5k (default, embedded), mnist, fashion-mnist, cifar10, celeba, or folder:PATH"
+        "--dataset",
+        help=f"mnist-5k (embedded), mnist, fashion-mnist, cifar10, celeba, or folder:PATH (default {tc.dataset})",
     )
-    p.add_argument("--data-dir", help="where the standard dataset files are (default: ./data)")
+    p.add_argument("--data-dir", help=f"where the standard dataset files are (default: ./{tc.data_dir})")
     p.add_argument(
-        "--download", action="store_true", default=None, help="download missing dataset files (connected machines)"
+        "--download",
+        action="store_true",
+        default=None,
+        help="download missing dataset files (connected machines; default: off, read the files under --data-dir)",
     )
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (checkpoint, metrics, sample grids)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after this many steps")
-    p.add_argument("--batch-size", type=int, help="per process (default 64)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default: 2e-4; 3e-4 for vaegan)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help=f"passes over the training images (default {DEFAULT_EPOCHS}; with --normal-class, enough epochs for "
+        f"{ONE_CLASS_STEPS:,} steps)",
+    )
+    p.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after this many steps (default: no limit)")
+    p.add_argument("--batch-size", type=int, help=f"per process (default {tc.batch_size})")
+    p.add_argument(
+        "--lr", type=float, help="Adam learning rate (default: 2e-4; 3e-4 for vaegan; 1e-3 for a one-class vae)"
+    )
     p.add_argument("--arch", choices=("conv", "mlp"), help="network type (default conv)")
-    p.add_argument("--normal-class", type=int, metavar="K", help="train on class K only (one-class anomaly setting)")
+    p.add_argument(
+        "--normal-class",
+        type=int,
+        metavar="K",
+        help="train on class K only (one-class anomaly setting; default: every class)",
+    )
     p.add_argument(
         "--conditional",
         action="store_true",
         default=None,
         help="class-conditional model: conditional VAE, auxiliary-classifier GAN, conditional VAE-GAN; "
-        "generate asks for a class (the dataset's labels)",
+        "generate asks for a class (the dataset's labels) (default: unconditional)",
     )
     p.add_argument(
         "--condition-on",
         metavar="ATTR",
-        help="celeba: the binary attribute of list_attr_celeba.txt that labels the images (e.g. Male)",
+        help="celeba: the binary attribute of list_attr_celeba.txt that labels the images (e.g. Male; default: none)",
     )
-    p.add_argument("--translate", type=float, metavar="F", help="random shifts of up to F of the image size (e.g. 0.1)")
-    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--translate",
+        type=float,
+        metavar="F",
+        help=f"random shifts of up to F of the image size (e.g. 0.1; default {tc.translate:g}: none)",
+    )
+    p.add_argument("--seed", type=int, help=f"seed of the weights, batches and samples (default {tc.seed})")
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument(
-        "--log-every", type=int, metavar="STEPS", help="steps between progress / metrics flushes (default 10)"
+        "--log-every",
+        type=int,
+        metavar="STEPS",
+        help=f"steps between progress / metrics flushes (default {tc.log_every})",
     )
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any model or training config field")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any model or training config field (default: the family's defaults, docs/cli.md)",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
         help=f"continue RUN_DIR/{LAST_CHECKPOINT} exactly where it stopped, with its own configuration; "
-        "only --epochs, --max-steps, --device and --log-every may change",
+        "only --epochs, --max-steps, --device and --log-every may change (default: a new run)",
     )
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (default: one line of text)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("info", help="print what a checkpoint or an export holds")

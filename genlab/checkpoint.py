@@ -32,6 +32,7 @@ A checkpoint is a plain dict of Python scalars, strings, lists, dicts and tensor
     prior_quality   sample quality (genlab.quality) of that prior's samples, or None
     calibration     {"split", "n", "percentiles": [0..100 grid], "scores": {name: [quantiles]},
                      "descriptions": {name: meaning}} or None before training ends
+    selection       best.pt only: the sentence that says which epoch it holds and why (genlab.training.best_checkpoint)
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from genlab.thresholds import quantile
 
 FORMAT = "genlab-checkpoint"
 FORMAT_VERSION = 1
+ZIP_MAGIC = b"PK\x03\x04"  # how every file torch.save writes begins
 REQUIRED = ("format", "format_version", "family", "model_config", "train_config", "data", "model")
 
 
@@ -71,13 +73,24 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = checkpoint_file(path)
     if not path.is_file():
         raise GenlabError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(len(ZIP_MAGIC))
+    if magic != ZIP_MAGIC:  # torch.save writes a zip archive; anything else is some other kind of file
+        raise GenlabError(
+            f"{path} is not a readable genlab checkpoint: not a file torch.save wrote, so neither a genlab "
+            "checkpoint nor an export (an export is a directory with manifest.json)"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False, which would run the file's code
         raise GenlabError(
-            f"{path} is not a readable genlab checkpoint (corrupt or truncated?): {first[:200]}"
+            f"{path} is not a genlab checkpoint: it holds Python objects beyond tensors and plain data, "
+            "so it was refused unread"
         ) from None
+    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as err:
+        text = str(err).strip()
+        first = text.splitlines()[0].split(". ")[0].rstrip(".") if text else err.__class__.__name__  # one sentence
+        raise GenlabError(f"{path} is not a readable genlab checkpoint (corrupt or truncated?): {first}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise GenlabError(f"{path} is not a genlab checkpoint")
     if ckpt.get("format_version") != FORMAT_VERSION:
@@ -300,8 +313,9 @@ def load_weights(model: GenerativeModel, weights: dict[str, torch.Tensor], famil
 def model_from_checkpoint(
     ckpt: dict[str, Any] | str | os.PathLike, device: str | torch.device = "cpu"
 ) -> GenerativeModel:
-    """Rebuild the model from the checkpoint alone, weights loaded (the decoder's EMA where the run kept one), in
-    eval mode."""
+    """Rebuild the model from the checkpoint alone, weights loaded (the decoder's EMA where the run kept one), for
+    inference: in eval mode, its parameters without gradients, so what it returns is plain data (``.numpy()``,
+    ``float()``) with no autograd graph behind it. Training continues a run through :class:`RunState` instead."""
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
     model = build_model(model_config(ckpt))
@@ -323,7 +337,7 @@ def model_from_checkpoint(
             f"the checkpoint's anomaly scores were fitted by another genlab version ({err}); fit them again "
             f"with: genlab train {ckpt['family']} --out RUN_DIR --resume"
         ) from None
-    return model.to(device).eval()
+    return model.to(device).eval().requires_grad_(False)
 
 
 def describe(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -347,7 +361,8 @@ def describe(ckpt: dict[str, Any]) -> dict[str, Any]:
         "world_size": ckpt.get("world_size", 1),
         "train_seconds": ckpt.get("metrics", {}).get("train_seconds"),
         "last_epoch_metrics": epochs[-1] if epochs else None,
-        "sample_quality": ckpt.get("quality"),
+        "sample_quality": _watch_summary(ckpt.get("quality")),
+        **({"selection": ckpt["selection"]} if ckpt.get("selection") else {}),
         "latent_prior": describe_prior(ckpt.get("prior")),
         "prior_sample_quality": ckpt.get("prior_quality"),
         "calibration": None
@@ -363,4 +378,16 @@ def describe(ckpt: dict[str, Any]) -> dict[str, Any]:
                 for name in calibration["scores"]
             },
         },
+    }
+
+
+def _watch_summary(quality: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The per-epoch quality watch's state, named for what it measured (N(0, I) samples, not the fitted prior's)."""
+    if not quality:
+        return None
+    return {
+        "measured_on": "N(0, I) samples, each epoch",
+        "lowest_fd_epoch": quality.get("best_epoch"),
+        "lowest_fd": quality.get("best_fd"),
+        "epochs_far_above_lowest": quality.get("epochs_far_below"),
     }
