@@ -122,7 +122,8 @@ class ScoreFit(nn.Module):
         values = torch.stack([components[name].double() for name in self.primary], dim=1)
         self.primary_mean.copy_(values.mean(dim=0))
         floor = (values.mean(dim=0).abs() * 1e-6).clamp_min(MIN_STD)
-        self.primary_std.copy_(torch.maximum(values.std(dim=0), floor))
+        spread = values.std(dim=0) if len(values) > 1 else torch.zeros_like(floor)  # one image has no spread
+        self.primary_std.copy_(torch.maximum(spread, floor))
         self.fitted.fill_(True)
 
     def state(self) -> dict[str, Any]:
