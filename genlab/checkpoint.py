@@ -77,8 +77,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         magic = f.read(len(ZIP_MAGIC))
     if magic != ZIP_MAGIC:  # torch.save writes a zip archive; anything else is some other kind of file
         raise GenlabError(
-            f"{path} is not a readable genlab checkpoint: not a file torch.save wrote, so neither a genlab "
-            "checkpoint nor an export (an export is a directory with manifest.json)"
+            f"{path} is not a readable genlab checkpoint (corrupt or truncated?): not a file torch.save wrote, so "
+            "neither a genlab checkpoint nor an export (an export is a directory with manifest.json)"
         )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
