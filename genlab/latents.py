@@ -43,40 +43,77 @@ MIXTURE_COMPONENTS = 10  # Ghosh et al. use 10 on MNIST; fewer when there are fe
 CODES_PER_PARAMETER_DIM = 4  # at least this many codes per latent dimension for each component
 
 
+class Mixture:
+    """A ``gaussian-mixture`` prior as the arrays a draw needs, converted once (a manifest's nested lists of
+    30 x 32 x 32 Cholesky factors cost more to convert than the draw itself)."""
+
+    def __init__(self, prior: dict[str, Any]):
+        weights = np.asarray(prior["weights"], np.float64)
+        p = weights / weights.sum()
+        # Generator.choice(K, p=p) draws rng.random(n) and finds it in this normalised cumulative sum: the same
+        # arithmetic, so the same components for a seed
+        self.cdf = p.cumsum()
+        self.cdf /= self.cdf[-1]
+        self.means = np.asarray(prior["means"], np.float32)
+        self.scale_tril = np.asarray(prior["scale_tril"], np.float32)
+        self.dim = self.means.shape[1]
+
+    def sample(self, n: int, latent_dim: int, rng: np.random.Generator, temperature: float) -> np.ndarray:
+        if self.dim != latent_dim:
+            raise ValueError(f"prior has {self.dim}-dimensional means, the model {latent_dim}")
+        component = self.cdf.searchsorted(rng.random(n), side="right")
+        noise = rng.standard_normal((n, latent_dim), dtype=np.float32) * np.float32(temperature)
+        return self.means[component] + np.einsum("nij,nj->ni", self.scale_tril[component], noise)
+
+
+class ClassMixtures:
+    """A ``per-class-gaussian-mixture`` prior: one :class:`Mixture` per class, converted once."""
+
+    def __init__(self, prior: dict[str, Any]):
+        self.classes = [Mixture(mixture) for mixture in prior["classes"]]
+
+
+Prior = Mixture | ClassMixtures
+
+
+def prepare_prior(prior: dict[str, Any] | Prior | None) -> Prior | None:
+    """A prior as :func:`sample_latents` draws from it; what holds one for many draws (an open export) prepares it
+    once."""
+    if prior is None or isinstance(prior, (Mixture, ClassMixtures)):
+        return prior
+    return ClassMixtures(prior) if prior.get("kind") == "per-class-gaussian-mixture" else Mixture(prior)
+
+
 def sample_latents(
     n: int,
     latent_dim: int,
     seed: int | None = None,
     temperature: float = 1.0,
-    prior: dict[str, Any] | None = None,
+    prior: dict[str, Any] | Prior | None = None,
     labels: np.ndarray | None = None,
 ) -> np.ndarray:
-    """float32 [n, latent_dim] from ``prior`` (N(0, I) when None); the same seed gives the same latents.
+    """float32 [n, latent_dim] from ``prior`` (N(0, I) when None; a prior's dict or :func:`prepare_prior`'s result);
+    the same seed gives the same latents.
 
     ``temperature`` scales the standard-normal noise (around each component's mean, for a mixture).
     A per-class prior needs the ``labels`` [n] the latents will be decoded with.
     """
-    rng = np.random.default_rng(seed)
+    prior = prepare_prior(prior)
     if prior is None:
-        return rng.standard_normal((n, latent_dim), dtype=np.float32) * np.float32(temperature)
-    if prior.get("kind") == "per-class-gaussian-mixture":
-        if labels is None or len(labels) != n:
-            raise ValueError("a per-class prior needs one label per latent")
-        labels = np.asarray(labels, np.int64)
-        out = np.empty((n, latent_dim), np.float32)
-        for k in np.unique(labels):  # one stream per class, seeded by (seed, class): a label's latents do not
-            where = np.flatnonzero(labels == k)  # depend on which other classes are in the request
-            class_seed = None if seed is None else [seed, int(k)]
-            out[where] = sample_latents(len(where), latent_dim, class_seed, temperature, prior["classes"][int(k)])
-        return out
-    weights = np.asarray(prior["weights"], np.float64)
-    means = np.asarray(prior["means"], np.float32)
-    tril = np.asarray(prior["scale_tril"], np.float32)
-    if means.shape[1] != latent_dim:
-        raise ValueError(f"prior has {means.shape[1]}-dimensional means, the model {latent_dim}")
-    component = rng.choice(len(weights), size=n, p=weights / weights.sum())
-    noise = rng.standard_normal((n, latent_dim), dtype=np.float32) * np.float32(temperature)
-    return (means[component] + np.einsum("nij,nj->ni", tril[component], noise)).astype(np.float32)
+        return np.random.default_rng(seed).standard_normal((n, latent_dim), dtype=np.float32) * np.float32(temperature)
+    if isinstance(prior, Mixture):
+        return prior.sample(n, latent_dim, np.random.default_rng(seed), temperature)
+    if labels is None or len(labels) != n:
+        raise ValueError("a per-class prior needs one label per latent")
+    labels = np.asarray(labels, np.int64)
+    out = np.empty((n, latent_dim), np.float32)
+    for k in np.unique(labels):  # one stream per class, seeded by (seed, class): a label's latents do not
+        where = np.flatnonzero(labels == k)  # depend on which other classes are in the request
+        class_seed = None if seed is None else [seed, int(k)]
+        out[where] = prior.classes[int(k)].sample(
+            len(where), latent_dim, np.random.default_rng(class_seed), temperature
+        )
+    return out
 
 
 LABEL_SEED_OFFSET = 104_729  # labels and latents of one seed come from separate streams

@@ -329,7 +329,7 @@ class GenlabService:
             if draws_labels:
                 labels = balanced_labels(rows, len(m.class_names), seed)
             if latents is None:
-                latents = sample_latents(n, m.latent_dim, seed, temperature, m.prior, labels=labels)
+                latents = sample_latents(n, m.latent_dim, seed, temperature, m.latent_prior, labels=labels)
         except RequestError as err:
             return _error(err)
         images = await runner.decode(latents, labels)

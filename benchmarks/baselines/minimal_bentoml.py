@@ -35,7 +35,10 @@ class Minimal:
     @bentoml.api(route="/generate")
     async def generate(self, n: int = 1, seed: int = 0) -> Any:  # a starlette Response: BentoML passes it through
         buffer = io.BytesIO()
-        np.save(buffer, self.model.decode(sample_latents(n, self.model.latent_dim, seed)), allow_pickle=False)
+        z = sample_latents(
+            n, self.model.latent_dim, seed, prior=self.model.latent_prior
+        )  # the export's prior, as genlab
+        np.save(buffer, self.model.decode(z), allow_pickle=False)
         return Response(buffer.getvalue(), media_type="application/octet-stream")
 
     @bentoml.api(route="/anomaly-score")

@@ -24,7 +24,9 @@ async def generate(request: Request) -> Response:
     buffer = io.BytesIO()
     np.save(
         buffer,
-        model.decode(sample_latents(int(body.get("n", 1)), model.latent_dim, int(body.get("seed", 0)))),
+        model.decode(
+            sample_latents(int(body.get("n", 1)), model.latent_dim, int(body.get("seed", 0)), prior=model.latent_prior)
+        ),
         allow_pickle=False,
     )
     return Response(buffer.getvalue(), media_type="application/octet-stream")
