@@ -1,10 +1,13 @@
 """Export directories in BentoML's model store: save one (``genlab export --bento``) and list them.
 
 A stored model is a copy of the export directory, verified against its manifest before it is
-copied, with the whole manifest as the model's metadata and labels for family and dataset, so
-``bentoml models list`` and a bento's model references describe it without opening files. Its
-metadata also records where it was exported from (``exported_from``) and its content hash: saving
-the same bytes under the same name again reuses that version instead of adding a copy.
+copied, with a summary of the manifest (identity, family, dataset, image, classes, latent size and
+the file list; not the fitted prior or the calibration, which the service reads from the files) as
+the model's metadata and labels for family and dataset, so ``bentoml models list`` and a bento's
+model references describe it without opening files, and BentoML, which parses a bento's model
+metadata several times while a container starts, does not parse megabytes. Its metadata also
+records where it was exported from (``exported_from``) and its content hash: saving the same bytes
+under the same name again reuses that version instead of adding a copy.
 
 The store is one per user (``$BENTOML_HOME``), shared by every checkout: :func:`versions_of` is
 what ``genlab serve`` reads to refuse a bare name that several different versions answer to.
@@ -40,8 +43,21 @@ def _label(value: Any) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", str(value).lower()).strip("-._")[:63] or "none"
 
 
+SUMMARY_KEYS = (
+    *("format", "format_version", "genlab_version", "created", "name"),
+    *("family", "dataset", "image", "classes", "files"),
+)
+
+
+def _summary(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What of a manifest the store's metadata keeps: small, and enough to list and tell versions apart."""
+    summary = {key: manifest[key] for key in SUMMARY_KEYS if key in manifest}
+    summary["latent"] = {"dim": manifest["latent"]["dim"]}
+    return summary
+
+
 def _metadata(value: Any) -> Any:
-    """The manifest as BentoML metadata, which takes no None: such entries are left out."""
+    """A manifest's summary as BentoML metadata, which takes no None: such entries are left out."""
     if isinstance(value, dict):
         return {str(k): _metadata(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
@@ -101,7 +117,7 @@ def save_to_store(export_dir: str | os.PathLike, name: str) -> str:
         "family": manifest["family"],
         "dataset": _label(manifest["dataset"]["dataset"]),
     }
-    metadata = {**_metadata(manifest), "content_sha256": content, "exported_from": str(export_dir.resolve())}
+    metadata = {**_metadata(_summary(manifest)), "content_sha256": content, "exported_from": str(export_dir.resolve())}
     try:
         with bentoml.models.create(name, labels=labels, metadata=metadata, module=LOADER) as model:
             for file in [*manifest["files"], "manifest.json"]:
