@@ -69,6 +69,7 @@ def test_end_to_end_one_class(one_class_vae):
         "stroke_error",
         "kl",
         "latent_distance",
+        "low_contrast",
     }
     from genlab.checkpoint import load_checkpoint
     from genlab.thresholds import quantile
@@ -131,6 +132,7 @@ def test_all_class_model_needs_a_class_or_ood(all_class_gan):
         "stroke_error",
         "latent_distance",
         "features_distance",
+        "low_contrast",
     }
 
 

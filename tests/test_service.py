@@ -249,6 +249,7 @@ def test_anomaly_score_for_a_gan_scores_through_its_encoder(client):
         "stroke_error",
         "latent_distance",
         "features_distance",
+        "low_contrast",
     }
     assert "G(E(image))" in r.json()["meaning"]
 

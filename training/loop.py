@@ -66,11 +66,11 @@ class Trainer:
             for path in (self.ckpt_path, self.best_path, self.log.path):
                 remove_stale_temps(path)
         self.train_data, self.val_data = load_run_split(tc, mc, "train"), load_run_split(tc, mc, "val")
-        if env.is_main:
-            tqdm.write(summary_line(self.train_data, self.val_data, tc.normal_class), file=sys.stderr)
         self.mc = mc = conditional_config(mc, tc, self.train_data) if mc.conditional else mc
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         self.model: GenerativeModel = build_model(mc).to(env.device)
+        if env.is_main:  # once the data fits the model: a refused configuration stays one error line
+            tqdm.write(summary_line(self.train_data, self.val_data, tc.normal_class), file=sys.stderr)
         self.optimizers = self.model.configure_optimizers(tc.lr, (tc.beta1, tc.beta2))
         share_training(self.model, self.optimizers, env)
         self.ema = decoder_average(self.model, tc.ema)
