@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import hmac
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -44,6 +43,8 @@ from genlab.service.forms import (
     urlencoded_parts,
 )
 from genlab.service.settings import Settings
+
+from genlab.bearer import REFUSAL, bearer_matches
 
 JSON_BYTES_PER_VALUE = 32  # room for a float with all its digits: a JSON body's bytes are bounded with its values
 Scope = dict[str, Any]
@@ -169,7 +170,7 @@ class Edge:
             return await respond(
                 send,
                 401,
-                error_body("missing or wrong API key: send 'Authorization: Bearer <key>'", "Authorization"),
+                error_body(REFUSAL, "Authorization"),
                 [(b"www-authenticate", b"Bearer")],
             )
         method = scope.get("method")
@@ -191,8 +192,7 @@ class Edge:
         await self.app(scope, receive, self._normalising(send, scope))
 
     def _authorized(self, scope: Scope) -> bool:
-        scheme, _, token = _header(scope, b"authorization").partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.api_key)
+        return bearer_matches(_header(scope, b"authorization"), self.api_key)
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         limit = self.max_body_bytes

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from genlab.service.settings import HEALTH_PATHS
+from genlab.bearer import HEALTH_PATHS
 
 ERROR = "GenlabError"
 ERROR_SCHEMA = {

@@ -59,12 +59,13 @@ from genlab.service.inputs import (
 )
 from genlab.service.openapi import fix_spec
 from genlab.service.runtime import Runner, open_runners
-from genlab.service.settings import HEALTH_PATHS, SERVING_ENVIRONMENT, Settings, load_settings
+from genlab.service.settings import SERVING_ENVIRONMENT, Settings, load_settings
 from genlab.service.work import WorkPool
 from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from genlab import __version__
+from genlab.bearer import HEALTH_PATHS
 from genlab.families import FAMILIES
 from genlab.imageio import encode_png, tile
 from genlab.latents import balanced_labels

@@ -19,7 +19,6 @@ from genlab.service.inputs import UploadLimits
 
 DEFAULT_MODEL = "genlab-vaegan-mnist-5k"  # what the quickstart trains and exports
 BATCHING_CHOICES = ("auto", "on", "off")
-HEALTH_PATHS = ("/livez", "/readyz", "/healthz")  # answered without an API key (probes)
 # The serving process's environment where it does not set these: no BentoML usage analytics calls; and BentoML's
 # OpenTelemetry span around every request, exported nowhere unless tracing is configured, a no-op (the throughput
 # this gains: benchmarks/serve_load.py). To trace, set OTEL_SDK_DISABLED=false and configure BentoML's tracing exporter.
