@@ -27,6 +27,7 @@ import numpy as np
 
 from genlab.errors import GenlabError
 from genlab.latents import Prior, prepare_prior, sample_latents  # noqa: F401  (sample_latents: the one sampler, for readers)
+from genlab.thresholds import Calibration, prepare_calibration
 
 FORMAT = "genlab-export"
 FORMAT_VERSION = 1
@@ -165,6 +166,11 @@ class ExportedModel:
     @property
     def calibration(self) -> dict[str, Any] | None:
         return self.manifest.get("calibration")
+
+    @functools.cached_property
+    def calibration_curves(self) -> Calibration | None:
+        """:attr:`calibration` as arrays (:func:`genlab.thresholds.prepare_calibration`), once per opened export."""
+        return prepare_calibration(self.calibration) if self.calibration else None
 
     @property
     def score_names(self) -> list[str]:

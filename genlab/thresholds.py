@@ -4,10 +4,15 @@ A calibration (written at the end of training, copied into every export's manife
 for each score component, its quantiles over held-out normal images on the grid
 ``percentiles`` (0, 0.1, ..., 100). Both directions interpolate linearly on that grid, so
 ``percentile_of(cal, name, quantile(cal, name, p)) == p`` wherever the quantiles increase.
+
+Each function takes the manifest's calibration dict or a :class:`Calibration`, the same numbers
+as arrays, prepared once (:func:`prepare_calibration`) by whatever scores many requests.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,16 +22,58 @@ from genlab.errors import GenlabError
 DEFAULT_PERCENTILE = 99.0
 
 
-def _curve(calibration: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Calibration:
+    """A calibration's grid and quantiles as read-only float64 arrays: ``table[k]`` is score ``names[k]``'s
+    quantiles on the grid ``percentiles``; ``scores`` maps each name to its row."""
+
+    percentiles: np.ndarray
+    names: tuple[str, ...]
+    table: np.ndarray
+    # row k's quantiles q as k + q*1j, one sorted array: numpy orders complex numbers by real part, then imaginary
+    # part, so one searchsorted finds, for each score, where it falls on its own row (:func:`percentiles_of`)
+    keys: np.ndarray
+
+    @property
+    def scores(self) -> dict[str, np.ndarray]:
+        return dict(zip(self.names, self.table))
+
+
+def prepare_calibration(calibration: dict[str, Any] | Calibration) -> Calibration:
+    """The manifest's calibration dict as arrays; a :class:`Calibration` comes back as it is."""
+    if isinstance(calibration, Calibration):
+        return calibration
+    grid = np.array(calibration["percentiles"], np.float64)
     scores = calibration.get("scores", {})
-    if name not in scores:
-        raise GenlabError(
-            f"no calibration for score {name!r}; calibrated scores: {', '.join(sorted(scores)) or 'none'}"
-        )
-    return np.asarray(calibration["percentiles"], np.float64), np.asarray(scores[name], np.float64)
+    table = np.array([scores[name] for name in scores], np.float64).reshape(len(scores), len(grid))
+    keys = _keys(np.arange(len(table))[:, None], table).reshape(-1)
+    grid.flags.writeable = table.flags.writeable = keys.flags.writeable = False
+    return Calibration(grid, tuple(scores), table, keys)
 
 
-def quantile(calibration: dict[str, Any], name: str, percentile: float) -> float:
+def _keys(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """rows + values*1j, set part by part (multiplying by 1j would turn an infinite value's real part into nan)."""
+    keys = np.empty(np.broadcast_shapes(rows.shape, values.shape), np.complex128)
+    keys.real, keys.imag = rows, values
+    return keys
+
+
+def _rows(calibration: Calibration, names: Iterable[str]) -> list[int]:
+    rows = []
+    for name in names:
+        if name not in calibration.names:
+            calibrated = ", ".join(sorted(calibration.names)) or "none"
+            raise GenlabError(f"no calibration for score {name!r}; calibrated scores: {calibrated}")
+        rows.append(calibration.names.index(name))
+    return rows
+
+
+def _curve(calibration: dict[str, Any] | Calibration, name: str) -> tuple[np.ndarray, np.ndarray]:
+    prepared = prepare_calibration(calibration)
+    return prepared.percentiles, prepared.table[_rows(prepared, [name])[0]]
+
+
+def quantile(calibration: dict[str, Any] | Calibration, name: str, percentile: float) -> float:
     """The raw score at ``percentile`` (0-100) of the normal images' scores."""
     if not 0.0 <= percentile <= 100.0:
         raise GenlabError(f"percentile must be within 0..100, got {percentile}")
@@ -34,7 +81,9 @@ def quantile(calibration: dict[str, Any], name: str, percentile: float) -> float
     return float(np.interp(percentile, grid, values))
 
 
-def normalized(calibration: dict[str, Any], name: str, scores: np.ndarray, threshold: float) -> np.ndarray:
+def normalized(
+    calibration: dict[str, Any] | Calibration, name: str, scores: np.ndarray, threshold: float
+) -> np.ndarray:
     """Raw scores -> [0, 1], with ``threshold`` at exactly 0.5 (anomalib's convention; PyOD's probabilities
     read the same way): ``(score - threshold) / (max - min) + 0.5``, clipped, where min and max are the
     smallest and largest scores of the held-out normal images. Non-decreasing in the raw score."""
@@ -43,23 +92,43 @@ def normalized(calibration: dict[str, Any], name: str, scores: np.ndarray, thres
     return np.clip((np.asarray(scores, np.float64) - threshold) / spread + 0.5, 0.0, 1.0)
 
 
-def percentile_of(calibration: dict[str, Any], name: str, scores: np.ndarray) -> np.ndarray:
+def percentile_of(calibration: dict[str, Any] | Calibration, name: str, scores: np.ndarray) -> np.ndarray:
     """Raw scores -> their percentile (0-100) among the normal images' scores.
 
     Scores below the smallest calibrated one get 0, above the largest 100. Where several grid
     points share a value (ties), the middle of the tied range is used.
     """
-    grid, values = _curve(calibration, name)
-    scores = np.asarray(scores, np.float64)
-    first = np.searchsorted(values, scores, side="left")  # first grid point >= score
-    last = np.searchsorted(values, scores, side="right")  # first grid point > score
-    tied = first < last
+    return percentiles_of(calibration, {name: scores})[name]
+
+
+def percentiles_of(
+    calibration: dict[str, Any] | Calibration, scores: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """:func:`percentile_of` for several scores of the same shape at once ({name: raw scores} -> {name: percentiles}),
+    in one pass over all of them: what one request's components cost is a few array operations, not a few per
+    component."""
+    prepared = prepare_calibration(calibration)
+    names = list(scores)
+    if not names:
+        return {}
+    rows = np.array(_rows(prepared, names))[:, None]
+    raw = np.array([np.asarray(scores[name], np.float64).reshape(-1) for name in names]).reshape(len(names), -1)
+    grid, table = prepared.percentiles, prepared.table
+    # first grid point >= score and first grid point > score, on each score's own row
+    queries, start = _keys(rows, raw).reshape(-1), rows * len(grid)
+    # (a nan score sorts after every row, as it does after its own: clipped to the row's end)
+    first, last = (
+        np.clip(np.searchsorted(prepared.keys, queries, side=side).reshape(raw.shape) - start, 0, len(grid))
+        for side in ("left", "right")
+    )
     # strictly between two grid values: linear interpolation between their percentiles
-    i = np.clip(first, 1, len(values) - 1)
-    span = values[i] - values[i - 1]
-    t = np.divide(scores - values[i - 1], span, out=np.zeros_like(scores), where=span > 0)
+    i = np.clip(first, 1, len(grid) - 1)
+    below, above = table[rows, i - 1], table[rows, i]
+    span = above - below
+    t = np.divide(raw - below, span, out=np.zeros_like(raw), where=span > 0)
     between = grid[i - 1] + np.clip(t, 0.0, 1.0) * (grid[i] - grid[i - 1])
     at_tie = (grid[np.minimum(first, len(grid) - 1)] + grid[np.maximum(last - 1, 0)]) / 2.0
-    result = np.where(tied, at_tie, between)
-    result = np.where(scores < values[0], 0.0, result)
-    return np.where(scores > values[-1], 100.0, result)
+    result = np.where(first < last, at_tie, between)
+    result = np.where(raw < table[rows, 0], 0.0, result)
+    result = np.where(raw > table[rows, -1], 100.0, result)
+    return {name: row.reshape(np.shape(scores[name])) for name, row in zip(names, result)}

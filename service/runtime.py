@@ -35,6 +35,7 @@ def load_model(directory: Path, settings: Settings) -> ExportedModel:
     # no spin-waiting: idle ONNX Runtime threads would take CPU from the request handling
     model.start_sessions(threads=settings.ort_threads, spinning=False)
     warm_up(model)
+    model.latent_prior, model.calibration_curves  # noqa: B018  (prepared now, not by the first request)
     return model
 
 

@@ -70,7 +70,7 @@ from genlab.families import FAMILIES
 from genlab.imageio import encode_png, tile
 from genlab.latents import balanced_labels
 from genlab.measures import ANOMALY_MAP_MEANING, RECON_ERROR_MEANING, anomaly_map, recon_error
-from genlab.thresholds import DEFAULT_PERCENTILE, normalized, percentile_of, quantile
+from genlab.thresholds import DEFAULT_PERCENTILE, normalized, percentiles_of, quantile
 
 log = logging.getLogger("genlab.service")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -422,7 +422,7 @@ class GenlabService:
         scores = {name: v.astype(np.float64) for name, v in scores.items()}
         if threshold is None:
             threshold_percentile = DEFAULT_PERCENTILE if percentile is None else percentile
-            cut = quantile(m.calibration, "score", threshold_percentile)
+            cut = quantile(m.calibration_curves, "score", threshold_percentile)
         else:
             threshold_percentile, cut = None, float(threshold)
         diff = None
@@ -573,9 +573,11 @@ def _image_scores(
     """One result per image: its ``scores`` (name -> float64 [N]) against the threshold ``cut`` and the model's
     calibration, the class it was scored under (``used``; None for a model that is not conditional) and its anomaly map
     (``diff``, float [N, C, H, W], or None) in ``maps_format``."""
-    cal = model.calibration
-    pct = {name: percentile_of(cal, name, v) if cal and name in cal["scores"] else None for name, v in scores.items()}
-    norm = normalized(cal, "score", scores["score"], cut) if cal and "score" in cal["scores"] else None
+    cal = model.calibration_curves
+    pct: dict[str, np.ndarray | None] = dict.fromkeys(scores)
+    if cal:
+        pct.update(percentiles_of(cal, {name: v for name, v in scores.items() if name in cal.names}))
+    norm = normalized(cal, "score", scores["score"], cut) if cal and "score" in cal.names else None
     results = []
     for i in range(len(scores["score"])):
         extra: dict[str, Any] = {}

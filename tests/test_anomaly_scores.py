@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import subprocess
 import sys
@@ -14,12 +15,13 @@ import torch
 from genlab.calibration import fit_to_training_data, score_images
 from genlab.config import ONE_CLASS_STEPS, TrainConfig, resolve_epochs
 from genlab.data import ImageData
+from genlab.errors import GenlabError
 from genlab.latents import fit_mixture, fit_prior, mixture_log_likelihood, sample_latents
 from genlab.measures import anomaly_map, recon_error
 from genlab.models import build_model
 from genlab.models.base import stroke_error
 from genlab.pixels import model_to_uint8
-from genlab.thresholds import normalized, quantile
+from genlab.thresholds import normalized, percentile_of, percentiles_of, prepare_calibration, quantile
 from tests.conftest import FAMILIES, seeded_images, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +113,57 @@ def test_normalised_score_is_half_at_the_threshold_and_monotone():
     out = normalized(cal, "score", raw, cut)
     assert out.min() >= 0.0 and out.max() <= 1.0 and np.all(np.diff(out) >= 0)
     assert np.array_equal(out > 0.5, raw > cut)
+
+
+def _percentile_reference(grid: list[float], values: list[float], x: float) -> float:
+    """The documented percentile of one raw score, with the standard library's bisect."""
+    if x < values[0] or x > values[-1]:
+        return 0.0 if x < values[0] else 100.0
+    first, last = bisect.bisect_left(values, x), bisect.bisect_right(values, x)
+    if first < last:  # on a grid value (or a run of tied ones): the middle of the run
+        return (grid[first] + grid[last - 1]) / 2.0
+    i = min(max(first, 1), len(values) - 1)
+    span = values[i] - values[i - 1]
+    t = min(max((x - values[i - 1]) / span if span > 0 else 0.0, 0.0), 1.0)
+    return grid[i - 1] + t * (grid[i] - grid[i - 1])
+
+
+def test_percentiles_of_every_component_at_once_match_the_reference_one_score_at_a_time(exports):
+    from genlab.export.reader import read_export
+
+    model = read_export(exports["vaegan"])
+    cal = dict(model.calibration)
+    rng = np.random.default_rng(0)
+    grid = list(cal["percentiles"])
+    cal["scores"] = {
+        **cal["scores"],
+        "tied": sorted([0.0] * 300 + rng.normal(size=len(grid) - 300).tolist()),
+        "constant": [1.0] * len(grid),
+    }
+    prepared = prepare_calibration(cal)
+    assert not prepared.table.flags.writeable and prepared.names == tuple(cal["scores"])
+    raw = {}
+    for name, listed in cal["scores"].items():
+        lo, hi = listed[0], listed[-1]
+        raw[name] = np.array([*listed[::7], *rng.uniform(lo - 1, hi + 1, 60), -np.inf, np.inf, lo, hi])
+    together = percentiles_of(prepared, raw)
+    for name, listed in cal["scores"].items():
+        expected = [_percentile_reference(grid, listed, float(x)) for x in raw[name]]
+        assert together[name].tolist() == expected, name
+        assert percentile_of(cal, name, raw[name]).tolist() == expected
+        assert np.array_equal(normalized(prepared, name, raw[name], 0.3), normalized(cal, name, raw[name], 0.3))
+        assert [quantile(prepared, name, p) for p in grid[::50]] == listed[::50]
+    assert percentiles_of(prepared, {}) == {}
+    with pytest.raises(GenlabError, match="no calibration for score 'nope'"):
+        percentiles_of(prepared, {"score": raw["score"], "nope": raw["score"]})
+
+
+def test_an_export_prepares_its_calibration_once(exports):
+    from genlab.export.reader import read_export
+
+    model = read_export(exports["vaegan"])
+    assert model.calibration_curves is model.calibration_curves
+    assert prepare_calibration(model.calibration_curves) is model.calibration_curves
 
 
 def test_anomaly_map_has_the_image_shape_and_is_zero_for_a_perfect_reconstruction():
