@@ -114,21 +114,20 @@ def percentiles_of(
     rows = np.array(_rows(prepared, names))[:, None]
     raw = np.array([np.asarray(scores[name], np.float64).reshape(-1) for name in names]).reshape(len(names), -1)
     grid, table = prepared.percentiles, prepared.table
-    # first grid point >= score and first grid point > score, on each score's own row
-    queries, start = _keys(rows, raw).reshape(-1), rows * len(grid)
-    # (a nan score sorts after every row, as it does after its own: clipped to the row's end)
-    first, last = (
-        np.clip(np.searchsorted(prepared.keys, queries, side=side).reshape(raw.shape) - start, 0, len(grid))
-        for side in ("left", "right")
-    )
+    # first grid point >= score and first grid point > score, on each score's own row (a nan score sorts after
+    # every row, as it does after its own: the minimum keeps it at its row's end). np.minimum / np.maximum rather
+    # than np.clip: the same numbers, at a fraction of the cost on a request's few values
+    queries, start, end = _keys(rows, raw).reshape(-1), rows * len(grid), len(grid)
+    first = np.minimum(np.searchsorted(prepared.keys, queries, side="left").reshape(raw.shape) - start, end)
+    last = np.minimum(np.searchsorted(prepared.keys, queries, side="right").reshape(raw.shape) - start, end)
     # strictly between two grid values: linear interpolation between their percentiles
-    i = np.clip(first, 1, len(grid) - 1)
+    i = np.minimum(np.maximum(first, 1), end - 1)
     below, above = table[rows, i - 1], table[rows, i]
     span = above - below
     t = np.divide(raw - below, span, out=np.zeros_like(raw), where=span > 0)
-    between = grid[i - 1] + np.clip(t, 0.0, 1.0) * (grid[i] - grid[i - 1])
-    at_tie = (grid[np.minimum(first, len(grid) - 1)] + grid[np.maximum(last - 1, 0)]) / 2.0
+    between = grid[i - 1] + np.minimum(np.maximum(t, 0.0), 1.0) * (grid[i] - grid[i - 1])
+    at_tie = (grid[np.minimum(first, end - 1)] + grid[np.maximum(last - 1, 0)]) / 2.0
     result = np.where(first < last, at_tie, between)
-    result = np.where(raw < table[rows, 0], 0.0, result)
-    result = np.where(raw > table[rows, -1], 100.0, result)
+    result[raw < table[rows, 0]] = 0.0
+    result[raw > table[rows, -1]] = 100.0
     return {name: row.reshape(np.shape(scores[name])) for name, row in zip(names, result)}
