@@ -19,7 +19,8 @@ errors; any error is a failure. Before measuring, each server's answers are chec
 shape and dtype of the .npy, JSON) and its n=64 images compared with the in-process ones.
 
 Parts (``--parts``, default 1,2,3):
-  1. Side by side: every server above, one at a time (start, all workloads, stop), req/s per workload;
+  1. Side by side: every server above, all up at once, each workload on each server in turn for ``--rounds``
+     rounds (order rotated each round), req/s per workload the median of its rounds;
      plus the in-process rate of the same n=64 decode + ``np.save`` (ONNX Runtime, one thread). Then the
      targets: genlab >= 0.9x the minimal BentoML service on every workload, at equal worker counts (1 vs 1,
      2 vs 2) and best of each (the better of its worker settings against the better of the baseline's);
@@ -568,19 +569,26 @@ def prior_targets(times: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
 SIDE_BY_SIDE = (genlab(), genlab("--workers", "2"), minimal_bentoml(1), minimal_bentoml(2), STARLETTE)
 
 
-def part_side_by_side(bench: Bench) -> dict[str, Any]:
-    rows: dict[str, dict[str, dict]] = {}
-    for spec in SIDE_BY_SIDE:
-        with bench.serving(spec) as up:
-            if spec.label in up:
-                rows[spec.label] = {w: bench.measure(up[spec.label], w) for w in WORKLOADS}
+def part_side_by_side(bench: Bench, rounds: int) -> dict[str, Any]:
+    """Every server up at once (an idle one takes no CPU), each workload measured on each server in turn, ``rounds``
+    times with the order rotated: a cell is the median of its rounds, so a slow spell of a shared machine falls on
+    every server rather than on whichever was measured during it."""
+    runs: dict[str, dict[str, list[dict]]] = {}
+    with bench.serving(*SIDE_BY_SIDE) as up:
+        for r in range(rounds):
+            for w in WORKLOADS:
+                labels = [spec.label for spec in SIDE_BY_SIDE if spec.label in up]
+                for label in labels[r % len(labels) :] + labels[: r % len(labels)] if labels else []:
+                    _say(f"  round {r + 1}/{rounds}, {label}:")
+                    runs.setdefault(label, {}).setdefault(w, []).append(bench.measure(up[label], w))
+    rows = {label: {w: _summarise(cells) for w, cells in by_workload.items()} for label, by_workload in runs.items()}
     _say("  in-process ONNX Runtime, n=64 decode + np.save, one thread ...")
     inproc = inprocess_rate(bench.export, bench.duration, bench.warmup)
     _say(f"    {inproc['calls_per_s']} calls/s")
     draws = prior_draw_times(bench.export)
     _say(f"  seeded latent draws, us per call: {draws}")
     targets = side_by_side_targets(rows, inproc) + prior_targets(draws)
-    return {"rows": rows, "inprocess_gen64": inproc, "prior_draws_us": draws, "targets": targets}
+    return {"rows": rows, "rounds": rounds, "inprocess_gen64": inproc, "prior_draws_us": draws, "targets": targets}
 
 
 def _best(rows: dict[str, dict], kind: str, workload: str) -> tuple[str | None, dict | None]:
@@ -977,7 +985,7 @@ def _render_side(part: dict) -> list[str]:
     kinds = list(next(iter(draws.values())))
     return [
         "",
-        "## 1. Side by side (req/s; errors in brackets)",
+        f"## 1. Side by side (req/s, median of {part.get('rounds', 1)} rounds; errors in brackets)",
         "",
         *_table(["server", *TITLES.values()], rows),
         "",
@@ -1070,7 +1078,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument(
         "--warmup", type=float, default=1.0, help="seconds of warm-up before each cell, not counted (default 1)"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of part 2 (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of parts 1, 2 and 5 (default 3)")
     parser.add_argument(
         "--parts",
         help="comma-separated parts to run: 1 side by side, 2 batching, 3 trim settings "
@@ -1141,7 +1149,7 @@ def main() -> None:
         meta["model"] = _prepare(bench)
         pool.submit(time.sleep, 0).result()  # the client process starts now, not during a measurement
         parts = {
-            "side_by_side": ("1" in args.parts, lambda: part_side_by_side(bench)),
+            "side_by_side": ("1" in args.parts, lambda: part_side_by_side(bench, args.rounds)),
             "batching": ("2" in args.parts, lambda: part_batching(bench, args.rounds)),
             "trim": ("3" in args.parts, lambda: part_trim(bench)),
             "soak": (bool(args.soak), lambda: part_soak(bench, args.soak)),
