@@ -158,8 +158,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--batching",
         choices=BATCHING_CHOICES,
         default=defaults.batching,
-        help=f"merge concurrent requests into one ONNX Runtime call (default {defaults.batching}); "
-        "auto = where the graphs run on a GPU",
+        help=f"merge concurrent requests into one ONNX Runtime call (default {defaults.batching})",
     )
     p.add_argument("--no-batching", action="store_true", help="same as --batching off")
     p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs throughput)")

@@ -1,15 +1,15 @@
 """ONNX Runtime inside the process that answers HTTP: loading, warm-up and request merging.
 
 Every worker process of the service opens its own sessions (:func:`load_model`) and runs them
-in-process: a request never crosses to another process. Where merging concurrent requests pays
-(a GPU, where one call on 32 images costs about what one call on a single image does), a
-:class:`Merger` per graph concatenates the inputs of the requests waiting while the previous
-call runs into one ONNX Runtime call, and splits the result. On a CPU a call on 64 images costs
-~28x one on a single image, so merging gains little and its bookkeeping costs throughput:
-there the graphs are called directly, a call on up to ``INLINE_ROWS`` images on the event loop
-(it takes less than a hop to a thread) and a larger one in the worker's :class:`WorkPool`, so
-that no call holds the event loop for long. ``GENLAB_BATCHING=auto`` (default) picks by the
-execution provider.
+in-process: a request never crosses to another process. A :class:`Merger` per graph concatenates
+the inputs of the requests waiting while the previous call runs into one ONNX Runtime call, and
+splits the result. It pays wherever one call on many images costs less than as many calls on
+one: on a GPU, and on a CPU for the anomaly-score graph of a model with a fitted prior (its
+mixture distances batch well; benchmarks/serve_load.py, part 2). A lone call on a small input
+runs on the event loop, so a single client pays no hop to a thread. With ``GENLAB_BATCHING=off``
+the graphs are called directly: a call on up to ``INLINE_ROWS`` images on the event loop (it
+takes less than a hop to a thread), a larger one in the worker's :class:`WorkPool`, so that no
+call holds the event loop for long.
 """
 
 from __future__ import annotations
@@ -49,10 +49,6 @@ def warm_up(model: ExportedModel) -> None:
         model.encode(images, labels)
 
 
-def uses_gpu(model: ExportedModel) -> bool:
-    return any(provider != "CPUExecutionProvider" for provider in model.providers.values())
-
-
 class Merger:
     """Merges concurrent calls of one graph into one call along the batch axis.
 
@@ -60,7 +56,9 @@ class Merger:
     whatever arrived in the same turn, in the work pool so the loop keeps accepting requests;
     calls that arrive while it runs wait and then run together as the next batch (up to
     ``max_batch`` images). There is no timer: an idle server adds no latency, a busy one forms
-    batches as large as the time a call takes allows. ``fn`` maps arrays [B, ...] (the graph's
+    batches as large as the time a call takes allows. A lone small call (at most ``INLINE_ROWS`` rows) after a
+    lone one runs on the event loop itself, as an unmerged call would: with no concurrency there is nothing to merge,
+    and the hop to the pool is most of what merging costs a single client. ``fn`` maps arrays [B, ...] (the graph's
     inputs, e.g. images and their class labels) to a dict of arrays [B, ...] and must be a pure
     function of its rows. Each input is concatenated with the same input of the other calls, and
     only calls with the same number of inputs are merged.
@@ -72,6 +70,7 @@ class Merger:
         self.pool = pool
         self.pending: list[_Call] = []
         self.running = False
+        self.alone = True  # the last batch was a single call
 
     async def __call__(self, *inputs: np.ndarray) -> dict[str, np.ndarray]:
         call = _Call(inputs, asyncio.get_running_loop().create_future())
@@ -102,8 +101,10 @@ class Merger:
                     if len(batch) > 1
                     else batch[0].inputs
                 )
+                inline = self.alone and len(batch) == 1 and batch[0].rows <= INLINE_ROWS
+                self.alone = len(batch) == 1
                 try:
-                    outputs = await self.pool.run(self.fn, *inputs)
+                    outputs = self.fn(*inputs) if inline else await self.pool.run(self.fn, *inputs)
                 except Exception as err:  # every waiting request gets the error, none hangs
                     for call in batch:
                         if not call.future.done():
@@ -186,7 +187,7 @@ def open_runners(settings: Settings, pool: WorkPool) -> dict[str, Runner]:
         model = load_model(resolve(reference), settings)
         if model.name in runners:
             raise RuntimeError(f"two models are named {model.name!r}; export one with another --bento name")
-        batching = settings.batching == "on" or (settings.batching == "auto" and uses_gpu(model))
+        batching = settings.batching == "on"
         runners[model.name] = Runner(model, batching, settings.max_batch_size, pool)
         log.info(
             "genlab: %s (%s) on %s, request merging %s",
@@ -198,4 +199,4 @@ def open_runners(settings: Settings, pool: WorkPool) -> dict[str, Runner]:
     return runners
 
 
-__all__ = ["INLINE_ROWS", "Merger", "Runner", "load_model", "open_runners", "uses_gpu", "warm_up"]
+__all__ = ["INLINE_ROWS", "Merger", "Runner", "load_model", "open_runners", "warm_up"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from genlab.service.inputs import UploadLimits
 
 DEFAULT_MODEL = "genlab-vaegan-mnist-5k"  # what the quickstart trains and exports
-BATCHING_CHOICES = ("auto", "on", "off")
+BATCHING_CHOICES = ("on", "off")
 # The serving process's environment where it does not set these: no BentoML usage analytics calls; and BentoML's
 # OpenTelemetry span around every request, exported nowhere unless tracing is configured, a no-op (the throughput
 # this gains: benchmarks/serve_load.py). To trace, set OTEL_SDK_DISABLED=false and configure BentoML's tracing exporter.
@@ -35,8 +35,8 @@ class Settings:
     max_request_pixels: int = 64 << 20
     # a request body above this is refused with 413 while it is received, before anything parses it
     max_body_bytes: int = 32 << 20
-    # merge concurrent requests into one ONNX Runtime call: auto = where the graphs run on a GPU
-    batching: str = "auto"
+    # merge concurrent requests into one ONNX Runtime call (service/runtime.py: where it pays, and what it costs)
+    batching: str = "on"
     max_batch_size: int = 256
     ort_threads: int = 1  # ONNX Runtime intra-op threads per session, in every worker (0: one per core)
     work_threads: int = 2  # threads per worker that decode uploads and run large graph calls off the event loop

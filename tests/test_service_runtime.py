@@ -207,3 +207,34 @@ def test_large_unmerged_calls_run_in_the_work_pool_and_small_ones_inline(exports
     assert threads[0] == threading.main_thread().name and threads[1].startswith("genlab-work")
     assert ticks_during_large > 0  # the loop ran while the large call was in the pool
     np.testing.assert_array_equal(large[:INLINE_ROWS], small)
+
+
+def test_a_lone_small_call_after_a_lone_one_runs_on_the_event_loop_and_company_goes_to_the_pool():
+    """With no concurrency there is nothing to merge: the merger then skips the hop to the pool."""
+    import threading
+
+    from genlab.service.runtime import INLINE_ROWS
+
+    where: list[tuple[str, int]] = []
+
+    def record(x: np.ndarray) -> dict[str, np.ndarray]:
+        where.append((threading.current_thread().name, len(x)))
+        return {"y": x + 1}
+
+    async def main():
+        merger = Merger(record, max_batch=64, pool=POOL)
+        lone = [await merger(np.zeros((1, 2))) for _ in range(2)]
+        together = await asyncio.gather(*(merger(np.ones((1, 2))) for _ in range(3)))
+        after_company = await merger(np.zeros((1, 2)))
+        large = await merger(np.zeros((INLINE_ROWS + 1, 2)))
+        return lone, together, after_company, large
+
+    lone, together, after_company, large = asyncio.run(main())
+    main_thread = threading.main_thread().name
+    assert [w[0] == main_thread for w in where] == [True, True, False, False, False]
+    assert [n for _, n in where] == [1, 1, 3, 1, INLINE_ROWS + 1]  # the three arrived together: one run
+    assert all(np.array_equal(r["y"], np.ones((1, 2))) for r in lone + [after_company])
+    assert all(np.array_equal(r["y"], np.full((1, 2), 2.0)) for r in together) and large["y"].shape == (
+        INLINE_ROWS + 1,
+        2,
+    )
