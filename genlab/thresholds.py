@@ -25,7 +25,7 @@ DEFAULT_PERCENTILE = 99.0
 @dataclass(frozen=True)
 class Calibration:
     """A calibration's grid and quantiles as read-only float64 arrays: ``table[k]`` is score ``names[k]``'s
-    quantiles on the grid ``percentiles``; ``scores`` maps each name to its row."""
+    quantiles on the grid ``percentiles``."""
 
     percentiles: np.ndarray
     names: tuple[str, ...]
@@ -33,10 +33,6 @@ class Calibration:
     # row k's quantiles q as k + q*1j, one sorted array: numpy orders complex numbers by real part, then imaginary
     # part, so one searchsorted finds, for each score, where it falls on its own row (:func:`percentiles_of`)
     keys: np.ndarray
-
-    @property
-    def scores(self) -> dict[str, np.ndarray]:
-        return dict(zip(self.names, self.table))
 
 
 def prepare_calibration(calibration: dict[str, Any] | Calibration) -> Calibration:
