@@ -842,10 +842,29 @@ def checkout(ref: str, tmp: Path) -> Iterator[Path]:
     subprocess.run(
         ["git", "worktree", "add", "--detach", "--force", str(tree), ref], cwd=REPO, check=True, capture_output=True
     )
+    _link_stage_packages(tree)
     try:
         yield tree
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
+
+
+def _link_stage_packages(tree: Path) -> None:
+    """Make ``tree``'s stage folders (pyproject's package-dir: ``export/`` is ``genlab.export``, ...) importable from
+    that tree as they install, with links inside its ``genlab/``: otherwise ``genlab.export`` and the other stages
+    would resolve to this checkout's editable install while ``genlab`` itself is the tree's."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: pytest's tomli, the same parser
+        import tomli as tomllib
+
+    pyproject = tomllib.loads((tree / "pyproject.toml").read_text())
+    package_dir = pyproject.get("tool", {}).get("setuptools", {}).get("package-dir", {})
+    for package, folder in package_dir.items():
+        parent, _, leaf = package.rpartition(".")
+        link = tree / Path(*parent.split(".")) / leaf if parent else None
+        if link is not None and not link.exists():
+            link.symlink_to(Path(os.path.relpath(tree / folder, link.parent)), target_is_directory=True)
 
 
 def part_before_after(bench: Bench, ref: str, rounds: int) -> dict[str, Any]:
