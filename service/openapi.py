@@ -12,7 +12,7 @@ validators and generated clients reject, and it leaves out what genlab's routes 
   from the complete schemas under ``components``;
 - routes that take file uploads also take JSON (without the file fields), and both are described;
 - every status a route answers is listed with its body: 200 with each content type it sends
-  (``/generate``: PNG, .npy or JSON; ``/batch/*``: .npy) and the ``X-Genlab-*`` headers it sets,
+  (``/generate`` and ``/interpolate``: PNG, .npy or JSON; ``/batch/*``: .npy) and the ``X-Genlab-*`` headers it sets,
   and 400, 401 (with an API key), 404, 413, 422 and 500 with ``{"error", "field"}`` (BentoML's own
   ``detail``-string 400 is gone);
 - the ``model`` field lists the names of the models this server holds;
@@ -68,6 +68,17 @@ GENERATE_JSON = {
         },
     },
 }
+INTERPOLATE_JSON = {
+    "type": "object",
+    "required": ["model", "method", "t", "shape", "images"],
+    "properties": {
+        "model": {"type": "string"},
+        "method": {"type": "string", "enum": ["slerp", "linear"]},
+        "t": {"type": "array", "items": {"type": "number"}, "description": "each step's place on the path, 0..1"},
+        "seeds": {"type": "array", "items": {"type": "integer"}, "description": "the two seeds, when they were given"},
+        **{k: v for k, v in GENERATE_JSON["properties"].items() if k in ("shape", "images", "labels", "label_names")},
+    },
+}
 _TEXT = {"type": "string"}
 HEADERS = {  # what the 200 answers carry besides the body (schemathesis checks them against these)
     "X-Genlab-Model": {"description": "the model that answered", "schema": _TEXT},
@@ -77,9 +88,15 @@ HEADERS = {  # what the 200 answers carry besides the body (schemathesis checks 
         "schema": _TEXT,
     },
     "X-Genlab-Scores": {"description": "the score components, in the order of the table's columns", "schema": _TEXT},
+    "X-Genlab-Method": {"description": "the interpolation, slerp or linear", "schema": _TEXT},
+    "X-Genlab-Seeds": {
+        "description": "the two seeds of the ends, comma-separated, when they were given",
+        "schema": _TEXT,
+    },
 }
 SUCCESS_HEADERS = {
     "/generate": ("X-Genlab-Model", "X-Genlab-Seed", "X-Genlab-Labels"),
+    "/interpolate": ("X-Genlab-Model", "X-Genlab-Method", "X-Genlab-Seeds", "X-Genlab-Labels"),
     "/batch/decode": ("X-Genlab-Model",),
     "/batch/score": ("X-Genlab-Model", "X-Genlab-Scores", "X-Genlab-Labels"),
 }
@@ -88,6 +105,11 @@ SUCCESS_CONTENT = {
         "image/png": BINARY,
         "application/octet-stream": BINARY,
         "application/json": {"schema": GENERATE_JSON},
+    },
+    "/interpolate": {
+        "image/png": BINARY,
+        "application/octet-stream": BINARY,
+        "application/json": {"schema": INTERPOLATE_JSON},
     },
     "/batch/decode": {"application/octet-stream": BINARY},
     "/batch/score": {"application/octet-stream": BINARY},

@@ -69,6 +69,7 @@ from genlab.bearer import HEALTH_PATHS
 from genlab.families import FAMILIES
 from genlab.imageio import encode_png, tile
 from genlab.latents import balanced_labels
+from genlab.latents import interpolate as interpolate_latents
 from genlab.measures import ANOMALY_MAP_MEANING, RECON_ERROR_MEANING, anomaly_map, recon_error
 from genlab.thresholds import DEFAULT_PERCENTILE, normalized, percentiles_of, quantile
 
@@ -218,6 +219,29 @@ def _label_source(requested: np.ndarray | None, used: np.ndarray | None) -> str 
     return None if used is None else "request" if requested is not None else "inferred"
 
 
+def _decoded(
+    model: ExportedModel,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    format: str,
+    fields: dict[str, Any],
+    headers: dict[str, str],
+) -> Response:
+    """Decoded images in ``format``: ``png`` (one image as itself, several as a grid) and ``npy`` with ``headers``
+    (plus the model and the labels); ``png_list`` / ``array`` as JSON with ``fields``, the shape and the labels."""
+    headers = {"X-Genlab-Model": model.name, **headers, **_labels_header(labels)}
+    if format == "png":
+        png = encode_png(images[0].transpose(1, 2, 0) if len(images) == 1 else tile(images))
+        return Response(png, media_type="image/png", headers=headers)
+    if format == "npy":
+        return _npy(images, headers)
+    body: dict[str, Any] = {"model": model.name, **fields, "shape": list(images.shape)}
+    body["images"] = _png_base64(images) if format == "png_list" else images.tolist()
+    if labels is not None:
+        body["labels"], body["label_names"] = _label_indices(labels), _label_names(model, labels)
+    return JSONResponse(body, headers=headers)
+
+
 def _labels_header(labels: np.ndarray | None) -> dict[str, str]:
     return {} if labels is None else {LABELS_HEADER: ",".join(map(str, labels.tolist()))}
 
@@ -334,21 +358,64 @@ class GenlabService:
         except RequestError as err:
             return _error(err)
         images = await runner.decode(latents, labels)
-        headers = {
-            "X-Genlab-Model": m.name,
-            "X-Genlab-Seed": "" if seed is None else str(seed),
-            **_labels_header(labels),
-        }
-        if format == "png":  # one image as itself, several as a grid
-            png = encode_png(images[0].transpose(1, 2, 0) if len(images) == 1 else tile(images))
-            return Response(png, media_type="image/png", headers=headers)
-        if format == "npy":
-            return _npy(images, headers)
-        body: dict[str, Any] = {"model": m.name, "seed": seed, "shape": list(images.shape)}
-        body["images"] = _png_base64(images) if format == "png_list" else images.tolist()
-        if labels is not None:
-            body["labels"], body["label_names"] = _label_indices(labels), _label_names(m, labels)
-        return JSONResponse(body, headers=headers)
+        seed_header = "" if seed is None else str(seed)
+        return _decoded(m, images, labels, format, {"seed": seed}, {"X-Genlab-Seed": seed_header})
+
+    @endpoint("/interpolate")
+    async def interpolate(
+        self,
+        seeds: Annotated[list[Annotated[int, Ge(0), Le(2**63 - 1)]], Field(min_length=2, max_length=2)] | None = None,
+        images: list[Path] = [],  # noqa: B006 (pydantic copies defaults)
+        array: list[Any] | None = None,
+        steps: Annotated[int, Ge(2)] = 8,  # at most settings.max_images: see build_service
+        method: Literal["slerp", "linear"] = "slerp",
+        temperature: Annotated[float, Gt(0), Le(10)] = 1.0,
+        label: Annotated[Labels, Field(description=LABEL_HELP)] = None,
+        format: Literal["png", "png_list", "array", "npy"] = "png",
+        model: str | None = None,
+    ) -> Any:  # a PNG, a .npy file or JSON, chosen by `format`, as /generate
+        """Decode `steps` latents on the path between two ends, both included: the latents of two `seeds` (those
+        /generate with n=1 draws for each seed, at `temperature`), or the encoder means of two images (`images`
+        uploads or an `array` of two, as for /reconstruct; models with an encoder). Exactly one of the two sources.
+        `method`: slerp (default; the great circle, for Gaussian latents) or linear. Conditional models decode every
+        step under one class, `label` (required: a class by name or index). `format` as for /generate; JSON holds
+        `t` (0..1 per step) and `method`, and the seeds when the ends were drawn."""
+        try:
+            runner = self._runner(model)
+            m = runner.model
+            if (seeds is None) == (not images and array is None):
+                raise RequestError("seeds", "give two `seeds`, or two images (`images` or `array`), not both")
+            if isinstance(label, list):
+                raise RequestError("label", "one class for the whole path, by name or index, not a list", 422)
+            if m.conditional and label is None:
+                raise RequestError("label", f"{m.name} is a conditional model: give the class of the path", 422)
+            labels = labels_from_request(label, 2, _classes(m), m.name)
+            if seeds is not None:
+                first = None if labels is None else labels[:1]  # each end as /generate n=1 draws it for its seed
+                ends = np.concatenate(
+                    [sample_latents(1, m.latent_dim, s, temperature, m.latent_prior, labels=first) for s in seeds]
+                )
+            else:
+                runner = self._encoder_runner(model)
+                x = await self._images(images, array, m)
+                if len(x) != 2:
+                    raise RequestError(
+                        "images" if images else "array", f"{len(x)} images; the path runs between exactly 2", 422
+                    )
+        except RequestError as err:
+            return _error(err)
+        if seeds is None:
+            mu, _ = await runner.encode(x, labels)
+            ends = np.ascontiguousarray(mu)
+        path = interpolate_latents(ends[0], ends[1], steps, method)
+        path_labels = None if labels is None else np.full(steps, labels[0], np.int64)
+        decoded = await runner.decode(path, path_labels)
+        extra: dict[str, Any] = {"method": method, "t": np.linspace(0.0, 1.0, steps).round(6).tolist()}
+        headers = {"X-Genlab-Method": method}
+        if seeds is not None:
+            extra["seeds"] = list(seeds)
+            headers["X-Genlab-Seeds"] = ",".join(map(str, seeds))
+        return _decoded(m, decoded, path_labels, format, extra, headers)
 
     @endpoint("/reconstruct")
     async def reconstruct(
@@ -636,7 +703,10 @@ def build_service(settings: Settings) -> bentoml.Service:
     """The BentoML service serving ``settings``: its limits in the endpoints' schemas, its workers, request timeout and
     access log; a model reference for every BentoML model tag it serves (what ``bentoml build`` packs into the bento);
     genlab's edge in front. Each call makes a new service class; nothing global changes."""
-    annotations = {"generate": {"n": Annotated[int, Ge(1), Le(settings.max_images)]}}
+    annotations = {
+        "generate": {"n": Annotated[int, Ge(1), Le(settings.max_images)]},
+        "interpolate": {"steps": Annotated[int, Ge(2), Le(settings.max_images)]},
+    }
     namespace: dict[str, Any] = {"__module__": __name__, "__doc__": GenlabService.__doc__, "settings": settings}
     for name, method in vars(GenlabService).items():
         if hasattr(method, "route"):

@@ -63,3 +63,25 @@ def test_an_export_prepares_its_prior_once(exports):
         sample_latents(3, model.latent_dim, 4, 1.0, model.latent_prior),
         sample_latents(3, model.latent_dim, 4, 1.0, model.prior),
     )
+
+
+def test_interpolation_keeps_its_ends_exactly_and_slerp_walks_the_circle():
+    from genlab.latents import interpolate
+
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    for method in ("slerp", "linear"):
+        path = interpolate(a, b, 7, method)
+        assert path.dtype == np.float32 and path.shape == (7, 16)
+        assert np.array_equal(path[0], a) and np.array_equal(path[-1], b)
+    np.testing.assert_allclose(interpolate(a, b, 3, "linear")[1], (a + b) / 2, rtol=1e-6)
+    # two orthogonal unit vectors: slerp stays on the unit circle, its middle is (a + b) / sqrt(2)
+    e0, e1 = np.eye(16, dtype=np.float32)[:2]
+    circle = interpolate(e0, e1, 9, "slerp")
+    np.testing.assert_allclose(np.linalg.norm(circle, axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(circle[4], (e0 + e1) / np.sqrt(2), atol=1e-7)
+    np.testing.assert_allclose(interpolate(a, a, 4, "slerp"), np.tile(a, (4, 1)), rtol=1e-6)  # no angle: linear
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        interpolate(a, b, 1)
+    with pytest.raises(ValueError, match="one of slerp, linear"):
+        interpolate(a, b, 4, "cubic")

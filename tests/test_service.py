@@ -121,6 +121,81 @@ def test_generate_refuses_nan_and_inf_latents(client):
         assert "NaN or infinity" in _field_error(r, 422, "z")
 
 
+# -- interpolate ----------------------------------------------------------------------------------------
+def _array(r) -> np.ndarray:
+    assert r.status_code == 200, r.text
+    return np.load(io.BytesIO(r.content), allow_pickle=False)
+
+
+def test_interpolate_between_seeds_starts_and_ends_at_their_samples(client, exports):
+    from genlab.export.reader import read_export
+
+    from genlab.latents import interpolate, sample_latents
+
+    model = read_export(exports["vaegan"])
+    for method in ("slerp", "linear"):
+        r = client.post("/interpolate", json={"seeds": [3, 8], "steps": 5, "method": method, "format": "npy"})
+        path = _array(r)
+        assert path.shape == (5, 1, 28, 28) and path.dtype == np.uint8
+        assert r.headers["x-genlab-seeds"] == "3,8" and r.headers["x-genlab-method"] == method
+        for end, seed in ((path[0], 3), (path[-1], 8)):  # the ends are what /generate n=1 draws for each seed
+            sample = _array(client.post("/generate", json={"n": 1, "seed": seed, "format": "npy"}))
+            assert np.array_equal(end, sample[0])
+        # every step is the decoded latent of the path between the two seeds' latents
+        z = interpolate(
+            *(sample_latents(1, model.latent_dim, s, 1.0, model.latent_prior)[0] for s in (3, 8)), 5, method
+        )
+        assert np.array_equal(path, _array(client.post("/generate", json={"z": z.tolist(), "format": "npy"})))
+    body = client.post("/interpolate", json={"seeds": [3, 8], "steps": 3, "format": "png_list"}).json()
+    assert body["t"] == [0.0, 0.5, 1.0] and body["method"] == "slerp" and body["seeds"] == [3, 8]
+    assert len(body["images"]) == 3 and body["shape"] == [3, 1, 28, 28]
+    grid = Image.open(io.BytesIO(client.post("/interpolate", json={"seeds": [3, 8], "steps": 4}).content))
+    assert grid.format == "PNG"
+
+
+def test_interpolate_between_two_images_runs_between_their_reconstructions(client):
+    digits = np.array(_digits(client, 2, seed=5), np.uint8)
+    recon = np.array(client.post("/reconstruct", json={"array": digits.tolist(), "format": "array"}).json()["images"])
+    files = [("images", (f"{i}.png", _png(d[0]), "image/png")) for i, d in enumerate(digits)]
+    for request in (
+        {"json": {"array": digits.tolist(), "steps": 6, "format": "npy"}},
+        {"files": files, "data": {"steps": "6", "format": "npy"}},
+    ):
+        path = _array(client.post("/interpolate", **request))
+        assert path.shape == (6, 1, 28, 28)
+        assert np.array_equal(path[[0, -1]], recon.astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "field"),
+    [
+        ({}, 400, "seeds"),
+        ({"seeds": [1, 2], "array": [[[[0] * 28] * 28]] * 2}, 400, "seeds"),
+        ({"seeds": [1]}, 400, "seeds"),
+        ({"seeds": [1, 2, 3]}, 400, "seeds"),
+        ({"seeds": [1, 2], "steps": 1}, 400, "steps"),
+        ({"seeds": [1, 2], "steps": MAX_IMAGES + 1}, 400, "steps"),
+        ({"seeds": [1, 2], "method": "cubic"}, 400, "method"),
+        ({"seeds": [1, 2], "label": 3}, 422, "label"),
+        ({"array": [[[[0] * 28] * 28]] * 3}, 422, "array"),
+        ({"array": [[[[0] * 28] * 28]] * 2, "model": "genlab-gan-no-encoder"}, 422, "model"),
+        ({"seeds": [1, 2], "steps": 4, "nsteps": 3}, 400, "nsteps"),
+    ],
+)
+def test_interpolate_refuses_bad_input_naming_the_field(client, payload, status, field):
+    _field_error(client.post("/interpolate", json=payload), status, field)
+
+
+def test_interpolate_on_a_conditional_model_decodes_every_step_under_one_class(client):
+    _field_error(client.post("/interpolate", json={"model": COND, "seeds": [1, 2]}), 422, "label")
+    _field_error(client.post("/interpolate", json={"model": COND, "seeds": [1, 2], "label": [1, 2]}), 422, "label")
+    r = client.post("/interpolate", json={"model": COND, "seeds": [1, 2], "steps": 4, "label": 7, "format": "npy"})
+    path = _array(r)
+    assert r.headers["x-genlab-labels"] == "7,7,7,7"
+    first = client.post("/generate", json={"model": COND, "n": 1, "seed": 1, "label": 7, "format": "npy"})
+    assert np.array_equal(path[0], _array(first)[0])
+
+
 # -- reconstruct ----------------------------------------------------------------------------------------
 def test_reconstruct_uploads_and_arrays_agree(client):
     digits = np.array(_digits(client, 2), np.uint8)
