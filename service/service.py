@@ -74,6 +74,7 @@ from genlab.measures import ANOMALY_MAP_MEANING, RECON_ERROR_MEANING, anomaly_ma
 from genlab.thresholds import DEFAULT_PERCENTILE, normalized, percentiles_of, quantile
 
 log = logging.getLogger("genlab.service")
+PATH_ROW = 16  # /interpolate's PNG: the path in rows of at most this many images
 F = TypeVar("F", bound=Callable[..., Any])
 NPY = "application/octet-stream"
 LABELS_HEADER = "X-Genlab-Labels"  # the class index of every image, comma-separated (conditional models)
@@ -226,12 +227,14 @@ def _decoded(
     format: str,
     fields: dict[str, Any],
     headers: dict[str, str],
+    per_row: int | None = None,
 ) -> Response:
-    """Decoded images in ``format``: ``png`` (one image as itself, several as a grid) and ``npy`` with ``headers``
-    (plus the model and the labels); ``png_list`` / ``array`` as JSON with ``fields``, the shape and the labels."""
+    """Decoded images in ``format``: ``png`` (one image as itself, several as a grid of ``per_row`` columns, square by
+    default) and ``npy`` with ``headers`` (plus the model and the labels); ``png_list`` / ``array`` as JSON with
+    ``fields``, the shape and the labels."""
     headers = {"X-Genlab-Model": model.name, **headers, **_labels_header(labels)}
     if format == "png":
-        png = encode_png(images[0].transpose(1, 2, 0) if len(images) == 1 else tile(images))
+        png = encode_png(images[0].transpose(1, 2, 0) if len(images) == 1 else tile(images, per_row))
         return Response(png, media_type="image/png", headers=headers)
     if format == "npy":
         return _npy(images, headers)
@@ -415,7 +418,7 @@ class GenlabService:
         if seeds is not None:
             extra["seeds"] = list(seeds)
             headers["X-Genlab-Seeds"] = ",".join(map(str, seeds))
-        return _decoded(m, decoded, path_labels, format, extra, headers)
+        return _decoded(m, decoded, path_labels, format, extra, headers, per_row=min(steps, PATH_ROW))
 
     @endpoint("/reconstruct")
     async def reconstruct(

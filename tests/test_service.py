@@ -149,8 +149,9 @@ def test_interpolate_between_seeds_starts_and_ends_at_their_samples(client, expo
     body = client.post("/interpolate", json={"seeds": [3, 8], "steps": 3, "format": "png_list"}).json()
     assert body["t"] == [0.0, 0.5, 1.0] and body["method"] == "slerp" and body["seeds"] == [3, 8]
     assert len(body["images"]) == 3 and body["shape"] == [3, 1, 28, 28]
-    grid = Image.open(io.BytesIO(client.post("/interpolate", json={"seeds": [3, 8], "steps": 4}).content))
-    assert grid.format == "PNG"
+    for steps, size in ((4, (2 + 4 * 30, 32)), (20, (2 + 16 * 30, 2 + 2 * 30))):  # in order, rows of up to 16
+        grid = Image.open(io.BytesIO(client.post("/interpolate", json={"seeds": [3, 8], "steps": steps}).content))
+        assert grid.format == "PNG" and grid.size == size
 
 
 def test_interpolate_between_two_images_runs_between_their_reconstructions(client):
