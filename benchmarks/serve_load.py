@@ -574,10 +574,11 @@ def part_side_by_side(bench: Bench, rounds: int) -> dict[str, Any]:
     every server rather than on whichever was measured during it."""
     runs: dict[str, dict[str, list[dict]]] = {}
     with bench.serving(*SIDE_BY_SIDE) as up:
+        labels = list(up)  # the servers that came up, in SIDE_BY_SIDE's order
         for r in range(rounds):
+            order = labels[r % len(labels) :] + labels[: r % len(labels)] if labels else []
             for w in WORKLOADS:
-                labels = [spec.label for spec in SIDE_BY_SIDE if spec.label in up]
-                for label in labels[r % len(labels) :] + labels[: r % len(labels)] if labels else []:
+                for label in order:
                     _say(f"  round {r + 1}/{rounds}, {label}:")
                     runs.setdefault(label, {}).setdefault(w, []).append(bench.measure(up[label], w))
     rows = {label: {w: _summarise(cells) for w, cells in by_workload.items()} for label, by_workload in runs.items()}
