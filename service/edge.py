@@ -24,6 +24,10 @@ In order, for every HTTP request:
    route does not take is refused here, before BentoML would try to read it as text.
 5. **GET for read-only routes**: ``GET /models`` is answered as ``POST /models``.
 6. **An OpenAPI document that tools accept** at ``/docs.json``: see :mod:`service.openapi`.
+7. **Pages at their addresses.** ``rewrites`` maps a GET path to the one that answers it (the browser page at ``/``,
+   BentoML's Swagger UI at ``/docs``). Paths under ``open_prefixes`` (the page's static files, which hold no data)
+   need no key. Paths under ``own_errors`` (the Open Inference Protocol's ``/v2``) keep the access control and body
+   limit but answer their errors in their own protocol's shape.
 """
 
 from __future__ import annotations
@@ -145,6 +149,9 @@ class Edge:
         json_values: Callable[[], int] = lambda: 1 << 20,
         form_limits: FormLimits | None = None,
         get_routes: frozenset[str] = frozenset(),
+        rewrites: dict[str, str] | None = None,
+        open_prefixes: tuple[str, ...] = (),
+        own_errors: tuple[str, ...] = (),
     ):
         self.app = app
         self.api_key = api_key.encode()
@@ -156,6 +163,9 @@ class Edge:
         self._json_values = json_values  # the most values a JSON body may hold (read from the models on first use)
         self.form_limits = form_limits or FormLimits()
         self.get_routes = get_routes  # routes without inputs that answer GET too (e.g. /models)
+        self.rewrites = rewrites or {}  # GET path -> the path that answers it
+        self.open_prefixes = open_prefixes  # paths under these need no key
+        self.own_errors = own_errors  # paths under these answer errors in their own shape
         self._spec: bytes | None = None
 
     @functools.cached_property
@@ -166,7 +176,7 @@ class Edge:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        if self.api_key and path not in self.open_paths and not self._authorized(scope):
+        if self.api_key and not self._open(path) and not self._authorized(scope):
             return await respond(
                 send,
                 401,
@@ -174,6 +184,12 @@ class Edge:
                 [(b"www-authenticate", b"Bearer")],
             )
         method = scope.get("method")
+        if method in ("GET", "HEAD") and path in self.rewrites:
+            target = self.rewrites[path]
+            scope = {**scope, "path": target, "raw_path": target.encode()}
+            path = target
+        if path.startswith(self.own_errors):
+            return await self._own_errors(scope, receive, send)
         if method == "GET" and path == "/docs.json" and self.openapi is not None:
             return await self._docs(scope, receive, send)
         if method == "GET" and path in self.get_routes:  # a read-only route answers GET as well as POST
@@ -190,6 +206,18 @@ class Edge:
                 return await respond(send, status, error_body(message, field))
             receive = _replay(body, receive)
         await self.app(scope, receive, self._normalising(send, scope))
+
+    def _open(self, path: str) -> bool:
+        return path in self.open_paths or (path.startswith(self.open_prefixes) and ".." not in path)
+
+    async def _own_errors(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request to a path that answers its own errors: its body is read within the limit, then passed on."""
+        if scope.get("method") in ("POST", "PUT", "PATCH"):
+            body = await self._read_body(scope, receive, send)
+            if body is None:
+                return  # refused (413) or the client went away
+            receive = _replay(body, receive)
+        await self.app(scope, receive, send)
 
     def _authorized(self, scope: Scope) -> bool:
         return bearer_matches(_header(scope, b"authorization"), self.api_key)

@@ -208,7 +208,11 @@ def _refuse_images(start: bytes, field: str) -> None:
 
 def latents_from_npy(path: Path, field: str, latent_dim: int, max_images: int, max_bytes: int) -> np.ndarray:
     """A .npy of float latents [N, latent_dim] -> float32."""
-    array = read_npy(path, field, max_bytes)
+    return latents_from_array(read_npy(path, field, max_bytes), field, latent_dim, max_images)
+
+
+def latents_from_array(array: np.ndarray, field: str, latent_dim: int, max_images: int) -> np.ndarray:
+    """Numeric latents [N, latent_dim] (a .npy file's, a binary tensor's) -> float32, refusing NaN/inf."""
     if array.dtype.kind not in "fiu":
         raise RequestError(field, f"dtype {array.dtype} is not numeric; send float32 latents", 422)
     return _checked_latents(array.astype(np.float64), field, latent_dim, max_images)
@@ -216,7 +220,11 @@ def latents_from_npy(path: Path, field: str, latent_dim: int, max_images: int, m
 
 def images_from_npy(path: Path, field: str, shape: tuple[int, int, int], max_images: int, max_bytes: int) -> np.ndarray:
     """A .npy of uint8 images [N, C, H, W] (or one [C, H, W]) in the model's exact shape."""
-    array = read_npy(path, field, max_bytes)
+    return images_from_array(read_npy(path, field, max_bytes), field, shape, max_images)
+
+
+def images_from_array(array: np.ndarray, field: str, shape: tuple[int, int, int], max_images: int) -> np.ndarray:
+    """uint8 images [N, C, H, W] (or one [C, H, W]; a .npy file's, a binary tensor's) in the model's exact shape."""
     if array.dtype != np.uint8:
         raise RequestError(field, f"dtype {array.dtype}; send uint8 pixels 0..255", 422)
     return np.ascontiguousarray(_image_batch(array, field, shape, max_images))
@@ -297,8 +305,16 @@ def labels_from_npy(
 ) -> np.ndarray:
     """A .npy of integer class indices [n] -> int64; with ``unknown_allowed``, -1 marks an image whose class the
     model should infer (scoring only)."""
+    _conditional_classes(classes, model, field)
+    return labels_from_array(read_npy(path, field, max_bytes), field, n, classes, model, unknown_allowed)
+
+
+def labels_from_array(
+    array: np.ndarray, field: str, n: int, classes: Sequence[str] | None, model: str, unknown_allowed: bool = False
+) -> np.ndarray:
+    """Integer class indices [n] (a .npy file's, a binary tensor's) -> int64; with ``unknown_allowed``, -1 marks an
+    image whose class the model should infer (scoring only)."""
     classes = _conditional_classes(classes, model, field)
-    array = read_npy(path, field, max_bytes)
     if array.dtype.kind not in "iu":
         raise RequestError(field, f"dtype {array.dtype}; send integer class indices (int64)", 422)
     if array.shape != (n,):

@@ -57,7 +57,10 @@ from genlab.service.inputs import (
     latents_from_request,
     optional_file,
 )
+from genlab.service.oip import OPEN_PATHS as PROTOCOL_OPEN_PATHS
+from genlab.service.oip import protocol_app
 from genlab.service.openapi import fix_spec
+from genlab.service.page import PAGE_PREFIX, PAGE_ROUTES, PageFiles
 from genlab.service.runtime import Runner, open_runners
 from genlab.service.settings import SERVING_ENVIRONMENT, Settings, load_settings
 from genlab.service.work import WorkPool
@@ -723,6 +726,8 @@ def build_service(settings: Settings) -> bentoml.Service:
         traffic={"timeout": settings.request_timeout_s},
         logging={"access": {"enabled": settings.access_log}},
     )(type("Genlab", (GenlabService,), namespace))
+    service.mount_asgi_app(PageFiles(), path=PAGE_PREFIX, name="page")
+    service.mount_asgi_app(protocol_app(settings), path="/v2", name="open-inference-protocol")
     file_fields = {api.route: frozenset(api.input_spec.multipart_fields) for api in service.apis.values()}
     for api in service.apis.values():  # an unknown field is a typo: refused (400 naming it), never ignored
         api.input_spec.model_config["extra"] = "forbid"
@@ -735,7 +740,10 @@ def build_service(settings: Settings) -> bentoml.Service:
         fields={api.route: frozenset(api.input_spec.model_fields) for api in service.apis.values()},
         get_routes=frozenset({"/models"}),
         openapi=lambda spec: fix_spec(spec, file_fields, settings.api_key != "", model_names(settings)),
-        open_paths=HEALTH_PATHS,
+        open_paths=(*HEALTH_PATHS, *PROTOCOL_OPEN_PATHS, *PAGE_ROUTES),
+        open_prefixes=(f"{PAGE_PREFIX}/",),
+        rewrites={**PAGE_ROUTES, "/docs": "/", "/v2": "/v2/"},  # BentoML's Swagger UI answers "/"
+        own_errors=("/v2/",),
         json_values=lambda: max_json_values(served_models(settings), settings.max_images),
         form_limits=FormLimits(max_parts=settings.max_images + 32),
     )
