@@ -21,7 +21,7 @@ echo "samples: $run/samples.png  reconstructions: $run/reconstructions.png  loss
 url="http://127.0.0.1:$port"
 cat <<MSG
 
-Serving at $url once it says it is ready. From another terminal:
+Serving at $url once it says it is ready. Open $url/ in a browser, or from another terminal:
   curl -s -X POST $url/generate -H 'content-type: application/json' -d '{"n": 64, "seed": 1}' -o samples.png
   curl -s -X POST $url/generate -H 'content-type: application/json' -d '{"n": 1, "seed": 2}' -o digit.png
   curl -s -X POST $url/reconstruct -F images=@digit.png

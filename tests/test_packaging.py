@@ -156,3 +156,6 @@ def test_info_and_serve_run_with_only_the_serve_extra(serve_only, exports, tmp_p
         reply = httpx.post(f"{url}/generate", json={"n": 3, "seed": 1, "format": "array"}, timeout=60)
         assert reply.status_code == 200, reply.text
         assert np.asarray(reply.json()["images"]).shape[:2] == (3, 1)
+        for path in ("/", "/ui/page.js", "/ui/page.css"):  # the page's files are in the installed package
+            assert httpx.get(url + path, timeout=10).status_code == 200, path
+        assert httpx.get(f"{url}/v2/health/ready", timeout=10).json() == {"ready": True}

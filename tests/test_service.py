@@ -534,6 +534,10 @@ def test_bentoml_build_packs_the_model_and_no_torch(exports, tmp_path):
     info = (bento / "bento.yaml").read_text()
     assert "genlab-vaegan-mnist-5k:" in info and "entry_service: genlab" in info
     assert not any(p.suffix == ".pt" for p in (bento / "src").rglob("*")) and not (bento / "src" / "training").exists()
+    from genlab.service.page import PAGE_DIR
+
+    for name in (p.name for p in PAGE_DIR.iterdir()):  # the browser page's files, which no import loads
+        assert (bento / "src" / "service" / "page" / name).is_file(), name
     # the packed sources are enough to import the service: every project module it loads comes from the bento
     code = (
         "import sys, genlab.service.service as service; service.Genlab; from pathlib import Path; "
