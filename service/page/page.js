@@ -372,8 +372,7 @@ function fmt(x, digits = 4) {
 }
 
 async function scoreCard(file, result, recon, threshold) {
-  const m = state.model;
-  const { w, h } = imageSize();
+  const { w } = imageSize();
   const scale = Math.max(3, Math.min(MAX_PX, Math.floor(96 / w)));
   const card = document.createElement("article");
   card.className = `card${result.is_anomaly ? " anomalous" : ""}`;
