@@ -205,6 +205,16 @@ def test_every_route_answers_byte_for_byte_as_outside(served, outside):
         assert httpx.get(f"{served.url}{probe}", timeout=10).status_code == 200, probe  # no key needed
     models = httpx.post(f"{served.url}/models", headers=AUTH, timeout=10).json()
     assert {p for m in models for p in m["providers"].values()} == {"CPUExecutionProvider"}
+    for path in ("/", "/ui/page.js", "/ui/page.css"):  # the browser page, from the image, without a key
+        here, there = httpx.get(f"{served.url}{path}", timeout=10), httpx.get(f"{outside}{path}", timeout=10)
+        assert here.status_code == 200 and here.content == there.content, path
+    assert httpx.get(f"{served.url}/v2/health/ready", timeout=10).status_code == 200  # the Open Inference Protocol
+    score = f"/v2/models/{models[0]['name']}-score/infer"
+    shape = [1, *models[0]["image_shape"]]
+    request = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": shape, "data": [128] * int(np.prod(shape))}]}
+    here = httpx.post(f"{served.url}{score}", json=request, headers=AUTH, timeout=30)
+    there = httpx.post(f"{outside}{score}", json=request, headers=AUTH, timeout=30)
+    assert here.status_code == 200 and here.json() == there.json(), here.text[:300]
     print(f"\n{compared} answers (every route, each response kind) byte-identical inside and outside the container")
 
 
