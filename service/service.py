@@ -112,6 +112,7 @@ class ModelInfo(BaseModel):
         description="the classes `label` takes, label k being classes[k]; empty unless conditional"
     )
     request_merging: bool = Field(description="whether concurrent requests are merged into one ONNX Runtime call")
+    max_images: int = Field(description="the most images (or latents) one request may hold (GENLAB_MAX_IMAGES)")
     manifest: dict[str, Any]
 
 
@@ -606,6 +607,7 @@ class GenlabService:
                     conditional=m.conditional,
                     classes=_classes(m) or [],
                     request_merging=runner.batching,
+                    max_images=self.settings.max_images,
                     manifest=manifest,
                 )
             )

@@ -325,11 +325,12 @@ def test_an_api_refusal_shows_its_error_and_field(open_tab):
     tab = open_tab()
     tab.ready("#gallery-grid")
     page = tab.page
-    page.fill("#g-n", "1000")  # above the server's limit (256 images per request)
+    assert page.get_attribute("#g-n", "max") == "256"  # the server's limit (/models max_images)
+    page.fill("#g-seed", str(2**64))  # beyond the seeds the server takes
     page.click("#gallery-form button[type=submit]")
     page.wait_for_selector("#gallery-grid[data-state=error]")
     text = page.inner_text("#gallery-error")
-    assert re.match(r"Error 4\d\d: ", text) and "(field n)" in text and "256" in text
+    assert re.match(r"Error 4\d\d: ", text) and "(field seed)" in text and str(2**63 - 1) in text
 
 
 def test_at_a_phones_width_nothing_overflows(open_tab, tmp_path):

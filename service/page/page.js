@@ -168,6 +168,10 @@ function selectModel() {
     }),
   );
   document.querySelectorAll(".conditional").forEach((el) => (el.hidden = !m.conditional));
+  $("i-steps").max = String(m.max_images);
+  for (const field of [$("g-n"), $("i-steps")]) {
+    if (Number(field.value) > m.max_images) field.value = String(m.max_images);
+  }
   const classOptions = () => m.classes.map((name, k) => new Option(`${k}: ${name}`, String(k)));
   $("g-label").replaceChildren(new Option("every class, balanced", ""), new Option("one row per class", "rows"), ...classOptions());
   $("i-label").replaceChildren(...classOptions());
@@ -188,8 +192,10 @@ function randomSeed() {
 }
 
 function galleryMode() {
-  const rows = state.model.conditional && $("g-label").value === "rows";
+  const m = state.model;
+  const rows = m.conditional && $("g-label").value === "rows";
   $("g-n-label").textContent = rows ? "Images per class" : "Images";
+  $("g-n").max = String(rows ? Math.max(1, Math.floor(m.max_images / m.classes.length)) : m.max_images);
   return rows;
 }
 
@@ -197,9 +203,10 @@ async function generate() {
   const m = state.model;
   const grid = $("gallery-grid");
   const form = $("gallery-form");
-  if (!m || !form.reportValidity()) return;
+  if (!m) return;
+  const rows = galleryMode(); // sets the count's limit, which the form's validity checks
+  if (!form.reportValidity()) return;
   grid.dataset.state = "loading";
-  const rows = galleryMode();
   const count = Number($("g-n").value);
   const body = {
     seed: Number($("g-seed").value),
@@ -540,7 +547,8 @@ function wire() {
     generate();
   });
   $("g-label").addEventListener("change", () => {
-    if (galleryMode() && Number($("g-n").value) * state.model.classes.length > 256) $("g-n").value = "8";
+    const count = $("g-n");
+    if (galleryMode() && Number(count.value) > Number(count.max)) count.value = String(Math.min(8, count.max));
     generate();
   });
 
