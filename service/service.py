@@ -15,6 +15,9 @@ Endpoints (all POST):
                      -> .npy float32 scores [N, components]
     /models          -> loaded models, their classes, manifests and the execution provider of each graph
 
+Beside them, on the same port and behind the same edge: the browser page at ``/`` (:mod:`service.page`), BentoML's
+Swagger UI at ``/docs`` and the Open Inference Protocol under ``/v2`` (:mod:`service.oip`), on the same runners.
+
 A conditional model (``genlab train --conditional``) draws, reconstructs and scores each image under a
 class: ``label`` names it (one for all images or one per image, by name or index; see
 :func:`service.inputs.labels_from_request`). Without one, /generate draws balanced seeded labels and
