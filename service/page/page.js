@@ -46,6 +46,19 @@ async function api(path, body) {
   return response.json();
 }
 
+// the API's answer to one call, or null with the error shown and the element it was for marked "error"
+async function answered(element, errorId, path, body) {
+  try {
+    const answer = await api(path, body);
+    showError(errorId, null);
+    return answer;
+  } catch (err) {
+    element.dataset.state = "error";
+    showError(errorId, err);
+    return null;
+  }
+}
+
 function showError(id, err) {
   const box = $(id);
   box.replaceChildren();
@@ -223,15 +236,8 @@ async function generate() {
     body.n = count;
     if (m.conditional && $("g-label").value !== "") body.label = Number($("g-label").value);
   }
-  let answer;
-  try {
-    answer = await api("/generate", body);
-  } catch (err) {
-    grid.dataset.state = "error";
-    showError("gallery-error", err);
-    return;
-  }
-  showError("gallery-error", null);
+  const answer = await answered(grid, "gallery-error", "/generate", body);
+  if (!answer) return;
   releaseUrls("gallery");
   const scale = pixelScale(grid, columns, rows ? 90 : 0);
   const images = answer.images.map((b64, i) => {
@@ -296,15 +302,8 @@ async function interpolate() {
     body.temperature = Number($("i-temperature").value);
   }
   strip.dataset.state = "loading";
-  let answer;
-  try {
-    answer = await api("/interpolate", body);
-  } catch (err) {
-    strip.dataset.state = "error";
-    showError("interp-error", err);
-    return;
-  }
-  showError("interp-error", null);
+  const answer = await answered(strip, "interp-error", "/interpolate", body);
+  if (!answer) return;
   releaseUrls("interp");
   const scale = pixelScale(strip, answer.images.length);
   const images = answer.images.map((b64, i) => pixelImage(pngBlobUrl(b64, "interp"), `step ${i + 1}, t = ${answer.t[i]}`, scale));
