@@ -6,11 +6,15 @@ downstream needs torch or any flag:
 
     decoder.onnx   z float32 [B, latent]      -> images uint8 [B, C, H, W]
     encoder.onnx   images uint8 [B, C, H, W]  -> mu, logvar float32 [B, latent]    (families with an encoder)
-    score.onnx     images uint8 [B, C, H, W]  -> one float32 [B] per score component (every family)
+    score.onnx     images uint8 [B, C, H, W]  -> one float32 [B] per score component (every family),
+                                                 anomaly_map float32 [B, C, H, W]  (families with an encoder)
 
 A conditional model's graphs also take ``label`` int64 [B] (a class index, listed in the manifest's
 ``classes``): the decoder and encoder need it; the score graph takes -1 for "unknown" and then
 scores the image under the class that explains it best, and outputs ``scored_label``, the class used.
+
+``anomaly_map`` is :data:`genlab.measures.ANOMALY_MAP_MEANING`, computed from the reconstruction the scores compare
+the image with (a conditional model's: under the class it was scored under), so one call gives scores and maps.
 
 Each graph is compared with torch on seeded inputs at two batch sizes before anything is
 published, and the directory appears only complete (written beside the target, then renamed).
@@ -29,22 +33,32 @@ from typing import Any
 
 import numpy as np
 import torch
-from genlab.export.reader import FORMAT, FORMAT_VERSION, MANIFEST, SCORED_LABEL, ExportedModel, sample_latents
+from genlab.export.reader import (
+    ANOMALY_MAP,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    SCORED_LABEL,
+    ExportedModel,
+    sample_latents,
+)
 from torch import nn
 
 from genlab import __version__
 from genlab.checkpoint import class_info, load_checkpoint, model_from_checkpoint
+from genlab.data import published_name
 from genlab.errors import GenlabError
 from genlab.files import file_sha256, publish_directory
 from genlab.latents import balanced_labels
 from genlab.latents import describe as describe_prior
+from genlab.measures import ANOMALY_MAP_MEANING
 from genlab.models import GenerativeModel
 from genlab.pixels import model_to_uint8, uint8_to_model
 from genlab.run_dir import checkpoint_file
 
 PARITY_BATCHES = (1, 5)
 FLOAT_TOLERANCE = 1e-4  # absolute; relative to the value above 1 (scores in nats can be in the hundreds)
-UINT8_TOLERANCE = 1  # grey levels
+UINT8_TOLERANCE = 1  # grey levels (the anomaly map too: it is compared in grey levels, 1/255 each)
 # the primary score is in standard units of normal images: where a reconstructed pixel rounds to the other uint8
 # level in ONNX Runtime than in torch (the same tolerance as the decoder's), a component moves by ~1e-8 and,
 # divided by its small spread over normal images, the score by up to ~1e-4
@@ -75,18 +89,41 @@ class EncoderGraph(nn.Module):
 
 
 class ScoreGraph(nn.Module):
-    def __init__(self, model: GenerativeModel, names: list[str]):
+    """Images (and a conditional model's labels, -1 for unknown) -> the score components ``names``, a conditional
+    model's scored class and, with ``maps``, each image's anomaly map."""
+
+    def __init__(self, model: GenerativeModel, names: list[str], maps: bool):
         super().__init__()
         self.model = model
         self.names = names
+        self.maps = maps
 
     def forward(self, images: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         x = uint8_to_model(images)
-        if not self.model.conditional:
-            scores = self.model.anomaly_scores(x)
-            return tuple(scores[name].to(torch.float32) for name in self.names)
-        scores = self.model.labelled_scores(x, label)
-        return (*(scores[name].to(torch.float32) for name in self.names), scores["label"])
+        scores = self.model.labelled_scores(x, label) if self.model.conditional else self.model.anomaly_scores(x)
+        outputs = tuple(scores[name].to(torch.float32) for name in self.names)
+        if self.model.conditional:
+            outputs += (scores["label"],)
+        if self.maps:
+            outputs += (anomaly_map(images, self._reconstruction(x, scores.get("label"))),)
+        return outputs
+
+    def _reconstruction(self, x: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
+        """uint8 [B, C, H, W]: ``model.reconstruct``, the decoded encoder mean that every family's ``score_parts``
+        compares the image with. A conditional model's is taken, as its scores are, from every image reconstructed
+        under every class in ``labelled_scores``' class-major order, at the class each image was scored under. Being
+        the same computation on the same inputs, the exporter merges it with the scores' into one pass."""
+        if label is None:
+            return model_to_uint8(self.model.reconstruct(x))
+        b, k = x.shape[0], self.model.num_classes
+        every = self.model.reconstruct(torch.cat([x] * k), torch.arange(k * b, device=x.device) // b)
+        return model_to_uint8(every[label * b + torch.arange(b, device=x.device)])
+
+
+def anomaly_map(images: torch.Tensor, recons: torch.Tensor) -> torch.Tensor:
+    """uint8 images and their uint8 reconstructions [B, C, H, W] -> float32 [B, C, H, W], ANOMALY_MAP_MEANING: zero
+    where the reconstruction is perfect; ``recon_error`` is the mean of its square."""
+    return (images.to(torch.float32) - recons.to(torch.float32)).abs() / 255.0
 
 
 def _score_names(model: GenerativeModel, image_shape: tuple[int, int, int]) -> list[str]:
@@ -96,6 +133,11 @@ def _score_names(model: GenerativeModel, image_shape: tuple[int, int, int]) -> l
 
 def _io(name: str, dtype: str, shape: list[Any]) -> dict[str, Any]:
     return {"name": name, "dtype": dtype, "shape": shape}
+
+
+def _has_map(spec: dict[str, Any]) -> bool:
+    """Whether a graph's outputs include the anomaly map."""
+    return any(o["name"] == ANOMALY_MAP for o in spec["outputs"])
 
 
 def graph_specs(
@@ -112,11 +154,12 @@ def graph_specs(
             "outputs": [image_io],
         },
         "score": {
-            "module": ScoreGraph(model, score_names),
+            "module": ScoreGraph(model, score_names, maps=model.has_encoder),
             "inputs": [image_io, *label],
             # the class each image was scored under (the input's name cannot be reused)
             "outputs": [_io(name, "float32", ["batch"]) for name in score_names]
-            + [_io(SCORED_LABEL, "int64", ["batch"])] * bool(label),
+            + [_io(SCORED_LABEL, "int64", ["batch"])] * bool(label)
+            + [_io(ANOMALY_MAP, "float32", ["batch", *image_shape])] * model.has_encoder,
         },
     }
     if model.has_encoder:
@@ -173,7 +216,12 @@ def _export_graph(
             raise ExportFailed(f"torch.onnx.export failed for {path.name}: {str(err).splitlines()[0]}") from None
 
 
-def _compare(name: str, torch_out: torch.Tensor, ort_out: np.ndarray, standardised: bool = False) -> dict[str, Any]:
+def _compare(
+    name: str, torch_out: torch.Tensor, ort_out: np.ndarray, standardised: bool = False, grey_levels: bool = False
+) -> dict[str, Any]:
+    """The largest difference of an output from torch's, against its tolerance: uint8 outputs and float ones in
+    ``grey_levels`` (multiples of 1/255, the anomaly map) in grey levels, other floats as FLOAT_TOLERANCE says, the
+    ``standardised`` primary score as STANDARDISED_TOLERANCE says."""
     expected = torch_out.cpu().numpy()
     if ort_out.shape != expected.shape or ort_out.dtype != expected.dtype:
         raise ExportFailed(
@@ -183,6 +231,8 @@ def _compare(name: str, torch_out: torch.Tensor, ort_out: np.ndarray, standardis
     diff = np.abs(ort_out.astype(np.float64) - expected.astype(np.float64))
     if expected.dtype == np.uint8:
         worst, allowed = float(diff.max(initial=0.0)), float(UINT8_TOLERANCE)
+    elif grey_levels:
+        worst, allowed = float(np.rint(diff * 255.0).max(initial=0.0)), float(UINT8_TOLERANCE)
     else:
         # absolute below 1, relative above: float32 sums of hundreds of pixels carry ~1e-6 relative error
         scaled = diff / np.maximum(1.0, np.abs(expected.astype(np.float64)))
@@ -199,7 +249,7 @@ def check_parity(
     specs: dict[str, dict[str, Any]],
     image_shape: tuple[int, int, int],
 ) -> dict[str, Any]:
-    """torch vs ONNX Runtime (CPU) on seeded inputs at each of PARITY_BATCHES, for every graph."""
+    """torch vs ONNX Runtime (CPU) on seeded inputs at each of PARITY_BATCHES, for every output of every graph."""
     exported = ExportedModel(directory, manifest).start_sessions(providers="cpu")
     latent = model.cfg.latent_dim
     decoder = specs["decoder"]["module"]
@@ -218,6 +268,7 @@ def check_parity(
                     value,
                     got[out_spec["name"]],
                     standardised=graph == "score" and out_spec["name"] == "score",
+                    grey_levels=out_spec["name"] == ANOMALY_MAP,
                 )
                 best = outputs.get(out_spec["name"])
                 if best is None or figure["max_diff"] > best["max_diff"]:
@@ -239,6 +290,19 @@ def default_name(family: str, dataset: str) -> str:
     return f"genlab-{family}-{slug.strip('-') or 'data'}"[:63].rstrip("-")  # tags: ASCII only, 63 characters at most
 
 
+def published_data(data: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's ``data`` as the manifest publishes it: the dataset by its published name
+    (:func:`genlab.data.published_name`) beside its ``dataset_hash``, never the path the run read it from."""
+    return {**data, "dataset": published_name(data["dataset"])}
+
+
+def published_train_config(train_config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's ``train_config`` as the manifest publishes it: the dataset by its published name, and without
+    ``data_dir``, the folder of the training machine the registered datasets were read from."""
+    published = {k: v for k, v in train_config.items() if k != "data_dir"}
+    return {**published, "dataset": published_name(train_config["dataset"])}
+
+
 def build_manifest(
     ckpt: dict[str, Any],
     source: Path,
@@ -248,6 +312,8 @@ def build_manifest(
     opset: int | None,
     descriptions: dict[str, str],
 ) -> dict[str, Any]:
+    """The manifest of an export of ``ckpt`` (read from ``source``). It holds no path of the machine that trained or
+    exported the model: the dataset goes by its published name and hash, the source checkpoint by its file name."""
     data = ckpt["data"]
     return {
         "format": FORMAT,
@@ -280,9 +346,11 @@ def build_manifest(
             "primary": "score",
             "larger_is_more_anomalous": True,
             "descriptions": {n: descriptions.get(n, "") for n in score_names},
+            # what score.onnx's anomaly_map output holds, where the model has one
+            **({"map_description": ANOMALY_MAP_MEANING} if _has_map(specs["score"]) else {}),
         },
         "calibration": ckpt.get("calibration"),
-        "dataset": data,
+        "dataset": published_data(data),
         "training": {
             "epoch": ckpt.get("epoch"),
             "step": ckpt.get("step"),
@@ -290,7 +358,7 @@ def build_manifest(
             "seed": ckpt.get("seed"),
             "world_size": ckpt.get("world_size", 1),
             "model_config": ckpt["model_config"],
-            "train_config": ckpt["train_config"],
+            "train_config": published_train_config(ckpt["train_config"]),
             "metrics": ckpt.get("metrics", {}),
         },
         "source": {

@@ -26,13 +26,16 @@ from typing import Any
 import numpy as np
 
 from genlab.errors import GenlabError
-from genlab.latents import Prior, prepare_prior, sample_latents  # noqa: F401  (sample_latents: the one sampler, for readers)
+from genlab.latents import Prior, prepare_prior
+from genlab.latents import sample_latents as sample_latents  # re-exported: the one sampler, for readers
 from genlab.thresholds import Calibration, prepare_calibration
 
 FORMAT = "genlab-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 SCORED_LABEL = "scored_label"  # score.onnx output of a conditional model: the class each image was scored under
+# score.onnx output of a model with an encoder: float32 [B, C, H, W], genlab.measures.ANOMALY_MAP_MEANING
+ANOMALY_MAP = "anomaly_map"
 PROVIDER_ENV = "GENLAB_ORT_PROVIDER"  # auto (default), cpu or cuda
 
 log = logging.getLogger(__name__)
@@ -92,12 +95,13 @@ class Graph:
 
     @property
     def provider(self) -> str:
-        return self.session.get_providers()[0]
+        return str(self.session.get_providers()[0])
 
-    def run(self, *arrays: np.ndarray) -> dict[str, np.ndarray]:
-        """The graph on its inputs, in the manifest's order."""
-        values = self.session.run(self.outputs, dict(zip(self.inputs, arrays)))
-        return dict(zip(self.outputs, values))
+    def run(self, *arrays: np.ndarray, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """The graph on its inputs, in the manifest's order: ``outputs`` (default: all of them) by name."""
+        names = self.outputs if outputs is None else outputs
+        values = self.session.run(names, dict(zip(self.inputs, arrays)))
+        return dict(zip(names, values))
 
 
 @dataclass
@@ -109,11 +113,11 @@ class ExportedModel:
     # -- what the manifest says ---------------------------------------------------------------
     @property
     def family(self) -> str:
-        return self.manifest["family"]
+        return str(self.manifest["family"])
 
     @property
     def name(self) -> str:
-        return self.manifest["name"]
+        return str(self.manifest["name"])
 
     @property
     def latent_dim(self) -> int:
@@ -122,7 +126,8 @@ class ExportedModel:
     @property
     def prior(self) -> dict[str, Any] | None:
         """The Gaussian mixture fitted to the training codes (:mod:`genlab.latents`), or None for N(0, I)."""
-        return self.manifest["latent"].get("fitted_prior")
+        prior: dict[str, Any] | None = self.manifest["latent"].get("fitted_prior")
+        return prior
 
     @functools.cached_property
     def latent_prior(self) -> Prior | None:
@@ -232,12 +237,24 @@ class ExportedModel:
         )
         return out["mu"], out["logvar"]
 
-    def scores(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def scores(self, images: np.ndarray, labels: np.ndarray | None = None, maps: bool = False) -> dict[str, np.ndarray]:
         """uint8 images [B, C, H, W] -> {score component: float32 [B]}; 'score' is the primary one. A conditional
         model scores each image under its label, or where that is -1 (or ``labels`` is None) under the class that
-        explains it best, and adds ``label`` (int64 [B]), the class used."""
-        out = self.graphs["score"].run(
-            np.ascontiguousarray(images, dtype=np.uint8), *self._labels(labels, len(images), -1)
+        explains it best, and adds ``label`` (int64 [B]), the class used.
+
+        With ``maps`` (models with an encoder) the result also has ``anomaly_map``, float32 [B, C, H, W]
+        (:data:`genlab.measures.ANOMALY_MAP_MEANING`), from the same ONNX Runtime call: the score graph computes it
+        from the reconstruction its scores compare the image with, under the class each image was scored under.
+        ONNX Runtime runs every node of a graph whatever outputs a call asks for (it does not prune the graph to
+        them), so the map is computed on every call, a few elementwise operations beside the networks; it is asked
+        for only with ``maps``, which spares copying it out of the session otherwise."""
+        graph = self.graphs["score"]
+        if maps and ANOMALY_MAP not in graph.outputs:
+            raise ExportError(f"{self.name} is a {self.family} model without an encoder; it gives no anomaly maps")
+        out = graph.run(
+            np.ascontiguousarray(images, dtype=np.uint8),
+            *self._labels(labels, len(images), -1),
+            outputs=[name for name in graph.outputs if maps or name != ANOMALY_MAP],
         )
         if SCORED_LABEL in out:
             out["label"] = out.pop(SCORED_LABEL)
@@ -258,7 +275,7 @@ class ExportedModel:
         return summary
 
 
-def read_manifest(directory: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
+def read_manifest(directory: str | os.PathLike[str], verify: bool = True) -> dict[str, Any]:
     """Parse and validate ``manifest.json``; with ``verify``, check every listed file's sha256."""
     directory = Path(directory)
     path = directory / MANIFEST
@@ -273,10 +290,12 @@ def read_manifest(directory: str | os.PathLike, verify: bool = True) -> dict[str
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ExportError(f"{path}: not a genlab export manifest")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+    if not isinstance(version, int) or version != FORMAT_VERSION:
+        older = isinstance(version, int) and 1 <= version < FORMAT_VERSION
         raise ExportError(
             f"{path}: export format version {version!r} is not supported by this genlab "
-            f"(reads version {FORMAT_VERSION}); upgrade genlab or export again"
+            f"(reads version {FORMAT_VERSION}); "
+            + ("export it again with this genlab" if older else "upgrade genlab or export again")
         )
     for key in ("family", "name", "latent", "image", "graphs", "scores", "files"):
         if key not in manifest:
@@ -301,7 +320,7 @@ def verified_bytes(directory: Path, name: str, digest: str) -> bytes:
     return data
 
 
-def resolve(reference: str | os.PathLike) -> Path:
+def resolve(reference: str | os.PathLike[str]) -> Path:
     """An export directory, or a BentoML model tag (``name`` or ``name:version``) -> its directory."""
     path = Path(reference)
     if path.is_dir():
@@ -320,14 +339,14 @@ def resolve(reference: str | os.PathLike) -> Path:
     raise ExportError(f"{text}: no such export directory")
 
 
-def read_export(reference: str | os.PathLike, verify: bool = True) -> ExportedModel:
+def read_export(reference: str | os.PathLike[str], verify: bool = True) -> ExportedModel:
     """The manifest view of an export (no sessions): validated, and with ``verify`` every file's sha256 checked."""
     directory = resolve(reference)
     return ExportedModel(directory, read_manifest(directory, verify))
 
 
 def open_export(
-    reference: str | os.PathLike, providers: str | None = None, threads: int = 0, spinning: bool = True
+    reference: str | os.PathLike[str], providers: str | None = None, threads: int = 0, spinning: bool = True
 ) -> ExportedModel:
     """Validate an export (hashes included) and start an ONNX Runtime session for each graph
     (see :meth:`ExportedModel.start_sessions`)."""

@@ -6,8 +6,11 @@ the file list; not the fitted prior or the calibration, which the service reads 
 the model's metadata and labels for family and dataset, so ``bentoml models list`` and a bento's
 model references describe it without opening files, and BentoML, which parses a bento's model
 metadata several times while a container starts, does not parse megabytes. Its metadata also
-records where it was exported from (``exported_from``) and its content hash: saving the same bytes
-under the same name again reuses that version instead of adding a copy.
+records where it was exported from (``exported_from``, the export directory's absolute path) and its
+content hash: saving the same bytes under the same name again reuses that version instead of adding a copy.
+That path is for the local user (``genlab serve`` names it when several versions answer to one name); a
+server answers from the stored ``manifest.json``, which names the dataset by its published name and hash
+and holds no path.
 
 The store is one per user (``$BENTOML_HOME``), shared by every checkout: :func:`versions_of` is
 what ``genlab serve`` reads to refuse a bare name that several different versions answer to.

@@ -11,10 +11,14 @@ A checkpoint is a plain dict of Python scalars, strings, lists, dicts and tensor
     family          "vae" | "gan" | "vaegan"
     model_config    ModelConfig as a dict (rebuilds the networks with no other input)
     train_config    TrainConfig as a dict (lr resolved)
-    data            dataset, split, image_size, channels, value_range, normal_class, translate,
+    data            dataset, dataset_hash, split, image_size, channels, value_range, normal_class, translate,
                     num_train, pixel_format, class_names (label k is class_names[k]) and condition_on
                     (CelebA's attribute) of the training data; model_config says whether the model is
-                    conditional and its num_classes
+                    conditional and its num_classes. ``dataset`` is the name the run read (``folder:PATH``
+                    with its path, as train_config has it: this file is the user's own, and ``--resume`` and
+                    ``genlab eval`` read the data from there); ``dataset_hash`` is an image folder's
+                    :func:`genlab.data.dataset_hash` (None for a registered dataset). An export publishes
+                    the dataset by :func:`genlab.data.published_name`, never its path
     seed, epoch, step, complete (True once training finished and calibration ran)
     model           state dict of the unwrapped model (the training weights)
     ema             AveragedModel state dict of the decoder (``module.*``, ``n_averaged``) or None; the
@@ -185,7 +189,8 @@ class RunState:
     """Everything a training checkpoint holds, as the trainer fills it to save and reads it to resume.
 
     ``model``, ``optimizers`` and ``ema`` are state dicts, ``rng`` one :func:`rng_state` per rank, ``quality``
-    the sample-quality watch's state; ``class_names``, ``num_train`` and ``num_val`` describe the training data.
+    the sample-quality watch's state; ``class_names``, ``num_train``, ``num_val`` and ``dataset_hash`` (an image
+    folder's :func:`genlab.data.dataset_hash`) describe the training data.
     """
 
     model_config: ModelConfig
@@ -202,6 +207,7 @@ class RunState:
     quality: dict[str, Any] = field(default_factory=dict)
     fitted: Fitted | None = None
     complete: bool = False
+    dataset_hash: str | None = None
 
     @property
     def family(self) -> str:
@@ -241,6 +247,7 @@ class RunState:
         mc, tc = self.model_config, self.train_config
         return {
             "dataset": tc.dataset,
+            "dataset_hash": self.dataset_hash,
             "split": "train",
             "image_size": mc.image_size,
             "channels": mc.channels,
@@ -285,6 +292,7 @@ class RunState:
             quality=ckpt.get("quality", {}),
             fitted=fitted,
             complete=bool(ckpt.get("complete", False)),
+            dataset_hash=data.get("dataset_hash"),
         )
 
 

@@ -17,12 +17,16 @@ labels; batches are converted to the model's range on the training device
 
 Class names travel with the data (:attr:`ImageData.class_names`): ``"0".."9"`` for the digits,
 Fashion-MNIST's and CIFAR-10's names, the subfolder names of an image folder.
+
+What others see of a dataset is its :func:`published_name` and, for an image folder, its :func:`dataset_hash`:
+``folder:images`` and ``sha256:...``, never the path it was read from.
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import importlib.util
 import os
 from collections.abc import Callable
@@ -34,6 +38,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from genlab.errors import GenlabError
+from genlab.files import file_sha256
 from genlab.imageio import to_array
 
 SPLITS = ("train", "val", "test", "heldout")  # heldout: val and test together (what training never sees)
@@ -290,13 +295,24 @@ def _read_celeba(spec: DatasetSpec, split: str, data_dir: str, download: bool, s
     return torch.from_numpy(np.stack(arrays)), torch.tensor(labels, dtype=torch.int64), names
 
 
-def _read_folder(spec: DatasetSpec, split: str, data_dir: str, download: bool, size: int, channels: int, condition_on):
-    root = Path(spec.name.split(":", 1)[1]).expanduser()
+def _folder_root(name: str) -> Path:
+    """The folder ``folder:PATH`` names (``~`` expanded)."""
+    return Path(name.split(":", 1)[1]).expanduser()
+
+
+def _folder_files(root: Path) -> list[Path]:
+    """The image files of an image folder, in a fixed order (the order its images are indexed and split in)."""
     if not root.is_dir():
         raise GenlabError(f"folder dataset: {root} is not a directory")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise GenlabError(f"folder dataset: no .png/.jpg/.jpeg files under {root}")
+    return files
+
+
+def _read_folder(spec: DatasetSpec, split: str, data_dir: str, download: bool, size: int, channels: int, condition_on):
+    root = _folder_root(spec.name)
+    files = _folder_files(root)
     # an image's class is its first-level subfolder; images directly under PATH get class 0
     subfolders = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else None for p in files]
     class_index = {c: i for i, c in enumerate(sorted({s for s in subfolders if s is not None}))}
@@ -345,6 +361,31 @@ def dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise GenlabError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} or folder:PATH")
     return DATASETS[name]
+
+
+def published_name(name: str) -> str:
+    """The name a dataset goes by in what others see (an export's manifest, a server's answers): a registered name as it
+    is; ``folder:PATH`` as ``folder:`` and the folder's own name (``folder:/home/alice/parts/images`` ->
+    ``folder:images``), so no path of the training machine leaves it."""
+    if not name.startswith("folder:"):
+        return name
+    return f"folder:{Path(os.path.abspath(_folder_root(name))).name or 'root'}"
+
+
+def dataset_hash(name: str) -> str | None:
+    """A short hash of what an image folder holds, ``"sha256:"`` and 16 hex digits; None for a registered dataset,
+    which its name identifies.
+
+    It is the sha256 of one line per image file, in the order of their relative paths: the path relative to the
+    folder (``/``-separated), a NUL and the sha256 of the file's bytes. So it changes when an image is added, removed,
+    renamed, moved between class subfolders or edited, and not when the folder is moved, copied or touched; it costs
+    one more read of every image file, once per run (the training loop records it in the checkpoint).
+    """
+    if not name.startswith("folder:"):
+        return None
+    root = _folder_root(name)
+    lines = sorted(f"{p.relative_to(root).as_posix()}\0{file_sha256(p)}\n" for p in _folder_files(root))
+    return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()[:16]
 
 
 def native_shape(name: str) -> tuple[int, int]:

@@ -15,13 +15,8 @@ RECON_ERROR_MEANING = (
 )
 
 
+# what score.onnx's anomaly_map output holds (computed inside the graph: genlab.export.onnx_export.anomaly_map)
 ANOMALY_MAP_MEANING = "per pixel and channel: |image - reconstruction| of the uint8 pixels, scaled to [0, 1]"
-
-
-def anomaly_map(images: np.ndarray, recons: np.ndarray) -> np.ndarray:
-    """uint8 images and their uint8 reconstructions [N, C, H, W] -> float32 [N, C, H, W] (see ANOMALY_MAP_MEANING);
-    zero where the reconstruction is perfect. ``recon_error`` is the mean of its square."""
-    return (np.abs(np.asarray(images, np.int16) - np.asarray(recons, np.int16)) / np.float32(255.0)).astype(np.float32)
 
 
 def recon_error(images: np.ndarray, recons: np.ndarray) -> np.ndarray:

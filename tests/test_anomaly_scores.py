@@ -17,7 +17,7 @@ from genlab.config import ONE_CLASS_STEPS, TrainConfig, resolve_epochs
 from genlab.data import ImageData
 from genlab.errors import GenlabError
 from genlab.latents import fit_mixture, fit_prior, mixture_log_likelihood, sample_latents
-from genlab.measures import anomaly_map, recon_error
+from genlab.measures import recon_error
 from genlab.models import build_model
 from genlab.models.base import stroke_error
 from genlab.pixels import model_to_uint8
@@ -167,14 +167,21 @@ def test_an_export_prepares_its_calibration_once(exports):
 
 
 def test_anomaly_map_has_the_image_shape_and_is_zero_for_a_perfect_reconstruction():
-    images = np.random.default_rng(0).integers(0, 256, (3, 1, 8, 8), dtype=np.uint8)
-    assert anomaly_map(images, images).shape == images.shape and not anomaly_map(images, images).any()
-    other = images.copy()
+    """The score graph's map (genlab.export.onnx_export.anomaly_map): float32 |image - reconstruction| / 255."""
+    from genlab.export.onnx_export import anomaly_map
+
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 1, 8, 8), dtype=np.uint8))
+    same = anomaly_map(images, images)
+    assert same.dtype == torch.float32 and same.shape == images.shape and not same.any()
+    other = images.clone()
     other[0, 0, 2, 3] = 255 - other[0, 0, 2, 3]
-    diff = anomaly_map(images, other)
+    diff = anomaly_map(images, other).numpy()
     assert np.count_nonzero(diff) == 1 and diff.max() <= 1.0
+    assert diff[0, 0, 2, 3] == np.float32(abs(255 - 2 * int(images[0, 0, 2, 3]))) / np.float32(255)
     np.testing.assert_allclose(
-        (diff.astype(np.float64) ** 2).reshape(3, -1).mean(axis=1), recon_error(images, other), rtol=1e-6
+        (diff.astype(np.float64) ** 2).reshape(3, -1).mean(axis=1),
+        recon_error(images.numpy(), other.numpy()),
+        rtol=1e-6,
     )
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
-from genlab.data import load_split
+from genlab.data import dataset_hash, load_split, published_name
 from genlab.errors import GenlabError
 from genlab.pixels import model_to_uint8, random_translate, uint8_to_model
 
@@ -121,6 +125,43 @@ def test_image_folder_errors(tmp_path):
         (tmp_path / "bad" / f"{i}.png").write_bytes(b"not a png")
     with pytest.raises(GenlabError, match="cannot read image"):
         load_split(f"folder:{tmp_path / 'bad'}", "train")
+
+
+def test_published_names_hold_no_path(tmp_path, monkeypatch):
+    assert published_name("folder:/home/alice/parts/images") == "folder:images"
+    assert published_name("folder:/home/alice/parts/images/") == "folder:images"
+    monkeypatch.chdir(tmp_path)
+    assert published_name("folder:.") == f"folder:{tmp_path.name}"  # the folder's own name, even when given as "."
+    assert published_name("folder:images") == "folder:images"
+    monkeypatch.setenv("HOME", str(tmp_path / "alice"))
+    assert published_name("folder:~/parts") == "folder:parts"
+    for name in ("mnist-5k", "mnist", "cifar10", "celeba"):
+        assert published_name(name) == name
+
+
+def test_an_image_folder_hash_follows_its_files_not_where_they_are(image_folder, tmp_path):
+    name = f"folder:{image_folder}"
+    original = dataset_hash(name)
+    assert re.fullmatch(r"sha256:[0-9a-f]{16}", original) and dataset_hash(name) == original
+    assert dataset_hash("mnist-5k") is None  # a registered dataset is named by its name
+    copy = shutil.copytree(image_folder, tmp_path / "elsewhere" / "copy")
+    assert dataset_hash(f"folder:{copy}") == original  # moved or copied: the same content
+    os.utime(copy / "cats" / "1.png", (0, 0))
+    (copy / "notes.txt").write_text("edited, and not an image")
+    assert dataset_hash(f"folder:{copy}") == original
+    changed = []
+    (copy / "cats" / "1.png").rename(copy / "dogs" / "1.png")  # moved to another class
+    changed.append(dataset_hash(f"folder:{copy}"))
+    (copy / "dogs" / "1.png").rename(copy / "dogs" / "99.png")  # renamed
+    changed.append(dataset_hash(f"folder:{copy}"))
+    with open(copy / "dogs" / "99.png", "ab") as f:  # its bytes edited
+        f.write(b"\0")
+    changed.append(dataset_hash(f"folder:{copy}"))
+    (copy / "dogs" / "99.png").unlink()  # removed
+    changed.append(dataset_hash(f"folder:{copy}"))
+    assert len({original, *changed}) == 5
+    with pytest.raises(GenlabError, match="not a directory"):
+        dataset_hash(f"folder:{tmp_path / 'nope'}")
 
 
 def test_unknown_dataset_and_split():

@@ -40,6 +40,7 @@ from genlab.calibration import score_images
 from genlab.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from genlab.errors import GenlabError
 from genlab.latents import balanced_labels
+from genlab.measures import ANOMALY_MAP_MEANING
 from genlab.models import MODELS
 from genlab.pixels import uint8_to_model
 from tests.conftest import FAMILIES, TINY
@@ -132,6 +133,16 @@ def assert_close(got: np.ndarray, expected: torch.Tensor, what: str) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=what)
 
 
+def grey_levels(a: np.ndarray, b: np.ndarray) -> int:
+    """The largest difference between two anomaly maps (multiples of 1/255), in grey levels."""
+    return int(np.rint(np.abs(a.astype(np.float64) - b.astype(np.float64)) * 255).max(initial=0))
+
+
+def reference_map(images: np.ndarray, recons: np.ndarray) -> np.ndarray:
+    """genlab.measures.ANOMALY_MAP_MEANING in NumPy: float32 |image - reconstruction| / 255 of uint8 pixels."""
+    return (np.abs(images.astype(np.int16) - recons.astype(np.int16)) / np.float32(255)).astype(np.float32)
+
+
 def cli_line(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
@@ -174,15 +185,23 @@ def test_graphs_load_and_match_torch_at_several_batch_sizes(exported):
                 exp.encode(images.numpy())
 
         scores = exp.scores(images.numpy())
-        assert list(scores) == names
+        assert list(scores) == names  # the anomaly map only when asked for
         with torch.no_grad():
-            want_scores = ScoreGraph(model, names)(images)
+            want_scores = ScoreGraph(model, names, maps=exp.has_encoder)(images)
         # ... and the very function the checkpoint's calibration used
         calibration_scores = score_images(model, images, torch.device("cpu"))
         for name, want_score in zip(names, want_scores):
             assert scores[name].shape == (batch,)
             assert_close(scores[name], want_score, f"score {name} at batch {batch}")
             assert_close(scores[name], calibration_scores[name], f"score {name} vs calibration at batch {batch}")
+        if exp.has_encoder:
+            with_map = exp.scores(images.numpy(), maps=True)
+            assert list(with_map) == [*names, "anomaly_map"]
+            for name in names:  # the same call gives the same scores
+                np.testing.assert_array_equal(with_map[name], scores[name])
+            got_map, want_map = with_map["anomaly_map"], want_scores[-1].numpy()
+            assert got_map.dtype == want_map.dtype == np.float32 and got_map.shape == (batch, *IMAGE_SHAPE)
+            assert grey_levels(got_map, want_map) <= 1, f"anomaly map at batch {batch}"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -224,6 +243,39 @@ def test_conditional_graphs_take_labels_and_match_torch(build, family):
         exp.decode(z)
     with pytest.raises(ExportError, match="not a conditional model"):
         open_export(build(family).out, providers="cpu").decode(z, labels)
+
+
+@pytest.mark.parametrize("key", [*FAMILIES, *(f"{family}-conditional" for family in FAMILIES)])
+def test_the_anomaly_map_is_the_image_against_its_reconstruction(build, key):
+    """score.onnx's anomaly_map is |x - decode(encode_mean(x))| / 255 as encoder.onnx and decoder.onnx give it (a
+    conditional model's under the class each image was scored under), within one grey level; and it comes from the
+    reconstruction the scores use: the mean of its square is the same call's recon_error."""
+    exp = open_export(build(key).out, providers="cpu")
+    for batch in BATCHES:
+        labels = balanced_labels(batch, 10, seed=batch) if exp.conditional else None
+        images = exp.decode(sample_latents(batch, exp.latent_dim, seed=batch), labels)
+        images[::2] = np.random.default_rng(batch).integers(0, 256, images[::2].shape, dtype=np.uint8)
+        given = None if labels is None else np.where(np.arange(batch) % 2 == 1, -1, labels)  # every other inferred
+        out = exp.scores(images, given, maps=True)
+        used = out.get("label")
+        mu, _ = exp.encode(images, used)
+        expected = reference_map(images, exp.decode(mu, used))
+        assert out["anomaly_map"].dtype == np.float32 and out["anomaly_map"].shape == images.shape
+        assert grey_levels(out["anomaly_map"], expected) <= 1, f"{key} at batch {batch}"
+        squared = (out["anomaly_map"].astype(np.float64) ** 2).reshape(batch, -1).mean(axis=1)
+        np.testing.assert_allclose(squared, out["recon_error"], rtol=1e-6, err_msg=f"{key} at batch {batch}")
+
+
+@pytest.mark.parametrize("key", [*FAMILIES, *(f"{family}-conditional" for family in FAMILIES)])
+def test_the_score_graph_decodes_once(build, key):
+    """The map shares the scores' reconstruction: score.onnx holds the decoder's transposed convolutions once, not
+    again for the map (for a conditional model: not again at the class each image was scored under)."""
+
+    def transposed_convolutions(graph: str) -> int:
+        nodes = onnx.load(str(build(key).out / f"{graph}.onnx"), load_external_data=False).graph.node
+        return sum(node.op_type == "ConvTranspose" for node in nodes)
+
+    assert transposed_convolutions("score") == transposed_convolutions("decoder") > 0
 
 
 def test_manifest_alone_is_enough_to_sample_from_the_decoder(exported):
@@ -274,7 +326,7 @@ def test_manifest_contents(exported):
     m, ckpt, family = exported.manifest, exported.ckpt, exported.family
     assert json.loads((exported.out / "manifest.json").read_text()) == json.loads(json.dumps(m))
     assert read_manifest(exported.out) == json.loads(json.dumps(m))
-    assert m["format"] == "genlab-export" and m["format_version"] == FORMAT_VERSION == 1
+    assert m["format"] == "genlab-export" and m["format_version"] == FORMAT_VERSION == 2
     assert m["genlab_version"] == __version__ and m["family"] == family and m["name"] == f"genlab-{family}-mnist-5k"
     assert m["latent"]["dim"] == TINY["latent_dim"]
     if exported.model.has_encoder:  # the Gaussian mixture fitted to the training codes, as the checkpoint has it
@@ -303,6 +355,8 @@ def test_manifest_contents(exported):
             [images],
             [{"name": n, "dtype": "float32", "shape": ["batch", 4]} for n in ("mu", "logvar")],
         )
+        graphs["score"][1].append({"name": "anomaly_map", "dtype": "float32", "shape": ["batch", *IMAGE_SHAPE]})
+        assert m["scores"]["map_description"] == ANOMALY_MAP_MEANING
     assert set(m["graphs"]) == set(graphs)
     for name, (inputs, outputs) in graphs.items():
         assert m["graphs"][name]["file"] == f"{name}.onnx"
@@ -316,6 +370,9 @@ def test_manifest_contents(exported):
     assert ckpt["complete"] and m["calibration"] == json.loads(json.dumps(ckpt["calibration"]))
     assert set(m["calibration"]["scores"]) == set(names)
     assert m["dataset"] == ckpt["data"] and m["dataset"]["dataset"] == "mnist-5k"
+    assert m["dataset"]["dataset_hash"] is None  # a registered dataset is named by its name
+    # the training configuration without the training machine's data folder
+    assert m["training"]["train_config"] == {k: v for k, v in ckpt["train_config"].items() if k != "data_dir"}
     assert m["training"]["metrics"] == json.loads(json.dumps(ckpt["metrics"]))
     assert m["training"]["step"] == ckpt["step"] == exported.steps and m["training"]["complete"] is True
     assert m["training"]["model_config"] == ckpt["model_config"]
@@ -337,10 +394,19 @@ def test_manifest_contents(exported):
         assert parity["provider"] == "CPUExecutionProvider"
         assert set(parity["outputs"]) == {o["name"] for o in graphs[name][1]}
         for out, figure in parity["outputs"].items():
-            uint8 = out == "images"
+            uint8 = out in ("images", "anomaly_map")  # the map is compared in grey levels (1/255)
             standardised = (name, out) == ("score", "score")  # the primary score, in standard units of normal images
             assert figure["tolerance"] == (1.0 if uint8 else 1e-3 if standardised else 1e-4)
             assert 0 <= figure["max_diff"] <= figure["tolerance"], (name, out, figure)
+
+
+def test_the_manifest_publishes_a_folder_by_its_name_and_hash():
+    folder = "folder:/home/alice/parts/images/"
+    data = {"dataset": folder, "dataset_hash": "sha256:0123456789abcdef", "split": "train", "class_names": ["a"]}
+    assert onnx_export.published_data(data) == {**data, "dataset": "folder:images"}
+    tc = {"dataset": folder, "data_dir": "/home/alice/data", "epochs": 3}
+    assert onnx_export.published_train_config(tc) == {"dataset": "folder:images", "epochs": 3}
+    assert onnx_export.default_name("vae", folder) == "genlab-vae-images"
 
 
 # -- the reading side's errors ------------------------------------------------------------------
@@ -355,11 +421,13 @@ def copy_of(build, tmp_path):
 def test_unknown_format_version_is_refused(copy_of):
     out = copy_of()
     manifest = json.loads((out / "manifest.json").read_text())
-    for version in (99, 0, "1", None):
+    for version in (99, 0, "2", None, 1):
         (out / "manifest.json").write_text(json.dumps({**manifest, "format_version": version}))
         with pytest.raises(ExportError, match="format version .* is not supported by this genlab") as err:
             open_export(out)
         assert len(str(err.value).splitlines()) == 1
+    # an export from before score.onnx gave anomaly maps: made again, not read
+    assert str(err.value).endswith("(reads version 2); export it again with this genlab")
     (out / "manifest.json").write_text("{not json")
     with pytest.raises(ExportError, match="unreadable manifest"):
         read_manifest(out)

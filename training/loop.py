@@ -49,7 +49,7 @@ from tqdm import tqdm
 from genlab import checkpoint
 from genlab.checkpoint import Fitted, Progress, RunState
 from genlab.config import ModelConfig, TrainConfig, resolve_epochs
-from genlab.data import summary_line
+from genlab.data import dataset_hash, summary_line
 from genlab.files import remove_stale_temps
 from genlab.models import GenerativeModel, build_model
 from genlab.run_dir import BEST_CHECKPOINT, LAST_CHECKPOINT
@@ -66,6 +66,7 @@ class Trainer:
             for path in (self.ckpt_path, self.best_path, self.log.path):
                 remove_stale_temps(path)
         self.train_data, self.val_data = load_run_split(tc, mc, "train"), load_run_split(tc, mc, "val")
+        self.dataset_hash = dataset_hash(tc.dataset) if env.is_main else None  # for the main rank's checkpoints
         self.mc = mc = conditional_config(mc, tc, self.train_data) if mc.conditional else mc
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         self.model: GenerativeModel = build_model(mc).to(env.device)
@@ -106,6 +107,7 @@ class Trainer:
             quality=self.watch.state_dict(),
             fitted=self.fitted,
             complete=complete,
+            dataset_hash=self.dataset_hash,
         )
 
     def save(self, complete: bool = False, best: bool = False) -> None:

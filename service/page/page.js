@@ -163,7 +163,7 @@ function selectModel() {
   const providers = [...new Set(Object.values(m.providers))].map((p) => p.replace("ExecutionProvider", ""));
   const facts = [
     ["family", m.family],
-    ["dataset", m.manifest?.dataset?.dataset ?? "?"],
+    ["dataset", [m.manifest?.dataset?.dataset ?? "?", m.manifest?.dataset?.dataset_hash].filter(Boolean).join(", ")],
     ["image", `${m.image_shape[0]}×${m.image_shape[1]}×${m.image_shape[2]}`],
     ["latent", m.latent_dim],
     ["classes", m.conditional ? m.classes.join(", ") : "unconditional"],
