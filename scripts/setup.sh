@@ -34,3 +34,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
   say "ready: .venv/bin/genlab $(.venv/bin/python -c 'import genlab; print(genlab.__version__)')"
 fi
+# the package as it installs, in links to this tree, for the type checker (pyproject.toml [tool.mypy])
+tree=.venv/typecheck/genlab
+rm -rf .venv/typecheck && mkdir -p "$tree"
+for entry in genlab/*; do ln -s "$PWD/$entry" "$tree/"; done
+for stage in training export service eval cli; do ln -s "$PWD/$stage" "$tree/$stage"; done

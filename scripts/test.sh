@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up, lint, then run the test suite (fast CPU tests; slow and GPU tests are opt-in: -m slow).
-# Lint: ruff check and ruff format --check over the tree (pyproject.toml); the import-layers contract
-# (lint-imports) runs inside the suite, in tests/test_layers.py.
+# Lint: ruff check and ruff format --check over the tree, mypy --strict on the serving code (pyproject.toml); the
+# import-layers contract (lint-imports) runs inside the suite, in tests/test_layers.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -20,4 +20,5 @@ command -v chromium >/dev/null || [ -n "${GENLAB_CHROMIUM:-}" ] ||
   echo "test: no Chromium, so the browser tests are skipped: apt-get install chromium (or run this as root)" >&2
 .venv/bin/ruff check --quiet .
 .venv/bin/ruff format --check --quiet .
+.venv/bin/mypy  # strict on service/ and export/reader.py ([tool.mypy] in pyproject.toml)
 exec .venv/bin/python -m pytest -q "$@"

@@ -115,7 +115,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from genlab.service.settings import BATCHING_CHOICES, DEFAULT_MODEL, Settings
 
     defaults = Settings()

@@ -48,7 +48,7 @@ from genlab.service.forms import (
 )
 from genlab.service.settings import Settings
 
-from genlab.bearer import REFUSAL, bearer_matches
+from genlab.bearer import REFUSAL, headers_authorized
 
 JSON_BYTES_PER_VALUE = 32  # room for a float with all its digits: a JSON body's bytes are bounded with its values
 Scope = dict[str, Any]
@@ -78,7 +78,7 @@ async def respond(send: Send, status: int, body: bytes, headers: list[tuple[byte
 def _header(scope: Scope, name: bytes) -> bytes:
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
-            return value
+            return bytes(value)
     return b""
 
 
@@ -144,7 +144,7 @@ class Edge:
         max_body_bytes: int = Settings.max_body_bytes,
         file_fields: dict[str, frozenset[str]] | None = None,
         fields: dict[str, frozenset[str]] | None = None,
-        openapi: Callable[[dict], dict] | None = None,
+        openapi: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         open_paths: tuple[str, ...] = (),
         json_values: Callable[[], int] = lambda: 1 << 20,
         form_limits: FormLimits | None = None,
@@ -174,9 +174,10 @@ class Edge:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         path = scope.get("path", "")
-        if self.api_key and not self._open(path) and not self._authorized(scope):
+        if not self._open(path) and not headers_authorized(scope.get("headers", ()), self.api_key):
             return await respond(
                 send,
                 401,
@@ -195,7 +196,8 @@ class Edge:
         if method == "GET" and path in self.get_routes:  # a read-only route answers GET as well as POST
             scope, receive = {**scope, "method": "POST", "headers": _json_headers(scope)}, _replay(b"{}", receive)
         elif method not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, self._normalising(send, scope))
+            await self.app(scope, receive, self._normalising(send, scope))
+            return
         else:
             body = await self._read_body(scope, receive, send)
             if body is None:
@@ -218,9 +220,6 @@ class Edge:
                 return  # refused (413) or the client went away
             receive = _replay(body, receive)
         await self.app(scope, receive, send)
-
-    def _authorized(self, scope: Scope) -> bool:
-        return bearer_matches(_header(scope, b"authorization"), self.api_key)
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         limit = self.max_body_bytes
@@ -360,7 +359,7 @@ class Edge:
         return validation_error_to_body(payload, self.fields.get(path, frozenset()))
 
     async def _docs(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._spec is None:
+        if self._spec is None and self.openapi is not None:
             captured: dict[str, Any] = {"status": 500, "body": []}
 
             async def capture(message: dict[str, Any]) -> None:
@@ -373,4 +372,4 @@ class Edge:
             if captured["status"] != 200:
                 return await respond(send, 500, error_body("could not build the OpenAPI document", "body"))
             self._spec = json.dumps(self.openapi(json.loads(b"".join(captured["body"])))).encode()
-        await respond(send, 200, self._spec)
+        await respond(send, 200, self._spec or b"{}")

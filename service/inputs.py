@@ -180,7 +180,8 @@ def read_npy(path: Path, field: str, max_bytes: int) -> np.ndarray:
                 raise ValueError(
                     f"its header declares shape {list(shape)} of {dtype} ({declared:,} bytes), the file has {size:,}"
                 )
-        return np.load(path, allow_pickle=False)
+        array: np.ndarray = np.load(path, allow_pickle=False)
+        return array
     except (ValueError, OSError, EOFError) as err:
         raise RequestError(
             field, f"not a .npy file this service reads (save one array with numpy.save): {str(err)[:200]}"
@@ -266,7 +267,8 @@ def class_index(value: Any, classes: Sequence[str], model: str, field: str) -> i
     if isinstance(value, str):
         if value in classes:
             return list(classes).index(value)
-        if not value.isdecimal():
+        if not (value.isascii() and value.isdigit()) or (value.startswith("0") and value != "0"):
+            # an index is written in ASCII digits without leading zeros: "01" or "١" (Arabic-Indic one) is no class
             raise RequestError(field, f"unknown class {value[:100]!r}; {_classes_of(model, classes)}", 422)
         if len(value) > 18:  # no index is this long (and Python refuses int() of thousands of digits)
             raise _out_of_range(field, f"{value[:20]}...", classes, model)

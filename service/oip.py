@@ -39,12 +39,25 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
 from genlab import __version__
+from genlab.metrics import record_model
 
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")  # answered without a key, like /readyz
+ROUTE_TEMPLATES = (  # every route under /v2, as metrics label them
+    "/v2",
+    "/v2/",
+    *OPEN_PATHS,
+    "/v2/models/{model}",
+    "/v2/models/{model}/ready",
+    "/v2/models/{model}/infer",
+    "/v2/models/{model}/versions/{version}",
+    "/v2/models/{model}/versions/{version}/ready",
+    "/v2/models/{model}/versions/{version}/infer",
+)
 HEADER_LENGTH = "inference-header-content-length"
 EXTENSIONS = ["binary_tensor_data"]
-DATATYPES = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
+DATATYPES: dict[str, np.dtype[Any]] = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
 JSON_SLACK = 4096  # values a JSON request may hold beyond its tensors' (its other fields)
+Endpoint = Callable[[Request], Awaitable[Response]]
 UNSUPPORTED_PARAMETERS = {  # request or tensor parameters of extensions this server does not offer
     "shared_memory_region": "the shared-memory extension",
     "classification": "the classification extension",
@@ -416,6 +429,7 @@ class ProtocolRoutes:
         if name not in found:
             raise ProtocolError(f"unknown model {name[:200]!r}; this server has: {', '.join(found)}", 404)
         pm = found[name]
+        record_model(pm.model.name)
         if version is not None and version != pm.version:
             raise ProtocolError(f"model {name!r} has no version {version[:100]!r}; it has {pm.version}", 404)
         return pm
@@ -441,7 +455,10 @@ class ProtocolRoutes:
         encoding = request.headers.get("content-encoding", "identity")
         if encoding.lower() != "identity":
             raise ProtocolError(f"Content-Encoding {encoding[:40]!r}: send the body uncompressed")
-        header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+        lengths = request.headers.getlist(HEADER_LENGTH)
+        if len(lengths) > 1:  # a proxy in front may read the other one
+            raise ProtocolError(f"Inference-Header-Content-Length: given {len(lengths)} times; send it once")
+        header, binary = split_body(await request.body(), lengths[0] if lengths else None)
         infer_request = parse_request(header, settings.max_images * pm.values_per_row() + JSON_SLACK)
         chosen = requested_outputs(pm, infer_request)
         tensors = input_tensors(pm, infer_request["inputs"], binary, settings)
@@ -456,17 +473,18 @@ def protocol_app(settings: Settings) -> Starlette:
     """The /v2 routes, mounted on the service at ``/v2``; a path none of them takes is answered here too (404, or 405
     for a method its route does not take), in the protocol's error shape."""
     endpoints = ProtocolRoutes(settings)
-    routes = [
-        Route("/", endpoints.server_metadata, methods=["GET"]),
-        Route("/health/live", endpoints.live, methods=["GET"]),
-        Route("/health/ready", endpoints.ready, methods=["GET"]),
-        Route("/models/{model}", endpoints.model_metadata, methods=["GET"]),
-        Route("/models/{model}/ready", endpoints.model_ready, methods=["GET"]),
-        Route("/models/{model}/infer", endpoints.infer, methods=["POST"]),
-        Route("/models/{model}/versions/{version}", endpoints.model_metadata, methods=["GET"]),
-        Route("/models/{model}/versions/{version}/ready", endpoints.model_ready, methods=["GET"]),
-        Route("/models/{model}/versions/{version}/infer", endpoints.infer, methods=["POST"]),
+    table: list[tuple[str, Endpoint, str]] = [
+        ("/", endpoints.server_metadata, "GET"),
+        ("/health/live", endpoints.live, "GET"),
+        ("/health/ready", endpoints.ready, "GET"),
+        ("/models/{model}", endpoints.model_metadata, "GET"),
+        ("/models/{model}/ready", endpoints.model_ready, "GET"),
+        ("/models/{model}/infer", endpoints.infer, "POST"),
+        ("/models/{model}/versions/{version}", endpoints.model_metadata, "GET"),
+        ("/models/{model}/versions/{version}/ready", endpoints.model_ready, "GET"),
+        ("/models/{model}/versions/{version}/infer", endpoints.infer, "POST"),
     ]
+    routes = [Route(path, _refusing(endpoint), methods=[method]) for path, endpoint, method in table]
 
     async def elsewhere(request: Request) -> Response:
         path = request.url.path
@@ -477,12 +495,11 @@ def protocol_app(settings: Settings) -> Starlette:
         return _error(f"no route {path[:200]!r} in this server's Open Inference Protocol (see GET /v2)", 404)
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-    return Starlette(routes=[*map(_refusing, routes), Route("/{rest:path}", elsewhere, methods=methods)])
+    return Starlette(routes=[*routes, Route("/{rest:path}", elsewhere, methods=methods)])
 
 
-def _refusing(route: Route) -> Route:
-    """``route`` with its :class:`ProtocolError` answered as the protocol's error body."""
-    endpoint: Callable[[Request], Awaitable[Response]] = route.endpoint  # type: ignore[assignment]
+def _refusing(endpoint: Endpoint) -> Endpoint:
+    """``endpoint`` with its :class:`ProtocolError` answered as the protocol's error body."""
 
     async def answer(request: Request) -> Response:
         try:
@@ -490,4 +507,4 @@ def _refusing(route: Route) -> Route:
         except ProtocolError as err:
             return _error(str(err), err.status)
 
-    return Route(route.path, answer, methods=route.methods, name=route.name)
+    return answer

@@ -48,25 +48,26 @@ ERROR_STATUSES = {
     "500": "Server fault (never expected; please report it)",
 }
 BINARY = {"schema": {"type": "string", "format": "binary"}}
+GENERATE_PROPERTIES: dict[str, Any] = {
+    "model": {"type": "string"},
+    "seed": {"type": "integer", "nullable": True, "description": "null when explicit latents `z` were decoded"},
+    "shape": {"type": "array", "items": {"type": "integer"}, "description": "[n, C, H, W]"},
+    "images": {"type": "array", "items": {}, "description": "base64 PNGs (png_list) or uint8 [n, C, H, W] (array)"},
+    "labels": {
+        "type": "array",
+        "items": {"type": "integer"},
+        "description": "conditional models only: the class index of every image",
+    },
+    "label_names": {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "conditional models only: the name of every image's class",
+    },
+}
 GENERATE_JSON = {
     "type": "object",
     "required": ["model", "seed", "shape", "images"],
-    "properties": {
-        "model": {"type": "string"},
-        "seed": {"type": "integer", "nullable": True, "description": "null when explicit latents `z` were decoded"},
-        "shape": {"type": "array", "items": {"type": "integer"}, "description": "[n, C, H, W]"},
-        "images": {"type": "array", "items": {}, "description": "base64 PNGs (png_list) or uint8 [n, C, H, W] (array)"},
-        "labels": {
-            "type": "array",
-            "items": {"type": "integer"},
-            "description": "conditional models only: the class index of every image",
-        },
-        "label_names": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "conditional models only: the name of every image's class",
-        },
-    },
+    "properties": GENERATE_PROPERTIES,
 }
 INTERPOLATE_JSON = {
     "type": "object",
@@ -76,7 +77,7 @@ INTERPOLATE_JSON = {
         "method": {"type": "string", "enum": ["slerp", "linear"]},
         "t": {"type": "array", "items": {"type": "number"}, "description": "each step's place on the path, 0..1"},
         "seeds": {"type": "array", "items": {"type": "integer"}, "description": "the two seeds, when they were given"},
-        **{k: v for k, v in GENERATE_JSON["properties"].items() if k in ("shape", "images", "labels", "label_names")},
+        **{k: v for k, v in GENERATE_PROPERTIES.items() if k in ("shape", "images", "labels", "label_names")},
     },
 }
 _TEXT = {"type": "string"}

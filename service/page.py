@@ -8,9 +8,9 @@ security policy that lets the page load only from this server: nothing is fetche
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from starlette.staticfiles import StaticFiles
+from starlette.types import Message, Receive, Scope, Send
 
 PAGE_DIR = Path(__file__).with_name("page")
 PAGE_PREFIX = "/ui"
@@ -34,8 +34,8 @@ class PageFiles:
     def __init__(self, directory: Path = PAGE_DIR):
         self.files = StaticFiles(directory=directory)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        async def with_headers(message: dict[str, Any]) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", ()), *SECURITY_HEADERS]}
             await send(message)

@@ -15,7 +15,9 @@ call holds the event loop for long.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -25,8 +27,11 @@ from genlab.export.reader import ExportedModel, read_export, resolve
 from genlab.service.settings import Settings
 from genlab.service.work import WorkPool
 
+from genlab.metrics import Metrics
+
 log = logging.getLogger("genlab.service")
 INLINE_ROWS = 16  # unmerged graph calls on at most this many rows run on the event loop, larger ones in the pool
+Observe = Callable[[int, float, float], None]  # a graph call's rows, queue time and compute time (seconds)
 
 
 def load_model(directory: Path, settings: Settings) -> ExportedModel:
@@ -64,21 +69,29 @@ class Merger:
     only calls with the same number of inputs are merged.
     """
 
-    def __init__(self, fn: Callable[..., dict[str, np.ndarray]], max_batch: int, pool: WorkPool):
+    def __init__(
+        self,
+        fn: Callable[..., dict[str, np.ndarray]],
+        max_batch: int,
+        pool: WorkPool,
+        observe: Observe | None = None,
+    ):
         self.fn = fn
         self.max_batch = max_batch
         self.pool = pool
+        self.observe = observe  # (rows, seconds the oldest call waited, seconds the call took) of every graph call
         self.pending: list[_Call] = []
         self.running = False
         self.alone = True  # the last batch was a single call
 
     async def __call__(self, *inputs: np.ndarray) -> dict[str, np.ndarray]:
-        call = _Call(inputs, asyncio.get_running_loop().create_future())
+        call = _Call(inputs, asyncio.get_running_loop().create_future(), time.perf_counter())
         self.pending.append(call)
         if not self.running:
             self.running = True
             asyncio.get_running_loop().create_task(self._drain())
-        return await call.future
+        outputs: dict[str, np.ndarray] = await call.future
+        return outputs
 
     def _next_batch(self) -> list[_Call]:
         """The oldest pending calls that fit in ``max_batch`` rows (at least one), with as many inputs as the first."""
@@ -103,6 +116,7 @@ class Merger:
                 )
                 inline = self.alone and len(batch) == 1 and batch[0].rows <= INLINE_ROWS
                 self.alone = len(batch) == 1
+                started = time.perf_counter()
                 try:
                     outputs = self.fn(*inputs) if inline else await self.pool.run(self.fn, *inputs)
                 except Exception as err:  # every waiting request gets the error, none hangs
@@ -110,6 +124,9 @@ class Merger:
                         if not call.future.done():
                             call.future.set_exception(err)
                     continue
+                if self.observe is not None:
+                    rows = sum(call.rows for call in batch)
+                    self.observe(rows, started - batch[0].arrived, time.perf_counter() - started)
                 start = 0
                 for call in batch:
                     end = start + call.rows
@@ -124,7 +141,8 @@ class _Call(NamedTuple):
     """One waiting call of a :class:`Merger`: its graph inputs (each [rows, ...]) and the future its caller awaits."""
 
     inputs: tuple[np.ndarray, ...]
-    future: asyncio.Future
+    future: asyncio.Future[dict[str, np.ndarray]]
+    arrived: float  # time.perf_counter() when the call came
 
     @property
     def rows(self) -> int:
@@ -137,30 +155,47 @@ class _Call(NamedTuple):
 
 class Runner:
     """One model's graphs for the endpoints: ``await runner.decode(z, labels)``, ``.encode(images, labels)``,
-    ``.scores(images, labels)``; ``labels`` (int64 [B]) only for a conditional model, which needs them to decode and
-    encode. Scoring without labels makes it infer each image's class: the runner passes -1 ("unknown") for those, so
-    such calls merge with calls that give labels."""
+    ``.scores(images, labels, maps)``; ``labels`` (int64 [B]) only for a conditional model, which needs them to decode
+    and encode. Scoring without labels makes it infer each image's class: the runner passes -1 ("unknown") for those,
+    so such calls merge with calls that give labels. Scoring with anomaly maps asks the score graph for one more
+    output: those calls merge among themselves (``scores_maps``), so that a merged batch is one ONNX Runtime call."""
 
-    def __init__(self, model: ExportedModel, batching: bool, max_batch: int, pool: WorkPool):
+    def __init__(
+        self, model: ExportedModel, batching: bool, max_batch: int, pool: WorkPool, metrics: Metrics | None = None
+    ):
         self.model = model
         self.batching = batching
         self.pool = pool
+        self.metrics = metrics
         graphs: dict[str, Callable[..., dict[str, np.ndarray]]] = {
             "decode": lambda *inputs: {"images": model.decode(*inputs)},
             "scores": model.scores,
         }
         if model.has_encoder:
             graphs["encode"] = lambda *inputs: dict(zip(("mu", "logvar"), model.encode(*inputs)))
+            graphs["scores_maps"] = functools.partial(model.scores, maps=True)
         self._graphs = graphs
-        self._mergers = {name: Merger(fn, max_batch, pool) for name, fn in graphs.items()} if batching else {}
+        self._mergers = (
+            {name: Merger(fn, max_batch, pool, self._observer(name)) for name, fn in graphs.items()} if batching else {}
+        )
+
+    def _observer(self, graph: str) -> Observe | None:
+        if self.metrics is None:
+            return None
+        return functools.partial(self.metrics.observe_inference, self.model.name, graph)
 
     async def _run(self, graph: str, array: np.ndarray, labels: np.ndarray | None) -> dict[str, np.ndarray]:
         inputs = (array,) if labels is None else (array, np.ascontiguousarray(labels, dtype=np.int64))
         if self.batching:
             return await self._mergers[graph](*inputs)
+        started = time.perf_counter()
         if len(array) <= INLINE_ROWS:
-            return self._graphs[graph](*inputs)
-        return await self.pool.run(self._graphs[graph], *inputs)
+            outputs = self._graphs[graph](*inputs)
+        else:
+            outputs = await self.pool.run(self._graphs[graph], *inputs)
+        if self.metrics is not None:
+            self.metrics.observe_inference(self.model.name, graph, len(array), 0.0, time.perf_counter() - started)
+        return outputs
 
     async def decode(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         return (await self._run("decode", z, labels))["images"]
@@ -169,14 +204,18 @@ class Runner:
         out = await self._run("encode", images, labels)
         return out["mu"], out["logvar"]
 
-    async def scores(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Score components; a conditional model's result also has ``label``, the class each image was scored under."""
+    async def scores(
+        self, images: np.ndarray, labels: np.ndarray | None = None, maps: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Score components; a conditional model's result also has ``label``, the class each image was scored under,
+        and with ``maps`` (models with an encoder) every result has ``anomaly_map`` (float32 [B, C, H, W]) from the
+        same call (:meth:`ExportedModel.scores`)."""
         if labels is None and self.model.conditional:
             labels = np.full(len(images), -1, np.int64)
-        return await self._run("scores", images, labels)
+        return await self._run("scores_maps" if maps else "scores", images, labels)
 
 
-def open_runners(settings: Settings, pool: WorkPool) -> dict[str, Runner]:
+def open_runners(settings: Settings, pool: WorkPool, metrics: Metrics | None = None) -> dict[str, Runner]:
     """name -> Runner for every model in ``settings.models``, in order (the first is the default); a model tag is looked
     up in the BentoML model store, which inside a built bento is the bento's own. What each model runs on is logged at
     INFO, which BentoML's server logging passes only for loggers given a level: genlab's get INFO unless set."""
@@ -188,7 +227,7 @@ def open_runners(settings: Settings, pool: WorkPool) -> dict[str, Runner]:
         if model.name in runners:
             raise RuntimeError(f"two models are named {model.name!r}; export one with another --bento name")
         batching = settings.batching == "on"
-        runners[model.name] = Runner(model, batching, settings.max_batch_size, pool)
+        runners[model.name] = Runner(model, batching, settings.max_batch_size, pool, metrics)
         log.info(
             "genlab: %s (%s) on %s, request merging %s",
             model.name,

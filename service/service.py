@@ -35,7 +35,9 @@ import base64
 import functools
 import io
 import logging
+import math
 import os
+import secrets
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +46,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import bentoml
 import numpy as np
 from annotated_types import Ge, Gt, Le
-from genlab.export.reader import ExportedModel, read_export, resolve, sample_latents
+from genlab.export.reader import ANOMALY_MAP, ExportedModel, read_export, resolve, sample_latents
 from genlab.service.edge import Edge
 from genlab.service.forms import FormLimits
 from genlab.service.inputs import (
@@ -61,22 +63,24 @@ from genlab.service.inputs import (
     optional_file,
 )
 from genlab.service.oip import OPEN_PATHS as PROTOCOL_OPEN_PATHS
+from genlab.service.oip import ROUTE_TEMPLATES as PROTOCOL_ROUTES
 from genlab.service.oip import protocol_app
 from genlab.service.openapi import fix_spec
 from genlab.service.page import PAGE_PREFIX, PAGE_ROUTES, PageFiles
 from genlab.service.runtime import Runner, open_runners
 from genlab.service.settings import SERVING_ENVIRONMENT, Settings, load_settings
 from genlab.service.work import WorkPool
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, Field, StrictBool, StrictInt, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from genlab import __version__
-from genlab.bearer import HEALTH_PATHS
+from genlab.bearer import HEALTH_PATHS, headers_authorized
 from genlab.families import FAMILIES
 from genlab.imageio import encode_png, tile
 from genlab.latents import balanced_labels
 from genlab.latents import interpolate as interpolate_latents
-from genlab.measures import ANOMALY_MAP_MEANING, RECON_ERROR_MEANING, anomaly_map, recon_error
+from genlab.measures import ANOMALY_MAP_MEANING, RECON_ERROR_MEANING, recon_error
+from genlab.metrics import METRICS_PATH, Metrics, MetricsMiddleware, record_model, server_metrics_dir
 from genlab.thresholds import DEFAULT_PERCENTILE, normalized, percentiles_of, quantile
 
 log = logging.getLogger("genlab.service")
@@ -97,6 +101,19 @@ LABEL_SOURCE_HELP = (
     "'request': the request's `label`; 'inferred': the class that explains the image best (lowest score); "
     "null for models that are not conditional"
 )
+
+
+def _named(value: object) -> object:
+    """A model field sent as null is refused (leave the field out for the default model)."""
+    if value is None:
+        raise ValueError("give a model name from /models, or leave the field out for the default model")
+    return value
+
+
+# a served model's name; left out, the default model (the first of /models)
+ModelName = Annotated[
+    str | None, BeforeValidator(_named), Field(description="a model from /models; default: the first")
+]
 
 
 class ModelInfo(BaseModel):
@@ -257,7 +274,7 @@ def _labels_header(labels: np.ndarray | None) -> dict[str, str]:
 
 
 def _fresh_seed() -> int:
-    return int(np.random.SeedSequence().entropy % 2**63)
+    return secrets.randbelow(2**63)
 
 
 def served_models(settings: Settings) -> list[ExportedModel]:
@@ -272,7 +289,7 @@ def model_names(settings: Settings) -> list[str]:
 def max_json_values(models: list[ExportedModel], max_images: int) -> int:
     """The most values a valid JSON request can hold: a full batch (``max_images``) of the largest images (or latents),
     and room for the other fields."""
-    per_image = max(max(int(np.prod(m.image_shape)), m.latent_dim) for m in models)
+    per_image = max(max(math.prod(m.image_shape), int(m.latent_dim)) for m in models)
     return max_images * per_image + 4096
 
 
@@ -292,19 +309,21 @@ class GenlabService:
     BentoML service classes :func:`build_service` makes derive from it, each with its ``settings``."""
 
     settings: Settings
+    metrics: Metrics
 
     def __init__(self) -> None:
         logging.getLogger(BAD_INPUT_LOGGER).addFilter(BAD_INPUT_LOG_FILTER)
         self.work = WorkPool(self.settings.work_threads)
-        self.runners: dict[str, Runner] = open_runners(self.settings, self.work)
+        self.runners: dict[str, Runner] = open_runners(self.settings, self.work, self.metrics)
         self.default = next(iter(self.runners))
         log.info("genlab %s serving %s (default %s)", __version__, ", ".join(self.runners), self.default)
 
     def _runner(self, name: str | None) -> Runner:
         if name is None:
-            return self.runners[self.default]
+            name = self.default
         if name not in self.runners:
             raise RequestError("model", f"unknown model {name!r}; this server has: {', '.join(self.runners)}", 404)
+        record_model(name)
         return self.runners[name]
 
     async def _images(self, files: list[Path], array: list[Any] | None, model: ExportedModel) -> np.ndarray:
@@ -331,13 +350,13 @@ class GenlabService:
     @endpoint("/generate")
     async def generate(
         self,
-        n: Annotated[int, Ge(1)] = 16,  # at most settings.max_images: see build_service
-        seed: Annotated[int, Ge(0), Le(2**63 - 1)] | None = None,
+        n: Annotated[StrictInt, Ge(1)] = 16,  # at most settings.max_images: see build_service
+        seed: Annotated[StrictInt, Ge(0), Le(2**63 - 1)] | None = None,
         z: list[list[float]] | None = None,
         temperature: Annotated[float, Gt(0), Le(10)] = 1.0,
         label: Annotated[Labels, Field(description=LABEL_HELP)] = None,
         format: Literal["png", "png_list", "array", "npy"] = "png",
-        model: str | None = None,
+        model: ModelName = None,
     ) -> Any:  # a PNG, a .npy file or JSON, chosen by `format`
         """Sample images from the prior (or decode the given latents `z`, which override n and temperature).
 
@@ -374,15 +393,16 @@ class GenlabService:
     @endpoint("/interpolate")
     async def interpolate(
         self,
-        seeds: Annotated[list[Annotated[int, Ge(0), Le(2**63 - 1)]], Field(min_length=2, max_length=2)] | None = None,
+        seeds: Annotated[list[Annotated[StrictInt, Ge(0), Le(2**63 - 1)]], Field(min_length=2, max_length=2)]
+        | None = None,
         images: list[Path] = [],  # noqa: B006 (pydantic copies defaults)
         array: list[Any] | None = None,
-        steps: Annotated[int, Ge(2)] = 8,  # at most settings.max_images: see build_service
+        steps: Annotated[StrictInt, Ge(2)] = 8,  # at most settings.max_images: see build_service
         method: Literal["slerp", "linear"] = "slerp",
         temperature: Annotated[float, Gt(0), Le(10)] = 1.0,
         label: Annotated[Labels, Field(description=LABEL_HELP)] = None,
         format: Literal["png", "png_list", "array", "npy"] = "png",
-        model: str | None = None,
+        model: ModelName = None,
     ) -> Any:  # a PNG, a .npy file or JSON, chosen by `format`, as /generate
         """Decode `steps` latents on the path between two ends, both included: the latents of two `seeds` (those
         /generate with n=1 draws for each seed, at `temperature`), or the encoder means of two images (`images`
@@ -421,7 +441,7 @@ class GenlabService:
         path_labels = None if labels is None else np.full(steps, labels[0], np.int64)
         decoded = await runner.decode(path, path_labels)
         extra: dict[str, Any] = {"method": method, "t": np.linspace(0.0, 1.0, steps).round(6).tolist()}
-        headers = {"X-Genlab-Method": method}
+        headers: dict[str, str] = {"X-Genlab-Method": method}
         if seeds is not None:
             extra["seeds"] = list(seeds)
             headers["X-Genlab-Seeds"] = ",".join(map(str, seeds))
@@ -434,7 +454,7 @@ class GenlabService:
         array: list[Any] | None = None,
         label: Annotated[Labels, Field(description=LABEL_HELP)] = None,
         format: Literal["png_list", "array"] = "png_list",
-        model: str | None = None,
+        model: ModelName = None,
     ) -> Reconstruction:
         """Reconstruct uploaded images (multipart file parts `images`, PNG/JPEG, any size or mode: converted to the
         model's channels and size) or `array` (JSON, uint8 [N, C, H, W] as nested lists) through encoder mean and
@@ -473,9 +493,9 @@ class GenlabService:
         percentile: Annotated[float, Ge(0), Le(100)] | None = None,
         threshold: float | None = None,
         label: Annotated[Labels, Field(description=LABEL_HELP)] = None,
-        maps: bool = False,
+        maps: StrictBool = False,
         maps_format: Literal["png", "array"] = "png",
-        model: str | None = None,
+        model: ModelName = None,
     ) -> AnomalyScores:
         """Score images (files or `array`, exactly one of them, as for /reconstruct): the raw score, the score
         normalised to [0, 1] with the threshold at 0.5, its percentile among held-out normal images, `is_anomaly` =
@@ -494,18 +514,18 @@ class GenlabService:
             requested = labels_from_request(label, len(x), _classes(m), m.name)
         except RequestError as err:
             return _error(err)  # type: ignore[return-value]
-        scores = await runner.scores(x, requested)
+        scores = await runner.scores(x, requested, maps)  # with maps: the anomaly maps too, from the same graph call
         used = scores.pop("label", None)
+        diff = scores.pop(ANOMALY_MAP, None)
         scores = {name: v.astype(np.float64) for name, v in scores.items()}
         if threshold is None:
             threshold_percentile = DEFAULT_PERCENTILE if percentile is None else percentile
-            cut = quantile(m.calibration_curves, "score", threshold_percentile)
+            curves = m.calibration_curves
+            if curves is None:  # refused by _check_scoring already
+                raise RuntimeError(f"{m.name} has no calibration")
+            cut = quantile(curves, "score", threshold_percentile)
         else:
             threshold_percentile, cut = None, float(threshold)
-        diff = None
-        if maps:
-            mu, _ = await runner.encode(x, used)
-            diff = anomaly_map(x, await runner.decode(np.ascontiguousarray(mu), used))
         return _json(
             AnomalyScores(
                 model=m.name,
@@ -523,7 +543,7 @@ class GenlabService:
         self,
         z: Path,
         labels: Annotated[list[Path], Field(description=BATCH_LABELS_HELP)] = [],  # noqa: B006 (see BATCH_LABELS_HELP)
-        model: str | None = None,
+        model: ModelName = None,
     ) -> Any:
         """Decode latents sent as a .npy file (multipart file part `z`, float32 [N, latent]) into a .npy file
         of uint8 images [N, C, H, W]: the binary path for machines (no JSON lists of numbers either way).
@@ -559,7 +579,7 @@ class GenlabService:
         self,
         images: Path,
         labels: Annotated[list[Path], Field(description=BATCH_LABELS_HELP)] = [],  # noqa: B006 (see BATCH_LABELS_HELP)
-        model: str | None = None,
+        model: ModelName = None,
     ) -> Any:
         """Score images sent as a .npy file (multipart file part `images`, uint8 [N, C, H, W]); returns a .npy file
         of float32 [N, components], one column per score component in the order of the X-Genlab-Scores header
@@ -650,7 +670,7 @@ def _image_scores(
 ) -> list[ImageScore]:
     """One result per image: its ``scores`` (name -> float64 [N]) against the threshold ``cut`` and the model's
     calibration, the class it was scored under (``used``; None for a model that is not conditional) and its anomaly map
-    (``diff``, float [N, C, H, W], or None) in ``maps_format``."""
+    (``diff``, the score graph's float32 [N, C, H, W] in multiples of 1/255, or None) in ``maps_format``."""
     cal = model.calibration_curves
     pct: dict[str, np.ndarray | None] = dict.fromkeys(scores)
     if cal:
@@ -671,16 +691,17 @@ def _image_scores(
         result = ImageScore(
             score=float(scores["score"][i]),
             normalized_score=None if norm is None else float(norm[i]),
-            percentile=None if pct["score"] is None else float(pct["score"][i]),
+            percentile=_at(pct["score"], i),
             is_anomaly=bool(scores["score"][i] > cut),
-            components={
-                name: {"value": float(v[i]), "percentile": None if pct[name] is None else float(pct[name][i])}
-                for name, v in scores.items()
-            },
+            components={name: {"value": float(v[i]), "percentile": _at(pct[name], i)} for name, v in scores.items()},
             **extra,
         )
         results.append(result)
     return results
+
+
+def _at(values: np.ndarray | None, i: int) -> float | None:
+    return None if values is None else float(values[i])
 
 
 def _labels_used(model: ExportedModel, requested: np.ndarray | None, used: np.ndarray | None) -> dict[str, Any]:
@@ -715,21 +736,32 @@ def build_service(settings: Settings) -> bentoml.Service:
     access log; a model reference for every BentoML model tag it serves (what ``bentoml build`` packs into the bento);
     genlab's edge in front. Each call makes a new service class; nothing global changes."""
     annotations = {
-        "generate": {"n": Annotated[int, Ge(1), Le(settings.max_images)]},
-        "interpolate": {"steps": Annotated[int, Ge(2), Le(settings.max_images)]},
+        "generate": {"n": Annotated[StrictInt, Ge(1), Le(settings.max_images)]},
+        "interpolate": {"steps": Annotated[StrictInt, Ge(2), Le(settings.max_images)]},
     }
-    namespace: dict[str, Any] = {"__module__": __name__, "__doc__": GenlabService.__doc__, "settings": settings}
+    templates = [*(m.route for m in vars(GenlabService).values() if hasattr(m, "route"))]
+    templates += [*HEALTH_PATHS, *PAGE_ROUTES, f"{PAGE_PREFIX}/{{file}}", "/docs", "/docs.json", METRICS_PATH]
+    metrics = Metrics.for_server("genlab serve", [*templates, *PROTOCOL_ROUTES])
+    namespace: dict[str, Any] = {
+        "__module__": __name__,
+        "__doc__": GenlabService.__doc__,
+        "settings": settings,
+        "metrics": metrics,
+    }
     for name, method in vars(GenlabService).items():
         if hasattr(method, "route"):
             namespace[name] = bentoml.api(route=method.route)(_annotated(method, annotations.get(name, {})))
     for i, reference in enumerate(settings.models):
         if reference in settings.store_tags:
             namespace[f"model_{i}"] = bentoml.models.BentoModel(reference)
-    service = bentoml.service(  # type: ignore[misc]
+    service = bentoml.service(
         name="genlab",
         workers=settings.workers,
         traffic={"timeout": settings.request_timeout_s},
         logging={"access": {"enabled": settings.access_log}},
+        # BentoML labels its traffic metrics with the raw request path: any client could add series without bound.
+        # genlab's own metrics (genlab.metrics, answered at /metrics) label by route template.
+        metrics={"enabled": False},
     )(type("Genlab", (GenlabService,), namespace))
     service.mount_asgi_app(PageFiles(), path=PAGE_PREFIX, name="page")
     service.mount_asgi_app(protocol_app(settings), path="/v2", name="open-inference-protocol")
@@ -737,6 +769,11 @@ def build_service(settings: Settings) -> bentoml.Service:
     for api in service.apis.values():  # an unknown field is a typo: refused (400 naming it), never ignored
         api.input_spec.model_config["extra"] = "forbid"
         api.input_spec.model_rebuild(force=True)
+    service.add_asgi_middleware(  # outermost of genlab's: every request is counted, refused ones included
+        MetricsMiddleware,
+        metrics=metrics,
+        expose=lambda scope: headers_authorized(scope.get("headers", ()), settings.api_key),
+    )
     service.add_asgi_middleware(
         Edge,
         api_key=settings.api_key,
@@ -761,6 +798,7 @@ def environment_service() -> bentoml.Service:
     process also gets :data:`~service.settings.SERVING_ENVIRONMENT` where its environment does not say otherwise."""
     for variable, value in SERVING_ENVIRONMENT.items():
         os.environ.setdefault(variable, value)
+    server_metrics_dir()  # made by the first process of the server, before it starts its workers
     return build_service(load_settings(os.environ))
 
 

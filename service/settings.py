@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from genlab.service.inputs import UploadLimits
 
@@ -84,7 +85,7 @@ def _value(kind: type, text: str) -> object:
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     """Settings from ``environ``: every field its variable sets, the dataclass default otherwise."""
     kinds = {f.name: type(f.default) for f in dataclasses.fields(Settings)}
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}  # field -> a value of the field's type
     for name, variable in ENVIRONMENT.items():
         if variable in environ:
             try:

@@ -158,18 +158,12 @@ def image_folder(tmp_path: Path) -> Path:
 
 
 def bentoml_test_client(service):
-    """A starlette TestClient over a BentoML service's ASGI app, in this process.
-
-    BentoML registers its Prometheus request metrics in one global registry when an app starts,
-    so a second app in the same process (another test module) would fail with
-    DuplicateTimeseries; in-process apps run without metrics. Real servers keep /metrics.
-    """
+    """A starlette TestClient over a BentoML service's ASGI app, in this process (genlab's services turn BentoML's
+    metrics off, and keep theirs in a registry of each app's own, so several apps live side by side)."""
     from _bentoml_impl.server.app import ServiceAppFactory
-    from bentoml._internal.configuration.containers import BentoMLContainer
     from starlette.testclient import TestClient
 
-    service.inject_config()  # what service.to_asgi() does first; it would reset the switch below
-    BentoMLContainer.api_server_config.metrics.enabled.set(False)
+    service.inject_config()  # what service.to_asgi() does first
     return TestClient(ServiceAppFactory(service, is_main=True)())
 
 

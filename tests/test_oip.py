@@ -299,6 +299,18 @@ def test_malformed_headers_and_truncated_binary_parts_are_400s(url, headers, cut
     assert set(r.json()) == {"error"} and r.json()["error"]
 
 
+def test_two_header_length_headers_are_refused(url):
+    """A proxy in front may read the other one: the request is ambiguous, so it is refused, not read by the first."""
+    body, length = _binary_request("images", _images(2), "UINT8")
+    headers = [
+        *AUTH.items(),
+        ("Inference-Header-Content-Length", str(length)),
+        ("Inference-Header-Content-Length", "0"),
+    ]
+    r = httpx.post(f"{url}/v2/models/{MODEL}-score/infer", content=body, headers=headers)
+    assert r.status_code == 400 and "given 2 times" in r.json()["error"], r.text
+
+
 @pytest.mark.parametrize(
     "body",
     [

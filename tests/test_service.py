@@ -51,6 +51,11 @@ def _digits(client, n: int, seed: int = 0) -> list:
     return r.json()["images"]
 
 
+def _map(images: np.ndarray, recons: np.ndarray) -> np.ndarray:
+    """An anomaly map in NumPy (genlab.measures.ANOMALY_MAP_MEANING): |image - reconstruction| / 255, float32."""
+    return (np.abs(images.astype(np.int16) - recons.astype(np.int16)) / np.float32(255)).astype(np.float32)
+
+
 def _field_error(r, status: int, field: str) -> str:
     assert r.status_code == status, (r.status_code, r.text)
     body = r.json()
@@ -425,7 +430,12 @@ def test_services_built_with_other_settings_live_side_by_side(tmp_path):
         return service.apis["generate"].input_spec.model_json_schema()["properties"]["n"]["maximum"]
 
     assert (most_images(small), most_images(default)) == (7, Settings().max_images)
-    assert small.config == {"workers": 3, "traffic": {"timeout": 2.5}, "logging": {"access": {"enabled": True}}}
+    assert small.config == {
+        "workers": 3,
+        "traffic": {"timeout": 2.5},
+        "logging": {"access": {"enabled": True}},
+        "metrics": {"enabled": False},  # genlab keeps its own (genlab.metrics)
+    }
     assert default.config["workers"] == 1 and not default.config["logging"]["access"]["enabled"]
     assert [str(m.tag) for m in small.models] == ["genlab-gan-mnist-5k"]
     assert [str(m.tag) for m in default.models] == [DEFAULT_MODEL]
@@ -559,15 +569,13 @@ def test_bentoml_build_packs_the_model_and_no_torch(exports, tmp_path):
 def test_anomaly_score_normalised_score_and_maps(client, exports):
     from genlab.export.reader import open_export
 
-    from genlab.measures import anomaly_map
-
     digits = np.array(_digits(client, 3, seed=5), np.uint8)
     r = client.post("/anomaly-score", json={"array": digits.tolist(), "maps": True, "maps_format": "array"})
     assert r.status_code == 200, r.text
     body = r.json()
     exported = open_export(exports["vaegan"])
     mu, _ = exported.encode(digits)
-    expected_maps = anomaly_map(digits, exported.decode(mu))
+    expected_maps = _map(digits, exported.decode(mu))
     for i, row in enumerate(body["results"]):
         assert 0.0 <= row["normalized_score"] <= 1.0
         assert row["is_anomaly"] == (row["normalized_score"] > 0.5) == (row["score"] > body["threshold"])
@@ -593,6 +601,38 @@ def test_anomaly_maps_need_an_encoder(client):
     # a GAN has f-AnoGAN's encoder, so it reconstructs and gives maps
     r = client.post("/anomaly-score", json={"array": digit, "maps": True, "model": "genlab-gan-mnist-5k"})
     assert r.status_code == 200 and r.json()["results"][0]["anomaly_map"]
+
+
+def test_scores_and_maps_come_from_one_onnx_runtime_call_per_request(client, monkeypatch):
+    """/anomaly-score runs the score graph once, with maps or without (the map is one of its outputs, asked for only
+    with maps): no encoder or decoder call, whatever the model, format or way the images come."""
+    import onnxruntime as ort
+
+    digits = np.array(_digits(client, 2, seed=3), np.uint8)
+    files = [("images", (f"{i}.png", _png(d[0]), "image/png")) for i, d in enumerate(digits)]
+    asked: list[list[str]] = []  # the outputs each ONNX Runtime call asked for
+    run = ort.InferenceSession.run
+
+    def counted(session, output_names, *args, **kwargs):
+        asked.append(list(output_names))
+        return run(session, output_names, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", counted)
+    array = digits.tolist()
+    for maps in (True, False):
+        requests = [
+            {"json": {"array": array, "maps": maps}},
+            {"json": {"array": array, "maps": maps, "maps_format": "array", "model": "genlab-gan-mnist-5k"}},
+            {"json": {"array": array, "maps": maps, "model": COND}},  # the class inferred
+            {"files": files, "data": {"maps": str(maps).lower(), "label": "3", "model": COND}},
+        ]
+        for request in requests:
+            asked.clear()
+            r = client.post("/anomaly-score", **request)
+            assert r.status_code == 200, r.text
+            assert len(asked) == 1 and "score" in asked[0], (maps, request.get("json", request.get("data")), asked)
+            assert ("anomaly_map" in asked[0]) == maps
+            assert all(("anomaly_map" in result) == maps for result in r.json()["results"])
 
 
 # -- conditional models: the class label ----------------------------------------------------------------
@@ -716,11 +756,9 @@ def test_generate_refuses_unknown_labels_naming_the_field(client, payload, statu
     ],
 )
 def test_a_model_that_is_not_conditional_refuses_labels(client, route, model):
-    payload = (
-        {"label": 7, "model": model}
-        if route == "/generate"
-        else {"label": 7, "model": model, "array": _digits(client, 1)}
-    )
+    payload: dict = {"label": 7} if route == "/generate" else {"label": 7, "array": _digits(client, 1)}
+    if model is not None:  # left out: the default model
+        payload["model"] = model
     assert "not a conditional model" in _field_error(client.post(route, json=payload), 422, "label")
 
 
@@ -747,8 +785,6 @@ def test_reconstruct_under_the_requested_or_the_inferred_class(client, condition
 
 
 def test_anomaly_score_under_the_requested_or_the_inferred_class(client, conditional):
-    from genlab.measures import anomaly_map
-
     digits = np.array(_conditional_draw(client, n=3, seed=2, label=[0, 5, 9])["images"], np.uint8)
     expected = conditional.scores(digits)
     inferred = client.post("/anomaly-score", json={"array": digits.tolist(), "model": COND}).json()["results"]
@@ -768,7 +804,7 @@ def test_anomaly_score_under_the_requested_or_the_inferred_class(client, conditi
     fives = np.full(3, 5)
     assert [g["label"] for g in given] == [5, 5, 5] and {g["label_source"] for g in given} == {"request"}
     np.testing.assert_allclose([g["score"] for g in given], conditional.scores(digits, fives)["score"], rtol=1e-6)
-    maps = anomaly_map(digits, conditional.decode(conditional.encode(digits, fives)[0], fives))
+    maps = _map(digits, conditional.decode(conditional.encode(digits, fives)[0], fives))
     np.testing.assert_allclose(np.array([g["anomaly_map"] for g in given]), maps, atol=1e-5)
     plain = client.post("/anomaly-score", json={"array": digits.tolist()}).json()["results"][0]
     assert {"label", "label_name", "label_source", "anomaly_map"}.isdisjoint(plain)

@@ -128,3 +128,32 @@ def test_a_client_error_is_one_warning_line(client):
     assert BAD_INPUT_LOG_FILTER.filter(record)
     assert record.levelname == "WARNING" and record.exc_info is None
     assert record.getMessage() == "refused /generate [POST]: num: Extra inputs are not permitted"
+
+
+@pytest.mark.parametrize(
+    ("route", "payload", "field"),
+    [
+        ("/interpolate", {"seeds": ["1", "2"], "format": "array"}, "seeds"),
+        ("/interpolate", {"seeds": [True, False], "format": "array"}, "seeds"),
+        ("/interpolate", {"seeds": [1.0, 2.0], "format": "array"}, "seeds"),
+        ("/interpolate", {"seeds": [1, 2], "steps": "4"}, "steps"),
+        ("/generate", {"n": "2"}, "n"),
+        ("/generate", {"n": 2, "seed": True}, "seed"),
+        ("/generate", {"n": 2, "model": None}, "model"),
+        ("/interpolate", {"seeds": [1, 2], "model": None}, "model"),
+        ("/anomaly-score", {"array": [], "maps": "yes"}, "maps"),
+    ],
+)
+def test_a_value_of_another_type_is_refused_not_converted(client, route, payload, field):
+    _refusal(client.post(route, json=payload), 400, field)
+
+
+@pytest.mark.parametrize("label", ["01", "\u0661", "+1", " 1", "1.0"])
+def test_a_class_index_is_ascii_digits_without_leading_zeros(exports, label):
+    from genlab.service.inputs import RequestError, class_index
+
+    classes = [str(k) for k in range(10)]
+    assert class_index("1", classes, "m", "label") == 1 and class_index(1, classes, "m", "label") == 1
+    with pytest.raises(RequestError) as refused:
+        class_index(label, classes, "m", "label")
+    assert refused.value.status == 422 and refused.value.field == "label"

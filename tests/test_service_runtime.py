@@ -73,6 +73,45 @@ def test_merged_and_direct_runs_give_the_same_numbers(exports):
 
 
 @pytest.mark.parametrize("batching", [True, False])
+def test_scores_with_and_without_maps_each_merge_into_one_onnx_runtime_call(exports, batching):
+    """Concurrent score calls, some with anomaly maps: merged, one ONNX Runtime call per kind (only the calls with maps
+    ask for the map); unmerged, one per call. Every caller gets its own rows, as a direct call gives them."""
+    from genlab.export.reader import open_export
+
+    model = open_export(exports["vaegan-cond"], providers="cpu")
+    labels = np.array([0, 7, 3, 9, 1])
+    images = model.decode(np.random.default_rng(1).standard_normal((5, model.latent_dim)).astype(np.float32), labels)
+    graph = model.graphs["score"]
+    asked: list[tuple[int, bool]] = []  # each call's rows and whether it asked for the map
+    session = graph.session
+
+    class Counting:
+        def run(self, names, feeds):
+            asked.append((len(feeds["images"]), "anomaly_map" in names))
+            return session.run(names, feeds)
+
+    graph.session = Counting()
+    given = [labels[:1], None, labels[2:3], None, labels[4:]]
+    maps = [True, True, False, True, False]
+
+    async def each(runner: Runner):
+        return await asyncio.gather(
+            *(runner.scores(images[i : i + 1], g, m) for i, (g, m) in enumerate(zip(given, maps)))
+        )
+
+    results = asyncio.run(each(Runner(model, batching, 256, POOL)))
+    assert sorted(asked) == ([(2, False), (3, True)] if batching else sorted((1, m) for m in maps))
+    graph.session = session
+    for i, (g, m, got) in enumerate(zip(given, maps, results)):
+        expected = model.scores(images[i : i + 1], g, maps=m)
+        assert set(got) == set(expected) and ("anomaly_map" in got) == m
+        np.testing.assert_array_equal(got["label"], expected["label"])
+        np.testing.assert_allclose(got["score"], expected["score"], rtol=1e-5, atol=1e-6)
+        if m:
+            assert np.abs(got["anomaly_map"] - expected["anomaly_map"]).max() <= 1.5 / 255  # within one grey level
+
+
+@pytest.mark.parametrize("batching", [True, False])
 def test_a_runner_without_an_encoder_graph_refuses_to_encode(exports, batching):
     from genlab.export.reader import open_export
 
