@@ -9,14 +9,20 @@ before it is reported completed.
 
 A job that was running when its service died cannot still be running when the store is opened
 again by the next one: :meth:`JobStore.recover` queues it again (it starts over) while it has
-attempts left, and marks it failed with the reason otherwise, so no job stays in progress.
+attempts left, and marks it failed with the reason otherwise, so no job stays in progress. Only
+the holder of the runner lock may recover (:mod:`genlab.eval.job_runner`): a job that a live
+runner still runs is never queued again under it. An attempt's completed result always lands, even
+on a row queued again meanwhile (:meth:`JobStore.finish`).
 The queue is bounded: :meth:`JobStore.submit` refuses a job while ``max_queued`` wait.
+:meth:`JobStore.list` pages newest first with a cursor (created time and id), stable under submissions.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
+import re
 import sqlite3
 import time
 import uuid
@@ -29,6 +35,8 @@ from genlab.errors import GenlabError
 STATES = ("queued", "running", "completed", "failed", "cancelled")
 FINAL = ("completed", "failed", "cancelled")
 STORE_FILE = "jobs.sqlite3"
+MAX_PAGE = 500
+CURSOR = re.compile(r"(?P<created>[0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?)_(?P<id>[0-9a-f]{32})")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -46,7 +54,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     note TEXT,
     error TEXT,
     result TEXT
-)
+);
+CREATE INDEX IF NOT EXISTS jobs_newest ON jobs (created, id)
 """
 
 
@@ -65,7 +74,8 @@ class JobStore:
         self.max_queued, self.max_attempts = int(max_queued), int(max_attempts)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with self._transaction() as db:
-            db.execute(SCHEMA)
+            for statement in SCHEMA.split(";"):
+                db.execute(statement)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -105,10 +115,21 @@ class JobStore:
             raise UnknownJob(f"no job {job_id!r}")
         return _record(row, with_result)
 
-    def list(self, limit: int = 100) -> list[dict[str, Any]]:
+    def list(self, limit: int = 100, after: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to ``limit`` jobs (without results), newest first, after the cursor ``after``; and the cursor of the
+        next page (None on the last one). ValueError for a limit outside 1..MAX_PAGE or a malformed cursor."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be 1 to {MAX_PAGE}")
+        query, args = "SELECT * FROM jobs", [limit + 1]
+        if after is not None:
+            created, job_id = parse_cursor(after)
+            query += " WHERE created < ? OR (created = ? AND id < ?)"
+            args = [created, created, job_id, *args]
         with self._transaction() as db:
-            rows = db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (int(limit),)).fetchall()
-        return [_record(row, with_result=False) for row in rows]
+            rows = db.execute(f"{query} ORDER BY created DESC, id DESC LIMIT ?", args).fetchall()
+        page = rows[:limit]
+        more = len(rows) > limit
+        return [_record(row, with_result=False) for row in page], _cursor(page[-1]) if more else None
 
     # -- the runner's side --------------------------------------------------------------------------
     def claim(self) -> dict[str, Any] | None:
@@ -134,15 +155,26 @@ class JobStore:
             row = db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return bool(row and row["cancel_requested"])
 
-    def finish(self, job_id: str, state: str, result: Any = None, error: str | None = None) -> None:
-        """A running job ends: ``completed`` with its result, ``failed`` with the reason, or ``cancelled``."""
+    def finish(self, job_id: str, attempt: int, state: str, result: Any = None, error: str | None = None) -> bool:
+        """Attempt ``attempt`` of a job ends: ``completed`` with its result, ``failed`` with the reason, or
+        ``cancelled``; whether the row took it.
+
+        A completed result lands while the job is running or queued, whichever attempt the row is at: a result is
+        never thrown away because the row was queued again meanwhile. A failure or cancel lands only on the
+        attempt that is running, so a stale attempt cannot end a newer one."""
         if state not in FINAL:
             raise ValueError(f"not a final state: {state}")
+        if state == "completed":
+            where, of_attempt = "state IN ('running', 'queued')", ()
+        else:
+            where, of_attempt = "state = 'running' AND attempts = ?", (int(attempt),)
+        stored = None if result is None else json.dumps(result, default=str)
         with self._transaction() as db:
-            db.execute(
-                "UPDATE jobs SET state = ?, finished = ?, result = ?, error = ? WHERE id = ? AND state = 'running'",
-                (state, time.time(), None if result is None else json.dumps(result, default=str), error, job_id),
-            )
+            changed = db.execute(
+                f"UPDATE jobs SET state = ?, finished = ?, result = ?, error = ? WHERE id = ? AND {where}",
+                (state, time.time(), stored, error, job_id, *of_attempt),
+            ).rowcount
+        return changed == 1
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """A queued job is cancelled at once; a running one when it next reports progress; a finished one stays."""
@@ -182,6 +214,18 @@ class JobStore:
                     )
                     changed.append({"id": row["id"], "state": state, "note": why})
         return changed
+
+
+def parse_cursor(text: str) -> tuple[float, str]:
+    """A page cursor (``<created>_<id>``, from :meth:`JobStore.list`) -> (created, id); ValueError otherwise."""
+    match = CURSOR.fullmatch(text)
+    if match is None or not math.isfinite(float(match["created"])):
+        raise ValueError("not a cursor: pass the 'next' of the previous page")
+    return float(match["created"]), match["id"]
+
+
+def _cursor(row: sqlite3.Row) -> str:
+    return f"{row['created']!r}_{row['id']}"
 
 
 def _progress(row: sqlite3.Row) -> dict[str, Any]:

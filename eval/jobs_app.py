@@ -4,15 +4,20 @@
 
     POST /jobs/fid       {"model": "vae-3", "n": 500, "extractor": "lenet"}   -> 202, the job (queued)
     POST /jobs/anomaly   {"model": "vae-3", "normal_class": 3}                -> 202, the job
-    GET  /jobs                       -> {"jobs": [...]}, newest first, without results
+    GET  /jobs?limit=N&after=CURSOR  -> {"jobs": [...], "next": CURSOR or null}: newest first, without results
     GET  /jobs/{id}                  -> the job: state, progress (fraction, images/s, ETA), result or error
     POST /jobs/{id}/cancel           -> the job (cancelled, or cancel_requested while it finishes its batch)
     GET  /models                     -> the names a job may use
 
-Every refusal is ``{"error", "field"}``: 400 for a bad job (unknown fields included: a typo is never
-ignored), 401 without the API key (:mod:`genlab.bearer`) when one is set, 404 for an unknown job,
-413 for a body over ``MAX_SUBMISSION_BYTES``, 429 when the queue is full. Nothing in a job is
-trusted as a path: a model is a name directly under the models root, a dataset a registry name.
+A page of ``GET /jobs`` holds ``limit`` jobs (1 to 500, default 100); ``next`` is the cursor of the
+following page (created time and id of the page's last job, so jobs submitted meanwhile shift nothing).
+
+Every refusal is ``{"error", "field"}``: 400 for a bad job or query (unknown fields and query
+parameters included: a typo is never ignored), 401 without the API key when one is set
+(:class:`RequireKey`, which the service puts in front of all it answers), 404 for an unknown job
+or route, 405 for a wrong method, 413 for a body over ``MAX_SUBMISSION_BYTES``, 429 when the queue
+is full. Nothing in a job is trusted as a path: a model is a name directly under the models root,
+a dataset a registry name.
 """
 
 from __future__ import annotations
@@ -21,17 +26,20 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from genlab.eval.extractors import EXTRACTOR_CHOICES
 from genlab.eval.fid import BOOTSTRAP_ROUNDS, METRICS, OF_CHOICES
-from genlab.eval.job_store import JobStore, QueueFull, UnknownJob
+from genlab.eval.job_store import MAX_PAGE, JobStore, QueueFull, UnknownJob, parse_cursor
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from genlab.bearer import HEALTH_PATHS, REFUSAL, bearer_matches
+from genlab.bearer import HEALTH_PATHS, REFUSAL, headers_authorized
 from genlab.data import DATASETS, SPLITS
 from genlab.run_dir import is_run_dir
 from genlab.thresholds import DEFAULT_PERCENTILE
+
+if TYPE_CHECKING:
+    from starlette.exceptions import HTTPException
 
 MODELS_ENV = "GENLAB_EVAL_MODELS"
 MAX_FID_N = 50_000
@@ -113,6 +121,19 @@ class FidJob(_Job):
 
 
 JOB_KINDS: dict[str, type[_Job]] = {"fid": FidJob, "anomaly": AnomalyJob}
+JOBS_ROUTES = ("/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/models")  # beside POST /jobs/<kind>, for metrics
+
+
+def _cursor(text: str) -> str:
+    parse_cursor(text)
+    return text
+
+
+class JobsPage(_Job):
+    """The query of ``GET /jobs``."""
+
+    limit: Annotated[int, Field(ge=1, le=MAX_PAGE)] = 100
+    after: Annotated[str, Field(max_length=128), AfterValidator(_cursor)] | None = None
 
 
 def _error(status: int, message: str, field: str, headers: dict[str, str] | None = None) -> Any:
@@ -128,6 +149,13 @@ def validation_error(err: ValidationError) -> Any:
     return _error(400, "; ".join(f"{w}: {e['msg']}" for w, e in zip(where, errors)), field)
 
 
+async def _no_route(request: Any, exc: HTTPException) -> Any:
+    """Starlette's routing misses (404, 405) as refusals."""
+    if exc.status_code == 405:
+        return _error(405, f"{request.method} is not allowed on {request.url.path}", "method")
+    return _error(exc.status_code, f"no route {request.url.path}; the routes: /jobs, /jobs/ID, /models", "path")
+
+
 async def _body(request: Any) -> bytes | None:
     """The request body, or None once it passes MAX_SUBMISSION_BYTES (read no further)."""
     body = b""
@@ -138,10 +166,10 @@ async def _body(request: Any) -> bytes | None:
     return body
 
 
-def jobs_app(store: JobStore, api_key: str | None = None) -> Any:
-    """The Starlette app of the jobs routes over ``store``; with ``api_key``, every route but the probes needs it."""
+def jobs_app(store: JobStore) -> Any:
+    """The Starlette app of the jobs routes over ``store``; the key is checked in front of it (:class:`RequireKey`)."""
     from starlette.applications import Starlette
-    from starlette.middleware import Middleware
+    from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
@@ -178,7 +206,12 @@ def jobs_app(store: JobStore, api_key: str | None = None) -> Any:
             return _error(404, str(err), "id")
 
     async def every(request: Any) -> Any:
-        return JSONResponse({"jobs": store.list()})
+        try:
+            page = JobsPage.model_validate(dict(request.query_params))
+        except ValidationError as err:
+            return validation_error(err)
+        jobs, following = store.list(page.limit, page.after)
+        return JSONResponse({"jobs": jobs, "next": following})
 
     async def models(request: Any) -> Any:
         return JSONResponse({"root": str(models_root()), "models": available_models()})
@@ -191,8 +224,7 @@ def jobs_app(store: JobStore, api_key: str | None = None) -> Any:
         Route("/jobs/{job_id:str}/cancel", cancel, methods=["POST"]),
         Route("/models", models, methods=["GET"]),
     ]
-    middleware = [Middleware(RequireKey, api_key=api_key)] if api_key else []
-    return Starlette(routes=routes, middleware=middleware)
+    return Starlette(routes=routes, exception_handlers={HTTPException: _no_route})
 
 
 class RequireKey:
@@ -202,9 +234,8 @@ class RequireKey:
         self.app, self.api_key = app, api_key.encode()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("path") not in HEALTH_PATHS:
-            header = dict(scope.get("headers") or []).get(b"authorization")
-            if not bearer_matches(header, self.api_key):
-                response = _error(401, REFUSAL, "Authorization", {"www-authenticate": "Bearer"})
-                return await response(scope, receive, send)
+        open_path = scope["type"] != "http" or scope.get("path") in HEALTH_PATHS
+        if not open_path and not headers_authorized(scope.get("headers", ()), self.api_key):
+            response = _error(401, REFUSAL, "Authorization", {"www-authenticate": "Bearer"})
+            return await response(scope, receive, send)
         await self.app(scope, receive, send)

@@ -7,6 +7,13 @@ turn (BentoML's ``@bentoml.task`` keeps no progress, cannot cancel, and loses a 
 the server dies, so it is not used). The routes: :mod:`genlab.eval.jobs_app`. Serve with
 ``genlab eval serve-jobs`` or ``bentoml serve genlab.eval.jobs_service:EvalJobs`` (settings from
 the environment, :meth:`JobsSettings.from_env`).
+
+With an API key, :class:`~genlab.eval.jobs_app.RequireKey` stands in front of everything the
+service answers, BentoML's own routes (``/``, ``/docs.json``, ``/schema.json``) included; only the
+health probes answer without it. BentoML's traffic metrics are off: they label each request with
+its raw path, so distinct paths would grow them without bound; genlab's own (:mod:`genlab.metrics`,
+at ``/metrics`` with the key) label by route template. The worker dies with its arbiter
+(:func:`~genlab.eval.job_runner.die_with_parent`), so no worker outlives the server.
 """
 
 from __future__ import annotations
@@ -18,14 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from genlab.eval.job_store import JobStore
-from genlab.eval.jobs_app import jobs_app, model_path
+from genlab.eval.jobs_app import JOB_KINDS, JOBS_ROUTES, RequireKey, jobs_app, model_path
 
-from genlab.bearer import API_KEY_ENV
+from genlab.bearer import API_KEY_ENV, HEALTH_PATHS, headers_authorized
+from genlab.metrics import METRICS_PATH, Metrics, MetricsMiddleware, server_metrics_dir
 
 STATE_ENV = "GENLAB_JOBS_STATE"
 MAX_QUEUED_ENV = "GENLAB_JOBS_MAX_QUEUED"
 MAX_ATTEMPTS_ENV = "GENLAB_JOBS_MAX_ATTEMPTS"
 DATA_DIR_ENV = "GENLAB_DATA_DIR"
+SUPERVISOR_ENV = "GENLAB_JOBS_SUPERVISOR"  # set by genlab eval serve-jobs: its pid, for the worker's ancestry check
 
 
 def default_state_dir() -> Path:
@@ -91,24 +100,35 @@ def job_runner(data_dir: str) -> Callable[[str, dict[str, Any], Callable[[int, i
 def build_jobs_service(settings: JobsSettings) -> Any:
     """The BentoML service of the jobs routes over ``settings``' store; its worker runs the jobs."""
     import bentoml
-    from genlab.eval.job_runner import JobRunner
+    from genlab.eval.job_runner import JobRunner, die_with_parent
 
     store = settings.store()
 
-    @bentoml.asgi_app(jobs_app(store, settings.api_key), path="/")
-    @bentoml.service(name="genlab-eval-jobs", workers=1)
+    @bentoml.asgi_app(jobs_app(store), path="/")
+    @bentoml.service(name="genlab-eval-jobs", workers=1, metrics={"enabled": False})
     class EvalJobs:
         """FID / KID and anomaly-detection jobs over the models found under the models root."""
 
-        def __init__(self) -> None:
+        def __init__(self) -> None:  # in the worker's main thread, before any job runs
+            supervisor = os.environ.get(SUPERVISOR_ENV)
+            die_with_parent(os.getppid(), int(supervisor) if supervisor else None)  # the arbiter; its parent
             self.runner = JobRunner(store, job_runner(settings.data_dir))
             self.runner.start()
 
+    templates = [*(f"/jobs/{kind}" for kind in JOB_KINDS), *JOBS_ROUTES, *HEALTH_PATHS, METRICS_PATH, "/", "/docs.json"]
+    EvalJobs.add_asgi_middleware(  # outermost: every request is counted, refused ones included
+        MetricsMiddleware,
+        metrics=Metrics.for_server("genlab eval serve-jobs", templates),
+        expose=lambda scope: headers_authorized(scope.get("headers", ()), settings.api_key or ""),
+    )
+    if settings.api_key:
+        EvalJobs.add_asgi_middleware(RequireKey, api_key=settings.api_key)
     return EvalJobs
 
 
 def __getattr__(name: str) -> Any:
     """``EvalJobs``: the service configured from the environment (what ``bentoml serve ...:EvalJobs`` loads)."""
     if name == "EvalJobs":
+        server_metrics_dir()  # made by the first process of the server, before it starts its worker
         return build_jobs_service(JobsSettings.from_env())
     raise AttributeError(name)
