@@ -440,10 +440,11 @@ def test_services_built_with_other_settings_live_side_by_side(tmp_path):
     assert [str(m.tag) for m in small.models] == ["genlab-gan-mnist-5k"]
     assert [str(m.tag) for m in default.models] == [DEFAULT_MODEL]
     assert small.inner is not default.inner and small.inner.settings.max_images == 7
-    (edge, options), *_ = small.middlewares
+    (metrics, _), (edge, options), *_ = small.middlewares
+    assert metrics.__name__ == "MetricsMiddleware"  # outermost: refused requests are counted too
     assert edge.__name__ == "Edge" and options["api_key"] == "key" and options["max_body_bytes"] == 1 << 20
     assert options["form_limits"].max_parts == 7 + 32 and options["file_fields"]["/anomaly-score"] == {"images"}
-    assert default.middlewares[0][1]["api_key"] == ""
+    assert default.middlewares[1][1]["api_key"] == ""
 
 
 def test_the_bad_input_log_filter_is_installed_once_the_service_starts(client):
