@@ -283,9 +283,11 @@ def check_parity(
 
 
 def default_name(family: str, dataset: str) -> str:
-    """genlab-<family>-<dataset>, reduced to what a BentoML tag allows."""
+    """genlab-<family>-<dataset>, the dataset by its published name (``folder:`` left out), reduced to what a BentoML
+    tag allows: ``genlab-vae-mnist-5k``, ``genlab-vae-images``, ``genlab-vae-mvtec-bottle``."""
     slug = "".join(
-        ch if ch.isascii() and ch.isalnum() else "-" for ch in dataset.split(":")[-1].strip("/").split("/")[-1].lower()
+        ch if ch.isascii() and ch.isalnum() else "-"
+        for ch in published_name(dataset).split(":")[-1].strip("/").split("/")[-1].lower()
     )
     return f"genlab-{family}-{slug.strip('-') or 'data'}"[:63].rstrip("-")  # tags: ASCII only, 63 characters at most
 
