@@ -1,4 +1,5 @@
-"""The HTTP face of the evaluation jobs: a Starlette app over a :class:`~genlab.eval.job_store.JobStore`.
+"""The HTTP face of the evaluation jobs: an application (FastAPI, on :mod:`genlab.web`) over a
+:class:`~genlab.eval.job_store.JobStore`.
 
 ::
 
@@ -14,7 +15,7 @@ following page (created time and id of the page's last job, so jobs submitted me
 
 Every refusal is ``{"error", "field"}``: 400 for a bad job or query (unknown fields and query
 parameters included: a typo is never ignored), 401 without the API key when one is set
-(:class:`RequireKey`, which the service puts in front of all it answers), 404 for an unknown job
+(:class:`genlab.web.RequireKey`, which the service puts in front of all it answers), 404 for an unknown job
 or route, 405 for a wrong method, 413 for a body over ``MAX_SUBMISSION_BYTES``, 429 when the queue
 is full. Nothing in a job is trusted as a path: a model is a name directly under the models root,
 a dataset a registry name.
@@ -22,24 +23,24 @@ a dataset a registry name.
 
 from __future__ import annotations
 
-import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import FastAPI
 from genlab.eval.extractors import EXTRACTOR_CHOICES
 from genlab.eval.fid import BOOTSTRAP_ROUNDS, METRICS, OF_CHOICES
 from genlab.eval.job_store import MAX_PAGE, JobStore, QueueFull, UnknownJob, parse_cursor
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 
-from genlab.bearer import HEALTH_PATHS, REFUSAL, headers_authorized
 from genlab.data import DATASETS, SPLITS
 from genlab.run_dir import is_run_dir
 from genlab.thresholds import DEFAULT_PERCENTILE
-
-if TYPE_CHECKING:
-    from starlette.exceptions import HTTPException
+from genlab.web import EXCEPTION_HANDLERS, BodyLimit, RequestError, read_json, validated
 
 MODELS_ENV = "GENLAB_EVAL_MODELS"
 MAX_FID_N = 50_000
@@ -136,106 +137,69 @@ class JobsPage(_Job):
     after: Annotated[str, Field(max_length=128), AfterValidator(_cursor)] | None = None
 
 
-def _error(status: int, message: str, field: str, headers: dict[str, str] | None = None) -> Any:
-    from starlette.responses import JSONResponse
+def jobs_app(store: JobStore) -> FastAPI:
+    """The application of the jobs routes over ``store``: genlab's error handlers and body reading
+    (:mod:`genlab.web`), a body limit of ``MAX_SUBMISSION_BYTES``; the key is checked in front of it
+    (:class:`RequireKey`)."""
+    app = FastAPI(
+        title="genlab evaluation jobs",
+        openapi_url="/docs.json",
+        docs_url=None,
+        redoc_url=None,
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
+    app.add_middleware(BodyLimit, max_bytes=MAX_SUBMISSION_BYTES)
 
-    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
-
-
-def validation_error(err: ValidationError) -> Any:
-    errors = err.errors()
-    where = [".".join(map(str, e["loc"])) or "body" for e in errors]
-    field = str(errors[0]["loc"][0]) if errors[0]["loc"] else "body"  # the request field, e.g. metrics for metrics.1
-    return _error(400, "; ".join(f"{w}: {e['msg']}" for w, e in zip(where, errors)), field)
-
-
-async def _no_route(request: Any, exc: HTTPException) -> Any:
-    """Starlette's routing misses (404, 405) as refusals."""
-    if exc.status_code == 405:
-        return _error(405, f"{request.method} is not allowed on {request.url.path}", "method")
-    return _error(exc.status_code, f"no route {request.url.path}; the routes: /jobs, /jobs/ID, /models", "path")
-
-
-async def _body(request: Any) -> bytes | None:
-    """The request body, or None once it passes MAX_SUBMISSION_BYTES (read no further)."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_SUBMISSION_BYTES:
-            return None
-    return body
-
-
-def jobs_app(store: JobStore) -> Any:
-    """The Starlette app of the jobs routes over ``store``; the key is checked in front of it (:class:`RequireKey`)."""
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
-    async def submit(request: Any) -> Any:
-        body = await _body(request)
-        if body is None:
-            return _error(413, f"a job submission is at most {MAX_SUBMISSION_BYTES:,} bytes", "body")
-        try:
-            sent = json.loads(body or b"{}")
-        except (ValueError, RecursionError) as err:  # not JSON, not UTF-8, or nested past the parser's depth
-            return _error(400, f"request body is not JSON ({str(err)[:120]})", "body")
-        kind = request.path_params["kind"]
+    @app.post("/jobs/{kind}", status_code=202, responses=ERRORS)
+    async def submit(kind: str, request: Request) -> JSONResponse:
+        """Queue a job of ``kind`` (fid, anomaly); the answer is the job, queued."""
         if kind not in JOB_KINDS:
-            return _error(404, f"no job kind {kind!r}; POST /jobs/{' or /jobs/'.join(JOB_KINDS)}", "path")
+            raise RequestError("path", f"no job kind {kind[:100]!r}; POST /jobs/{' or /jobs/'.join(JOB_KINDS)}", 404)
+        job = await read_json(request, JOB_KINDS[kind], MAX_SUBMISSION_BYTES)
         try:
-            job = JOB_KINDS[kind].model_validate(sent)
-            record = store.submit(kind, job.model_dump())
-        except ValidationError as err:
-            return validation_error(err)
+            return JSONResponse(store.submit(kind, job.model_dump()), status_code=202)
         except QueueFull as err:
-            return _error(429, str(err), "body", {"retry-after": "10"})
-        return JSONResponse(record, status_code=202)
+            raise RequestError("body", str(err), 429, {"retry-after": "10"}) from None
 
-    async def one(request: Any) -> Any:
-        try:
-            return JSONResponse(store.get(request.path_params["job_id"]))
-        except UnknownJob as err:
-            return _error(404, str(err), "id")
+    @app.get("/jobs/{job_id}", responses=ERRORS)
+    async def one(job_id: str) -> JSONResponse:
+        """The job: its state, progress (fraction, images/s, ETA), result or error."""
+        return JSONResponse(_known(store.get, job_id))
 
-    async def cancel(request: Any) -> Any:
-        try:
-            return JSONResponse(store.cancel(request.path_params["job_id"]))
-        except UnknownJob as err:
-            return _error(404, str(err), "id")
+    @app.post("/jobs/{job_id}/cancel", responses=ERRORS)
+    async def cancel(job_id: str) -> JSONResponse:
+        """Cancel a job: at once while it waits, at its next progress report while it runs."""
+        return JSONResponse(_known(store.cancel, job_id))
 
-    async def every(request: Any) -> Any:
-        try:
-            page = JobsPage.model_validate(dict(request.query_params))
-        except ValidationError as err:
-            return validation_error(err)
+    @app.get("/jobs", responses=ERRORS)
+    async def every(request: Request) -> JSONResponse:
+        """A page of jobs, newest first, without their results; ``next``: the cursor of the following page."""
+        page = validated(JobsPage, dict(request.query_params))
         jobs, following = store.list(page.limit, page.after)
         return JSONResponse({"jobs": jobs, "next": following})
 
-    async def models(request: Any) -> Any:
+    @app.get("/models", responses=ERRORS)
+    async def models() -> JSONResponse:
+        """The names a job may use, found under the models root."""
         return JSONResponse({"root": str(models_root()), "models": available_models()})
 
-    kinds = "{kind:str}"
-    routes = [
-        Route(f"/jobs/{kinds}", submit, methods=["POST"]),
-        Route("/jobs", every, methods=["GET"]),
-        Route("/jobs/{job_id:str}", one, methods=["GET"]),
-        Route("/jobs/{job_id:str}/cancel", cancel, methods=["POST"]),
-        Route("/models", models, methods=["GET"]),
-    ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _no_route})
+    return app
 
 
-class RequireKey:
-    """ASGI middleware: 401 unless the request carries the bearer key (health probes excepted)."""
+def _known(action: Callable[[str], dict[str, Any]], job_id: str) -> dict[str, Any]:
+    try:
+        return action(job_id)
+    except UnknownJob as err:
+        raise RequestError("id", str(err), 404) from None
 
-    def __init__(self, app: Any, api_key: str):
-        self.app, self.api_key = app, api_key.encode()
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        open_path = scope["type"] != "http" or scope.get("path") in HEALTH_PATHS
-        if not open_path and not headers_authorized(scope.get("headers", ()), self.api_key):
-            response = _error(401, REFUSAL, "Authorization", {"www-authenticate": "Bearer"})
-            return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"description": description}
+    for status, description in {
+        400: "a bad job or query (named in `field`)",
+        401: "no API key, or a wrong one",
+        404: "no such job or job kind",
+        413: f"a submission over {MAX_SUBMISSION_BYTES:,} bytes",
+        429: "the queue is full",
+    }.items()
+}

@@ -8,7 +8,7 @@ the server dies, so it is not used). The routes: :mod:`genlab.eval.jobs_app`. Se
 ``genlab eval serve-jobs`` or ``bentoml serve genlab.eval.jobs_service:EvalJobs`` (settings from
 the environment, :meth:`JobsSettings.from_env`).
 
-With an API key, :class:`~genlab.eval.jobs_app.RequireKey` stands in front of everything the
+With an API key, :class:`~genlab.web.RequireKey` stands in front of everything the
 service answers, BentoML's own routes (``/``, ``/docs.json``, ``/schema.json``) included; only the
 health probes answer without it. BentoML's traffic metrics are off: they label each request with
 its raw path, so distinct paths would grow them without bound; genlab's own (:mod:`genlab.metrics`,
@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from genlab.eval.job_store import JobStore
-from genlab.eval.jobs_app import JOB_KINDS, JOBS_ROUTES, RequireKey, jobs_app, model_path
+from genlab.eval.jobs_app import JOB_KINDS, JOBS_ROUTES, jobs_app, model_path
 
 from genlab.bearer import API_KEY_ENV, HEALTH_PATHS, headers_authorized
 from genlab.metrics import METRICS_PATH, Metrics, MetricsMiddleware, server_metrics_dir
+from genlab.web import RequireKey
 
 STATE_ENV = "GENLAB_JOBS_STATE"
 MAX_QUEUED_ENV = "GENLAB_JOBS_MAX_QUEUED"
@@ -122,7 +123,7 @@ def build_jobs_service(settings: JobsSettings) -> Any:
         expose=lambda scope: headers_authorized(scope.get("headers", ()), settings.api_key or ""),
     )
     if settings.api_key:
-        EvalJobs.add_asgi_middleware(RequireKey, api_key=settings.api_key)
+        EvalJobs.add_asgi_middleware(RequireKey, api_key=settings.api_key, open_paths=HEALTH_PATHS)
     return EvalJobs
 
 

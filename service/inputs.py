@@ -18,32 +18,20 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pydantic import StrictInt, StrictStr
+from starlette.datastructures import UploadFile
 
 from genlab.imageio import to_array
+from genlab.web import RequestError
 
 # one class, by index or name: strict, so that JSON true or 7.5 is refused instead of read as 1 or 7
 Label = StrictInt | StrictStr
 Labels = Label | list[Label] | None  # one class for every image, or one per image
 CLASSES_SHOWN = 20  # a refusal lists at most this many class names
-
-
-class RequestError(Exception):
-    """Bad input: answered with ``status`` and a JSON body naming the field."""
-
-    def __init__(self, field: str, message: str, status: int = 400):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-        self.status = status
-
-    def body(self) -> dict[str, Any]:
-        return {"error": str(self), "field": self.field}
 
 
 @dataclass(frozen=True)
@@ -56,23 +44,25 @@ class UploadLimits:
     max_request_pixels: int  # all files of one request together, decoded
 
 
-def upload_pixels(path: Path, field: str, limits: UploadLimits) -> int:
+def upload_pixels(upload: UploadFile, field: str, limits: UploadLimits) -> int:
     """One uploaded file's decoded size in pixels, read from its header alone (nothing is decoded)."""
-    size = path.stat().st_size
+    size = _size(upload.file)
     if size > limits.max_file_bytes:
         raise RequestError(field, f"file is {size:,} bytes; the limit is {limits.max_file_bytes:,}", 413)
     if size == 0:
         raise RequestError(field, "file is empty")
-    with _readable(field), Image.open(path) as image:
+    upload.file.seek(0)
+    with _readable(field), Image.open(upload.file) as image:
         width, height = image.size
     if width * height > limits.max_pixels:
         raise RequestError(field, f"image is {width}x{height}; the limit is {limits.max_pixels:,} pixels", 413)
     return width * height
 
 
-def decode_upload(path: Path, field: str, shape: tuple[int, int, int]) -> np.ndarray:
+def decode_upload(upload: UploadFile, field: str, shape: tuple[int, int, int]) -> np.ndarray:
     """One uploaded file (header checked by :func:`upload_pixels`) -> uint8 [C, H, W] in the model's shape."""
-    with _readable(field), Image.open(path) as image:
+    upload.file.seek(0)
+    with _readable(field), Image.open(upload.file) as image:
         image.load()
         return to_array(image, shape[0], shape[1])
 
@@ -90,7 +80,7 @@ def _readable(field: str) -> Iterator[None]:
         raise RequestError(field, f"broken or truncated image ({err})") from None
 
 
-def check_image_source(files: Sequence[Path] | None, array: Any) -> None:
+def check_image_source(files: Sequence[UploadFile] | None, array: Any) -> None:
     """Exactly one of ``images`` (uploads) or ``array`` (nested lists)."""
     if files and array is not None:
         raise RequestError("images", "send either image files or 'array', not both")
@@ -99,14 +89,13 @@ def check_image_source(files: Sequence[Path] | None, array: Any) -> None:
 
 
 def images_from_uploads(
-    files: Sequence[Path], shape: tuple[int, int, int], limits: UploadLimits, stop: threading.Event | None = None
+    files: Sequence[UploadFile], shape: tuple[int, int, int], limits: UploadLimits, stop: threading.Event | None = None
 ) -> np.ndarray:
     """Uploaded files -> uint8 [N, C, H, W]. Every header is checked, and the request's total pixels bounded, before
     anything is decoded; ``stop`` (set when the request is cancelled) ends the decoding between files."""
     if len(files) > limits.max_images:
         raise RequestError("images", f"{len(files)} images; the limit is {limits.max_images}", 413)
-    paths = [Path(f) for f in files]
-    total = sum(upload_pixels(path, f"images[{i}]", limits) for i, path in enumerate(paths))
+    total = sum(upload_pixels(upload, f"images[{i}]", limits) for i, upload in enumerate(files))
     if total > limits.max_request_pixels:
         raise RequestError(
             "images",
@@ -114,10 +103,10 @@ def images_from_uploads(
             413,
         )
     decoded = []
-    for i, path in enumerate(paths):
+    for i, upload in enumerate(files):
         if stop is not None and stop.is_set():
             raise RequestError("images", "the request was cancelled (timed out) while its images were decoded", 503)
-        decoded.append(decode_upload(path, f"images[{i}]", shape))
+        decoded.append(decode_upload(upload, f"images[{i}]", shape))
     return np.stack(decoded)
 
 
@@ -158,29 +147,29 @@ def _checked_latents(values: np.ndarray, field: str, latent_dim: int, max_images
     return values.astype(np.float32)
 
 
-def read_npy(path: Path, field: str, max_bytes: int) -> np.ndarray:
+def read_npy(upload: UploadFile, field: str, max_bytes: int) -> np.ndarray:
     """An uploaded .npy file -> its array; never unpickles, and reads the header first: a file whose header declares
     more data than it holds is refused before anything is allocated for it."""
-    size = Path(path).stat().st_size
+    file = upload.file
+    size = _size(file)
     if size > max_bytes:
         raise RequestError(field, f"file is {size:,} bytes; the limit is {max_bytes:,}", 413)
     try:
-        with open(path, "rb") as file:
-            _refuse_images(file.read(8), field)
-            file.seek(0)
-            version = np.lib.format.read_magic(file)
-            read_header = (
-                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        file.seek(0)
+        _refuse_images(file.read(8), field)
+        file.seek(0)
+        version = np.lib.format.read_magic(file)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(file)
+        declared = file.tell() + math.prod(shape) * dtype.itemsize
+        if dtype.hasobject:
+            raise ValueError("it holds Python objects (pickled data), which this service never loads")
+        if declared != size:
+            raise ValueError(
+                f"its header declares shape {list(shape)} of {dtype} ({declared:,} bytes), the file has {size:,}"
             )
-            shape, _, dtype = read_header(file)
-            declared = file.tell() + math.prod(shape) * dtype.itemsize
-            if dtype.hasobject:
-                raise ValueError("it holds Python objects (pickled data), which this service never loads")
-            if declared != size:
-                raise ValueError(
-                    f"its header declares shape {list(shape)} of {dtype} ({declared:,} bytes), the file has {size:,}"
-                )
-        array: np.ndarray = np.load(path, allow_pickle=False)
+        file.seek(0)
+        array: np.ndarray = np.load(file, allow_pickle=False)
         return array
     except (ValueError, OSError, EOFError) as err:
         raise RequestError(
@@ -207,9 +196,9 @@ def _refuse_images(start: bytes, field: str) -> None:
             )
 
 
-def latents_from_npy(path: Path, field: str, latent_dim: int, max_images: int, max_bytes: int) -> np.ndarray:
+def latents_from_npy(upload: UploadFile, field: str, latent_dim: int, max_images: int, max_bytes: int) -> np.ndarray:
     """A .npy of float latents [N, latent_dim] -> float32."""
-    return latents_from_array(read_npy(path, field, max_bytes), field, latent_dim, max_images)
+    return latents_from_array(read_npy(upload, field, max_bytes), field, latent_dim, max_images)
 
 
 def latents_from_array(array: np.ndarray, field: str, latent_dim: int, max_images: int) -> np.ndarray:
@@ -219,9 +208,11 @@ def latents_from_array(array: np.ndarray, field: str, latent_dim: int, max_image
     return _checked_latents(array.astype(np.float64), field, latent_dim, max_images)
 
 
-def images_from_npy(path: Path, field: str, shape: tuple[int, int, int], max_images: int, max_bytes: int) -> np.ndarray:
+def images_from_npy(
+    upload: UploadFile, field: str, shape: tuple[int, int, int], max_images: int, max_bytes: int
+) -> np.ndarray:
     """A .npy of uint8 images [N, C, H, W] (or one [C, H, W]) in the model's exact shape."""
-    return images_from_array(read_npy(path, field, max_bytes), field, shape, max_images)
+    return images_from_array(read_npy(upload, field, max_bytes), field, shape, max_images)
 
 
 def images_from_array(array: np.ndarray, field: str, shape: tuple[int, int, int], max_images: int) -> np.ndarray:
@@ -289,15 +280,8 @@ def _out_of_range(field: str, index: str, classes: Sequence[str], model: str, lo
     )
 
 
-def optional_file(files: Sequence[Path], field: str) -> Path | None:
-    """An optional file part (declared as a list, which BentoML can parse) -> the one file, or None."""
-    if len(files) > 1:
-        raise RequestError(field, f"{len(files)} files; send at most one")
-    return Path(files[0]) if files else None
-
-
 def labels_from_npy(
-    path: Path,
+    upload: UploadFile,
     field: str,
     n: int,
     classes: Sequence[str] | None,
@@ -308,7 +292,7 @@ def labels_from_npy(
     """A .npy of integer class indices [n] -> int64; with ``unknown_allowed``, -1 marks an image whose class the
     model should infer (scoring only)."""
     _conditional_classes(classes, model, field)
-    return labels_from_array(read_npy(path, field, max_bytes), field, n, classes, model, unknown_allowed)
+    return labels_from_array(read_npy(upload, field, max_bytes), field, n, classes, model, unknown_allowed)
 
 
 def labels_from_array(
@@ -338,3 +322,11 @@ def _classes_of(model: str, classes: Sequence[str]) -> str:
     shown = ", ".join(classes[:CLASSES_SHOWN])
     more = f", ... ({len(classes)} in all; see /models)" if len(classes) > CLASSES_SHOWN else ""
     return f"{model}'s classes: {shown}{more}"
+
+
+def _size(file: BinaryIO) -> int:
+    """An uploaded file's size in bytes."""
+    file.seek(0, 2)
+    size = file.tell()
+    file.seek(0)
+    return size

@@ -10,7 +10,7 @@ Every served model ``NAME`` is offered as protocol models, each one graph of the
 - ``NAME-encoder`` (models with an encoder): ``images`` (and ``labels``) -> ``mu`` and ``logvar`` FP32 [-1, latent].
 
 They run on the service's own :class:`~service.runtime.Runner` objects, so they share its ONNX Runtime sessions and
-request merging; the edge (:mod:`service.edge`) gives them the same API key, body limit and metrics. Tensors travel
+request merging, and the same API key, body limit and metrics stand in front of them. Tensors travel
 as JSON ``data`` (flat or nested, row-major) or as raw little-endian bytes after the JSON header (the binary tensor
 extension: ``Inference-Header-Content-Length``, ``binary_data_size``, ``binary_data`` / ``binary_data_output``).
 Every refusal is ``{"error": message}`` naming the tensor: 400 for a bad request, 404 for an unknown model, version
@@ -30,16 +30,18 @@ from typing import Any
 import bentoml
 import numpy as np
 from genlab.export.reader import ExportedModel
-from genlab.service.inputs import RequestError, images_from_array, labels_from_array, latents_from_array
+from genlab.service.inputs import images_from_array, labels_from_array, latents_from_array
 from genlab.service.runtime import Runner
 from genlab.service.settings import Settings
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Match, Route
+from starlette.routing import Route
 
 from genlab import __version__
 from genlab.metrics import record_model
+from genlab.web import RequestError
 
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")  # answered without a key, like /readyz
 ROUTE_TEMPLATES = (  # every route under /v2, as metrics label them
@@ -55,6 +57,7 @@ ROUTE_TEMPLATES = (  # every route under /v2, as metrics label them
 )
 HEADER_LENGTH = "inference-header-content-length"
 EXTENSIONS = ["binary_tensor_data"]
+SERVER_METADATA = {"name": "genlab", "version": __version__, "extensions": EXTENSIONS}
 DATATYPES: dict[str, np.dtype[Any]] = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
 JSON_SLACK = 4096  # values a JSON request may hold beyond its tensors' (its other fields)
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -416,7 +419,7 @@ class ProtocolRoutes:
     def served(self) -> dict[str, ProtocolModel]:
         if not self._models:
             try:
-                runners = bentoml.get_current_service().runners
+                runners = bentoml.get_current_service().served.runners
             except bentoml.exceptions.BentoMLException:
                 raise ProtocolError("the server is starting: its models are not loaded yet", 503) from None
             self._models.update(protocol_models(runners))
@@ -435,7 +438,7 @@ class ProtocolRoutes:
         return pm
 
     async def server_metadata(self, request: Request) -> Response:
-        return JSONResponse({"name": "genlab", "version": __version__, "extensions": EXTENSIONS})
+        return JSONResponse(SERVER_METADATA)
 
     async def live(self, request: Request) -> Response:
         return JSONResponse({"live": True})
@@ -484,27 +487,21 @@ def protocol_app(settings: Settings) -> Starlette:
         ("/models/{model}/versions/{version}/ready", endpoints.model_ready, "GET"),
         ("/models/{model}/versions/{version}/infer", endpoints.infer, "POST"),
     ]
-    routes = [Route(path, _refusing(endpoint), methods=[method]) for path, endpoint, method in table]
-
-    async def elsewhere(request: Request) -> Response:
-        path = request.url.path
-        for route in routes:
-            if route.matches(request.scope)[0] == Match.PARTIAL:
-                allowed = ", ".join(sorted(route.methods or ()))
-                return _error(f"{path[:200]} does not take {request.method}; use {allowed}", 405)
-        return _error(f"no route {path[:200]!r} in this server's Open Inference Protocol (see GET /v2)", 404)
-
-    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-    return Starlette(routes=[*routes, Route("/{rest:path}", elsewhere, methods=methods)])
+    routes = [Route(path, endpoint, methods=[method]) for path, endpoint, method in table]
+    handlers = {ProtocolError: _protocol_refusal, HTTPException: _router_refusal}
+    return Starlette(routes=routes, exception_handlers=handlers)
 
 
-def _refusing(endpoint: Endpoint) -> Endpoint:
-    """``endpoint`` with its :class:`ProtocolError` answered as the protocol's error body."""
+async def _protocol_refusal(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProtocolError)
+    return _error(str(exc), exc.status)
 
-    async def answer(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except ProtocolError as err:
-            return _error(str(err), err.status)
 
-    return answer
+async def _router_refusal(request: Request, exc: Exception) -> Response:
+    """The router's 404 (no such route) and 405 (a method the route does not take), in the protocol's shape."""
+    assert isinstance(exc, HTTPException)
+    path = request.url.path[:200]
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return _error(f"{path} does not take {request.method}; use {allowed}", 405)
+    return _error(f"no route {path!r} in this server's Open Inference Protocol (see GET /v2)", exc.status_code)

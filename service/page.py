@@ -1,7 +1,7 @@
 """The browser page: static files (``service/page/``) that call the HTTP API from the browser.
 
-The page is at ``/`` (the edge rewrites it to ``/ui/index.html``) and its files under ``/ui/``; they hold no data, so
-they load without the API key, which the page sends with every call it makes. Every file is served with a content
+The page is at ``/`` (``index.html``) and its files under ``/ui/``; they hold no data, so they load without the
+API key, which the page sends with every call it makes. Every file is served with a content
 security policy that lets the page load only from this server: nothing is fetched from anywhere else.
 """
 

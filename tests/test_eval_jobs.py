@@ -38,9 +38,12 @@ def models(one_class_vae, tmp_path_factory) -> Path:
 def _client(models: Path, state: Path, monkeypatch, api_key: str | None = None, max_queued: int = 16, run=True):
     from genlab.eval.job_runner import JobRunner
     from genlab.eval.job_store import JobStore
-    from genlab.eval.jobs_app import RequireKey, jobs_app
+    from genlab.eval.jobs_app import jobs_app
     from genlab.eval.jobs_service import job_runner
     from starlette.testclient import TestClient
+
+    from genlab.bearer import HEALTH_PATHS
+    from genlab.web import RequireKey
 
     monkeypatch.setenv("GENLAB_EVAL_MODELS", str(models))
     store = JobStore(state, max_queued=max_queued)
@@ -48,7 +51,7 @@ def _client(models: Path, state: Path, monkeypatch, api_key: str | None = None, 
     if runner is not None:
         runner.start()
     app = jobs_app(store)
-    return TestClient(RequireKey(app, api_key) if api_key else app), runner
+    return TestClient(RequireKey(app, api_key, open_paths=HEALTH_PATHS) if api_key else app), runner
 
 
 @pytest.fixture

@@ -353,7 +353,7 @@ def test_the_size_limits_hold_before_parsing(url):
     r = httpx.post(f"{url}/v2/models/{MODEL}-decoder/infer", content=huge, headers=AUTH)
     assert r.status_code == 413 and "limit" in r.json()["error"], r.text
     r = httpx.post(f"{url}/v2/models/{MODEL}-decoder/infer", content=b"0" * (33 << 20), headers=AUTH)
-    assert r.status_code == 413  # the edge's body limit (32 MiB by default), before the route sees it
+    assert r.status_code == 413  # the body limit (32 MiB by default), kept while the body arrives
 
 
 def test_unknown_paths_and_methods_get_the_protocols_error_shape(url):
