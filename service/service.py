@@ -242,6 +242,8 @@ def build_app(settings: Settings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         exception_handlers=EXCEPTION_HANDLERS,
+        # FastAPI's own OpenTelemetry instrumentation: off (genlab.metrics counts; BentoML's tracing traces)
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
         # with a key, the document names the bearer scheme on every route (the key itself is checked in front)
         dependencies=[Security(HTTPBearer(auto_error=False, scheme_name="bearer"))] if settings.api_key else None,
     )
@@ -621,6 +623,7 @@ def build_service(settings: Settings) -> bentoml.Service[Any]:
         logging={"access": {"enabled": settings.access_log}},
         # BentoML labels its traffic metrics with the raw request path: any client could add series without bound
         metrics={"enabled": False},
+        tracing=tracing_settings(),
     )(Genlab)
     service.mount_asgi_app(app, path="/", name="genlab")
     service.add_asgi_middleware(MetricsMiddleware, metrics=metrics, expose=_key_check(settings.api_key))
@@ -632,6 +635,13 @@ def build_service(settings: Settings) -> bentoml.Service[Any]:
     )
     service.add_asgi_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return service
+
+
+def tracing_settings() -> dict[str, Any]:
+    """BentoML's tracing: with the OpenTelemetry SDK disabled (the serving default, ``OTEL_SDK_DISABLED``), every
+    path excluded, so that its middleware hands each request on at once instead of describing it for a tracer that
+    records nothing."""
+    return {"excluded_urls": [".*"]} if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true" else {}
 
 
 def _key_check(api_key: str) -> Any:

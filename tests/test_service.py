@@ -408,7 +408,7 @@ def test_importing_the_service_changes_nothing_and_genlab_is_built_once_from_the
 
 
 def test_services_built_with_other_settings_live_side_by_side(tmp_path):
-    from genlab.service.service import build_service
+    from genlab.service.service import build_service, tracing_settings
     from genlab.service.settings import DEFAULT_MODEL, Settings
 
     small = build_service(
@@ -429,6 +429,7 @@ def test_services_built_with_other_settings_live_side_by_side(tmp_path):
         "traffic": {"timeout": 2.5},
         "logging": {"access": {"enabled": True}},
         "metrics": {"enabled": False},  # genlab keeps its own (genlab.metrics)
+        "tracing": tracing_settings(),  # every path excluded while the OpenTelemetry SDK is disabled
     }
     assert default.config["workers"] == 1 and not default.config["logging"]["access"]["enabled"]
     assert [str(m.tag) for m in small.models] == ["genlab-gan-mnist-5k"]
@@ -877,3 +878,12 @@ def test_real_server_draws_sixteen_sevens(exports, tmp_path):
         assert listed["labels"] == [7] * 16 and listed["label_names"] == ["7"] * 16
         bad = httpx.post(f"{url}/generate", json={"n": 16, "label": "seven"}, timeout=30)
         assert bad.status_code == 422 and bad.json()["field"] == "label"
+
+
+def test_tracing_excludes_every_path_only_while_the_sdk_is_disabled(monkeypatch):
+    from genlab.service.service import tracing_settings
+
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert tracing_settings() == {"excluded_urls": [".*"]}
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "false")
+    assert tracing_settings() == {}
