@@ -43,9 +43,9 @@ class Settings:
     work_threads: int = 2  # threads per worker that decode uploads and run large graph calls off the event loop
     workers: int = 1  # HTTP worker processes, each with its own sessions
     access_log: bool = False
-    # a request running longer is answered 504. BentoML 1.4.39's timeout middleware keeps every request's context
-    # alive for this long (its timer is never cancelled), so resident memory grows with rate x timeout until it
-    # levels off: keep it short. genlab's requests take well under a second (256 images at most).
+    # a request running longer is answered 504. BentoML's timeout middleware keeps every request's context alive for
+    # this long (its timer is never cancelled), so resident memory grows with rate x timeout until it levels off:
+    # keep it short. genlab's requests take well under a second (256 images at most).
     request_timeout_s: float = 10.0
     api_key: str = ""  # when set, every route but the health probes needs `Authorization: Bearer <key>`
 

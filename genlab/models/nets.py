@@ -1,10 +1,10 @@
 """The shared networks: Encoder, Decoder (= Generator) and Discriminator.
 
-``conv`` follows the DCGAN-style networks of the VAE-GAN paper (Larsen et al. 2016, as used by
-seed 003): stride-2 4x4 convolutions with batch norm, halving the image until it is at most 7
-pixels (28 -> 14 -> 7, 32 -> 16 -> 8 -> 4, 64 -> ... -> 4), channels doubling from ``width``;
-the decoder mirrors the encoder with transposed convolutions. ``mlp`` is the fully connected
-baseline (two hidden layers) of seed 001. All three families are built from these classes.
+``conv`` follows the DCGAN-style networks of the VAE-GAN paper (Larsen et al. 2016): stride-2 4x4
+convolutions with batch norm, halving the image until it is at most 7 pixels (28 -> 14 -> 7,
+32 -> 16 -> 8 -> 4, 64 -> ... -> 4), channels doubling from ``width``; the decoder mirrors the
+encoder with transposed convolutions. ``mlp`` is a fully connected baseline (two hidden layers), as
+in the GAN/VAE comparisons of the background papers. All three families are built from these classes.
 
 The decoder returns pre-activation values ("logits"); a family applies ``tanh`` to get pixels
 in [-1, 1], the range every dataset is scaled to.
