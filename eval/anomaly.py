@@ -7,6 +7,9 @@ Two protocols:
 - out-of-distribution: normal = the model's dataset's test split (class K only, if given),
   anomalies = another dataset's test split, converted to the model's channels and size.
 
+An inspection set (``mvtec:PATH``, ``inspect:PATH``) is judged per image and per pixel, good images
+against defective ones, by :mod:`genlab.eval.inspection`.
+
 Anomalies are the positive class; larger scores are more anomalous. The scores are the ones the
 service returns (the checkpoint's ``anomaly_scores`` or the exported score graph), and the
 threshold is the model's calibrated quantile of each score on held-out normal images.
@@ -17,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from genlab.eval.progress import Progress, Report
@@ -25,6 +28,9 @@ from genlab.eval.provenance import provenance
 
 from genlab.errors import GenlabError
 from genlab.thresholds import DEFAULT_PERCENTILE, quantile
+
+if TYPE_CHECKING:
+    from genlab.eval.source_base import ModelSource
 
 
 @dataclass(frozen=True)
@@ -142,10 +148,20 @@ def evaluate_anomaly(
     ``dataset`` defaults to the model's own dataset and ``normal_class`` to the class it was
     trained on alone (one-class runs). Returns every setting, the counts and, per score
     component, AUROC, AUPRC and the TPR / FPR at the calibrated ``percentile`` threshold.
+
+    An inspection set (``mvtec:PATH``, ``inspect:PATH``) without ``ood``: the ``to_json()`` of
+    :func:`genlab.eval.inspection.evaluate_inspection` instead (see :func:`inspection_dataset`).
     """
+    from genlab.eval.inspection import evaluate_inspection
     from genlab.eval.model_source import ensure_source, normal_class_of
 
     source = ensure_source(model)
+    inspection = inspection_dataset(source, dataset, normal_class, ood)
+    if inspection is not None:
+        measured = evaluate_inspection(
+            source, inspection, data_dir, percentile, split, batch_size=batch_size, on_progress=on_progress
+        )
+        return measured.to_json()
     settings = AnomalySettings(
         dataset=dataset or source.dataset,
         normal_class=normal_class if normal_class is not None else normal_class_of(source),
@@ -176,6 +192,26 @@ def evaluate_anomaly(
             source, len(images), None, source.info.get("device", "cpu"), time.perf_counter() - started, reference
         ),
     }
+
+
+def inspection_dataset(
+    source: ModelSource, dataset: str | None, normal_class: int | None, ood: str | None
+) -> str | None:
+    """The inspection set (``mvtec:PATH``, ``inspect:PATH``: ``dataset``, else the model's) that the evaluation
+    judges per image and per pixel, or None for the one-class / out-of-distribution protocols (any other dataset,
+    or ``ood`` given). An inspection set's normal images are its good ones, class 0: another ``normal_class`` is
+    refused with one line."""
+    from genlab.eval.inspection import NORMAL_CLASS, is_inspection_set
+
+    name = dataset or source.dataset
+    if ood is not None or not is_inspection_set(name):
+        return None
+    if normal_class is not None and normal_class != NORMAL_CLASS:
+        raise GenlabError(
+            f"{name}: an inspection set's normal images are its good ones (class {NORMAL_CLASS}); "
+            f"--normal-class {normal_class} does not apply"
+        )
+    return name
 
 
 def one_class_warning(source: Any, settings: AnomalySettings) -> str | None:

@@ -31,28 +31,36 @@ def _name_list(text: str) -> list[str]:
 def _cmd_anomaly(args: argparse.Namespace) -> int:
     import sys
 
-    from genlab.eval.anomaly import evaluate_anomaly, result_name, summary_line
+    from genlab.eval.anomaly import evaluate_anomaly, inspection_dataset, result_name, summary_line
     from genlab.eval.http_source import is_url
+    from genlab.eval.inspection import evaluate_inspection
     from genlab.eval.model_source import open_model
     from genlab.eval.results import save_result
 
     if is_url(args.model) and args.save:
         raise GenlabError("--save keeps a result beside its run directory; a served model (a URL) has none")
-    result = evaluate_anomaly(
-        open_model(args.model, served_model=args.served_model) if is_url(args.model) else args.model,
-        dataset=args.dataset,
-        normal_class=args.normal_class,
-        ood=args.ood,
-        split=args.split,
-        data_dir=args.data_dir,
-        percentile=args.percentile,
-        batch_size=args.batch_size,
-    )
+    source = open_model(args.model, served_model=args.served_model) if is_url(args.model) else open_model(args.model)
+    inspection = inspection_dataset(source, args.dataset, args.normal_class, args.ood)
+    if inspection is not None:
+        measured = evaluate_inspection(source, inspection, args.data_dir, args.percentile, args.split, args.batch_size)
+        result, text = measured.to_json(), measured.table()
+    else:
+        result = evaluate_anomaly(
+            source,
+            dataset=args.dataset,
+            normal_class=args.normal_class,
+            ood=args.ood,
+            split=args.split,
+            data_dir=args.data_dir,
+            percentile=args.percentile,
+            batch_size=args.batch_size,
+        )
+        text = summary_line(result)
     if args.save:
         result["saved_to"] = str(save_result(_run_dir_of(args.model), result_name(result), result))
     for warning in result["warnings"]:
         print(f"genlab eval anomaly: warning: {warning}", file=sys.stderr)
-    print_result(result, args.json, summary_line)
+    print_result(result, args.json, lambda _: text)
     return 0
 
 
@@ -181,7 +189,10 @@ def _add_anomaly(eval_sub: Any) -> None:
         "anomaly",
         help="AUROC / AUPRC and TPR / FPR at the calibrated threshold, per score",
         description="One-class protocol (normal = class K of the test split, anomalies = the other "
-        "classes) or --ood DATASET (anomalies = that dataset's test split).",
+        "classes) or --ood DATASET (anomalies = that dataset's test split). An inspection set (--dataset "
+        "mvtec:PATH or inspect:PATH) is judged on its test split, good images against defective ones: per image "
+        "(AUROC, F1-max, AUROC per defect type, FPR / TPR at the calibrated threshold) and, where it has masks, "
+        "per pixel of the anomaly map (AUROC, F1-max, AUPRO to FPR 0.3).",
     )
     a.add_argument(
         "model", help="checkpoint, run directory, ONNX export directory, or http://HOST:PORT of a genlab serve"
@@ -189,7 +200,10 @@ def _add_anomaly(eval_sub: Any) -> None:
     a.add_argument("--model", dest="served_model", metavar="NAME", help="MODEL is a URL: the served model's name")
     a.add_argument("--dataset", help="dataset of the normal images (default: the model's)")
     a.add_argument(
-        "--normal-class", type=int, metavar="K", help="normal class (default: the class a one-class run was trained on)"
+        "--normal-class",
+        type=int,
+        metavar="K",
+        help="normal class (default: the class a one-class run was trained on; 0 for an inspection set)",
     )
     a.add_argument("--ood", metavar="DATASET", help="score this dataset's test split as the anomalies")
     a.add_argument("--split", default="test", choices=("train", "val", "test"))
