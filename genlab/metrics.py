@@ -9,7 +9,8 @@ Series, in the spirit of Triton's ``nv_inference_*`` family:
 
 - ``genlab_http_requests_total{route, method, model, status}``
 - ``genlab_http_request_duration_seconds{route, model}`` (histogram)
-- ``genlab_inference_queue_duration_seconds{model, graph}``: a graph call's wait in the request merger (histogram)
+- ``genlab_inference_queue_duration_seconds{model, graph}``: the longest wait in the request merger of the requests
+  merged into one ONNX Runtime call (histogram)
 - ``genlab_inference_batch_size{model, graph}``: inputs per ONNX Runtime call, merged requests together (histogram)
 - ``genlab_inference_compute_duration_seconds{model, graph}``: one ONNX Runtime call (histogram)
 
@@ -118,7 +119,7 @@ class Metrics:
         )
         self.queue = Histogram(
             "genlab_inference_queue_duration_seconds",
-            "a graph call's wait in the request merger before its ONNX Runtime call starts",
+            "the longest wait in the request merger of the requests merged into one ONNX Runtime call",
             ["model", "graph"],
             buckets=LATENCY_BUCKETS,
             registry=own,

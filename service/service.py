@@ -225,9 +225,18 @@ def _at_most(count: int, field: str, limit: int) -> None:
 
 
 def _one_file(files: list[UploadFile], field: str) -> UploadFile | None:
+    """The one file part ``field``, or None when absent."""
     if len(files) > 1:
         raise RequestError(field, f"{len(files)} files; send at most one")
     return files[0] if files else None
+
+
+def _the_file(files: list[UploadFile], field: str, what: str) -> UploadFile:
+    """The one file part ``field``, which the route needs: ``what`` says what it holds."""
+    found = _one_file(files, field)
+    if found is None:
+        raise RequestError(field, f"send {what} as a file part {field!r}")
+    return found
 
 
 # -- the application ----------------------------------------------------------------------------------------------
@@ -456,9 +465,7 @@ async def batch_decode(request: HttpRequest) -> Response:
     body, uploads = await state.read(request, Batch, ["z", "labels"])
     runner = state.runner(body.model)
     m, limit, max_images = runner.model, state.settings.max_upload_bytes, state.settings.max_images
-    z = _one_file(uploads["z"], "z")
-    if z is None:
-        raise RequestError("z", "send the latents as a file part 'z' (a .npy of float32 [N, latent])")
+    z = _the_file(uploads["z"], "z", "the latents (a .npy of float32 [N, latent])")
     latents = latents_from_npy(z, "z", m.latent_dim, max_images, limit)
     labels_file = _one_file(uploads["labels"], "labels")
     if m.conditional and labels_file is None:
@@ -488,9 +495,7 @@ async def batch_score(request: HttpRequest) -> Response:
     body, uploads = await state.read(request, Batch, ["images", "labels"])
     runner = state.runner(body.model)
     m, limit, max_images = runner.model, state.settings.max_upload_bytes, state.settings.max_images
-    images = _one_file(uploads["images"], "images")
-    if images is None:
-        raise RequestError("images", "send the images as a file part 'images' (a .npy of uint8 [N, C, H, W])")
+    images = _the_file(uploads["images"], "images", "the images (a .npy of uint8 [N, C, H, W])")
     x = images_from_npy(images, "images", m.image_shape, max_images, limit)
     labels_file = _one_file(uploads["labels"], "labels")
     labels = None
