@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("family", choices=FAMILY_NAMES, help="; ".join(f"{f.name}: {f.summary}" for f in FAMILIES.values()))
     p.add_argument(
         "--dataset",
-        help=f"mnist-5k (embedded), mnist, fashion-mnist, cifar10, celeba, or folder:PATH (default {tc.dataset})",
+        help=f"mnist-5k (embedded), mnist, fashion-mnist, cifar10, celeba, folder:PATH, or an inspection set: "
+        f"mvtec:CATEGORY_DIR (MVTec AD layout) or inspect:PATH (normal/abnormal/mask folders) (default {tc.dataset})",
     )
     p.add_argument("--data-dir", help=f"where the standard dataset files are (default: ./{tc.data_dir})")
     p.add_argument(
