@@ -90,8 +90,10 @@ async def read_json(request: Request, model: type[M], max_values: int, files: Co
         raise RequestError("body", f"not valid JSON ({str(err)[:120]})") from None
     if not isinstance(sent, dict):
         raise RequestError("body", "the request body must be a JSON object (or multipart/form-data for uploads)")
-    for name in sorted(set(files) & set(sent)):
-        raise RequestError(name, "files are uploaded as multipart/form-data parts; in JSON send the pixels as 'array'")
+    named = sorted(set(files) & set(sent))
+    if named:
+        message = "files are uploaded as multipart/form-data parts; in JSON send the pixels as 'array'"
+        raise RequestError(named[0], message)
     return validated(model, sent)
 
 
