@@ -93,8 +93,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         rate = f", {s['images_per_s']:,.0f} img/s" if s["images_per_s"] else ""
         line = (
             f"{s['family']} on {s['dataset']}: {state} at epoch {s['epoch']}/{s['epochs']}, step {s['step']} "
-            f"({s['train_seconds']:.1f} s{rate}); checkpoint {s['checkpoint']}; samples {s['samples']}"
+            f"({s['train_seconds']:.1f} s{rate}); checkpoint {s['checkpoint']}"
         )
+        line += "".join(f"; {key} {s[key]}" for key in ("samples", "reconstructions") if s[key])
         if s["stopped"] == "max_steps":
             line += f"; to go on: {again} --max-steps N (N > {s['max_steps']})"
         return line

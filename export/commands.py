@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -34,7 +37,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
             g: max(o["max_diff"] for o in p["outputs"].values()) for g, p in manifest["parity"].items()
         },
         "bento_tag": None,
+        "warning": manifest["training"]["warning"],
     }
+    if result["warning"]:
+        run_dir = shlex.quote(str(Path(result["checkpoint"]).parent))
+        again = f"genlab train {manifest['family']} --out {run_dir} --resume"
+        print(
+            f"genlab export: warning: {result['checkpoint']}: {result['warning']}; train it to the end ({again})",
+            file=sys.stderr,
+        )
     if not args.no_bento:
         from genlab.export.store import save_to_store
 

@@ -357,6 +357,7 @@ def build_manifest(
             "epoch": ckpt.get("epoch"),
             "step": ckpt.get("step"),
             "complete": ckpt.get("complete", False),
+            "warning": unfinished_warning(ckpt),
             "seed": ckpt.get("seed"),
             "world_size": ckpt.get("world_size", 1),
             "model_config": ckpt["model_config"],
@@ -369,6 +370,21 @@ def build_manifest(
             "genlab_version": ckpt.get("genlab_version"),
         },
     }
+
+
+def unfinished_warning(ckpt: dict[str, Any]) -> str | None:
+    """What an export of a checkpoint saved before its run finished lacks, in one sentence; None once it finished."""
+    if ckpt.get("complete"):
+        return None
+    tc, data = ckpt["train_config"], ckpt["data"]
+    of = ""
+    if data.get("num_train"):
+        per_epoch = data["num_train"] // ckpt.get("world_size", 1) // tc["batch_size"]
+        of = f" of {tc['epochs'] * per_epoch}"
+    return (
+        f"the checkpoint was saved at step {ckpt.get('step')}{of}, before the run's calibration; "
+        "/anomaly-score needs a raw threshold in each request"
+    )
 
 
 def _is_export(directory: Path) -> bool:

@@ -375,6 +375,7 @@ def test_manifest_contents(exported):
     assert m["training"]["train_config"] == {k: v for k, v in ckpt["train_config"].items() if k != "data_dir"}
     assert m["training"]["metrics"] == json.loads(json.dumps(ckpt["metrics"]))
     assert m["training"]["step"] == ckpt["step"] == exported.steps and m["training"]["complete"] is True
+    assert m["training"]["warning"] is None
     assert m["training"]["model_config"] == ckpt["model_config"]
     assert m["source"] == {
         "checkpoint": "last.pt",
@@ -513,6 +514,28 @@ def test_corrupt_and_truncated_checkpoints(build, tmp_path, capsys):
         assert "genlab export: error:" in cli_line(capsys) and leftovers(out) == []
     assert main(["export", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "o"), "--no-bento"]) == 2
     assert "checkpoint not found" in cli_line(capsys)
+
+
+def test_an_unfinished_run_exports_with_a_warning(tmp_path, capsys):
+    run, out = tmp_path / "run", tmp_path / "exp"
+    tiny = [f"--set={k}={v}" for k, v in {**TINY, "quality_every": 0}.items()]
+    args = ["--epochs", "2", "--normal-class", "1", "--batch-size", "16", "--max-steps", "3", *tiny]
+    assert main(["train", "vae", "--out", str(run), *args]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "max steps at epoch 0/2, step 3" in line and "samples" not in line and "reconstructions" not in line
+
+    assert main(["export", str(run), "--out", str(out), "--no-bento"]) == 0
+    sentence = (
+        "the checkpoint was saved at step 3 of 50, before the run's calibration; "
+        "/anomaly-score needs a raw threshold in each request"
+    )
+    assert cli_line(capsys) == (
+        f"genlab export: warning: {run / 'last.pt'}: {sentence}; train it to the end "
+        f"(genlab train vae --out {run} --resume)"
+    )
+    manifest = read_manifest(out)
+    assert manifest["training"]["complete"] is False and manifest["training"]["warning"] == sentence
+    assert manifest["calibration"] is None
 
 
 def test_existing_out_needs_overwrite(tmp_path, capsys, fast_exporter):

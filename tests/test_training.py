@@ -243,6 +243,41 @@ def test_reconstruction_grid_keeps_originals_on_odd_rows_for_any_count(count):
     assert sorted(cells[cells > 0][::4].tolist()) == sorted([*range(1, count + 1), *range(101, count + 101)])
 
 
+@pytest.mark.parametrize("available", [1, 3, 7, 8, 10, 17, 32, 50])
+def test_the_reconstruction_grid_shows_only_images_it_has(available):
+    from genlab.training.sample_grids import RECON_COLUMNS, RECON_IMAGES, paired_rows, recon_layout
+
+    columns, count = recon_layout(available)
+    assert columns == min(available, RECON_COLUMNS) and 0 < count <= min(available, RECON_IMAGES)
+    assert count % columns == 0 and (available < RECON_COLUMNS or count > min(available, RECON_IMAGES) - columns)
+    originals = torch.arange(1, count + 1, dtype=torch.uint8).view(count, 1, 1, 1)
+    cells = paired_rows(originals, originals + 100, columns)
+    assert len(cells) == 2 * count and cells.all()  # no blank cell
+
+
+def test_a_small_validation_split_fills_the_reconstruction_grid(tmp_path, image_folder):
+    from PIL import Image
+
+    from genlab.config import TrainConfig as Config
+
+    config = Config(dataset=f"folder:{image_folder}", batch_size=4, epochs=1, quality_every=0, sample_count=4)
+    train("vae", dict(TINY, image_size=16), config, tmp_path / "r")
+    num_val = load_checkpoint(tmp_path / "r")["data"]["num_val"]
+    assert 0 < num_val < 8  # fewer than one row of RECON_COLUMNS
+    with Image.open(tmp_path / "r" / "reconstructions.png") as grid:
+        assert grid.size == (2 + num_val * (16 + 2), 2 + 2 * (16 + 2))  # one row of originals, one of reconstructions
+
+
+def test_a_run_stopped_in_its_first_epoch_names_only_the_grids_it_wrote(tmp_path):
+    run = tmp_path / "r"
+    stopped = _train(run, epochs=1, max_steps=2)
+    assert stopped["stopped"] == "max_steps" and stopped["samples"] is None and stopped["reconstructions"] is None
+    assert not (run / "samples.png").exists() and not (run / "reconstructions.png").exists()
+    done = _resume(run, max_steps=None)
+    assert (done["samples"], done["reconstructions"]) == (str(run / "samples.png"), str(run / "reconstructions.png"))
+    assert (run / "samples.png").is_file() and (run / "reconstructions.png").is_file()
+
+
 def test_loss_curves_are_a_grid_of_the_series_that_change(tmp_path):
     from genlab.training.plots import COLUMNS, PANEL_SIZE, plot_loss_curves, series
     from PIL import Image

@@ -26,7 +26,9 @@ def run_summary(
 ) -> dict[str, Any]:
     """``stopped``: None (finished), "max_steps", "interrupted" or "already complete"; ``best_epoch``: the epoch
     best.pt holds once the run ended (until then, or for a run that was already complete, the epoch whose N(0, I)
-    samples measured best, which best.pt holds during training)."""
+    samples measured best, which best.pt holds during training); ``samples`` and ``reconstructions``: the grid's
+    path, None where the run has not written it (a run stopped inside its first epoch has neither; a model without
+    an encoder has no reconstructions)."""
     seconds = at.train_seconds
     images_per_s = at.step * tc.batch_size * world_size / seconds if seconds else math.nan
     return {
@@ -42,7 +44,7 @@ def run_summary(
         "images_per_s": round(images_per_s, 1) if not math.isnan(images_per_s) else None,
         "last_epoch": at.epoch_history[-1] if at.epoch_history else None,
         "prior_quality": None if fitted is None else fitted.prior_quality,
-        "samples": str(run_dir / "samples.png"),
+        **{key: _written(run_dir / f"{key}.png") for key in ("samples", "reconstructions")},
         "max_steps": tc.max_steps,
         "best": None
         if watch.best_epoch is None
@@ -54,3 +56,7 @@ def run_summary(
         },
         "world_size": world_size,
     }
+
+
+def _written(path: Path) -> str | None:
+    return str(path) if path.is_file() else None

@@ -35,6 +35,15 @@ def decode_uint8(model: GenerativeModel, z: torch.Tensor, y: torch.Tensor | None
     return images
 
 
+def recon_layout(available: int) -> tuple[int, int]:
+    """The reconstruction grid's (columns, images) for ``available`` validation images: up to RECON_IMAGES in full
+    rows of RECON_COLUMNS, or one row of all of them where there are fewer, so no cell is left blank."""
+    if available < RECON_COLUMNS:
+        return available, available
+    count = min(RECON_IMAGES, available)
+    return RECON_COLUMNS, count - count % RECON_COLUMNS
+
+
 def paired_rows(originals: torch.Tensor, recon: torch.Tensor, columns: int = RECON_COLUMNS) -> torch.Tensor:
     """uint8 images and their reconstructions [N, C, H, W] -> the grid's cells: rows of ``columns`` originals, each
     followed by the row of their reconstructions, the last pair of rows filled with blank cells, so originals stay on
@@ -61,7 +70,8 @@ class SampleGrids:
         self.row = None if self.labels is None else GRID_PER_CLASS
         count = tc.sample_count if self.labels is None else len(self.labels)
         self.latents = model.sample_latents(count, torch.Generator().manual_seed(tc.seed))
-        pick = torch.randperm(len(val_data), generator=torch.Generator().manual_seed(tc.seed))[:RECON_IMAGES]
+        self.recon_columns, count = recon_layout(len(val_data))
+        pick = torch.randperm(len(val_data), generator=torch.Generator().manual_seed(tc.seed))[:count]
         self.recon_images = val_data.images[pick.sort().values]  # a fixed, class-mixed set
         self.recon_labels = val_data.labels[pick.sort().values]
 
@@ -75,13 +85,13 @@ class SampleGrids:
         samples = self._decode(self.latents).numpy()
         save_grid(samples, self.run_dir / "samples" / f"epoch_{epoch:03d}.png", self.row)
         save_grid(samples, self.run_dir / "samples.png", self.row)
-        if self.model.has_encoder:
+        if self.model.has_encoder and len(self.recon_images):
             originals = self.recon_images
             y = self.recon_labels.to(self.device) if self.conditional else None
             recon = model_to_uint8(self.model.reconstruct(uint8_to_model(originals.to(self.device)), y)).cpu()
-            grid = paired_rows(originals, recon).numpy()
-            save_grid(grid, self.run_dir / "samples" / f"recon_epoch_{epoch:03d}.png", nrow=RECON_COLUMNS)
-            save_grid(grid, self.run_dir / "reconstructions.png", nrow=RECON_COLUMNS)
+            grid = paired_rows(originals, recon, self.recon_columns).numpy()
+            save_grid(grid, self.run_dir / "samples" / f"recon_epoch_{epoch:03d}.png", nrow=self.recon_columns)
+            save_grid(grid, self.run_dir / "reconstructions.png", nrow=self.recon_columns)
         self.model.train()
 
     def write_prior_samples(self, prior: dict[str, Any]) -> None:
