@@ -48,7 +48,7 @@ from PIL import Image, UnidentifiedImageError
 
 from genlab.errors import GenlabError
 from genlab.files import file_sha256
-from genlab.imageio import to_array
+from genlab.imageio import centre_square, to_array
 
 SPLITS = ("train", "val", "test", "heldout")  # heldout: val and test together (what training never sees)
 SPLIT_SEED = 20240601  # fixed: the split never depends on the training seed
@@ -484,15 +484,21 @@ def _pair_masks(
     return [mask_of[image] for image in images]
 
 
+def _layout_folders(kind: str, root: Path, allowed: tuple[str, ...], layout: str) -> list[str]:
+    """The first-level folders of ``root``, each one the ``layout`` allows; anything else is refused in one line."""
+    if not root.is_dir():
+        raise _refuse(kind, root, "not a directory", layout)
+    _, folders = _entries(root)
+    for name in folders:
+        if name not in allowed:
+            raise _refuse(kind, root, f"{name}/ is not part of the layout", layout)
+    return folders
+
+
 def _mvtec_layout(root: Path) -> AnomalyLayout:
     """``root`` read as one MVTec AD category; anything else is refused with one line."""
     kind = "mvtec"
-    if not root.is_dir():
-        raise _refuse(kind, root, "not a directory", MVTEC_LAYOUT)
-    _, folders = _entries(root)
-    for name in folders:
-        if name not in ("train", "test", "ground_truth"):
-            raise _refuse(kind, root, f"{name}/ is not part of the layout", MVTEC_LAYOUT)
+    folders = _layout_folders(kind, root, ("train", "test", "ground_truth"), MVTEC_LAYOUT)
     if "train" not in folders or not (root / "train" / "good").is_dir():
         raise _refuse(kind, root, "no train/good/ folder", MVTEC_LAYOUT)
     loose, train_folders = _entries(root / "train")
@@ -535,12 +541,7 @@ def _mvtec_layout(root: Path) -> AnomalyLayout:
 def _inspect_layout(root: Path) -> AnomalyLayout:
     """``root`` read as a user's inspection folder (INSPECT_LAYOUT); anything else is refused with one line."""
     kind = "inspect"
-    if not root.is_dir():
-        raise _refuse(kind, root, "not a directory", INSPECT_LAYOUT)
-    _, folders = _entries(root)
-    for name in folders:
-        if name not in ("normal", "abnormal", "mask"):
-            raise _refuse(kind, root, f"{name}/ is not part of the layout", INSPECT_LAYOUT)
+    folders = _layout_folders(kind, root, ("normal", "abnormal", "mask"), INSPECT_LAYOUT)
     if "normal" not in folders:
         raise _refuse(kind, root, "no normal/ folder", INSPECT_LAYOUT)
     normal = _images_of(kind, root, root / "normal")
@@ -607,13 +608,8 @@ def layout_split(layout: AnomalyLayout, split: str) -> list[LabelledImage]:
 def _mask_to_array(mask: Image.Image, size: int) -> np.ndarray:
     """A mask image -> bool [size, size]: binarised at half grey, then :func:`genlab.imageio.to_array`'s centre crop
     and resize with nearest-neighbour resampling, so the mask stays binary and on its image's pixels."""
-    binary = mask.convert("L").point(lambda v: 255 if v >= 128 else 0)
-    w, h = binary.size
-    side = min(w, h)
-    if w != h:
-        left, top = (w - side) // 2, (h - side) // 2
-        binary = binary.crop((left, top, left + side, top + side))
-    if side != size:
+    binary = centre_square(mask.convert("L").point(lambda v: 255 if v >= 128 else 0))
+    if binary.size[0] != size:
         binary = binary.resize((size, size), Image.Resampling.NEAREST)
     return np.asarray(binary) >= 128
 

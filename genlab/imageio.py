@@ -27,17 +27,23 @@ def to_array(image: Image.Image, channels: int, size: int) -> np.ndarray:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, rgba)
-    image = image.convert(_MODES[channels])
-    w, h = image.size
-    side = min(w, h)
-    if w != h:
-        left, top = (w - side) // 2, (h - side) // 2
-        image = image.crop((left, top, left + side, top + side))
+    image = centre_square(image.convert(_MODES[channels]))
+    side = image.size[0]
     if side != size:
         image = image.resize((size, size), Image.Resampling.BICUBIC if side < size else Image.Resampling.LANCZOS)
     array = np.asarray(image, dtype=np.uint8)
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return np.ascontiguousarray(array)
+
+
+def centre_square(image: Image.Image) -> Image.Image:
+    """The largest square at the centre of ``image`` (the crop :func:`to_array` makes, which masks follow)."""
+    w, h = image.size
+    side = min(w, h)
+    if w == h:
+        return image
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side))
 
 
 def tile(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:

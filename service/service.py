@@ -187,6 +187,11 @@ def _label_fields(model: ExportedModel, labels: np.ndarray | None) -> dict[str, 
     return {"labels": labels.tolist(), "label_names": [model.class_names[k] for k in labels]}
 
 
+def _label_source(requested: np.ndarray | None) -> str:
+    """Whether a conditional model's classes were the request's or the ones that explain the images best."""
+    return "request" if requested is not None else "inferred"
+
+
 def _json(answer: BaseModel) -> JSONResponse:
     """A response model as JSON, without the fields that do not apply (those left unset)."""
     return JSONResponse(answer.model_dump(mode="json", exclude_unset=True))
@@ -398,7 +403,7 @@ async def reconstruct(request: HttpRequest) -> Response:
     recon = await runner.decode(np.ascontiguousarray(mu), used)
     labelled = _label_fields(m, used)
     if used is not None:
-        labelled["label_source"] = "request" if requested is not None else "inferred"
+        labelled["label_source"] = _label_source(requested)
     answer = Reconstruction(
         model=m.name,
         images=_png_base64(recon) if body.format == "png_list" else recon.tolist(),
@@ -565,7 +570,7 @@ def _image_scores(
     if cal:
         pct.update(percentiles_of(cal, {name: v for name, v in scores.items() if name in cal.names}))
     norm = normalized(cal, "score", scores["score"], cut) if cal and "score" in cal.names else None
-    source = None if used is None else "request" if requested is not None else "inferred"
+    source = _label_source(requested)
     results = []
     for i in range(len(scores["score"])):
         extra: dict[str, Any] = {}
