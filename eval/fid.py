@@ -449,7 +449,7 @@ def _record(
     return {
         "evaluation": "fid",
         "values": run["values"],
-        **_uncertainty(fx, s, n_images, run),
+        **_uncertainty(fx, s, n_images, len(ref.data), reference, run),
         "label": fx.label,
         "settings": line + (f"; served by {source.url}" if source.kind == "http" else ""),
         "model": source.path,
@@ -487,15 +487,21 @@ def _record(
     }
 
 
-def _uncertainty(fx: Any, s: FidSettings, n_images: int, run: dict[str, Any]) -> dict[str, Any]:
-    """The Fréchet distance's bootstrap interval and, at small N, the warning about its bias."""
-    from genlab.eval.small_n import bias_warning
+def _uncertainty(
+    fx: Any, s: FidSettings, n_images: int, reference_size: int, reference: str, run: dict[str, Any]
+) -> dict[str, Any]:
+    """The Fréchet distance's bootstrap interval and, at small N (of samples, or of the whole reference split of
+    ``reference_size`` images), the warnings about its bias."""
+    from genlab.eval.small_n import bias_warning, reference_warning
 
-    warning = bias_warning(n_images, run["feature_dim"], fx.label) if "fid" in s.metrics else None
+    warnings = []
+    if "fid" in s.metrics:
+        dim = run["feature_dim"]
+        warnings = [bias_warning(n_images, dim, fx.label), reference_warning(reference_size, dim, fx.label, reference)]
     fid_key = fx.metric_key("frechet_inception_distance")
     return {
         "intervals": {fid_key: run["interval"]} if run["interval"] else {},
-        "warnings": [warning] if warning else [],
+        "warnings": [warning for warning in warnings if warning],
     }
 
 

@@ -12,7 +12,8 @@ correction of the bias.
 "Effectively unbiased FID"): at N below ``BIAS_DIMENSIONS`` times the feature dimension (about
 10,000 for Inception's 2,048 features) that bias is of the order of the differences between
 good models, so small-N figures compare only with figures at the same N. KID is unbiased at any
-N and is the number to trust there.
+N and is the number to trust there. The same floor applies to the reference split: against fewer
+reference images than that, no number of samples makes the distance meaningful.
 
 ``tr sqrt(S1 S2)`` is computed as the sum of the square roots of the eigenvalues of
 ``R S1 R`` with ``R = S2^(1/2)`` (similar matrices share eigenvalues), or, with fewer samples
@@ -30,14 +31,35 @@ BIAS_DIMENSIONS = 5  # warn below this many samples per feature dimension
 INTERVAL = (2.5, 97.5)
 
 
-def bias_warning(n: int, feature_dim: int, label: str) -> str | None:
-    """A one-line warning when ``n`` is where the Fréchet distance's small-sample bias dominates, else None."""
+def _below_bias_floor(n: int, feature_dim: int) -> str | None:
+    """'below 640 = 5 x 128 feature dimensions' where ``n`` images are too few for the Fréchet distance's bias to
+    be small, else None."""
     floor = BIAS_DIMENSIONS * feature_dim
     if n >= floor:
         return None
+    return f"below {floor:,} = {BIAS_DIMENSIONS} x {feature_dim} feature dimensions"
+
+
+def bias_warning(n: int, feature_dim: int, label: str) -> str | None:
+    """A one-line warning when ``n`` samples are where the Fréchet distance's small-sample bias dominates, else None."""
+    below = _below_bias_floor(n, feature_dim)
+    if below is None:
+        return None
     return (
-        f"{label} at n={n} is biased upward (below {floor:,} = {BIAS_DIMENSIONS} x {feature_dim} feature dimensions): "
-        f"compare it only with figures at the same n; KID is unbiased at any n"
+        f"{label} at n={n} is biased upward ({below}): compare it only with figures at the same n; "
+        f"KID is unbiased at any n"
+    )
+
+
+def reference_warning(n_reference: int, feature_dim: int, label: str, reference: str) -> str | None:
+    """A one-line warning when the reference split ``reference`` holds too few images (``n_reference``) for the
+    Fréchet distance, whatever the number of samples, else None."""
+    below = _below_bias_floor(n_reference, feature_dim)
+    if below is None:
+        return None
+    return (
+        f"the reference {reference} holds only {n_reference:,} images ({below}): {label} against so few is "
+        f"dominated by its bias; use KID (unbiased at any n) or a larger reference (--ref)"
     )
 
 

@@ -471,6 +471,26 @@ def test_fid_has_a_bootstrap_interval_and_a_small_n_warning(runs):
     assert none["intervals"] == {} and none["warnings"] == []  # KID alone: nothing biased to warn about
 
 
+def test_fid_warns_when_the_reference_split_is_too_small_whatever_n(runs, tmp_path, capsys):
+    from genlab.cli.main import main
+    from genlab.eval.fid import compute_fid
+
+    # mnist-5k's test split holds 500 images, below 640 = 5 x 128 lenet features: 700 samples do not make up for it
+    args = ["eval", "fid", str(runs["vae"]), "--n", "700", "--extractor", "lenet", "--metrics", "fid"]
+    assert main([*args, "--bootstrap", "0", "--save", str(tmp_path)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("genlab eval fid: warning: the reference mnist-5k:test holds only 500 ")
+    assert "(below 640 = 5 x 128 feature dimensions)" in err[0] and "dominated by its bias" in err[0]
+    assert "KID" in err[0] and "larger reference (--ref)" in err[0]
+    (saved,) = (tmp_path / "eval").glob("fid-lenet-*.json")
+    assert json.loads(saved.read_text())["warnings"] == [err[0].removeprefix("genlab eval fid: warning: ")]
+    # 4,000 reference images: only the samples' n is too small
+    train = compute_fid(
+        str(runs["vae"]), ref="mnist-5k:train", n=60, extractor="lenet", metrics=("fid",), bootstrap=0, progress=False
+    )
+    assert len(train["warnings"]) == 1 and "n=60 is biased upward" in train["warnings"][0]
+
+
 def test_provenance_names_the_model_bytes_reference_extractor_and_versions(runs, exports):
     from genlab.eval.fid import compute_fid
 

@@ -253,6 +253,67 @@ def test_a_dropped_png_gets_its_score_and_a_visible_heat_map_that_rescoring_foll
     assert tab.errors == []
 
 
+def _colour_png(side: int, seed: int) -> str:
+    """A random colour PNG, base64."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_a_large_colour_models_card_shows_its_images_at_their_real_size_and_in_colour(open_tab):
+    # no 256 px colour model among the tiny ones: the API's answers for one are written here, the page is the real one
+    side = 256
+    tab = open_tab()
+    page = tab.page
+
+    def models(route):
+        listed = route.fetch().json()
+        route.fulfill(json=[{**m, "image_shape": [3, side, side]} for m in listed])
+
+    scored = {
+        "results": [
+            {
+                "score": 2.0,
+                "normalized_score": 0.8,
+                "percentile": 99.5,
+                "is_anomaly": True,
+                "anomaly_map": _colour_png(side, 1),
+            }
+        ],
+        "threshold": 1.0,
+        "threshold_percentile": 99.0,
+        "score_name": "score",
+        "meaning": "a test score",
+    }
+    page.route("**/models", models)
+    page.route("**/anomaly-score", lambda route: route.fulfill(json=scored))
+    page.route("**/reconstruct", lambda route: route.fulfill(json={"images": [_colour_png(side, 2)]}))
+    page.reload()
+    page.evaluate(DROP, [[["part.png", _colour_png(700, 3)]], "#drop-zone"])
+    tab.ready("#anomaly-results")
+    card = page.locator("#anomaly-results .card")
+    # one CSS pixel per image pixel: the image, its reconstruction and the image under the map, inside the card
+    shown = card.locator("img").evaluate_all("els => els.map(e => e.getBoundingClientRect().width)")
+    assert shown == [side] * 3
+    assert card.locator("canvas.heat").evaluate("c => [c.width, c.getBoundingClientRect().width]") == [side, side]
+    assert card.evaluate("c => c.scrollWidth <= c.clientWidth")
+    (reconstruction,) = page.evaluate(
+        """() => [...document.querySelectorAll("#anomaly-results img")].filter(i => i.alt.startsWith("reconstruction"))
+        .map((img) => {
+          const c = document.createElement("canvas");
+          c.width = img.naturalWidth; c.height = img.naturalHeight;
+          const ctx = c.getContext("2d");
+          ctx.drawImage(img, 0, 0);
+          return Array.from(ctx.getImageData(0, 0, c.width, c.height).data);
+        })"""
+    )
+    rgba = np.array(reconstruction, np.uint8).reshape(side, side, 4)
+    expected = np.array(Image.open(io.BytesIO(base64.b64decode(_colour_png(side, 2)))))
+    assert np.array_equal(rgba[..., :3], expected)  # the colours the API sent, pixel for pixel
+    assert tab.errors == []
+
+
 def test_many_uploads_get_a_card_each_and_a_model_without_encoder_scores_only(open_tab, models, tmp_path):
     tab = open_tab()
     page = tab.page

@@ -7,6 +7,7 @@ const $ = (id) => document.getElementById(id);
 const KEY = "genlab-api-key";
 const UPLOAD_BATCH = 16; // images per /anomaly-score and /reconstruct request
 const MAX_PX = 8; // the most CSS pixels per image pixel
+const CARD_PX = 96; // the width an anomaly card enlarges a small image to
 
 const state = { models: [], model: null, files: [], urls: { gallery: [], interp: [], anomaly: [] } };
 
@@ -377,9 +378,15 @@ function fmt(x, digits = 4) {
   return x === null || x === undefined ? "n/a" : Number(x).toPrecision(digits);
 }
 
-async function scoreCard(file, result, recon, threshold) {
+// whole CSS pixels per image pixel on a card: small images (digits) enlarged to about CARD_PX, larger ones at their
+// real size
+function cardScale() {
   const { w } = imageSize();
-  const scale = Math.max(3, Math.min(MAX_PX, Math.floor(96 / w)));
+  return Math.max(1, Math.min(MAX_PX, Math.floor(CARD_PX / w)));
+}
+
+async function scoreCard(file, result, recon, threshold) {
+  const scale = cardScale();
   const card = document.createElement("article");
   card.className = `card${result.is_anomaly ? " anomalous" : ""}`;
   const title = document.createElement("h3");
