@@ -39,11 +39,16 @@ def to_array(image: Image.Image, channels: int, size: int) -> np.ndarray:
 def centre_square(image: Image.Image) -> Image.Image:
     """The largest square at the centre of ``image`` (the crop :func:`to_array` makes, which masks follow)."""
     w, h = image.size
-    side = min(w, h)
     if w == h:
         return image
-    left, top = (w - side) // 2, (h - side) // 2
+    left, top, side = centre_square_box(w, h)
     return image.crop((left, top, left + side, top + side))
+
+
+def centre_square_box(width: int, height: int) -> tuple[int, int, int]:
+    """Where :func:`centre_square` crops a ``width`` x ``height`` image: (left, top, side) in its pixels."""
+    side = min(width, height)
+    return (width - side) // 2, (height - side) // 2, side
 
 
 def tile(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
@@ -71,3 +76,13 @@ def encode_png(array: np.ndarray) -> bytes:
 def save_grid(images: np.ndarray, path: str | os.PathLike, nrow: int | None = None) -> None:
     """Tile uint8 [N, C, H, W] images and write them as one PNG, atomically."""
     atomic_write_bytes(path, encode_png(tile(images, nrow)))
+
+
+def resize_map(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A float map [h, w] -> float32 [height, width], bilinear on the float values (PIL mode "F"); the same array
+    where it already has that size. The one resize of anomaly maps: to a mask's size (evaluation) and to an
+    upload's (the service)."""
+    if values.shape == (height, width):
+        return values
+    image = Image.fromarray(np.ascontiguousarray(values, np.float32), mode="F")
+    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), np.float32)

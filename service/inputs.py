@@ -2,8 +2,9 @@
 
 Uploads (PNG, JPEG, or anything else Pillow reads) of any size or mode are converted to the
 model's channels and size the same way the image-folder dataset is (``genlab.imageio.to_array``:
-alpha composited on black, mode converted, centre-cropped to a square, resized). Arrays must
-already have the model's exact shape and integer pixel values 0..255.
+alpha composited on black, mode converted, centre-cropped to a square, resized); each keeps its size
+as sent (:class:`Images`), for answers laid over it. Arrays must already have the model's exact
+shape and integer pixel values 0..255.
 
 Class labels (for conditional models) are resolved by one rule everywhere (:func:`labels_from_request`):
 an int is an index 0..K-1; a string is a class name or, if no name matches and it is a decimal
@@ -35,6 +36,19 @@ CLASSES_SHOWN = 20  # a refusal lists at most this many class names
 
 
 @dataclass(frozen=True)
+class Images:
+    """A request's images in the model's shape, and each one's size as sent."""
+
+    pixels: np.ndarray  # uint8 [N, C, H, W]
+    sizes: tuple[tuple[int, int], ...]  # (width, height) per image: an upload's own, an array's the model's
+
+    @classmethod
+    def at_model_size(cls, pixels: np.ndarray) -> Images:
+        """Images sent in the model's shape (arrays): their size is the model's."""
+        return cls(pixels, ((pixels.shape[3], pixels.shape[2]),) * len(pixels))
+
+
+@dataclass(frozen=True)
 class UploadLimits:
     """What one request's uploads may be (their defaults: :class:`service.settings.Settings`)."""
 
@@ -59,12 +73,13 @@ def upload_pixels(upload: UploadFile, field: str, limits: UploadLimits) -> int:
     return width * height
 
 
-def decode_upload(upload: UploadFile, field: str, shape: tuple[int, int, int]) -> np.ndarray:
-    """One uploaded file (header checked by :func:`upload_pixels`) -> uint8 [C, H, W] in the model's shape."""
+def decode_upload(upload: UploadFile, field: str, shape: tuple[int, int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """One uploaded file (header checked by :func:`upload_pixels`) -> (uint8 [C, H, W] in the model's shape, the
+    file's own (width, height))."""
     upload.file.seek(0)
     with _readable(field), Image.open(upload.file) as image:
         image.load()
-        return to_array(image, shape[0], shape[1])
+        return to_array(image, shape[0], shape[1]), image.size
 
 
 @contextlib.contextmanager
@@ -90,9 +105,10 @@ def check_image_source(files: Sequence[UploadFile] | None, array: Any) -> None:
 
 def images_from_uploads(
     files: Sequence[UploadFile], shape: tuple[int, int, int], limits: UploadLimits, stop: threading.Event | None = None
-) -> np.ndarray:
-    """Uploaded files -> uint8 [N, C, H, W]. Every header is checked, and the request's total pixels bounded, before
-    anything is decoded; ``stop`` (set when the request is cancelled) ends the decoding between files."""
+) -> Images:
+    """Uploaded files -> uint8 [N, C, H, W] and their sizes as sent. Every header is checked, and the request's total
+    pixels bounded, before anything is decoded; ``stop`` (set when the request is cancelled) ends the decoding between
+    files."""
     if len(files) > limits.max_images:
         raise RequestError("images", f"{len(files)} images; the limit is {limits.max_images}", 413)
     total = sum(upload_pixels(upload, f"images[{i}]", limits) for i, upload in enumerate(files))
@@ -102,12 +118,14 @@ def images_from_uploads(
             f"the images hold {total:,} pixels together; the limit per request is {limits.max_request_pixels:,}",
             413,
         )
-    decoded = []
+    decoded, sizes = [], []
     for i, upload in enumerate(files):
         if stop is not None and stop.is_set():
             raise RequestError("images", "the request was cancelled (timed out) while its images were decoded", 503)
-        decoded.append(decode_upload(upload, f"images[{i}]", shape))
-    return np.stack(decoded)
+        pixels, size = decode_upload(upload, f"images[{i}]", shape)
+        decoded.append(pixels)
+        sizes.append(size)
+    return Images(np.stack(decoded), tuple(sizes))
 
 
 def array_to_images(array: Any, field: str, shape: tuple[int, int, int], max_images: int) -> np.ndarray:

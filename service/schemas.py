@@ -90,6 +90,14 @@ class Score(Request):
     label: Labels = None
     maps: StrictBool = False
     maps_format: Literal["png", "array"] = "png"
+    maps_size: Annotated[
+        Literal["model", "image"],
+        Field(
+            description="the anomaly maps' size: the model's ('model'), or each uploaded image's own ('image': the "
+            "map of the centre square the model saw, laid over the image, zero outside the square; an `array` is "
+            "at the model's size either way)"
+        ),
+    ] = "model"
     model: ModelName = None
 
 
@@ -152,6 +160,11 @@ class ImageScore(BaseModel):
         None,
         description="with maps=true: the anomaly map, as a base64 PNG of uint8 |image - reconstruction| "
         f"(maps_format=png) or as float [C, H, W], {ANOMALY_MAP_MEANING} (maps_format=array)",
+    )
+    anomaly_map_size: list[int] | None = Field(
+        None,
+        description="with maps=true: the map's [H, W], the model's (maps_size=model) or the image's as sent "
+        "(maps_size=image)",
     )
 
 

@@ -6,7 +6,8 @@ Routes (:func:`build_app`):
     POST /generate        n, seed, z, temperature, label, format, model -> PNG grid | base64 PNGs | array | .npy
     POST /interpolate     seeds | images | array, steps, method, temperature, label, format, model -> as /generate
     POST /reconstruct     images (files) or array, label, format, model -> reconstructions, latent means, errors
-    POST /anomaly-score   images (files) or array, percentile | threshold, label, maps, maps_format, model -> scores
+    POST /anomaly-score   images (files) or array, percentile | threshold, label, maps, maps_format, maps_size, model
+                          -> scores (and anomaly maps, at the model's size or each image's own: service.maps)
     POST /batch/decode    z (.npy float32 [N, latent]), labels (.npy), model -> .npy uint8 images [N, C, H, W]
     POST /batch/score     images (.npy uint8 [N, C, H, W]), labels (.npy), model -> .npy float32 scores [N, K]
     GET|POST /models      the served models, their classes, manifests and execution providers
@@ -40,6 +41,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from genlab.export.reader import ANOMALY_MAP, ExportedModel, sample_latents
 from genlab.service.inputs import (
+    Images,
     array_to_images,
     check_image_source,
     images_from_npy,
@@ -49,6 +51,7 @@ from genlab.service.inputs import (
     latents_from_npy,
     latents_from_request,
 )
+from genlab.service.maps import MapAnswer, check_array_map_values, maps_to_answers
 from genlab.service.oip import OPEN_PATHS as PROTOCOL_OPEN_PATHS
 from genlab.service.oip import ROUTE_TEMPLATES as PROTOCOL_ROUTES
 from genlab.service.oip import SERVER_METADATA, protocol_app
@@ -146,13 +149,14 @@ class Served:
             raise RequestError("body", f"Content-Type {kind[:60]!r}: send application/json or a form", 415)
         return await read_json(request, model, self.json_values, files), {name: [] for name in files}
 
-    async def images(self, files: Sequence[UploadFile], array: Any, model: ExportedModel) -> np.ndarray:
-        """A request's images (uploads, decoded in the work pool, or a JSON array) -> uint8 [N, C, H, W]."""
+    async def images(self, files: Sequence[UploadFile], array: Any, model: ExportedModel) -> Images:
+        """A request's images (uploads, decoded in the work pool, or a JSON array) -> uint8 [N, C, H, W] and each
+        one's size as sent."""
         check_image_source(files, array)
         if files:
             limits = self.settings.upload_limits
             return await self.work.run_stoppable(images_from_uploads, files, model.image_shape, limits)
-        return array_to_images(array, "array", model.image_shape, self.settings.max_images)
+        return Images.at_model_size(array_to_images(array, "array", model.image_shape, self.settings.max_images))
 
 
 def served() -> Served:
@@ -365,7 +369,7 @@ async def interpolate(request: HttpRequest) -> Response:
             [sample_latents(1, m.latent_dim, s, body.temperature, m.latent_prior, labels=first) for s in body.seeds]
         )
     else:
-        x = await state.images(files, body.array, m)
+        x = (await state.images(files, body.array, m)).pixels
         if len(x) != 2:
             raise RequestError("images" if files else "array", f"{len(x)} images; the path runs between 2", 422)
         ends = np.ascontiguousarray((await runner.encode(x, labels))[0])
@@ -394,7 +398,7 @@ async def reconstruct(request: HttpRequest) -> Response:
     body, uploads = await state.read(request, Reconstruct, ["images"])
     runner = state.runner(body.model, encoder=True)
     m = runner.model
-    x = await state.images(uploads["images"], body.array, m)
+    x = (await state.images(uploads["images"], body.array, m)).pixels
     requested = labels_from_request(body.label, len(x), _classes(m), m.name)
     used = requested
     if m.conditional and requested is None:  # the class that explains each image best
@@ -424,13 +428,15 @@ async def anomaly_score(request: HttpRequest) -> Response:
     """Score images (files or `array`, exactly one): the raw score, the score normalised to [0, 1] with the
     threshold at 0.5, its percentile among held-out normal images, `is_anomaly`, and every component. The threshold
     is the calibrated `percentile` (default 99) or a raw `threshold`. `maps=true`: each image's anomaly map too,
-    from the same graph call. Conditional models score under `label`, or the class that explains the image best."""
+    from the same graph call, at the model's size or (`maps_size=image`) laid over each upload as sent.
+    Conditional models score under `label`, or the class that explains the image best."""
     state = served()
     body, uploads = await state.read(request, Score, ["images"])
     runner = state.runner(body.model)
     m = runner.model
     _check_scoring(m, body)
-    x = await state.images(uploads["images"], body.array, m)
+    sent = await state.images(uploads["images"], body.array, m)
+    x = sent.pixels
     requested = labels_from_request(body.label, len(x), _classes(m), m.name)
     scores = await runner.scores(x, requested, body.maps)  # with maps: the maps too, from the same graph call
     used = scores.pop("label", None)
@@ -444,6 +450,7 @@ async def anomaly_score(request: HttpRequest) -> Response:
     else:
         threshold_percentile = DEFAULT_PERCENTILE if body.percentile is None else body.percentile
         cut = quantile(curves, "score", threshold_percentile)
+    answered_maps = None if maps is None else await _maps(state, maps, sent, body)
     answer = AnomalyScores(
         model=m.name,
         score_name="score",
@@ -451,7 +458,7 @@ async def anomaly_score(request: HttpRequest) -> Response:
         threshold=cut,
         threshold_percentile=threshold_percentile,
         threshold_source="request" if body.threshold is not None else "calibration",
-        results=_image_scores(m, values, cut, requested, used, maps, body.maps_format),
+        results=_image_scores(m, values, cut, requested, used, answered_maps),
     )
     return _json(answer)
 
@@ -554,17 +561,26 @@ def _check_scoring(model: ExportedModel, body: Score) -> None:
         raise RequestError("threshold", "must be a finite number", 422)
 
 
+async def _maps(state: Served, maps: np.ndarray, sent: Images, body: Score) -> list[MapAnswer]:
+    """The anomaly maps (float [N, C, s, s]) of the images ``sent`` as ``body`` asks for them: at the model's size, or
+    laid over each image as sent (made in the work pool: an upload may be large)."""
+    if body.maps_size == "model":
+        return maps_to_answers(maps, Images.at_model_size(sent.pixels).sizes, body.maps_format)
+    if body.maps_format == "array":
+        check_array_map_values(maps.shape[1], sent.sizes)
+    return await state.work.run(maps_to_answers, maps, sent.sizes, body.maps_format)
+
+
 def _image_scores(
     model: ExportedModel,
     scores: dict[str, np.ndarray],
     cut: float,
     requested: np.ndarray | None,
     used: np.ndarray | None,
-    maps: np.ndarray | None,
-    maps_format: str,
+    maps: list[MapAnswer] | None,
 ) -> list[ImageScore]:
     """One result per image: its ``scores`` against the threshold ``cut`` and the model's calibration, the class it
-    was scored under (``used``) and its anomaly map (float [N, C, H, W], or None) in ``maps_format``."""
+    was scored under (``used``) and its anomaly map (as answered, or None)."""
     cal = model.calibration_curves
     pct: dict[str, np.ndarray | None] = dict.fromkeys(scores)
     if cal:
@@ -577,11 +593,7 @@ def _image_scores(
         if used is not None:
             extra.update(label=int(used[i]), label_name=model.class_names[used[i]], label_source=source)
         if maps is not None:
-            extra["anomaly_map"] = (
-                _png_base64(np.rint(maps[i : i + 1] * 255).astype(np.uint8))[0]
-                if maps_format == "png"
-                else maps[i].round(5).tolist()
-            )
+            extra.update(anomaly_map=maps[i].anomaly_map, anomaly_map_size=list(maps[i].size))
         results.append(
             ImageScore(
                 score=float(scores["score"][i]),

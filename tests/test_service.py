@@ -588,6 +588,74 @@ def test_anomaly_maps_need_an_encoder(client):
     assert r.status_code == 200 and r.json()["results"][0]["anomaly_map"]
 
 
+def _upsampled(square: np.ndarray, side: int) -> np.ndarray:
+    """A float map [s, s] -> [side, side], bilinear on the floats (PIL mode "F"): the reference for maps_size=image."""
+    return np.asarray(Image.fromarray(square.astype(np.float32)).resize((side, side), Image.Resampling.BILINEAR))
+
+
+@pytest.mark.parametrize(("width", "height"), [(40, 30), (30, 41)])
+def test_maps_at_the_uploads_size_lay_the_models_map_over_its_centre_square(client, width, height):
+    """maps_size=image: a width x height upload's map is width x height; the centre square the model saw holds the
+    model-size map upsampled to the square's side, and the margins it did not see are zero."""
+    pixels = np.random.default_rng(width).integers(0, 256, (height, width, 3), np.uint8)
+    files = [("images", ("part.png", _png(pixels), "image/png"))]
+
+    def score(**fields: str) -> dict:
+        r = client.post("/anomaly-score", files=files, data={"maps": "true", **fields})
+        assert r.status_code == 200, r.text
+        return r.json()["results"][0]
+
+    at_model = score(maps_format="array")
+    assert at_model == score(maps_format="array", maps_size="model")  # the default
+    assert at_model["anomaly_map_size"] == [28, 28]
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    expected = np.zeros((1, height, width), np.float32)
+    expected[0, top : top + side, left : left + side] = _upsampled(np.array(at_model["anomaly_map"])[0], side)
+
+    as_png = score(maps_size="image")
+    assert as_png["anomaly_map_size"] == [height, width]
+    assert {k: v for k, v in as_png.items() if not k.startswith("anomaly_map")} == {
+        k: v for k, v in at_model.items() if not k.startswith("anomaly_map")
+    }  # the same scores
+    image = Image.open(io.BytesIO(base64.b64decode(as_png["anomaly_map"])))
+    assert (image.size, image.mode) == ((width, height), "L")
+    png = np.asarray(image).astype(np.int16)
+    np.testing.assert_allclose(png, np.rint(expected[0] * 255), atol=1)
+    inside = np.zeros((height, width), bool)
+    inside[top : top + side, left : left + side] = True
+    assert not png[~inside].any() and png[inside].any()
+
+    as_array = score(maps_size="image", maps_format="array")
+    assert as_array["anomaly_map_size"] == [height, width]
+    np.testing.assert_allclose(np.array(as_array["anomaly_map"]), expected, atol=1e-4)
+
+
+def test_a_map_at_the_uploads_size_compares_each_pixel_of_the_upload_with_its_reconstruction(client):
+    """A 40x28 upload's centre square is the model's 28 px: map pixel (row, col) at the upload's size is
+    |upload[row, col] - reconstruction[row, col - 6]| / 255 inside the square, and zero in the margins."""
+    upload = np.random.default_rng(1).integers(0, 256, (28, 40), np.uint8)
+    files = [("images", ("part.png", _png(upload), "image/png"))]
+    recon = np.array(client.post("/reconstruct", files=files, data={"format": "array"}).json()["images"][0], np.uint8)
+    r = client.post("/anomaly-score", files=files, data={"maps": "true", "maps_size": "image", "maps_format": "array"})
+    assert r.status_code == 200, r.text
+    anomaly_map = np.array(r.json()["results"][0]["anomaly_map"])
+    expected = np.zeros((1, 28, 40), np.float32)
+    expected[:, :, 6:34] = _map(upload[None, :, 6:34], recon)
+    np.testing.assert_allclose(anomaly_map, expected, atol=1e-5)
+
+
+def test_an_arrays_map_at_the_images_size_is_the_models(client):
+    """An array is sent at the model's size: maps_size=image answers exactly what maps_size=model does."""
+    array = _digits(client, 2, seed=7)
+    for maps_format in ("png", "array"):
+        request = {"array": array, "maps": True, "maps_format": maps_format}
+        at_model = client.post("/anomaly-score", json=request).json()
+        at_image = client.post("/anomaly-score", json={**request, "maps_size": "image"}).json()
+        assert at_image == at_model
+        assert all(row["anomaly_map_size"] == [28, 28] for row in at_image["results"])
+
+
 def test_scores_and_maps_come_from_one_onnx_runtime_call_per_request(client, monkeypatch):
     """/anomaly-score runs the score graph once, with maps or without (the map is one of its outputs, asked for only
     with maps): no encoder or decoder call, whatever the model, format or way the images come."""

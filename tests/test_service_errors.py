@@ -146,3 +146,36 @@ def test_a_class_index_is_ascii_digits_without_leading_zeros(exports, label):
     with pytest.raises(RequestError) as refused:
         class_index(label, classes, "m", "label")
     assert refused.value.status == 422 and refused.value.field == "label"
+
+
+@pytest.mark.parametrize(
+    "send",
+    [
+        {"json": {"array": np.zeros((1, 1, 28, 28), int).tolist(), "maps": True, "maps_size": "original"}},
+        {"json": {"array": np.zeros((1, 1, 28, 28), int).tolist(), "maps": True, "maps_size": 1}},
+        {"files": [("images", ("d.png", DIGIT, "image/png"))], "data": {"maps": "true", "maps_size": "upload"}},
+    ],
+    ids=["json-unknown", "json-number", "form-unknown"],
+)
+def test_an_unknown_maps_size_is_refused_naming_it(client, send):
+    message = _refusal(client.post("/anomaly-score", **send), 400, "maps_size")
+    assert "'model' or 'image'" in message
+
+
+def test_float_maps_at_a_large_uploads_size_are_refused_and_png_ones_answered(client):
+    """maps_format=array with maps_size=image holds at most MAX_ARRAY_MAP_VALUES floats per request (413 naming
+    maps_size); the same upload's map as a PNG, or at the model's size, is answered."""
+    from genlab.service.maps import MAX_ARRAY_MAP_VALUES
+
+    side = int(MAX_ARRAY_MAP_VALUES**0.5) + 1  # one grey channel: side**2 map values
+    files = [("images", ("large.png", _png(np.zeros((side, side), np.uint8)), "image/png"))]
+    fields = {"maps": "true", "maps_size": "image"}
+    message = _refusal(
+        client.post("/anomaly-score", files=files, data={**fields, "maps_format": "array"}), 413, "maps_size"
+    )
+    assert f"{side * side:,} floats" in message and "maps_format=png" in message
+    png = client.post("/anomaly-score", files=files, data=fields)
+    assert png.status_code == 200, png.text
+    assert png.json()["results"][0]["anomaly_map_size"] == [side, side]
+    at_model = client.post("/anomaly-score", files=files, data={"maps": "true", "maps_format": "array"})
+    assert at_model.status_code == 200 and at_model.json()["results"][0]["anomaly_map_size"] == [28, 28]
