@@ -102,6 +102,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary
         print_result(summary, args.json, text)
+        warning = (summary.get("calibration_check") or {}).get("warning")
+        if warning:
+            print(f"genlab train: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -137,6 +140,14 @@ def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
     """A checkpoint's calibration for people: the split, and each score's p50 / p95 / p99, one line each (--json
     adds what each score means)."""
     lines = [f"calibration: on {calibration['n']} {calibration['split']} images (p50 / p95 / p99; --json: meanings)"]
+    check = calibration.get("check")
+    if check and check.get("unseen_fpr") is not None:
+        lines.append(
+            f"  threshold (p{check['percentile']:g}) on unseen normal images: flags {check['unseen_fpr']:.1%} "
+            f"({check['method']})"
+        )
+    if check and check.get("warning"):
+        lines.append(f"  warning: {check['warning']}")
     for name, row in calibration["scores"].items():
         figures = " / ".join(f"{row[p]:.4g}" for p in ("p50", "p95", "p99") if p in row)
         lines.append(f"  {name}: {figures}")

@@ -18,6 +18,7 @@ threshold is the model's calibrated quantile of each score on held-out normal im
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from genlab.errors import GenlabError
 from genlab.thresholds import DEFAULT_PERCENTILE, quantile
 
 if TYPE_CHECKING:
+    from genlab.eval.inspection import InspectionResult
     from genlab.eval.source_base import ModelSource
 
 
@@ -201,10 +203,10 @@ def inspection_dataset(
     judges per image and per pixel, or None for the one-class / out-of-distribution protocols (any other dataset,
     or ``ood`` given). An inspection set's normal images are its good ones, class 0: another ``normal_class`` is
     refused with one line."""
-    from genlab.eval.inspection import NORMAL_CLASS, is_inspection_set
+    from genlab.data import NORMAL_CLASS, is_anomaly_layout
 
     name = dataset or source.dataset
-    if ood is not None or not is_inspection_set(name):
+    if ood is not None or not is_anomaly_layout(name):
         return None
     if normal_class is not None and normal_class != NORMAL_CLASS:
         raise GenlabError(
@@ -236,6 +238,24 @@ def result_name(result: dict[str, Any]) -> str:
     normal = "all" if s["normal_class"] is None else f"c{s['normal_class']}"
     against = f"ood-{s['ood']}" if s["ood"] else "rest"
     return f"anomaly-{s['dataset']}-{s['split']}-{normal}-vs-{against}-p{s['percentile']:g}"
+
+
+def save_inspection(result: InspectionResult, run_dir: str | os.PathLike[str]) -> dict[str, str | None]:
+    """Keep ``result`` beside its run: ``RUN_DIR/eval/<result name>.json`` and, where it has maps, the figure of its
+    highest-scored images (:func:`genlab.eval.worst_maps.figure_path`); without maps, a figure an earlier evaluation
+    on the same dataset left there is removed, so the figure beside a run is always that of its latest result.
+    -> ``{"saved_to": the JSON, "worst_figure": the figure or None}``, each written atomically."""
+    from genlab.eval.results import save_result
+    from genlab.eval.worst_maps import figure_path, write_worst_figure
+
+    figure = figure_path(run_dir, result.settings.dataset)
+    if result.worst is None:
+        figure.unlink(missing_ok=True)
+    else:
+        write_worst_figure(result.worst, figure)
+    data = result.to_json()
+    saved = save_result(run_dir, result_name(data), data)
+    return {"saved_to": str(saved), "worst_figure": None if result.worst is None else str(figure)}
 
 
 def summary_line(result: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ def _name_list(text: str) -> list[str]:
 def _cmd_anomaly(args: argparse.Namespace) -> int:
     import sys
 
-    from genlab.eval.anomaly import evaluate_anomaly, inspection_dataset, result_name, summary_line
+    from genlab.eval.anomaly import evaluate_anomaly, inspection_dataset, result_name, save_inspection, summary_line
     from genlab.eval.http_source import is_url
     from genlab.eval.inspection import evaluate_inspection
     from genlab.eval.model_source import open_model
@@ -44,6 +44,10 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     if inspection is not None:
         measured = evaluate_inspection(source, inspection, args.data_dir, args.percentile, args.split, args.batch_size)
         result, text = measured.to_json(), measured.table()
+        if args.save:
+            result.update(save_inspection(measured, _run_dir_of(args.model)))
+            if result["worst_figure"]:
+                text += f"\nhighest-scored images and their maps: {result['worst_figure']}"
     else:
         result = evaluate_anomaly(
             source,
@@ -56,8 +60,8 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
         )
         text = summary_line(result)
-    if args.save:
-        result["saved_to"] = str(save_result(_run_dir_of(args.model), result_name(result), result))
+        if args.save:
+            result["saved_to"] = str(save_result(_run_dir_of(args.model), result_name(result), result))
     for warning in result["warnings"]:
         print(f"genlab eval anomaly: warning: {warning}", file=sys.stderr)
     print_result(result, args.json, lambda _: text)
@@ -213,7 +217,10 @@ def _add_anomaly(eval_sub: Any) -> None:
     )
     a.add_argument("--batch-size", type=int, default=256)
     a.add_argument(
-        "--save", action="store_true", help="keep the result beside the model (RUN_DIR/eval/) for genlab report"
+        "--save",
+        action="store_true",
+        help="keep the result beside the model (RUN_DIR/eval/) for genlab report; on an inspection set with anomaly "
+        "maps, also a figure of the highest-scored defective and good images with their maps",
     )
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=_cmd_anomaly)

@@ -13,37 +13,51 @@ map (:data:`genlab.measures.ANOMALY_MAP_MEANING`, [N, C, H, W]) averaged over ch
 masks: pixel AUROC, pixel F1-max and AUPRO up to FPR 0.3. The images and masks are read at the model's image size,
 so map and mask have one size; a map of another size than its mask is resized to the mask's (bilinear, PIL) before
 it is scored, and the result records the size it had.
+
+:func:`genlab.eval.anomaly.save_inspection` keeps a result beside its run (``RUN_DIR/eval/*.json``, read back by
+:meth:`InspectionResult.from_json`) and, where there were maps, the figure of the highest-scored images with their
+maps (:mod:`genlab.eval.worst_maps`).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from genlab.eval.anomaly_metrics import DEFAULT_FPR_LIMIT, ImageMetrics, PixelMetrics, image_metrics, pixel_metrics
+from genlab.eval.anomaly_metrics import (
+    DEFAULT_FPR_LIMIT,
+    DefectAUROC,
+    ImageMetrics,
+    PixelMetrics,
+    image_metrics,
+    pixel_metrics,
+)
 from genlab.eval.batches import in_batches
 from genlab.eval.progress import Progress, Report
 from genlab.eval.provenance import provenance
 from genlab.eval.source_base import ModelSource
+from genlab.eval.worst_maps import WORST_K, WorstImages, pick_worst
 
+from genlab.data import NORMAL_CLASS, is_anomaly_layout
 from genlab.errors import GenlabError
 from genlab.thresholds import DEFAULT_PERCENTILE, quantile
 
 if TYPE_CHECKING:
     from genlab.data import ImageData
 
-NORMAL_CLASS = 0  # an inspection set's good / normal images
 SPLIT = "test"  # the only split holding defective images
+PRIMARY = "score"  # the primary score component, which every registered family gives
 
 
-def is_inspection_set(dataset: str) -> bool:
-    """Whether ``dataset`` names an inspection set: an ``mvtec:`` or ``inspect:`` folder."""
-    from genlab.data import ANOMALY_LAYOUTS
-
-    return dataset.partition(":")[0] in ANOMALY_LAYOUTS
+def is_inspection_result(result: dict[str, Any]) -> bool:
+    """Whether a saved result is an :class:`InspectionResult`'s ``to_json()``: an anomaly result on an inspection set
+    without ``ood`` (with it, the out-of-distribution protocol judged the set)."""
+    if result.get("evaluation") != "anomaly":
+        return False
+    return result["settings"]["ood"] is None and is_anomaly_layout(result["settings"]["dataset"])
 
 
 @dataclass(frozen=True)
@@ -55,7 +69,7 @@ class InspectionSettings:
     fpr_limit: float = DEFAULT_FPR_LIMIT
 
     def __post_init__(self) -> None:
-        if not is_inspection_set(self.dataset):
+        if not is_anomaly_layout(self.dataset):
             raise GenlabError(f"{self.dataset} is not an inspection set (mvtec:PATH or inspect:PATH)")
         if self.split != SPLIT:
             raise GenlabError(
@@ -103,6 +117,9 @@ class InspectionResult:
     components: tuple[ComponentMetrics, ...]
     maps: MapMetrics
     provenance: dict[str, Any]
+    # the highest-scored images with their maps, for the figure anomaly.save_inspection writes; not in the JSON (None
+    # without maps, and in a result read back by from_json)
+    worst: WorstImages | None = field(default=None, compare=False, repr=False)
 
     @property
     def defective_images(self) -> int:
@@ -166,6 +183,63 @@ class InspectionResult:
             "provenance": self.provenance,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> InspectionResult:
+        """The result :meth:`to_json` gave (as saved in ``RUN_DIR/eval/``), typed again. Components come in the
+        order of ``data["components"]`` (a saved file's are sorted by name)."""
+        s = data["settings"]
+        settings = InspectionSettings(
+            dataset=s["dataset"],
+            split=s["split"],
+            data_dir=s["data_dir"],
+            percentile=float(s["percentile"]),
+            fpr_limit=float(s["fpr_limit"]),
+        )
+        counts = data["counts"]
+        defect_counts = tuple(sorted((name, int(n)) for name, n in counts["defect_types"].items()))
+        per_defect = dict(defect_counts)
+        components = tuple(
+            ComponentMetrics(
+                name,
+                row["meaning"],
+                ImageMetrics(
+                    auroc=row["auroc"],
+                    f1_max=row["f1_max"],
+                    f1_threshold=row["f1_threshold"],
+                    defects=tuple(
+                        DefectAUROC(defect, per_defect[defect], auroc)
+                        for defect, auroc in sorted(row["defects"].items())
+                    ),
+                    threshold=row["threshold"],
+                    fpr_at_threshold=row["fpr"],
+                    tpr_at_threshold=row["tpr"],
+                    good_images=int(counts["normal"]),
+                    defective_images=int(counts["anomalous"]),
+                ),
+            )
+            for name, row in data["components"].items()
+        )
+        pixel = data["pixel"]
+        if pixel is None:
+            maps = MapMetrics(None, data["pixel_missing"], None, None)
+        else:
+            maps = MapMetrics(
+                PixelMetrics(**{f.name: pixel[f.name] for f in fields(PixelMetrics)}),
+                None,
+                _pair(pixel["map_size"]),
+                _pair(pixel["mask_size"]),
+            )
+        return cls(
+            settings=settings,
+            model=dict(data["model"]),
+            defect_counts=defect_counts,
+            good_images=int(counts["normal"]),
+            calibrated=bool(data["calibrated"]),
+            components=components,
+            maps=maps,
+            provenance=dict(data["provenance"]),
+        )
+
     def table(self) -> str:
         """A small table for the terminal: one row per component, then the map's pixel metrics."""
         s = self.settings
@@ -203,6 +277,11 @@ class InspectionResult:
                 f"({p.regions} regions)"
             )
         return "\n".join(lines)
+
+
+def _pair(size: list[int]) -> tuple[int, int]:
+    height, width = size
+    return int(height), int(width)
 
 
 def _fmt(value: float | None) -> str:
@@ -262,15 +341,13 @@ def images_to_maps(source: ModelSource, images: np.ndarray, batch_size: int, pro
 
 
 def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """float32 maps [N, h, w] -> [N, H, W] at ``size`` = (H, W), bilinear (PIL); unchanged when the size matches."""
+    """float32 maps [N, h, w] -> [N, H, W] at ``size`` = (H, W) (:func:`genlab.imageio.resize_map`); unchanged when
+    the size matches."""
     if tuple(maps.shape[1:]) == tuple(size):
         return maps
-    from PIL import Image
+    from genlab.imageio import resize_map
 
-    height, width = size
-    return np.stack(
-        [np.asarray(Image.fromarray(m, mode="F").resize((width, height), Image.Resampling.BILINEAR)) for m in maps]
-    ).astype(np.float32)
+    return np.stack([resize_map(m, *size) for m in maps])
 
 
 def scores_to_components(
@@ -325,10 +402,14 @@ def evaluate_inspection(
     batch_size: int = 256,
     fpr_limit: float = DEFAULT_FPR_LIMIT,
     on_progress: Report | None = None,
+    worst: int = WORST_K,
 ) -> InspectionResult:
     """Score a model (checkpoint, run dir, export dir or ModelSource) on an inspection set's test split.
 
     ``dataset`` defaults to the model's own. The images (and masks) are read at the model's image size and channels.
+    Where there are maps, the result keeps the ``worst`` (0: none) highest-scored defective and good images by the
+    primary score, with their maps resized to the images' size, for the figure
+    :func:`genlab.eval.anomaly.save_inspection` writes.
     """
     from genlab.eval.model_source import ensure_source
 
@@ -348,10 +429,14 @@ def evaluate_inspection(
     scores = source.scores(images, batch_size=batch_size, desc="scoring", on_batch=progress)
 
     components = scores_to_components(scores, labels, data.defect_types, source, settings.percentile)
-    map_metrics = MapMetrics(None, missing, None, None)
+    map_metrics, highest = MapMetrics(None, missing, None, None), None
     if missing is None:
         maps = images_to_maps(source, images, batch_size, progress)
         map_metrics = maps_to_metrics(maps, data.masks.numpy(), settings)
+        if worst > 0:
+            threshold = next(c.image.threshold for c in components if c.name == PRIMARY)
+            sized = resize_maps(maps, tuple(images.shape[2:]))
+            highest = pick_worst(data, sized, scores[PRIMARY], PRIMARY, threshold, worst)
 
     defective = [t for t, label in zip(data.defect_types, labels) if label]
     reference = {"dataset": settings.dataset, "split": settings.split, "n": len(images), "ood": None}
@@ -366,4 +451,5 @@ def evaluate_inspection(
         provenance=provenance(
             source, len(images), None, source.info.get("device", "cpu"), time.perf_counter() - started, reference
         ),
+        worst=highest,
     )

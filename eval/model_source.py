@@ -53,7 +53,7 @@ class CheckpointSource(ModelSource):
         self.image_shape = (int(data["channels"]), int(data["image_size"]), int(data["image_size"]))
         self.calibration = ckpt.get("calibration")
         self.prior = ckpt.get("prior")
-        self.score_descriptions = dict(type(self.model).score_descriptions)
+        self.score_descriptions = self.model.descriptions()
         _describe(self, data, class_info(ckpt), ckpt.get("epoch"), ckpt.get("step"), ckpt.get("metrics", {}))
         self.info["device"] = str(self.device)
         self.content = {"kind": "checkpoint", "sha256": file_sha256(file)}

@@ -8,6 +8,11 @@ class) are computed and saved unless ``compute`` is off; FID is never computed h
 metric column is keyed by all the settings that change its number (extractor, reference, N,
 seed, split, protocol...), and the header states them, so numbers computed under different
 settings can never share a column.
+
+An inspection set's results (``mvtec:PATH``, ``inspect:PATH``) get a table per protocol (dataset and split), one row
+per run evaluated on it, read as :class:`genlab.eval.inspection.InspectionResult`: the primary score's image metrics,
+the anomaly map's pixel metrics and the image AUROC per defect type; the figure of the highest-scored images and
+their maps saved beside the result is shown with the run's images.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ import html
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from genlab.errors import GenlabError
 from genlab.families import FAMILIES
 from genlab.measures import RECON_ERROR
+
+if TYPE_CHECKING:
+    from genlab.eval.inspection import InspectionResult
 
 CLASS_GRID = "eval/samples_by_class.png"  # a conditional run's samples, one row per class (relative to the run)
 GRID_PER_CLASS = 8
@@ -33,6 +41,7 @@ IMAGES = (
 )
 GROUPS = ("FID / KID", "Reconstruction and translation", "Anomaly detection", "Class fidelity")
 CONDITIONAL_GROUPS = (GROUPS[3],)  # shown only when some run is conditional
+# besides GROUPS, one group per inspection protocol (inspection_group), shown after the anomaly detection group
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,7 @@ class RunEntry:
     identity: dict[str, Any]
     cells: dict[tuple[str, str], str] = field(default_factory=dict)  # (group, column header) -> text
     notes: dict[str, str] = field(default_factory=dict)  # group -> why a group has no numbers
+    figures: list[tuple[Path, str]] = field(default_factory=list)  # (file, caption) shown beside IMAGES
 
 
 # -- saved results -> table cells ------------------------------------------------------------
@@ -184,10 +194,72 @@ def anomaly_cells(result: dict[str, Any]) -> dict[str, str]:
     return cells
 
 
+def inspection_group(result: InspectionResult) -> str:
+    """The table of an inspection protocol: every setting but the threshold's percentile and the AUPRO limit, which
+    name their own columns."""
+    return f"Inspection set: {result.settings.protocol} (primary score)"
+
+
+def inspection_cells(result: InspectionResult) -> dict[str, str]:
+    """The primary score's image metrics, the anomaly map's pixel metrics and the score's image AUROC per defect
+    type; the rates at the calibrated threshold are keyed by its percentile, AUPRO by its FPR limit."""
+    from genlab.eval.inspection import PRIMARY
+
+    s, image, maps = result.settings, result.component(PRIMARY).image, result.maps
+    pixel = maps.pixel
+    at = f"at p{s.percentile:g} threshold"
+    cells = {
+        "image AUROC": _fmt(image.auroc),
+        "image F1-max": _fmt(image.f1_max),
+        "pixel AUROC": "-" if pixel is None else _fmt(pixel.auroc),
+        f"AUPRO@{s.fpr_limit:g}": "-" if pixel is None else _fmt(pixel.aupro),
+        "pixel F1-max": "-" if pixel is None else _fmt(pixel.f1_max),
+        f"FPR on good images {at}": _fmt(image.fpr_at_threshold),
+        f"TPR on defective images {at}": _fmt(image.tpr_at_threshold),
+    }
+    cells.update({f"image AUROC {d.defect_type} ({d.images})": _fmt(d.auroc) for d in image.defects})
+    cells["anomaly map (mean over channels)"] = _maps_text(result)
+    return cells
+
+
+def _maps_text(result: InspectionResult) -> str:
+    """The map's size and the mask's it was scored at, or why there are no pixel metrics."""
+    maps = result.maps
+    if maps.pixel is None or maps.map_size is None or maps.mask_size is None:
+        return f"none: {maps.missing}"
+    (h, w), (mh, mw) = maps.map_size, maps.mask_size
+    text = f"{mh}x{mw}" + (f", resized from {h}x{w}" if maps.resized else "") + f", {maps.pixel.regions} regions"
+    if maps.pixel.subsampled:
+        text += f"; pixel AUROC / F1-max on {maps.pixel.pixels_scored} of {maps.pixel.pixels} pixels"
+    return text
+
+
+def inspection_figures(path: Path, results: list[dict[str, Any]]) -> list[tuple[Path, str]]:
+    """The figures of the highest-scored images saved beside the run's inspection results that had maps."""
+    from genlab.eval.inspection import InspectionResult, is_inspection_result
+    from genlab.eval.worst_maps import figure_path
+
+    from genlab.data import published_name
+
+    figures: list[tuple[Path, str]] = []
+    for result in filter(is_inspection_result, results):
+        inspection = InspectionResult.from_json(result)
+        dataset = inspection.settings.dataset
+        figure = figure_path(path, dataset)
+        if inspection.maps.pixel is not None and figure.is_file() and figure not in (f for f, _ in figures):
+            figures.append((figure, f"highest-scored images of {published_name(dataset)} and their anomaly maps"))
+    return figures
+
+
 def result_groups(result: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
     """A saved result -> [(table group, its cells)]: none for results the report does not show, two for the FID
     result of a conditional model's samples (which carries their class fidelity)."""
+    from genlab.eval.inspection import InspectionResult, is_inspection_result
+
     evaluation = result.get("evaluation")
+    if is_inspection_result(result):
+        inspection = InspectionResult.from_json(result)
+        return [(inspection_group(inspection), inspection_cells(inspection))]
     if evaluation == "anomaly":
         return [(GROUPS[2], anomaly_cells(result))]
     if evaluation == "translation":
@@ -221,6 +293,8 @@ def run_identity(path: Path) -> dict[str, Any]:
         "conditional": classes["conditional"],
         "class_names": classes["names"] if classes["conditional"] else None,
         "condition_on": classes["condition_on"],
+        # the calibrated threshold's leave-one-out false-positive rate on unseen normal images (genlab.thresholds)
+        "threshold_check": (ckpt.get("calibration") or {}).get("check"),
     }
 
 
@@ -248,6 +322,12 @@ def _has_anomaly(results: list[dict[str, Any]], identity: dict[str, Any]) -> boo
     )
 
 
+def _has_inspection(results: list[dict[str, Any]], dataset: str) -> bool:
+    from genlab.eval.inspection import InspectionResult, is_inspection_result
+
+    return any(InspectionResult.from_json(r).settings.dataset == dataset for r in filter(is_inspection_result, results))
+
+
 def _has_class_fidelity(results: list[dict[str, Any]]) -> bool:
     return any(r.get("class_fidelity") is not None for r in results)
 
@@ -273,8 +353,11 @@ def _grid_is_current(path: Path) -> bool:
 def compute_missing(path: Path, identity: dict[str, Any], settings: ReportSettings) -> dict[str, str]:
     """Compute and save the cheap results a run lacks; returns {group: note} for what could not be."""
     from genlab.eval import anomaly, class_fidelity, translation
+    from genlab.eval.inspection import evaluate_inspection
     from genlab.eval.model_source import ensure_source
     from genlab.eval.results import load_results, save_result
+
+    from genlab.data import is_anomaly_layout
 
     results = load_results(path)
     notes: dict[str, str] = {}
@@ -289,7 +372,10 @@ def compute_missing(path: Path, identity: dict[str, Any], settings: ReportSettin
     except GenlabError as err:
         notes[GROUPS[1]] = f"not computed: {err}"
     try:
-        if identity["normal_class"] is not None and not _has_anomaly(results, identity):
+        if is_anomaly_layout(identity["dataset"]):
+            if not _has_inspection(results, identity["dataset"]):
+                anomaly.save_inspection(evaluate_inspection(source(), data_dir=settings.data_dir), path)
+        elif identity["normal_class"] is not None and not _has_anomaly(results, identity):
             r = anomaly.evaluate_anomaly(source(), data_dir=settings.data_dir)
             save_result(path, anomaly.result_name(r), r)
     except GenlabError as err:
@@ -308,6 +394,8 @@ def compute_missing(path: Path, identity: dict[str, Any], settings: ReportSettin
 def gather_run(path: Path, label: str, settings: ReportSettings) -> RunEntry:
     from genlab.eval.results import load_results
 
+    from genlab.data import is_anomaly_layout
+
     identity = run_identity(path)
     entry = RunEntry(label, path, identity)
     if settings.compute:
@@ -317,6 +405,7 @@ def gather_run(path: Path, label: str, settings: ReportSettings) -> RunEntry:
         for group, cells in result_groups(result):
             entry.cells.update({(group, header): text for header, text in cells.items()})
     entry.cells.update({(GROUPS[0], header): text for header, text in serving_drift_cells(results).items()})
+    entry.figures = inspection_figures(path, results)
     groups_present = {g for g, _ in entry.cells}
     entry.notes.setdefault(GROUPS[0], f"not computed: run `{fid_hint(path, identity)}`")
     if not identity["conditional"]:
@@ -326,7 +415,9 @@ def gather_run(path: Path, label: str, settings: ReportSettings) -> RunEntry:
     )
     if not identity["has_encoder"]:
         entry.notes.setdefault(GROUPS[1], "n/a: the model has no encoder")
-    if identity["normal_class"] is None:
+    if groups_present - set(GROUPS):
+        entry.notes.setdefault(GROUPS[2], "inspection set: see its table")
+    if identity["normal_class"] is None and not is_anomaly_layout(identity["dataset"]):
         entry.notes.setdefault(
             GROUPS[2], f"trained on all classes: run `genlab eval anomaly {path} --normal-class K` or `--ood DATASET`"
         )
@@ -348,7 +439,16 @@ def fid_hint(path: Path, identity: dict[str, Any]) -> str:
 
 
 # -- tables ----------------------------------------------------------------------------------
-IDENTITY_COLUMNS = ("run", "family", "dataset", "lr", "epochs", "steps", "training time (s)")
+IDENTITY_COLUMNS = (
+    "run",
+    "family",
+    "dataset",
+    "lr",
+    "epochs",
+    "steps",
+    "training time (s)",
+    "threshold on unseen normal images",
+)
 
 
 def identity_row(entry: RunEntry) -> list[str]:
@@ -366,24 +466,45 @@ def identity_row(entry: RunEntry) -> list[str]:
         _fmt(i["epochs"]) + ("" if i["complete"] else " (incomplete)"),
         _fmt(i["steps"]),
         "-" if seconds is None else f"{seconds:.1f}",
+        _threshold_text(i.get("threshold_check")),
     ]
 
 
+def _threshold_text(check: dict[str, Any] | None) -> str:
+    """The calibration's check: the default threshold's false-positive rate on unseen normal images, and how many
+    images it rests on where they are too few."""
+    if not check or check.get("unseen_fpr") is None:
+        return "-"
+    text = f"p{check['percentile']:g} flags {check['unseen_fpr']:.1%} (leave-one-out)"
+    return text + (" - few images: see genlab info" if check.get("warning") else "")
+
+
 def groups_shown(entries: list[RunEntry]) -> list[str]:
-    """Every group, less the conditional models' own when no run is conditional."""
+    """Every group, less the conditional models' own when no run is conditional, with the inspection protocols'
+    groups after the anomaly detection group."""
     conditional = any(e.identity["conditional"] for e in entries)
-    return [g for g in GROUPS if conditional or g not in CONDITIONAL_GROUPS]
+    inspection = sorted({g for e in entries for g, _ in e.cells if g not in GROUPS})
+    shown = []
+    for group in GROUPS:
+        if conditional or group not in CONDITIONAL_GROUPS:
+            shown.append(group)
+        if group == GROUPS[2]:
+            shown += inspection
+    return shown
 
 
 def group_table(entries: list[RunEntry], group: str) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) for one group: a column per distinct setting, a note where a run has none."""
+    """(header, rows) for one group: a column per distinct setting, a note where a run has none; a run with neither
+    numbers nor a note in the group (one not evaluated on an inspection protocol) has no row."""
     headers: list[str] = []
     for entry in entries:
         headers += [h for g, h in entry.cells if g == group and h not in headers]
     rows = []
     for entry in entries:
-        note = entry.notes.get(group, "")
-        rows.append([entry.label, *(entry.cells.get((group, h), "-") for h in headers), note])
+        cells = [entry.cells.get((group, h)) for h in headers]
+        if group not in entry.notes and all(c is None for c in cells):
+            continue
+        rows.append([entry.label, *(c or "-" for c in cells), entry.notes.get(group, "")])
     return ["run", *headers, "note"], rows
 
 
@@ -392,10 +513,9 @@ def _copy_images(entries: list[RunEntry], out: Path) -> dict[str, list[tuple[str
 
     links: dict[str, list[tuple[str, str]]] = {}
     for entry in entries:
-        for file, caption in IMAGES:
-            src = entry.path / file
+        for src, caption in [*((entry.path / file, caption) for file, caption in IMAGES), *entry.figures]:
             if src.is_file():
-                rel = f"images/{entry.label}-{Path(file).name}"
+                rel = f"images/{entry.label}-{src.name}"
                 atomic_write_bytes(out / rel, src.read_bytes())
                 links.setdefault(entry.label, []).append((caption, rel))
     return links

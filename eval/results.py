@@ -18,9 +18,9 @@ from genlab.files import atomic_write_bytes
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def result_path(run_dir: str | os.PathLike, name: str) -> Path:
-    """RUN_DIR/eval/<name>.json, with ``name`` reduced to a safe file name."""
-    return Path(run_dir) / "eval" / f"{_SAFE.sub('_', name).strip('._') or 'result'}.json"
+def result_path(run_dir: str | os.PathLike, name: str, suffix: str = ".json") -> Path:
+    """RUN_DIR/eval/<name><suffix>, with ``name`` reduced to a safe file name (a result's figure: ``suffix`` .png)."""
+    return Path(run_dir) / "eval" / f"{_SAFE.sub('_', name).strip('._') or 'result'}{suffix}"
 
 
 def save_result(run_dir: str | os.PathLike, name: str, result: dict[str, Any]) -> Path:

@@ -13,8 +13,10 @@ A conditional model's graphs also take ``label`` int64 [B] (a class index, liste
 ``classes``): the decoder and encoder need it; the score graph takes -1 for "unknown" and then
 scores the image under the class that explains it best, and outputs ``scored_label``, the class used.
 
-``anomaly_map`` is :data:`genlab.measures.ANOMALY_MAP_MEANING`, computed from the reconstruction the scores compare
-the image with (a conditional model's: under the class it was scored under), so one call gives scores and maps.
+``anomaly_map`` is :data:`genlab.measures.ANOMALY_MAP_MEANING`, or for a model with a local map (``anomaly_map``
+"local", the inspection datasets' default) [B, 1, H, W], :data:`genlab.models.local_map.LOCAL_MAP_MEANING`. It is
+computed from the reconstruction the scores compare the image with (a conditional model's: under the class it was
+scored under), so one call gives scores and maps.
 
 Each graph is compared with torch on seeded inputs at two batch sizes before anything is
 published, and the directory appears only complete (written beside the target, then renamed).
@@ -53,6 +55,7 @@ from genlab.latents import balanced_labels
 from genlab.latents import describe as describe_prior
 from genlab.measures import ANOMALY_MAP_MEANING
 from genlab.models import GenerativeModel
+from genlab.models.local_map import LOCAL_MAP_MEANING
 from genlab.pixels import model_to_uint8, uint8_to_model
 from genlab.run_dir import checkpoint_file
 
@@ -105,25 +108,38 @@ class ScoreGraph(nn.Module):
         if self.model.conditional:
             outputs += (scores["label"],)
         if self.maps:
-            outputs += (anomaly_map(images, self._reconstruction(x, scores.get("label"))),)
+            outputs += (anomaly_map(self.model, images, self._reconstruction(x, scores.get("label"))),)
         return outputs
 
     def _reconstruction(self, x: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
-        """uint8 [B, C, H, W]: ``model.reconstruct``, the decoded encoder mean that every family's ``score_parts``
-        compares the image with. A conditional model's is taken, as its scores are, from every image reconstructed
-        under every class in ``labelled_scores``' class-major order, at the class each image was scored under. Being
-        the same computation on the same inputs, the exporter merges it with the scores' into one pass."""
+        """[B, C, H, W] in [-1, 1]: ``model.reconstruct``, the decoded encoder mean that every family's
+        ``score_parts`` compares the image with. A conditional model's is taken, as its scores are, from every image
+        reconstructed under every class in ``labelled_scores``' class-major order, at the class each image was scored
+        under. Being the same computation on the same inputs, the exporter merges it with the scores' into one pass."""
         if label is None:
-            return model_to_uint8(self.model.reconstruct(x))
+            return self.model.reconstruct(x)
         b, k = x.shape[0], self.model.num_classes
         every = self.model.reconstruct(torch.cat([x] * k), torch.arange(k * b, device=x.device) // b)
-        return model_to_uint8(every[label * b + torch.arange(b, device=x.device)])
+        return every[label * b + torch.arange(b, device=x.device)]
 
 
-def anomaly_map(images: torch.Tensor, recons: torch.Tensor) -> torch.Tensor:
-    """uint8 images and their uint8 reconstructions [B, C, H, W] -> float32 [B, C, H, W], ANOMALY_MAP_MEANING: zero
-    where the reconstruction is perfect; ``recon_error`` is the mean of its square."""
-    return (images.to(torch.float32) - recons.to(torch.float32)).abs() / 255.0
+def anomaly_map(model: GenerativeModel, images: torch.Tensor, recons: torch.Tensor) -> torch.Tensor:
+    """uint8 images and their reconstructions in [-1, 1] [B, C, H, W] -> the model's anomaly map, float32: with a
+    local map (``cfg.anomaly_map`` "local") its display [B, 1, H, W], LOCAL_MAP_MEANING; otherwise [B, C, H, W],
+    ANOMALY_MAP_MEANING: zero where the uint8 reconstruction is perfect, ``recon_error`` the mean of its square."""
+    if model.score_fit.local is not None:
+        return model.score_fit.local.display(uint8_to_model(images), recons)
+    return (images.to(torch.float32) - model_to_uint8(recons).to(torch.float32)).abs() / 255.0
+
+
+def map_meaning(model: GenerativeModel) -> str:
+    """What :func:`anomaly_map` holds for ``model``."""
+    return LOCAL_MAP_MEANING if model.score_fit.local is not None else ANOMALY_MAP_MEANING
+
+
+def map_shape(model: GenerativeModel, image_shape: tuple[int, int, int]) -> list[int]:
+    """[C, H, W] of :func:`anomaly_map` for ``model``: one channel for a local map, the image's otherwise."""
+    return [1, *image_shape[1:]] if model.score_fit.local is not None else list(image_shape)
 
 
 def _score_names(model: GenerativeModel, image_shape: tuple[int, int, int]) -> list[str]:
@@ -155,11 +171,12 @@ def graph_specs(
         },
         "score": {
             "module": ScoreGraph(model, score_names, maps=model.has_encoder),
+            "map_description": map_meaning(model),
             "inputs": [image_io, *label],
             # the class each image was scored under (the input's name cannot be reused)
             "outputs": [_io(name, "float32", ["batch"]) for name in score_names]
             + [_io(SCORED_LABEL, "int64", ["batch"])] * bool(label)
-            + [_io(ANOMALY_MAP, "float32", ["batch", *image_shape])] * model.has_encoder,
+            + [_io(ANOMALY_MAP, "float32", ["batch", *map_shape(model, image_shape)])] * model.has_encoder,
         },
     }
     if model.has_encoder:
@@ -349,7 +366,7 @@ def build_manifest(
             "larger_is_more_anomalous": True,
             "descriptions": {n: descriptions.get(n, "") for n in score_names},
             # what score.onnx's anomaly_map output holds, where the model has one
-            **({"map_description": ANOMALY_MAP_MEANING} if _has_map(specs["score"]) else {}),
+            **({"map_description": specs["score"]["map_description"]} if _has_map(specs["score"]) else {}),
         },
         "calibration": ckpt.get("calibration"),
         "dataset": published_data(data),
@@ -466,7 +483,7 @@ def export_checkpoint(
             specs,
             score_names,
             opset or _opset_of(tmp / "decoder.onnx"),
-            type(model).score_descriptions,
+            model.descriptions(),
         )
         manifest["files"] = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
         manifest["parity"] = check_parity(model, tmp, manifest, specs, image_shape)

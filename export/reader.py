@@ -268,6 +268,7 @@ class ExportedModel:
             summary["calibration"] = {
                 "split": calibration.get("split"),
                 "n": calibration.get("n"),
+                "check": calibration.get("check"),
                 "scores": sorted(calibration["scores"]),
             }
         summary["providers"] = self.providers

@@ -21,8 +21,11 @@ import torch
 from genlab.data import ImageData
 from genlab.latents import fit_class_mixtures, fit_prior
 from genlab.models import GenerativeModel
+from genlab.models.base import RECONSTRUCTION
+from genlab.models.local_map import LocalMap, measurements
 from genlab.models.scoring import image_contrast
 from genlab.pixels import uint8_to_model
+from genlab.thresholds import calibration_check
 
 PERCENTILES = [round(0.1 * i, 1) for i in range(1001)]
 
@@ -58,6 +61,31 @@ def contrasts(images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     )
 
 
+def local_measurements(images: torch.Tensor, recons: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """uint8 images and their reconstructions in [-1, 1] -> :func:`genlab.models.local_map.measurements`, on the CPU."""
+    return torch.cat(
+        [
+            measurements(uint8_to_model(images[i : i + batch_size]).float(), recons[i : i + batch_size].float())
+            for i in range(0, len(images), batch_size)
+        ]
+    )
+
+
+@torch.no_grad()
+def local_maps(
+    local: LocalMap, images: torch.Tensor, recons: torch.Tensor, device: torch.device, batch_size: int = 256
+) -> torch.Tensor:
+    """uint8 images and their reconstructions in [-1, 1] -> the local map's unscaled maps [N, 1, H, W], on the CPU."""
+    return torch.cat(
+        [
+            local.raw(
+                uint8_to_model(images[i : i + batch_size].to(device)), recons[i : i + batch_size].to(device)
+            ).cpu()
+            for i in range(0, len(images), batch_size)
+        ]
+    )
+
+
 def fit_to_training_data(
     model: GenerativeModel, train: ImageData, held_out: ImageData, device: torch.device, seed: int
 ) -> dict[str, Any]:
@@ -69,6 +97,11 @@ def fit_to_training_data(
     parts = score_images(model, train.images, device, parts=True, labels=train.labels)
     for space in model.score_fit.spaces:
         model.score_fit.fit_space(space, parts[space])
+    held_out_parts = score_images(model, held_out.images, device, parts=True, labels=held_out.labels)
+    local = model.score_fit.local
+    if local is not None:  # per-pixel statistics on the training images, the pixel scale on the held-out ones
+        local.fit(local_measurements(train.images, parts[RECONSTRUCTION]))
+        local.fit_scale(local_maps(local, held_out.images, held_out_parts[RECONSTRUCTION], device))
     model.score_fit.fit_contrast(torch.cat([contrasts(train.images), contrasts(held_out.images)]))
     model.score_fit.fit_primary(score_images(model, held_out.images, device, labels=held_out.labels))
     prior = None
@@ -81,7 +114,7 @@ def fit_to_training_data(
             f"posterior means of the {len(train)} training images, per class",
         )
     elif model.has_encoder:
-        held_out_codes = score_images(model, held_out.images, device, parts=True)["latent"].numpy()
+        held_out_codes = held_out_parts["latent"].numpy()
         prior = fit_prior(
             parts["latent"].numpy(),
             train.labels.numpy(),
@@ -103,7 +136,8 @@ def calibrate(model: GenerativeModel, images: torch.Tensor, device: torch.device
     return {
         "split": split,
         "n": len(images),
+        "check": calibration_check(scores["score"].numpy()),
         "percentiles": PERCENTILES,
         "scores": {name: torch.quantile(v.double(), grid).tolist() for name, v in scores.items()},
-        "descriptions": dict(type(model).score_descriptions),
+        "descriptions": model.descriptions(),
     }

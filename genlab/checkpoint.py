@@ -34,7 +34,8 @@ A checkpoint is a plain dict of Python scalars, strings, lists, dicts and tensor
     prior           the latent prior fitted to the training codes (genlab.latents; per class for a conditional
                     model), None for N(0, I)
     prior_quality   sample quality (genlab.quality) of that prior's samples, or None
-    calibration     {"split", "n", "percentiles": [0..100 grid], "scores": {name: [quantiles]},
+    calibration     {"split", "n", "check": the default threshold's false-positive rate on unseen normal images
+                     (genlab.thresholds.calibration_check), "percentiles": [0..100 grid], "scores": {name: [quantiles]},
                      "descriptions": {name: meaning}} or None before training ends
     selection       best.pt only: the sentence that says which epoch it holds and why (genlab.training.best_checkpoint)
 """
@@ -57,7 +58,7 @@ from genlab.latents import describe as describe_prior
 from genlab.models import GenerativeModel, build_model
 from genlab.pixels import VALUE_RANGE
 from genlab.run_dir import checkpoint_file
-from genlab.thresholds import quantile
+from genlab.thresholds import calibration_summary
 
 FORMAT = "genlab-checkpoint"
 FORMAT_VERSION = 1
@@ -373,19 +374,7 @@ def describe(ckpt: dict[str, Any]) -> dict[str, Any]:
         **({"selection": ckpt["selection"]} if ckpt.get("selection") else {}),
         "latent_prior": describe_prior(ckpt.get("prior")),
         "prior_sample_quality": ckpt.get("prior_quality"),
-        "calibration": None
-        if not calibration
-        else {
-            "split": calibration["split"],
-            "n": calibration["n"],
-            "scores": {
-                name: {
-                    **{f"p{p}": quantile(calibration, name, p) for p in (50, 95, 99)},
-                    "meaning": calibration["descriptions"].get(name, ""),
-                }
-                for name in calibration["scores"]
-            },
-        },
+        "calibration": calibration_summary(calibration) if calibration else None,
     }
 
 

@@ -15,6 +15,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from genlab.devices import check_device
 from genlab.errors import GenlabError
 
+ANOMALY_MAPS = ("error", "local")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -37,12 +39,17 @@ class ModelConfig:
     # gan, vaegan (conditional): weight of the auxiliary classification loss (AC-GAN); None: the family's default
     # (GenerativeModel.default_class_weight: 1 for the GAN, 3 for the VAE-GAN, each measured on mnist-5k)
     class_weight: float | None = None
+    # the anomaly map and the score built on it: "error", |image - reconstruction|; "local", the local deviation
+    # from normal images (genlab.models.local_map), the default of inspection datasets (mvtec:, inspect:)
+    anomaly_map: str = "error"
 
     def __post_init__(self) -> None:
         if self.arch not in ("conv", "mlp"):
             raise GenlabError(f"arch must be 'conv' or 'mlp', got {self.arch!r}")
         if self.likelihood not in ("bernoulli", "gaussian"):
             raise GenlabError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
+        if self.anomaly_map not in ANOMALY_MAPS:
+            raise GenlabError(f"anomaly_map must be 'error' or 'local', got {self.anomaly_map!r}")
         if self.channels not in (1, 3):
             raise GenlabError(f"channels must be 1 or 3, got {self.channels}")
         for name in ("image_size", "latent_dim", "width", "hidden"):

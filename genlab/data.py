@@ -372,6 +372,7 @@ def _read_folder(spec: DatasetSpec, split: str, data_dir: str, download: bool, s
 # -- anomaly-detection layouts: mvtec:PATH and inspect:PATH -------------------------------------------------------
 
 HELD_OUT_FRACTION, HELD_OUT_MIN = 0.2, 20  # each held-out share of the normal images: 20%, and at least 20
+NORMAL_CLASS = 0  # an anomaly layout's normal images (its class_names[0]); its anomalous images are class 1
 MVTEC_CLASSES = ("good", "anomalous")
 INSPECT_CLASSES = ("normal", "abnormal")
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -674,6 +675,12 @@ def _path_prefix(name: str) -> str | None:
     return prefix if colon and prefix in PATH_READERS else None
 
 
+def is_anomaly_layout(name: str) -> bool:
+    """Whether ``name`` names an anomaly-detection layout (``mvtec:PATH`` or ``inspect:PATH``): a one-class dataset,
+    whose training images are all normal (:data:`NORMAL_CLASS`)."""
+    return _path_prefix(name) in ANOMALY_LAYOUTS
+
+
 def dataset_spec(name: str) -> DatasetSpec:
     """The reader for a dataset name; ``folder:PATH`` names a user's image folder, ``mvtec:PATH`` one MVTec AD
     category and ``inspect:PATH`` a user's inspection images (their layout is checked here, before any reading)."""
@@ -726,7 +733,7 @@ def native_shape(name: str) -> tuple[int, int]:
     """(image_size, channels) a dataset is read at unless the model asks for another: a folder's at
     FOLDER_DEFAULT_SIZE, an anomaly layout's in its own channels (grey where every normal image is grey)."""
     spec = dataset_spec(name)
-    if spec.channels is None and _path_prefix(name) in ANOMALY_LAYOUTS:
+    if spec.channels is None and is_anomaly_layout(name):
         return (FOLDER_DEFAULT_SIZE, anomaly_layout(name).channels)
     return (spec.image_size or FOLDER_DEFAULT_SIZE, spec.channels or FOLDER_DEFAULT_CHANNELS)
 

@@ -20,6 +20,9 @@ import numpy as np
 from genlab.errors import GenlabError
 
 DEFAULT_PERCENTILE = 99.0
+# below this many calibration images, fewer than one lies above the default threshold: it is set by the few highest
+# normal scores and a warning says so
+MIN_CALIBRATION_IMAGES = round(100 / (100 - DEFAULT_PERCENTILE))
 
 
 @dataclass(frozen=True)
@@ -127,3 +130,66 @@ def percentiles_of(
     result[raw < table[rows, 0]] = 0.0
     result[raw > table[rows, -1]] = 100.0
     return {name: row.reshape(np.shape(scores[name])) for name, row in zip(names, result)}
+
+
+def unseen_false_positive_rate(scores: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> float | None:
+    """The leave-one-out estimate of the false-positive rate that the ``percentile`` threshold has on normal images
+    it was not set on: each image against the threshold set on the others (linear interpolation, as the
+    calibration's quantiles are). None for fewer than 2 images.
+
+    The threshold is set on the same images it is checked against, so the share of them above it is ``1 - p/100``
+    by construction; on unseen images it is higher, the more so the fewer images there are (on n images, the
+    largest alone is exceeded by about 1 in n + 1 unseen ones)."""
+    values = np.sort(np.asarray(scores, np.float64).reshape(-1))
+    n = len(values)
+    if n < 2:
+        return None
+    # without image i (at rank i), the k-th smallest of the others is values[k] below rank i, values[k + 1] from it
+    position = percentile / 100.0 * (n - 2)
+    low = int(np.floor(position))
+    high = min(low + 1, n - 2)
+    ranks = np.arange(n)
+
+    def others(k: int) -> np.ndarray:
+        return np.where(k < ranks, values[k], values[min(k + 1, n - 1)])
+
+    thresholds = others(low) + (position - low) * (others(high) - others(low))
+    return float(np.mean(values > thresholds))
+
+
+def calibration_check(scores: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> dict[str, Any]:
+    """What a calibration on ``scores`` (held-out normal images' primary scores) promises: its leave-one-out
+    false-positive rate at ``percentile`` on unseen normal images, and a warning where it rests on fewer than
+    MIN_CALIBRATION_IMAGES images."""
+    n = int(np.size(scores))
+    warning = None
+    if n < MIN_CALIBRATION_IMAGES:
+        warning = (
+            f"the threshold rests on {n} held-out normal images, fewer than the {MIN_CALIBRATION_IMAGES} the "
+            f"{percentile:g}th percentile needs to have one above it: it is set by the highest of them, and on unseen "
+            f"normal images it flags about {unseen_false_positive_rate(scores, percentile) or 1.0:.0%}; train on more "
+            f"normal images for a threshold that holds"
+        )
+    return {
+        "percentile": percentile,
+        "unseen_fpr": unseen_false_positive_rate(scores, percentile),
+        "method": f"leave-one-out over the {n} held-out normal images",
+        "warning": warning,
+    }
+
+
+def calibration_summary(calibration: dict[str, Any]) -> dict[str, Any]:
+    """A calibration for people (``genlab info``): where it was measured, its check (:func:`calibration_check`) and
+    each score's 50th / 95th / 99th percentiles."""
+    return {
+        "split": calibration["split"],
+        "n": calibration["n"],
+        **({"check": calibration["check"]} if calibration.get("check") else {}),
+        "scores": {
+            name: {
+                **{f"p{p}": quantile(calibration, name, p) for p in (50, 95, 99)},
+                "meaning": calibration.get("descriptions", {}).get(name, ""),
+            }
+            for name in calibration["scores"]
+        },
+    }

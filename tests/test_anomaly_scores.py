@@ -170,12 +170,17 @@ def test_anomaly_map_has_the_image_shape_and_is_zero_for_a_perfect_reconstructio
     """The score graph's map (genlab.export.onnx_export.anomaly_map): float32 |image - reconstruction| / 255."""
     from genlab.export.onnx_export import anomaly_map
 
+    from genlab.config import ModelConfig
+    from genlab.models import build_model
+    from genlab.pixels import uint8_to_model
+
+    model = build_model(ModelConfig(family="vae", image_size=8, width=4, latent_dim=2))
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 1, 8, 8), dtype=np.uint8))
-    same = anomaly_map(images, images)
+    same = anomaly_map(model, images, uint8_to_model(images))
     assert same.dtype == torch.float32 and same.shape == images.shape and not same.any()
     other = images.clone()
     other[0, 0, 2, 3] = 255 - other[0, 0, 2, 3]
-    diff = anomaly_map(images, other).numpy()
+    diff = anomaly_map(model, images, uint8_to_model(other)).numpy()
     assert np.count_nonzero(diff) == 1 and diff.max() <= 1.0
     assert diff[0, 0, 2, 3] == np.float32(abs(255 - 2 * int(images[0, 0, 2, 3]))) / np.float32(255)
     np.testing.assert_allclose(

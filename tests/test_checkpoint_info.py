@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from genlab.cli.main import build_parser, main
@@ -13,6 +14,7 @@ from genlab.cli.main import build_parser, main
 from genlab.checkpoint import save_checkpoint
 from genlab.config import TrainConfig, to_dict
 from genlab.models import build_model
+from genlab.thresholds import calibration_check
 from tests.conftest import tiny_config
 
 
@@ -55,6 +57,7 @@ def checkpoint_file(tmp_path):
         "calibration": {
             "split": "val",
             "n": 50,
+            "check": calibration_check(np.linspace(0.0, 1.0, 50)),
             "percentiles": [0.0, 50.0, 95.0, 99.0, 100.0],
             "scores": {name: [0.0, 1.0, 2.0, 3.0, 4.0] for name in type(model).score_descriptions},
             "descriptions": dict(type(model).score_descriptions),
@@ -69,7 +72,13 @@ def test_info_prints_the_calibration_in_short_lines(checkpoint_file, capsys):
     out = capsys.readouterr().out.splitlines()
     start = next(i for i, line in enumerate(out) if line.startswith("calibration:"))
     assert "50 val images" in out[start]
-    rows = out[start + 1 : start + 1 + len(build_model(tiny_config("vaegan")).score_descriptions)]
+    # the threshold's false-positive rate on unseen normal images, and the warning that 50 images are few
+    assert (
+        out[start + 1]
+        == "  threshold (p99) on unseen normal images: flags 2.0% (leave-one-out over the 50 held-out normal images)"
+    )
+    assert out[start + 2].startswith("  warning: the threshold rests on 50 held-out normal images")
+    rows = out[start + 3 : start + 3 + len(build_model(tiny_config("vaegan")).score_descriptions)]
     assert rows[0] == "  score: 1 / 2 / 3" and all(len(line) < 80 for line in rows), rows
 
 

@@ -376,3 +376,45 @@ def test_genlab_train_learns_one_class_on_train_good_and_writes_a_checkpoint(met
     assert data["normal_class"] == 0 and list(data["class_names"]) == ["good", "anomalous"]
     assert ckpt["model_config"]["image_size"] == 32 and ckpt["model_config"]["channels"] == 3
     assert ckpt["calibration"]["split"] == "val" and ckpt["calibration"]["n"] == 5  # the held-out share of train/good
+
+
+def test_an_inspection_set_trains_one_class_on_its_normal_images_without_normal_class(metal_nut, tmp_path, capsys):
+    from genlab.config import ONE_CLASS_STEPS
+    from genlab.models import model_class
+
+    tiny = [f"{k}={v}" for k, v in {**TINY, "image_size": 16, "quality_every": 0, "sample_count": 4}.items()]
+    out = tmp_path / "run"
+    argv = ["train", "vae", "--dataset", f"mvtec:{metal_nut}", "--out", str(out), "--batch-size", "4"]
+    code = main([*argv, "--max-steps", "2", *(a for kv in tiny for a in ("--set", kv))])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "5 training and 5 validation images of class good" in err
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["data"]["normal_class"] == 0 and ckpt["train_config"]["normal_class"] == 0
+    # the one-class defaults: ONE_CLASS_STEPS steps of one batch each, and the family's one-class learning rate
+    assert ckpt["train_config"]["epochs"] == ONE_CLASS_STEPS
+    assert ckpt["train_config"]["lr"] == model_class("vae").one_class_lr
+
+
+@pytest.mark.parametrize("kind, normal", [("mvtec", "good"), ("inspect", "normal")])
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (
+            ["--normal-class", "1"],
+            "--normal-class 1: an inspection set trains on its normal images, class 0 ({normal})",
+        ),
+        (["--conditional"], "--conditional needs class labels to learn, and the training images of an inspection set"),
+        (["--set", "conditional=true"], "--conditional needs class labels"),
+    ],
+)
+def test_another_normal_class_or_a_conditional_model_is_refused_on_an_inspection_set(
+    kind, normal, flags, needle, tmp_path, capsys
+):
+    root = write_mvtec(tmp_path / "bottle", 32, "RGB") if kind == "mvtec" else write_inspect(tmp_path / "parts")
+    out = tmp_path / "run"
+    assert main(["train", "vae", "--dataset", f"{kind}:{root}", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("genlab train: error: "), err
+    assert needle.format(normal=normal) in err[0] and f"({normal})" in err[0]
+    assert not (out / "last.pt").exists()

@@ -91,6 +91,8 @@ def test_report_tables_images_and_separate_settings(one_class_vae, all_class_gan
     for text in (md, page):
         assert "vae-1" in text and "gan" in text and "mnist-5k (class 1)" in text
         assert "80.5" in text and "71" in text and "12.25" in text
+        # each run's calibrated threshold, checked on unseen normal images (leave-one-out)
+        assert "threshold on unseen normal images" in text and "(leave-one-out)" in text
     # each FID setting has its own column; a column never holds numbers of two settings
     fid_columns = _columns(md, "FID / KID")
     assert (

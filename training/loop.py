@@ -145,7 +145,7 @@ class Trainer:
             self.model.score_fit.load(fitted.score_fit)
         except ValueError:  # fitted for other score definitions (an older genlab)
             return None
-        missing = set(type(self.model).score_descriptions) - fitted.calibrated_scores
+        missing = set(self.model.descriptions()) - fitted.calibrated_scores
         return None if missing else fitted  # calibrated before a score component was added
 
     # -- the loop -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 from genlab import checkpoint
 from genlab.checkpoint import RunState
 from genlab.config import ModelConfig, TrainConfig
-from genlab.data import ImageData, native_shape
+from genlab.data import NORMAL_CLASS, ImageData, anomaly_layout, is_anomaly_layout, native_shape
 from genlab.errors import GenlabError
 from genlab.models import model_class
 from genlab.run_dir import LAST_CHECKPOINT
@@ -21,7 +21,8 @@ RESUME_OVERRIDABLE = ("epochs", "max_steps", "device", "log_every")
 def new_run_configs(
     family: str, model_overrides: dict[str, Any], tc: TrainConfig, run_dir: Path
 ) -> tuple[ModelConfig, TrainConfig]:
-    """The configs of a new run in ``run_dir``: the dataset fixes image size and channels, the family its lr."""
+    """The configs of a new run in ``run_dir``: the dataset fixes image size and channels (and, for an inspection set,
+    the normal class), the family its lr."""
     family_class = model_class(family)  # unknown family: clear error before any work
     if (run_dir / LAST_CHECKPOINT).exists():
         raise GenlabError(
@@ -29,6 +30,10 @@ def new_run_configs(
         )
     size, channels = native_shape(tc.dataset)
     mc = ModelConfig(**{"family": family, "image_size": size, "channels": channels, **model_overrides})
+    if is_anomaly_layout(tc.dataset):
+        tc = inspection_train_config(mc, tc)
+        if "anomaly_map" not in model_overrides:  # where a defect is, and what a blurry reconstruction hides
+            mc = dataclasses.replace(mc, anomaly_map="local")
     if mc.class_weight is None:  # recorded in the checkpoint, so a later default does not change the run
         mc = dataclasses.replace(mc, class_weight=family_class.default_class_weight)
     if tc.lr is None:
@@ -37,6 +42,23 @@ def new_run_configs(
     if tc.ema is None:
         tc = dataclasses.replace(tc, ema=family_class.default_ema)
     return mc, tc
+
+
+def inspection_train_config(mc: ModelConfig, tc: TrainConfig) -> TrainConfig:
+    """An inspection set (``mvtec:``, ``inspect:``) trains one-class on its normal images: ``tc`` with normal_class
+    NORMAL_CLASS (so the one-class defaults follow); another normal class, or a conditional model, is refused."""
+    normal = anomaly_layout(tc.dataset).class_names[NORMAL_CLASS]
+    if mc.conditional:
+        raise GenlabError(
+            f"--conditional needs class labels to learn, and the training images of an inspection set are all of "
+            f"class {NORMAL_CLASS} ({normal}): {tc.dataset} trains one-class; drop --conditional"
+        )
+    if tc.normal_class not in (None, NORMAL_CLASS):
+        raise GenlabError(
+            f"--normal-class {tc.normal_class}: an inspection set trains on its normal images, class {NORMAL_CLASS} "
+            f"({normal}), the only class of its training split; drop --normal-class or pass {NORMAL_CLASS}"
+        )
+    return dataclasses.replace(tc, normal_class=NORMAL_CLASS)
 
 
 def resumed_run_configs(

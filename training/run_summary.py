@@ -44,6 +44,8 @@ def run_summary(
         "images_per_s": round(images_per_s, 1) if not math.isnan(images_per_s) else None,
         "last_epoch": at.epoch_history[-1] if at.epoch_history else None,
         "prior_quality": None if fitted is None else fitted.prior_quality,
+        # the default threshold's false-positive rate on unseen normal images, and a warning where it rests on few
+        "calibration_check": None if fitted is None else fitted.calibration.get("check"),
         **{key: _written(run_dir / f"{key}.png") for key in ("samples", "reconstructions")},
         "max_steps": tc.max_steps,
         "best": None

@@ -23,8 +23,11 @@ from torch import nn
 
 from genlab.config import ModelConfig
 from genlab.measures import RECON_ERROR, RECON_ERROR_MEANING
+from genlab.models.local_map import LOCAL_DEVIATION, LOCAL_DEVIATION_MEANING, LocalMap
 from genlab.models.scoring import LOW_CONTRAST, LOW_CONTRAST_MEANING, LOW_CONTRAST_WEIGHT, ScoreFit
 from genlab.pixels import model_to_uint8
+
+RECONSTRUCTION = "reconstruction"  # the part of score_parts that is the reconstruction the scores compare with
 
 
 class GenerativeModel(nn.Module):
@@ -52,8 +55,22 @@ class GenerativeModel(nn.Module):
         return self.num_classes > 0
 
     def _init_scoring(self, spaces: dict[str, int]) -> None:
-        """Call once the networks exist: ``spaces`` maps each vector ``score_parts`` returns to its width."""
-        self.score_fit = ScoreFit(spaces, self.primary_components)
+        """Call once the networks exist: ``spaces`` maps each vector ``score_parts`` returns to its width. With
+        ``cfg.anomaly_map`` "local" the primary score is the local map's (:mod:`genlab.models.local_map`)."""
+        local = LocalMap(self.cfg.image_size) if self.cfg.anomaly_map == "local" else None
+        primary = (LOCAL_DEVIATION,) if local is not None else self.primary_components
+        self.score_fit = ScoreFit(spaces, primary, local)
+
+    def descriptions(self) -> dict[str, str]:
+        """name -> meaning of each score component this model gives (``score_descriptions``, and with a local
+        anomaly map its ``local_deviation``, which is then the primary score)."""
+        if self.score_fit.local is None:
+            return dict(self.score_descriptions)
+        return {
+            **self.score_descriptions,
+            "score": f"{LOCAL_DEVIATION} in standard units of held-out normal images" + SCORE_GUARD_MEANING,
+            LOCAL_DEVIATION: LOCAL_DEVIATION_MEANING,
+        }
 
     # -- training -------------------------------------------------------------------------
     def configure_optimizers(self, lr: float, betas: tuple[float, float]) -> dict[str, torch.optim.Optimizer]:
@@ -97,17 +114,21 @@ class GenerativeModel(nn.Module):
         return self.decode(mu, y)
 
     def score_parts(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Images in [-1, 1] (and labels, conditional) -> scalar components [B] and, for each space of
-        ``score_fit``, vectors [B, D]."""
+        """Images in [-1, 1] (and labels, conditional) -> scalar components [B], for each space of ``score_fit``
+        vectors [B, D], and ``reconstruction``: the reconstruction [B, C, H, W] in [-1, 1] they compare with."""
         raise NotImplementedError
 
     def _scores(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, torch.Tensor]:
         components = {}
-        for name, value in self.score_parts(x, y).items():
+        parts = self.score_parts(x, y)
+        x_rec = parts.pop(RECONSTRUCTION)
+        for name, value in parts.items():
             if value.dim() == 1:
                 components[name] = value
             else:
                 components[f"{name}_distance"] = self.score_fit.distance(name, value)
+        if self.score_fit.local is not None:
+            components[LOCAL_DEVIATION] = self.score_fit.local.score(x, x_rec)
         components[LOW_CONTRAST] = self.score_fit.low_contrast(x)
         return {"score": self.score_fit.combine(components), **components}
 

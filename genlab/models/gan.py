@@ -33,6 +33,7 @@ from genlab.models.base import (
     GUARD_MEANINGS,
     LATENT_DISTANCE_MEANING,
     PIXEL_ERROR_MEANINGS,
+    RECONSTRUCTION,
     SCORE_GUARD_MEANING,
     GenerativeModel,
     bce_logits,
@@ -138,6 +139,7 @@ class GAN(GenerativeModel):
             "discriminator": F.softplus(-logits),
             "izi_f": izi_f(x, x_rec, f_x, f_rec),
             **pixel_errors(x, x_rec),
+            RECONSTRUCTION: x_rec,
             "latent": z,
             "features": f_x,
         }

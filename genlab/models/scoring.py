@@ -10,6 +10,8 @@ After training, :func:`genlab.calibration.fit_to_training_data` fits, on normal 
   (about 1 for a typical normal image);
 - on held-out normal images: the mean and standard deviation of each component that the primary
   score combines, so that ``score`` is the mean of those components in standard units;
+- with a local anomaly map (:mod:`genlab.models.local_map`): its per-pixel statistics on the training images and
+  its pixel scale on the held-out images;
 - on the training and held-out normal images: a contrast floor, half the smallest contrast (standard deviation
   of an image's pixels, :func:`image_contrast`) among them. ``low_contrast`` is how far an image falls below
   it, as a share of the floor (0 at or above it, 1 for a constant image). Below the floor the primary score is
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from genlab.models.local_map import LocalMap
 from genlab.pixels import model_to_uint8
 
 FULL_COVARIANCE_MAX_DIM = 512  # wider spaces get a per-dimension (diagonal) scale
@@ -58,10 +61,11 @@ class ScoreFit(nn.Module):
     a mean and standard deviation, and the contrast floor. Unfitted, it is the identity (mean 0, unit scale) and the
     guard is off (floor 0)."""
 
-    def __init__(self, spaces: dict[str, int], primary: tuple[str, ...]):
+    def __init__(self, spaces: dict[str, int], primary: tuple[str, ...], local: LocalMap | None = None):
         super().__init__()
         self.spaces = dict(spaces)
         self.primary = tuple(primary)
+        self.local = local  # an inspection model's local anomaly map (its buffers are fitted here too)
         for name, dim in self.spaces.items():
             whiten = torch.eye(dim) if dim <= FULL_COVARIANCE_MAX_DIM else torch.ones(dim)
             self.register_buffer(f"{name}_mean", torch.zeros(dim), persistent=False)

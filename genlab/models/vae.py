@@ -16,6 +16,7 @@ from genlab.models.base import (
     KL_MEANING,
     LATENT_DISTANCE_MEANING,
     PIXEL_ERROR_MEANINGS,
+    RECONSTRUCTION,
     SCORE_GUARD_MEANING,
     GenerativeModel,
     kl_to_standard_normal,
@@ -75,6 +76,7 @@ class VAE(GenerativeModel):
         return {
             "neg_elbo": pixel_nll(logits, x, self.cfg) + kl,
             **pixel_errors(x, x_rec),
+            RECONSTRUCTION: x_rec,
             "kl": kl,
             "latent": mu,
         }

@@ -36,6 +36,7 @@ from genlab.models.base import (
     KL_MEANING,
     LATENT_DISTANCE_MEANING,
     PIXEL_ERROR_MEANINGS,
+    RECONSTRUCTION,
     SCORE_GUARD_MEANING,
     GenerativeModel,
     bce_logits,
@@ -141,6 +142,7 @@ class VAEGAN(GenerativeModel):
         return {
             "feature_error": feature_error(f_x, f_rec),
             **pixel_errors(x, x_rec),
+            RECONSTRUCTION: x_rec,
             "kl": kl_to_standard_normal(mu, logvar),
             "discriminator": F.softplus(-logits),
             "latent": mu,
