@@ -14,6 +14,7 @@ an image sent without a label: under the class that explains it best (``Generati
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from genlab.data import ImageData
 from genlab.latents import fit_class_mixtures, fit_prior
 from genlab.models import GenerativeModel
 from genlab.models.base import RECONSTRUCTION
-from genlab.models.local_map import LocalMap, measurements
+from genlab.models.local_map import measurements
 from genlab.models.scoring import image_contrast
 from genlab.pixels import uint8_to_model
 from genlab.thresholds import calibration_check
@@ -49,7 +50,8 @@ def score_images(
         x = uint8_to_model(images[start : start + batch_size].to(device))
         y = None if labels is None or not model.conditional else labels[start : start + batch_size].to(device)
         for name, value in score(x, y).items():
-            out.setdefault(name, []).append(value.cpu() if name == "label" else value.float().cpu())
+            if name != RECONSTRUCTION:  # images, not scores (fit_local_map takes them batch by batch)
+                out.setdefault(name, []).append(value.cpu() if name == "label" else value.float().cpu())
     model.train(was_training)
     return {name: torch.cat(values) for name, values in out.items()}
 
@@ -61,29 +63,30 @@ def contrasts(images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     )
 
 
-def local_measurements(images: torch.Tensor, recons: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """uint8 images and their reconstructions in [-1, 1] -> :func:`genlab.models.local_map.measurements`, on the CPU."""
-    return torch.cat(
-        [
-            measurements(uint8_to_model(images[i : i + batch_size]).float(), recons[i : i + batch_size].float())
-            for i in range(0, len(images), batch_size)
-        ]
-    )
+def _reconstructed(
+    model: GenerativeModel, data: ImageData, device: torch.device, batch_size: int = 64
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, reconstructions) in [-1, 1], batch by batch, in eval mode (a conditional model's under each image's
+    label), so that no split's reconstructions are held whole."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            x = uint8_to_model(data.images[start : start + batch_size].to(device))
+            y = data.labels[start : start + batch_size].to(device) if model.conditional else None
+            yield x, model.reconstruct(x, y)
+    model.train(was_training)
 
 
-@torch.no_grad()
-def local_maps(
-    local: LocalMap, images: torch.Tensor, recons: torch.Tensor, device: torch.device, batch_size: int = 256
-) -> torch.Tensor:
-    """uint8 images and their reconstructions in [-1, 1] -> the local map's unscaled maps [N, 1, H, W], on the CPU."""
-    return torch.cat(
-        [
-            local.raw(
-                uint8_to_model(images[i : i + batch_size].to(device)), recons[i : i + batch_size].to(device)
-            ).cpu()
-            for i in range(0, len(images), batch_size)
-        ]
-    )
+def fit_local_map(model: GenerativeModel, train: ImageData, held_out: ImageData, device: torch.device) -> None:
+    """A local anomaly map's per-pixel statistics on the training images and its pixel scale on the held-out ones
+    (:class:`genlab.models.local_map.LocalMap`)."""
+    local = model.score_fit.local
+    if local is None:
+        return
+    local.fit(measurements(x, x_rec) for x, x_rec in _reconstructed(model, train, device))
+    with torch.no_grad():
+        local.fit_scale(torch.cat([local.raw(x, x_rec).cpu() for x, x_rec in _reconstructed(model, held_out, device)]))
 
 
 def fit_to_training_data(
@@ -97,11 +100,7 @@ def fit_to_training_data(
     parts = score_images(model, train.images, device, parts=True, labels=train.labels)
     for space in model.score_fit.spaces:
         model.score_fit.fit_space(space, parts[space])
-    held_out_parts = score_images(model, held_out.images, device, parts=True, labels=held_out.labels)
-    local = model.score_fit.local
-    if local is not None:  # per-pixel statistics on the training images, the pixel scale on the held-out ones
-        local.fit(local_measurements(train.images, parts[RECONSTRUCTION]))
-        local.fit_scale(local_maps(local, held_out.images, held_out_parts[RECONSTRUCTION], device))
+    fit_local_map(model, train, held_out, device)
     model.score_fit.fit_contrast(torch.cat([contrasts(train.images), contrasts(held_out.images)]))
     model.score_fit.fit_primary(score_images(model, held_out.images, device, labels=held_out.labels))
     prior = None
@@ -114,7 +113,7 @@ def fit_to_training_data(
             f"posterior means of the {len(train)} training images, per class",
         )
     elif model.has_encoder:
-        held_out_codes = held_out_parts["latent"].numpy()
+        held_out_codes = score_images(model, held_out.images, device, parts=True)["latent"].numpy()
         prior = fit_prior(
             parts["latent"].numpy(),
             train.labels.numpy(),

@@ -573,6 +573,19 @@ def test_overwrite_never_replaces_something_that_is_not_an_export(tmp_path, fast
     read_manifest(tmp_path / "empty")
 
 
+def test_float_tolerances_grow_with_the_square_root_of_the_pixel_count():
+    assert onnx_export.float_scale((1, 28, 28)) == 1.0 and onnx_export.float_scale((1, 8, 8)) == 1.0
+    assert onnx_export.float_scale((3, 256, 256)) == pytest.approx((3 * 256 * 256 / 784) ** 0.5)
+    expected = torch.tensor([1000.0])
+    off = np.array([1000.0 * (1 + 3e-4)], np.float32)  # a 3x256x256 sum's float32 rounding (2.3e-4 measured)
+    with pytest.raises(ExportFailed, match="allowed 0.0001"):
+        onnx_export._compare("neg_elbo", expected, off)
+    assert (
+        onnx_export._compare("neg_elbo", expected, off, scale=onnx_export.float_scale((3, 256, 256)))["tolerance"]
+        > 3e-4
+    )
+
+
 @pytest.mark.parametrize("tolerance", ["FLOAT_TOLERANCE", "UINT8_TOLERANCE"])
 def test_failed_parity_publishes_nothing(tmp_path, capsys, monkeypatch, fast_exporter, tolerance):
     vae = fast_exporter("vae")

@@ -38,7 +38,7 @@ def smeared(x: torch.Tensor, box: tuple[slice, slice]) -> torch.Tensor:
 def fitted() -> LocalMap:
     local = LocalMap(SIDE)
     normal = textures(64, seed=0)
-    local.fit(measurements(normal, blurry(normal)))
+    local.fit([measurements(normal[:40], blurry(normal[:40])), measurements(normal[40:], blurry(normal[40:]))])
     held_out = textures(16, seed=1)
     local.fit_scale(local.raw(held_out, blurry(held_out)))
     return local
@@ -111,3 +111,14 @@ def test_a_threshold_on_few_images_is_warned_about():
     assert few["unseen_fpr"] in (pytest.approx(1 / 40), pytest.approx(2 / 40))
     enough = calibration_check(np.random.default_rng(1).normal(size=MIN_CALIBRATION_IMAGES))
     assert enough["warning"] is None and 0.0 <= enough["unseen_fpr"] <= 0.05
+
+
+def test_the_statistics_fitted_batch_by_batch_are_those_of_all_the_images():
+    normal = textures(24, seed=5)
+    measured = measurements(normal, blurry(normal))
+    local = LocalMap(SIDE)
+    local.fit(measured[i : i + 5] for i in range(0, 24, 5))
+    torch.testing.assert_close(local.local_mean, measured.mean(dim=0), atol=1e-5, rtol=1e-5)
+    std = measured.std(dim=0)
+    floor = 0.5 * std.flatten(1).median(dim=1).values.view(-1, 1, 1)
+    torch.testing.assert_close(local.local_std, torch.maximum(std, floor), atol=1e-4, rtol=1e-4)

@@ -22,6 +22,8 @@ PNG map shows. Everything is fitted on normal images only (:func:`genlab.calibra
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -102,11 +104,23 @@ class LocalMap(nn.Module):
 
     # -- fitting (once after training, normal images only) -------------------------------------------
     @torch.no_grad()
-    def fit(self, measured: torch.Tensor) -> None:
-        """Per-pixel statistics from the :func:`measurements` [N, 3, H, W] of normal training images; each
-        channel's standard deviation floored at ``STD_FLOOR_SHARE`` of its median pixel's."""
-        mean = measured.mean(dim=0)
-        std = measured.std(dim=0) if len(measured) > 1 else torch.ones_like(mean)
+    def fit(self, batches: Iterable[torch.Tensor]) -> None:
+        """Per-pixel statistics from the :func:`measurements` of normal training images, given batch by batch
+        ([n, 3, H, W] each); each channel's standard deviation floored at ``STD_FLOOR_SHARE`` of its median
+        pixel's."""
+        count, total, squares = 0, 0.0, 0.0
+        for measured in batches:
+            values = measured.double()
+            count += len(values)
+            total = total + values.sum(dim=0)
+            squares = squares + values.pow(2).sum(dim=0)
+        if count == 0:
+            raise ValueError("a local map needs at least one normal image to fit")
+        mean = torch.as_tensor(total) / count
+        if count > 1:
+            std = ((torch.as_tensor(squares) - count * mean.pow(2)) / (count - 1)).clamp_min(0.0).sqrt()
+        else:
+            std = torch.ones_like(mean)
         floor = STD_FLOOR_SHARE * std.flatten(1).median(dim=1).values.clamp_min(1e-6)
         self.local_mean.copy_(mean)
         self.local_std.copy_(torch.maximum(std, floor.view(-1, 1, 1)))
