@@ -162,17 +162,18 @@ def calibration_check(scores: np.ndarray, percentile: float = DEFAULT_PERCENTILE
     false-positive rate at ``percentile`` on unseen normal images, and a warning where it rests on fewer than
     MIN_CALIBRATION_IMAGES images."""
     n = int(np.size(scores))
+    unseen = unseen_false_positive_rate(scores, percentile)
     warning = None
     if n < MIN_CALIBRATION_IMAGES:
+        flags = "" if unseen is None else f", and on unseen normal images it flags about {unseen:.1%}"
         warning = (
             f"the threshold rests on {n} held-out normal images, fewer than the {MIN_CALIBRATION_IMAGES} the "
-            f"{percentile:g}th percentile needs to have one above it: it is set by the highest of them, and on unseen "
-            f"normal images it flags about {unseen_false_positive_rate(scores, percentile) or 1.0:.0%}; train on more "
-            f"normal images for a threshold that holds"
+            f"{percentile:g}th percentile needs to have one above it: it is set by the highest of them{flags}; "
+            f"train on more normal images for a threshold that holds"
         )
     return {
         "percentile": percentile,
-        "unseen_fpr": unseen_false_positive_rate(scores, percentile),
+        "unseen_fpr": unseen,
         "method": f"leave-one-out over the {n} held-out normal images",
         "warning": warning,
     }

@@ -109,6 +109,10 @@ def test_a_threshold_on_few_images_is_warned_about():
     assert few["warning"] and "40 held-out normal images" in few["warning"]
     # left out, the largest of 40 is above the others' 99th percentile, and the second largest may be
     assert few["unseen_fpr"] in (pytest.approx(1 / 40), pytest.approx(2 / 40))
+    assert "flags about 2.5%" in calibration_check(np.arange(40.0))["warning"]  # the largest of 40 distinct scores
+    tied = calibration_check(np.zeros(40))  # none above the threshold: 0%, not a missing figure
+    assert tied["unseen_fpr"] == 0.0 and "flags about 0.0%" in tied["warning"]
+    assert "flags" not in calibration_check(np.zeros(1))["warning"]  # one image: no leave-one-out estimate
     enough = calibration_check(np.random.default_rng(1).normal(size=MIN_CALIBRATION_IMAGES))
     assert enough["warning"] is None and 0.0 <= enough["unseen_fpr"] <= 0.05
 
