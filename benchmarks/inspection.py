@@ -20,19 +20,25 @@ choice that changes them. ``brick``, ``grass`` and ``gravel`` are never used: an
 keeps them.
 
 **The models.** For each category and family (``--families``): ``genlab train FAMILY --dataset
-mvtec:PATH --normal-class 0 --set image_size=SIZE --epochs E``, then ``genlab eval anomaly RUN
---dataset mvtec:PATH --json`` on the test split, at every ``--sizes``. Nothing is chosen on the test
-defects: the families' scores, maps and thresholds are their defaults, fitted and calibrated on
+mvtec:PATH --set image_size=SIZE`` (genlab's one-class budget unless ``--epochs E`` is given), then
+``genlab eval anomaly RUN --dataset mvtec:PATH --json`` on the test split, at every ``--sizes``.
+Nothing is chosen on the test defects: the families' scores, maps and thresholds are their defaults
+(an inspection set's: the local anomaly map, ``genlab.models.local_map``), fitted and calibrated on
 ``train/good`` and its held-out share.
 
+**The baseline**, from the same models: the reconstruction error alone, as an image score
+(``recon_error``) and as a map (|image - reconstruction| averaged over channels, computed here from
+the checkpoint) scored against the same masks.
+
 **The tables.** Per category, family and size: the image AUROC and F1-max of the primary ``score``,
-the pixel AUROC and AUPRO to FPR 0.3 of the anomaly map, and the FPR on the good test images and the
-TPR on the defective ones at the calibrated threshold; per defect type, the image AUROC of ``score``
-averaged over the categories; per family, the mean image AUROC of every score component.
+the pixel AUROC and AUPRO to FPR 0.3 of the anomaly map and of the baseline's, and the FPR on the good
+test images and the TPR on the defective ones at the calibrated threshold; per defect type, the image
+AUROC of ``score`` and of ``recon_error`` averaged over the categories; per family, the mean image
+AUROC of every score component.
 ``--json`` prints the raw results instead.
 
 Run:  .venv/bin/python benchmarks/inspection.py [--categories chelsea,coins] [--families vae,vaegan]
-      [--sizes 64] [--epochs 250] [--seed 0] [--out runs/inspection] [--json]
+      [--sizes 64] [--epochs E] [--seed 0] [--out runs/inspection] [--json]
 A run directory that already holds a trained model is evaluated again, not retrained; ``--fresh``
 retrains.
 """
@@ -222,7 +228,8 @@ def genlab_json(argv: list[str]) -> dict[str, Any]:
 
 def train_and_evaluate(family: str, folder: Path, size: int, args: argparse.Namespace) -> dict[str, Any]:
     dataset = f"mvtec:{folder}"
-    run_dir = args.out / "runs" / f"{folder.name}-{family}-{size}px-e{args.epochs}-seed{args.seed}"
+    budget = "default" if args.epochs is None else f"e{args.epochs}"
+    run_dir = args.out / "runs" / f"{folder.name}-{family}-{size}px-{budget}-seed{args.seed}"
     started = time.perf_counter()
     summary = None
     if args.fresh or not (run_dir / "last.pt").exists():
@@ -232,12 +239,9 @@ def train_and_evaluate(family: str, folder: Path, size: int, args: argparse.Name
                 family,
                 "--dataset",
                 dataset,
-                "--normal-class",
-                "0",
                 "--set",
                 f"image_size={size}",
-                "--epochs",
-                str(args.epochs),
+                *(["--epochs", str(args.epochs)] if args.epochs is not None else []),
                 "--seed",
                 str(args.seed),
                 "--log-every",
@@ -249,6 +253,7 @@ def train_and_evaluate(family: str, folder: Path, size: int, args: argparse.Name
     train_wall = time.perf_counter() - started
     started = time.perf_counter()
     result = genlab_json(["eval", "anomaly", str(run_dir), "--dataset", dataset])
+    baseline = error_map_metrics(run_dir, dataset)
     return {
         "category": folder.name,
         "family": family,
@@ -259,7 +264,32 @@ def train_and_evaluate(family: str, folder: Path, size: int, args: argparse.Name
         "train_wall_seconds": round(train_wall, 1) if summary is not None else None,
         "eval_wall_seconds": round(time.perf_counter() - started, 1),
         "result": result,
+        "error_map": baseline,
     }
+
+
+def error_map_metrics(run_dir: Path, dataset: str) -> dict[str, float | None]:
+    """The baseline map's pixel AUROC and AUPRO@0.3: |image - reconstruction| of the run's model, averaged over
+    channels, against the test masks (bilinear to the masks' size, as ``genlab eval anomaly`` does)."""
+    sys.path.insert(0, str(REPO))
+    import torch
+    from genlab.eval.anomaly_metrics import pixel_metrics
+    from genlab.eval.inspection import resize_maps
+
+    from genlab.checkpoint import model_from_checkpoint
+    from genlab.data import load_split
+    from genlab.pixels import uint8_to_model
+
+    model = model_from_checkpoint(run_dir / "last.pt")
+    test = load_split(dataset, "test", image_size=model.cfg.image_size, channels=model.cfg.channels)
+    with torch.no_grad():
+        maps = [
+            (x - model.reconstruct(x)).abs().mean(dim=1) / 2.0
+            for x in (uint8_to_model(test.images[i : i + 64]) for i in range(0, len(test), 64))
+        ]
+    masks = test.masks.numpy()
+    metrics = pixel_metrics(resize_maps(torch.cat(maps).numpy(), masks.shape[1:]), masks)
+    return {"auroc": metrics.auroc, "aupro": metrics.aupro}
 
 
 # ---------------------------------------------------------------- tables
@@ -272,8 +302,8 @@ def fmt(value: float | None) -> str:
 def tables(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| category | family | size | image AUROC | image F1-max | pixel AUROC | AUPRO@0.3 | FPR good | TPR defects |"
-        " train s |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        " train s | baseline: image AUROC | pixel AUROC | AUPRO@0.3 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         score = r["result"]["components"]["score"]
@@ -282,24 +312,26 @@ def tables(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['category']} | {r['family']} | {r['size']} | {fmt(score['auroc'])} | {fmt(score['f1_max'])} "
             f"| {fmt(pixel.get('auroc'))} | {fmt(pixel.get('aupro'))} | {fmt(score['fpr'])} | {fmt(score['tpr'])} "
-            f"| {seconds} |"
+            f"| {seconds} | {fmt(r['result']['components']['recon_error']['auroc'])} "
+            f"| {fmt(r['error_map']['auroc'])} | {fmt(r['error_map']['aupro'])} |"
         )
     groups = list(dict.fromkeys((r["family"], r["size"]) for r in rows))
     lines += [
         "",
-        "image AUROC of `score` per defect type, mean over the categories:",
+        "image AUROC per defect type, mean over the categories, of `score` and of the baseline `recon_error`:",
         "",
-        "| family | size | " + " | ".join(DEFECTS) + " |",
-        "| --- | ---: |" + " ---: |" * len(DEFECTS),
+        "| family | size | score | " + " | ".join(DEFECTS) + " |",
+        "| --- | ---: | --- |" + " ---: |" * len(DEFECTS),
     ]
     for family, size in groups:
         group = [r for r in rows if (r["family"], r["size"]) == (family, size)]
-        cells = []
-        for defect in DEFECTS:
-            values = [r["result"]["components"]["score"]["defects"].get(defect) for r in group]
-            values = [v for v in values if v is not None]
-            cells.append(fmt(sum(values) / len(values) if values else None))
-        lines.append(f"| {family} | {size} | " + " | ".join(cells) + " |")
+        for name in ("score", "recon_error"):
+            cells = []
+            for defect in DEFECTS:
+                values = [r["result"]["components"][name]["defects"].get(defect) for r in group]
+                values = [v for v in values if v is not None]
+                cells.append(fmt(sum(values) / len(values) if values else None))
+            lines.append(f"| {family} | {size} | {name} | " + " | ".join(cells) + " |")
     lines += ["", "every score component, mean image AUROC over the categories:", ""]
     for family, size in groups:
         group = [r for r in rows if (r["family"], r["size"]) == (family, size)]
@@ -319,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--families", default="vae,vaegan")
     parser.add_argument("--sizes", default="64", help="comma-separated image sizes (e.g. 64,128)")
     parser.add_argument(
-        "--epochs", type=int, default=250, help="passes over the 160 training crops (default 250: 500 steps)"
+        "--epochs", type=int, default=None, help="passes over the training crops (default: genlab's one-class budget)"
     )
     parser.add_argument("--crop", type=int, default=128, help="crop side in the photograph's pixels")
     parser.add_argument("--shift", type=int, default=12, help="largest shift of a crop, px")
@@ -360,7 +392,8 @@ def main(argv: list[str] | None = None) -> None:
         "set": f"{len(categories)} categories ({', '.join(categories)}); per category {args.train} train/good "
         f"(less genlab's held-out share), {args.test_good} test/good, {args.per_defect} per defect type "
         f"({', '.join(DEFECTS)}); crops of {args.crop} px, shifts up to {args.shift} px, seed {args.seed}",
-        "budget": f"{args.epochs} epochs per model at {', '.join(map(str, sizes))} px; families {', '.join(families)}",
+        "budget": f"{args.epochs or 'the default number of'} epochs per model at {', '.join(map(str, sizes))} px; "
+        f"families {', '.join(families)}",
         "total_seconds": round(total, 1),
     }
     if args.json:
