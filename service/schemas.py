@@ -158,8 +158,10 @@ class ImageScore(BaseModel):
     label_source: LabelSource = Field(None, description=LABEL_SOURCE_HELP)
     anomaly_map: str | list[Any] | None = Field(
         None,
-        description="with maps=true: the anomaly map, as a base64 PNG of uint8 |image - reconstruction| "
-        f"(maps_format=png) or as float [C, H, W], {ANOMALY_MAP_MEANING} (maps_format=array)",
+        description="with maps=true: the anomaly map, as a base64 PNG of uint8 rint(255 x value) (maps_format=png) "
+        f"or as float [C, H, W] (maps_format=array): {ANOMALY_MAP_MEANING}, or, for a model with a local map "
+        "(GET /models: the manifest's scores.map_description), one channel in [0, 1), 0.5 as unusual as the most "
+        "unusual 0.1% of normal pixels",
     )
     anomaly_map_size: list[int] | None = Field(
         None,
