@@ -271,7 +271,6 @@ def train_and_evaluate(family: str, folder: Path, size: int, args: argparse.Name
 def error_map_metrics(run_dir: Path, dataset: str) -> dict[str, float | None]:
     """The baseline map's pixel AUROC and AUPRO@0.3: |image - reconstruction| of the run's model, averaged over
     channels, against the test masks (bilinear to the masks' size, as ``genlab eval anomaly`` does)."""
-    sys.path.insert(0, str(REPO))
     import torch
     from genlab.eval.anomaly_metrics import pixel_metrics
     from genlab.eval.inspection import resize_maps

@@ -43,6 +43,7 @@ from genlab.eval.worst_maps import WORST_K, WorstImages, pick_worst
 
 from genlab.data import NORMAL_CLASS, is_anomaly_layout
 from genlab.errors import GenlabError
+from genlab.imageio import resize_map
 from genlab.thresholds import DEFAULT_PERCENTILE, quantile
 
 if TYPE_CHECKING:
@@ -345,8 +346,6 @@ def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     the size matches."""
     if tuple(maps.shape[1:]) == tuple(size):
         return maps
-    from genlab.imageio import resize_map
-
     return np.stack([resize_map(m, *size) for m in maps])
 
 
